@@ -1,0 +1,31 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= jobd.toml.example
+
+.PHONY: run test bench bench-quick check clean
+
+$(BIN)/jobd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/jobd
+
+run: $(BIN)/jobd
+	mkdir -p state
+	$(BIN)/jobd serve -c $(CONFIG)
+
+check: $(BIN)/jobd
+	$(BIN)/jobd check -c $(CONFIG)
+
+test: $(BIN)/jobd
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/jobd
+	$(BIN)/python -m bench
+
+bench-quick: $(BIN)/jobd
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) state build *.egg-info
