@@ -1,0 +1,156 @@
+"""The run record, its states and how it is shown as JSON.
+
+A run is one execution of a job. Every part of jobd (store, workers, web, events) passes
+`Run` objects around; this module is the one place that knows their fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    PARTIAL = "PARTIAL"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.COMPLETED, RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.CANCELLED}
+)
+ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.PROCESSING})
+
+# Transitions only go forward; a terminal run never changes again.
+ALLOWED_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.PENDING: frozenset({RunStatus.PROCESSING, RunStatus.CANCELLED, RunStatus.FAILED}),
+    RunStatus.PROCESSING: TERMINAL_STATUSES,
+    **{status: frozenset() for status in TERMINAL_STATUSES},
+}
+
+
+class TriggerSource(str, enum.Enum):
+    CRON = "cron"
+    API = "api"
+    MANUAL = "manual"
+    RETRY = "retry"
+    CATCHUP = "catchup"
+
+
+class InvalidTransition(Exception):
+    def __init__(self, run_id: int, current: RunStatus, wanted: RunStatus) -> None:
+        super().__init__(f"run {run_id} is {current.value}; it cannot become {wanted.value}")
+        self.current = current
+        self.wanted = wanted
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds: the unit every stored timestamp uses."""
+    return time.time_ns() // 1_000_000
+
+
+def iso_ms(epoch_ms: int | None) -> str | None:
+    """Epoch milliseconds → ISO-8601 UTC with milliseconds, e.g. 2026-11-23T19:06:01.123Z."""
+    if epoch_ms is None:
+        return None
+    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def parse_iso_ms(text: str) -> int:
+    """ISO-8601 (any offset, 'Z' allowed; naive means UTC) → epoch milliseconds."""
+    dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "T"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return round(dt.timestamp() * 1000)
+
+
+@dataclasses.dataclass(slots=True)
+class Counts:
+    total: int | None = None
+    success: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {
+            "total": self.total,
+            "success": self.success,
+            "failed": self.failed,
+            "skipped": self.skipped,
+        }
+
+
+@dataclasses.dataclass(slots=True)
+class Run:
+    id: int
+    job: str
+    status: RunStatus
+    triggered_by: TriggerSource
+    created_at: int
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    attempt: int = 1
+    max_attempts: int = 1
+    progress: float = 0.0
+    message: str | None = None
+    scheduled_for: int | None = None
+    run_after: int | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+    counts: Counts = dataclasses.field(default_factory=Counts)
+    result: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    retry_of: int | None = None
+    log_tail: str = ""
+    # Bumped on every change; lets events and caches tell a fresh copy from a stale one.
+    updated_at: int = 0
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def to_json(self, *, with_log: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "job": self.job,
+            "status": self.status.value,
+            "progress": self.progress,
+            "message": self.message,
+            "triggered_by": self.triggered_by.value,
+            "params": self.params,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "scheduled_for": iso_ms(self.scheduled_for),
+            "run_after": iso_ms(self.run_after),
+            "created_at": iso_ms(self.created_at),
+            "started_at": iso_ms(self.started_at),
+            "finished_at": iso_ms(self.finished_at),
+            "updated_at": iso_ms(self.updated_at or self.created_at),
+            "duration_ms": self.duration_ms,
+            "counts": self.counts.as_dict(),
+            "result": self.result,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "retry_of": self.retry_of,
+        }
+        if with_log:
+            data["log_tail"] = self.log_tail
+        return data
+
+    def copy(self) -> Run:
+        clone = dataclasses.replace(self)
+        clone.counts = dataclasses.replace(self.counts)
+        return clone
