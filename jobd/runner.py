@@ -1,0 +1,595 @@
+"""Run one job once and report what happens.
+
+`execute()` starts a command (in its own process group) or calls a Python handler, feeds
+progress, counts, results and log lines to a `RunReporter` as they come, and returns an
+`Outcome`. It knows nothing about the store, the queue or HTTP: the worker pool does.
+
+Commands talk back through stdout lines:
+
+    ::progress::42 optional message      percent 0-100 (clamped), message optional
+    ::counts::total=50 success=46 failed=2 skipped=2   any subset of the four
+    ::result::{"any": "JSON"}           the last one becomes the run's result
+
+Every other stdout line, and every malformed protocol line, is a log line. Lines longer
+than MAX_LINE_BYTES are split into pieces of that size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import inspect
+import json
+import math
+import os
+import signal
+import subprocess
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from jobd.config import ConfigError, JobConfig
+from jobd.models import Run
+
+MAX_LINE_BYTES = 64 * 1024
+# After the process group is gone its pipes reach EOF at once; only a process that left the
+# group (setsid) can hold them open. Wait this long for EOF, then stop reading anyway.
+PIPE_DRAIN_S = 1.0
+MAX_ERROR_DETAIL = 500
+
+# Variables that belong to the daemon's relation with its service manager; a job that saw
+# them could notify or claim sockets in the daemon's name.
+STRIPPED_ENV = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
+COUNT_FIELDS = ("total", "success", "failed", "skipped")
+
+
+class RunReporter(Protocol):
+    """Where a run's live output goes; implemented by the worker pool.
+
+    Always called on the event loop's thread, also for handlers running in a thread.
+    The methods should not raise: an exception ends the reading of that run's output.
+    """
+
+    def progress(self, percent: float, message: str | None) -> None: ...
+
+    def counts(
+        self,
+        total: int | None = None,
+        success: int | None = None,
+        failed: int | None = None,
+        skipped: int | None = None,
+    ) -> None:
+        """Only the fields given (not None) change."""
+
+    def result(self, value: Any) -> None: ...
+
+    def log(self, line: str, stream: str) -> None:
+        """`stream` is "stdout", "stderr" or "handler"."""
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    exit_code: int | None = None  # commands only
+    result: Any = None
+    error: str | None = None  # None when the run succeeded
+    timed_out: bool = False
+
+
+async def execute(
+    job: JobConfig,
+    run: Run,
+    reporter: RunReporter,
+    *,
+    kill_grace_s: float,
+    environ: Mapping[str, str],
+) -> Outcome:
+    """Run `job` once for `run`. Failures of the job come back in the Outcome, never as exceptions.
+
+    Cancelling the task that awaits this stops the run (commands: SIGTERM to the process group,
+    SIGKILL after `kill_grace_s`) and then re-raises CancelledError.
+    """
+    if job.kind == "python":
+        return await _run_handler(job, run, reporter)
+    return await _run_command(job, run, reporter, kill_grace_s=kill_grace_s, environ=environ)
+
+
+def command_env(job: JobConfig, run: Run, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a command runs with: the daemon's, minus service-manager variables, plus the job's and JOBD_*."""
+    env = {key: value for key, value in environ.items() if key not in STRIPPED_ENV}
+    env.update(job.env)
+    env.update(
+        JOBD_RUN_ID=str(run.id),
+        JOBD_JOB=job.name,
+        JOBD_ATTEMPT=str(run.attempt),
+        JOBD_PARAMS=json.dumps(run.params, separators=(",", ":")),
+    )
+    return env
+
+
+def format_seconds(seconds: float) -> str:
+    """5.0 → "5s", 0.25 → "0.25s"."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def _run_command(
+    job: JobConfig,
+    run: Run,
+    reporter: RunReporter,
+    *,
+    kill_grace_s: float,
+    environ: Mapping[str, str],
+) -> Outcome:
+    argv = list(job.command) if job.command is not None else ["/bin/sh", "-c", job.shell or ""]
+    output = _CommandOutput(reporter)
+    pipes: list[_Pipe] = []
+    try:
+        for _ in ("stdout", "stderr"):
+            pipes.append(await _Pipe.open())
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=pipes[0].write_fd,
+                stderr=pipes[1].write_fd,
+                cwd=job.cwd,
+                env=command_env(job, run, environ),
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            return Outcome(error=_spawn_error(exc, argv[0], job.cwd))
+        finally:
+            # The child has its own copies; ours must go or the pipes never reach EOF.
+            for pipe in pipes:
+                pipe.close_write_end()
+        readers = [
+            asyncio.create_task(_read_lines(pipes[0].reader, output.stdout_line)),
+            asyncio.create_task(_read_lines(pipes[1].reader, output.stderr_line)),
+        ]
+        timed_out = False
+        try:
+            try:
+                async with asyncio.timeout(job.timeout_s):
+                    await proc.wait()
+            except TimeoutError:
+                timed_out = True
+                await _terminate_group(proc, kill_grace_s)
+            except asyncio.CancelledError:
+                await _terminate_group(proc, kill_grace_s)
+                raise
+        finally:
+            # Whatever the main process left running in its group would hold the pipes open.
+            _signal_group(proc.pid, signal.SIGKILL)
+            await _finish_readers(readers)
+    finally:
+        for pipe in pipes:
+            pipe.close()
+
+    code = proc.returncode
+    if timed_out:
+        error: str | None = f"timed out after {format_seconds(job.timeout_s or 0)}"
+    else:
+        error = _exit_error(code, output.last_stderr)
+    return Outcome(exit_code=code, result=output.result, error=error, timed_out=timed_out)
+
+
+class _Pipe:
+    """One output pipe of a child. Owning the read end (rather than asyncio's PIPE) lets us close
+    it even while a process that escaped the group still holds the write end."""
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.ReadTransport, write_fd: int) -> None:
+        self.reader = reader
+        self.transport = transport
+        self.write_fd: int | None = write_fd
+
+    @classmethod
+    async def open(cls) -> _Pipe:
+        read_fd, write_fd = os.pipe()
+        reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+        try:
+            read_file: IO[bytes] = open(read_fd, "rb", buffering=0)
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), read_file
+            )
+        except BaseException:
+            read_file.close()
+            os.close(write_fd)
+            raise
+        return cls(reader, transport, write_fd)
+
+    def close_write_end(self) -> None:
+        if self.write_fd is not None:
+            os.close(self.write_fd)
+            self.write_fd = None
+
+    def close(self) -> None:
+        self.close_write_end()
+        self.transport.close()
+
+
+async def _read_lines(reader: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
+    while True:
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # EOF; the last line may lack its newline
+            if exc.partial:
+                on_line(_decode(exc.partial))
+            return
+        except asyncio.LimitOverrunError:
+            # No newline within the limit: hand on one piece; the rest follows as further lines.
+            raw = await reader.read(MAX_LINE_BYTES)
+        on_line(_decode(raw))
+
+
+def _decode(raw: bytes) -> str:
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    return raw.decode("utf-8", errors="replace")
+
+
+async def _finish_readers(readers: list[asyncio.Task[None]]) -> None:
+    """Let the readers reach EOF (bounded), then make sure none is left running."""
+    try:
+        await asyncio.wait(readers, timeout=PIPE_DRAIN_S)
+    finally:
+        for task in readers:
+            task.cancel()
+        results = await asyncio.gather(*readers, return_exceptions=True)
+    for item in results:
+        if isinstance(item, Exception):  # a failing reporter is a bug of the caller: show it
+            raise item
+
+
+async def _terminate_group(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """SIGTERM the group, give the main process `grace_s` to exit, then SIGKILL the group."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace_s):
+            await proc.wait()
+    except TimeoutError:
+        pass
+    finally:
+        # Also reached when cancelled again while waiting: never leave the group running.
+        _signal_group(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    # Safe after the leader was reaped: a group id cannot be reused while any member lives.
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:  # the whole group has already exited
+        pass
+
+
+def _spawn_error(exc: OSError | ValueError, program: str, cwd: str | None) -> str:
+    if isinstance(exc, ValueError):  # e.g. a NUL byte in an argument or variable
+        return f"cannot start {program}: {exc}"
+    reason = exc.strerror or str(exc)
+    if cwd is not None and exc.filename == cwd:
+        return f"cannot start {program}: working directory {cwd}: {reason}"
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot start {program}: command not found"
+    return f"cannot start {program}: {reason}"
+
+
+def _exit_error(code: int | None, last_stderr: str | None) -> str | None:
+    if code == 0:
+        return None
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        text = f"killed by signal {name}"
+    else:
+        text = f"exit code {code}"
+    return f"{text}: {last_stderr}" if last_stderr else text
+
+
+class _CommandOutput:
+    """Turns a command's output lines into reporter calls."""
+
+    def __init__(self, reporter: RunReporter) -> None:
+        self.reporter = reporter
+        self.result: Any = None
+        self.last_stderr: str | None = None
+
+    def stdout_line(self, line: str) -> None:
+        if not self._protocol(line):
+            self.reporter.log(line, "stdout")
+
+    def stderr_line(self, line: str) -> None:
+        if line.strip():
+            self.last_stderr = _shorten(line.strip())
+        self.reporter.log(line, "stderr")
+
+    def _protocol(self, line: str) -> bool:
+        """Handle a valid protocol line; False for anything else (which is then logged)."""
+        if line.startswith("::progress::"):
+            return self._progress(line[len("::progress::") :])
+        if line.startswith("::counts::"):
+            return self._counts(line[len("::counts::") :])
+        if line.startswith("::result::"):
+            return self._result(line[len("::result::") :])
+        return False
+
+    def _progress(self, text: str) -> bool:
+        parts = text.split(None, 1)
+        try:
+            percent = float(parts[0])
+        except (IndexError, ValueError):
+            return False
+        if math.isnan(percent):
+            return False
+        message = parts[1].strip() if len(parts) > 1 else None
+        self.reporter.progress(min(100.0, max(0.0, percent)), message or None)
+        return True
+
+    def _counts(self, text: str) -> bool:
+        values: dict[str, int] = {}
+        for item in text.split():
+            key, sep, number = item.partition("=")
+            if not sep or key not in COUNT_FIELDS or not _is_count(number):
+                return False
+            values[key] = int(number)
+        if not values:
+            return False
+        self.reporter.counts(**values)
+        return True
+
+    def _result(self, text: str) -> bool:
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except ValueError:
+            return False
+        self.result = value
+        self.reporter.result(value)
+        return True
+
+
+def _is_count(text: str) -> bool:
+    # ASCII digits only, and small enough for a 64-bit column.
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_DETAIL else text[: MAX_ERROR_DETAIL - 1] + "…"
+
+
+# --- Python handlers ------------------------------------------------------------------------
+
+
+class RunContext:
+    """The first argument of a Python handler, which is called as ``handler(ctx, params)``.
+
+    Attributes:
+        run_id:  the run's id (int).
+        job:     the job's name.
+        attempt: 1 for the first try, 2, 3, … for retries.
+        params:  the run's parameters (the same dict as the second argument).
+        cancelled: True once the run has timed out or been cancelled (read-only).
+
+    Methods (each may be called from the event loop or from the handler's own thread):
+        progress(percent, message=None)  percent 0-100, clamped; message optional.
+        counts(total=None, success=None, failed=None, skipped=None)
+                                         non-negative ints; only those given change.
+        log(*parts)                      one log line, parts joined by spaces like print().
+
+    Async handlers run on the daemon's event loop and are cancelled on timeout or cancellation.
+    Plain functions run in a worker thread, which cannot be interrupted: a long one should check
+    `ctx.cancelled` now and then and return when it becomes True. Reports made after the run
+    has ended are dropped.
+    """
+
+    def __init__(self, run: Run, job: JobConfig, reporter: RunReporter, loop: asyncio.AbstractEventLoop) -> None:
+        self.run_id = run.id
+        self.job = job.name
+        self.attempt = run.attempt
+        self.params = run.params
+        self._reporter = reporter
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._cancelled = False
+        self._finished = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        value = float(percent)
+        if math.isnan(value):
+            raise ValueError("progress: percent is NaN")
+        self._post(self._reporter.progress, min(100.0, max(0.0, value)), None if message is None else str(message))
+
+    def counts(
+        self,
+        total: int | None = None,
+        success: int | None = None,
+        failed: int | None = None,
+        skipped: int | None = None,
+    ) -> None:
+        given = {
+            name: value
+            for name, value in zip(COUNT_FIELDS, (total, success, failed, skipped))
+            if value is not None
+        }
+        for name, value in given.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"counts: {name} must be a non-negative integer, not {value!r}")
+        self._post(self._send_counts, given)
+
+    def log(self, *parts: object) -> None:
+        text = " ".join(str(part) for part in parts)
+        self._post(self._send_lines, text.splitlines() or [""])
+
+    def _send_counts(self, values: dict[str, int]) -> None:
+        self._reporter.counts(**values)
+
+    def _send_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            self._reporter.log(line, "handler")
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._finished:
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, fn, args)
+        except RuntimeError:  # the loop is closed: the run is long over
+            pass
+
+    def _deliver(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if not self._finished:
+            fn(*args)
+
+    def _stop(self, *, cancelled: bool) -> None:
+        self._cancelled = self._cancelled or cancelled
+        self._finished = True
+
+
+async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter) -> Outcome:
+    try:
+        handler = job.resolve_handler()
+    except ConfigError as exc:
+        return Outcome(error=str(exc))
+    ctx = RunContext(run, job, reporter, asyncio.get_running_loop())
+    cancelled = True
+    try:
+        async with asyncio.timeout(job.timeout_s):
+            if _is_async(handler):
+                value, exc = await _call_async(handler, ctx, run.params)
+            else:
+                value, exc = await asyncio.to_thread(_call_sync, handler, ctx, run.params)
+        cancelled = False
+    except TimeoutError:
+        return Outcome(timed_out=True, error=f"timed out after {format_seconds(job.timeout_s or 0)}")
+    finally:
+        ctx._stop(cancelled=cancelled)
+
+    if exc is not None:
+        _log_traceback(reporter, exc)
+        message = str(exc)
+        return Outcome(error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as json_exc:
+        return Outcome(error=f"result is not JSON serialisable: {json_exc}")
+    return Outcome(result=value)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+# The two callers return the handler's exception instead of raising it, so that a handler's own
+# TimeoutError is never mistaken for the run's timeout, and so its traceback starts here.
+async def _call_async(fn: Callable[..., Any], ctx: RunContext, params: Any) -> tuple[Any, BaseException | None]:
+    try:
+        return await fn(ctx, params), None
+    except (Exception, SystemExit) as exc:
+        return None, exc
+
+
+def _call_sync(fn: Callable[..., Any], ctx: RunContext, params: Any) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(ctx, params), None
+    except (Exception, SystemExit) as exc:
+        return None, exc
+
+
+def _log_traceback(reporter: RunReporter, exc: BaseException) -> None:
+    handler_frames = exc.__traceback__.tb_next if exc.__traceback__ else None  # skip _call_*
+    for chunk in traceback.format_exception(type(exc), exc, handler_frames):
+        for line in chunk.rstrip("\n").split("\n"):
+            reporter.log(line, "handler")
+
+
+# --- log file -------------------------------------------------------------------------------
+
+
+class RunLog:
+    """A run's log file plus an in-memory tail of its last lines.
+
+    The file is created on the first line, so runs that print nothing leave no file. After
+    `max_bytes` one "... log truncated" line is written and the file gets no more lines; the
+    tail keeps following the output. stderr lines carry a "[stderr] " prefix.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int, tail_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.tail_bytes = tail_bytes
+        self.bytes_written = 0
+        self.truncated = False
+        self.write_error: OSError | None = None  # set when the file could not be written
+        self._file: IO[bytes] | None = None
+        self._closed = False
+        self._tail: collections.deque[tuple[str, int]] = collections.deque()  # (text, UTF-8 size)
+        self._tail_size = 0
+
+    def write(self, stream: str, line: str) -> None:
+        text = f"[stderr] {line}\n" if stream == "stderr" else f"{line}\n"
+        data = text.encode("utf-8", errors="replace")
+        self._add_to_tail(text, len(data))
+        if self.truncated or self._closed or self.write_error is not None:
+            return
+        if self.bytes_written + len(data) > self.max_bytes:
+            self.truncated = True
+            data = f"... log truncated at {self.max_bytes} bytes\n".encode()
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "ab")
+            self._file.write(data)
+        except OSError as exc:
+            self.write_error = exc
+            return
+        if not self.truncated:
+            self.bytes_written += len(data)
+
+    def tail(self) -> str:
+        """The last whole lines of output, at most `tail_bytes` bytes of UTF-8."""
+        return "".join(text for text, _ in self._tail)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as exc:
+                self.write_error = self.write_error or exc
+
+    def _add_to_tail(self, text: str, size: int) -> None:
+        if size > self.tail_bytes:
+            # One line longer than the whole tail: keep its end.
+            text = text.encode("utf-8", errors="replace")[-self.tail_bytes :].decode("utf-8", errors="ignore")
+            size = len(text.encode("utf-8"))
+            self._tail.clear()
+            self._tail_size = 0
+        self._tail.append((text, size))
+        self._tail_size += size
+        while self._tail_size > self.tail_bytes:
+            self._tail_size -= self._tail.popleft()[1]
