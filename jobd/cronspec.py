@@ -1,35 +1,87 @@
-"""Schedule maths: the next fire time of a cron expression in a time zone.
+"""Schedule maths: the fire times of a cron expression in a time zone.
 
 Pure functions of (expression, zone, instant): no clock is read here.
+
+croniter only ever sees naive wall-clock times; mapping wall times to instants across
+daylight-saving changes is done here, following Vixie cron:
+
+* "wall-clock" schedules (minute, hour and seconds fields all without `*` or a step, e.g.
+  `30 2 * * *`) fire once per matching wall time: in a repeated hour at its first
+  occurrence, and a wall time skipped by a gap fires at the first instant after the gap;
+* every other schedule (`0 * * * *`, `*/15 * * * *`, `0 */2 * * *`, seconds schedules) follows
+  real time: it fires at every instant whose local wall time matches, so twice in a
+  repeated hour and never in a skipped one.
 """
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
-from datetime import datetime
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
+
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_UTC = timezone.utc
+_SECOND = timedelta(seconds=1)
+# Offset changes are searched for in steps of this size; two changes inside one step
+# that cancel each other out would be missed, and no zone has those.
+_PROBE = timedelta(hours=12)
+_RANDOM_PART = re.compile(r"r(\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
+_REFERENCE = datetime(2000, 1, 1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CronSpec:
     expr: str
     hash_key: str
+    # Derived in __post_init__: the croniter form of `expr` and the DST rule it follows.
+    fields: str = dataclasses.field(init=False, repr=False, compare=False)
+    wall_clock: bool = dataclasses.field(init=False, repr=False, compare=False)
+    _iter: Any = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = _normalise(self.expr)
+        parts = fields.split()
+        precise = parts[:2] + parts[5:]  # minute, hour and (if given) seconds
+        wall_clock = not any("*" in part or "/" in part for part in precise)
+        try:
+            it = croniter(fields, _REFERENCE, hash_id=self.hash_key.encode())
+            it.get_next(datetime)
+        except Exception as exc:  # croniter raises several unrelated types
+            raise ValueError(str(exc) or type(exc).__name__) from None
+        object.__setattr__(self, "fields", fields)
+        object.__setattr__(self, "wall_clock", wall_clock)
+        object.__setattr__(self, "_iter", it)
 
     @classmethod
     def parse(cls, expr: str, hash_key: str) -> CronSpec:
-        """Validate `expr`; raises ValueError with croniter's reason."""
-        try:
-            croniter(expr, datetime(2000, 1, 1), hash_id=hash_key.encode())
-        except Exception as exc:  # croniter raises several unrelated types
-            raise ValueError(str(exc)) from None
+        """Validate `expr`; raises ValueError with the reason."""
         return cls(expr, hash_key)
 
     def next_after(self, after: datetime, tz: ZoneInfo) -> datetime:
         """The first fire strictly after the aware instant `after`, as an aware time in `tz`."""
-        it = croniter(self.expr, after.astimezone(tz), hash_id=self.hash_key.encode())
-        return it.get_next(datetime)
+        if after.tzinfo is None or after.utcoffset() is None:
+            raise ValueError("next_after needs a timezone-aware datetime")
+        # Fires fall on whole seconds, so flooring `after` changes nothing.
+        start = after.astimezone(_UTC).replace(microsecond=0)
+        if self.wall_clock:
+            fire = self._next_wall_clock(start, tz)
+        else:
+            fire = self._next_real_time(start, tz)
+        return fire.astimezone(tz)
 
     def next_fires(self, after: datetime, tz: ZoneInfo, count: int) -> list[datetime]:
         fires: list[datetime] = []
@@ -37,3 +89,177 @@ class CronSpec:
             after = self.next_after(after, tz)
             fires.append(after)
         return fires
+
+    def newest_in(self, start: datetime, end: datetime, tz: ZoneInfo) -> datetime | None:
+        """The newest fire in (start, end], or None; O(log(end - start)) steps, not one per fire."""
+        if self.next_after(start, tz) > end:
+            return None
+        # Double a look-back window from `end` until it holds a fire, then bisect.
+        # `lo` always has a fire in (lo, end], `hi` never does.
+        top = end.astimezone(_UTC).replace(microsecond=0)
+        hi, width = top, _SECOND
+        lo = max(start, top - width)
+        while self.next_after(lo, tz) > end:
+            hi, width = lo, width * 2
+            lo = max(start, top - width)
+        while hi - lo > _SECOND:
+            mid = lo + (hi - lo) / 2
+            if self.next_after(mid, tz) <= end:
+                lo = mid
+            else:
+                hi = mid
+        return self.next_after(lo, tz)
+
+    def _wall_next(self, wall: datetime) -> datetime:
+        """The first matching naive wall time strictly after `wall`."""
+        try:
+            return self._iter.get_next(datetime, start_time=wall)
+        except Exception as exc:
+            raise ValueError(f"{self.expr!r}: no fire time after {wall:%Y-%m-%d %H:%M:%S}: {exc}") from None
+
+    def _next_wall_clock(self, start: datetime, tz: ZoneInfo) -> datetime:
+        # Each matching wall time maps to one instant and that mapping never decreases,
+        # so walk wall times forward; the only ones skipped are in the second copy of a
+        # repeated hour, which already fired in the first copy.
+        wall = start.astimezone(tz).replace(tzinfo=None)
+        while True:
+            wall = self._wall_next(wall)
+            fire = _first_instant(wall, tz)
+            if fire > start:
+                return fire
+
+    def _next_real_time(self, start: datetime, tz: ZoneInfo) -> datetime:
+        # Between two offset changes local time is UTC plus a constant, so the first
+        # matching wall time gives the first fire unless an offset change comes first;
+        # then the search restarts at the change.
+        instant, inclusive = start, False
+        while True:
+            offset = _offset(instant, tz)
+            wall = (instant + offset).replace(tzinfo=None)
+            fire = (self._wall_next(wall - _SECOND if inclusive else wall) - offset).replace(tzinfo=_UTC)
+            change = _next_change(instant, fire, tz)
+            if change is None:
+                return fire
+            instant, inclusive = change, True
+
+
+def describe(expr: str) -> str:
+    """A short English description of common cron forms; other forms are returned as written."""
+    text = " ".join(expr.split())
+    alias = ALIASES.get(text.lower())
+    parts = (alias or text).split()
+    if len(parts) == 6:
+        if parts[:5] == ["*"] * 5:
+            return _every(parts[5], "second") or text
+        return text
+    if len(parts) != 5:
+        return text
+    minute, hour, dom, month, dow = parts
+    if hour == "*" and (dom, month, dow) == ("*", "*", "*"):
+        if minute.isdigit():
+            return f"hourly at minute {int(minute)}"
+        return _every(minute, "minute") or text
+    if not minute.isdigit():
+        return text
+    if hour.startswith("*/") and hour[2:].isdigit() and (dom, month, dow) == ("*", "*", "*"):
+        return f"every {int(hour[2:])} hours at minute {int(minute)}"
+    if not hour.isdigit() or int(hour) > 23 or int(minute) > 59:
+        return text
+    at = f"at {int(hour):02d}:{int(minute):02d}"
+    if (dom, month, dow) == ("*", "*", "*"):
+        return f"{at} every day"
+    if dom == "*" and month == "*":
+        days = _weekdays(dow)
+        return f"{at} every {days}" if days else text
+    if dom.isdigit() and month == "*" and dow == "*":
+        return f"{at} on day {int(dom)} of every month"
+    if dom.isdigit() and month.isdigit() and dow == "*" and 1 <= int(month) <= 12:
+        return f"{at} on {int(dom)} {calendar.month_name[int(month)]}"
+    return text
+
+
+def _normalise(expr: str) -> str:
+    text = " ".join(expr.split())
+    if text.startswith("@"):
+        if text.lower() == "@reboot":
+            raise ValueError("@reboot is not supported: jobd fires jobs only at times of day")
+        try:
+            return ALIASES[text.lower()]
+        except KeyError:
+            raise ValueError(f"unknown alias {text!r} (known: {', '.join(ALIASES)})") from None
+    parts = text.split()
+    if len(parts) not in (5, 6):
+        raise ValueError(
+            f"expected 5 fields (minute hour day month weekday) or 6 with seconds last, found {len(parts)}"
+        )
+    for part in parts:
+        if any(_RANDOM_PART.fullmatch(item) for item in part.split(",")):
+            raise ValueError("R (random) is not supported; use H for a stable spread")
+    return text
+
+
+def _offset(instant: datetime, tz: ZoneInfo) -> timedelta:
+    offset = instant.astimezone(tz).utcoffset()
+    assert offset is not None
+    return offset
+
+
+def _next_change(start: datetime, end: datetime, tz: ZoneInfo) -> datetime | None:
+    """The first whole-second instant in (start, end] whose UTC offset differs from start's."""
+    base = _offset(start, tz)
+    lo = start
+    while lo < end:
+        hi = min(lo + _PROBE, end)
+        if _offset(hi, tz) != base:
+            while hi - lo > _SECOND:
+                mid = lo + max(1, (hi - lo) // _SECOND // 2) * _SECOND
+                if _offset(mid, tz) == base:
+                    lo = mid
+                else:
+                    hi = mid
+            return hi
+        lo = hi
+    return None
+
+
+def _first_instant(wall: datetime, tz: ZoneInfo) -> datetime:
+    """The instant a wall-clock schedule fires for `wall`: its first occurrence, or the gap's end."""
+    early = wall.replace(tzinfo=tz, fold=0).astimezone(_UTC)
+    late = wall.replace(tzinfo=tz, fold=1).astimezone(_UTC)
+    if early <= late:  # an ordinary or a repeated wall time
+        return early
+    # In a gap fold=0 reads the wall time with the offset from before the change, which
+    # lands after it; the change itself lies between the two readings.
+    change = _next_change(late, early, tz)
+    assert change is not None
+    return change
+
+
+def _every(field: str, unit: str) -> str | None:
+    if field == "*":
+        return f"every {unit}"
+    if field.startswith("*/") and field[2:].isdigit():
+        step = int(field[2:])
+        return f"every {unit}" if step == 1 else f"every {step} {unit}s"
+    return None
+
+
+_DAY_NAMES = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_DAY_ABBR = {name[:3].lower(): index for index, name in enumerate(_DAY_NAMES[:7])}
+
+
+def _weekdays(field: str) -> str | None:
+    def day(token: str) -> int | None:
+        token = token.lower()
+        if token.isdigit() and int(token) <= 7:
+            return int(token)
+        return _DAY_ABBR.get(token)
+
+    names = []
+    for item in field.split(","):
+        first, dash, last = item.partition("-")
+        a, b = day(first), day(last) if dash else None
+        if a is None or (dash and b is None):
+            return None
+        names.append(f"{_DAY_NAMES[a]} to {_DAY_NAMES[b]}" if dash and b is not None else _DAY_NAMES[a])
+    return ", ".join(names)
