@@ -1,0 +1,270 @@
+"""The in-memory event bus: global ids, a replay ring, bounded subscribers.
+
+Every event is encoded to its Server-Sent Events frame once, at publish time; subscribers hold
+references to the same bytes. Publishing never awaits: each subscriber has a bounded buffer, a
+progress-only update replaces the one still waiting for the same run (latest wins), and a
+subscriber that is still full is cut off rather than allowed to grow or slow the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    type: str
+    run_id: int | None
+    job: str | None
+    status: str | None
+    data: dict[str, Any]
+    frame: bytes
+    # A progress-only update: a later one for the same run makes this one redundant.
+    coalescible: bool = False
+
+
+class SubscriberOverflow(Exception):
+    """The subscriber fell too far behind and was disconnected."""
+
+
+class SubscriptionClosed(Exception):
+    """The bus was shut down or the subscription closed."""
+
+
+def encode_frame(event_id: int | None, data: dict[str, Any]) -> bytes:
+    body = json.dumps(data, separators=(",", ":"), default=str)
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}data: {body}\n\n".encode()
+
+
+class Subscriber:
+    """One consumer's bounded view of the bus."""
+
+    __slots__ = ("bus", "run_id", "accepts", "capacity", "_entries", "_live", "_by_run",
+                 "_waiter", "overflowed", "closed", "delivered", "wants_logs")
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        run_id: int | None,
+        accepts: Callable[[Event], bool] | None,
+        capacity: int,
+        wants_logs: bool,
+    ) -> None:
+        self.bus = bus
+        self.run_id = run_id
+        self.accepts = accepts
+        self.capacity = capacity
+        self.wants_logs = wants_logs
+        # Entries are one-item lists so a coalesced event can be blanked in place.
+        self._entries: deque[list[Event | None]] = deque()
+        self._live = 0
+        self._by_run: dict[int, list[Event | None]] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self.overflowed = False
+        self.closed = False
+        self.delivered = 0
+
+    def offer(self, event: Event) -> bool:
+        """Queue an event without waiting; False when this subscriber has to be cut off."""
+        if self.closed:
+            return True
+        if event.coalescible and event.run_id is not None:
+            stale = self._by_run.get(event.run_id)
+            if stale is not None and stale[0] is not None:
+                stale[0] = None
+                self._live -= 1
+                self.bus.coalesced += 1
+        if self._live >= self.capacity:
+            self.overflowed = True
+            self._entries.clear()
+            self._by_run.clear()
+            self._live = 0
+            self._wake()
+            return False
+        entry: list[Event | None] = [event]
+        self._entries.append(entry)
+        self._live += 1
+        if event.run_id is not None:
+            if event.coalescible:
+                self._by_run[event.run_id] = entry
+            else:
+                self._by_run.pop(event.run_id, None)
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def pending(self) -> int:
+        return self._live
+
+    def get_nowait(self) -> Event | None:
+        while self._entries:
+            entry = self._entries.popleft()
+            event = entry[0]
+            if event is None:
+                continue
+            self._live -= 1
+            if event.run_id is not None and self._by_run.get(event.run_id) is entry:
+                del self._by_run[event.run_id]
+            self.delivered += 1
+            return event
+        return None
+
+    async def get(self, timeout: float | None = None) -> Event | None:
+        """The next event; None when `timeout` passes first. Raises when cut off or closed."""
+        while True:
+            if self.overflowed:
+                raise SubscriberOverflow()
+            event = self.get_nowait()
+            if event is not None:
+                return event
+            if self.closed:
+                raise SubscriptionClosed()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.bus._remove(self)
+            self._wake()
+
+
+class EventBus:
+    def __init__(
+        self, *, ring_size: int = 10_000, subscriber_buffer: int = 1000, first_id: int = 1, log: Any = None
+    ) -> None:
+        self._ring: deque[Event] = deque(maxlen=ring_size)
+        self._buffer = subscriber_buffer
+        # The daemon seeds ids from the clock, so ids keep increasing across restarts and an id
+        # from an earlier process is recognised as "before this ring" rather than "in the future".
+        self._next_id = first_id
+        self._by_run: dict[int, set[Subscriber]] = {}
+        self._firehose: set[Subscriber] = set()
+        self._log_listeners: dict[int, int] = {}
+        self._evicted_up_to = first_id - 1
+        self.log = log or structlog.get_logger("jobd.events")
+        self.published = 0
+        self.dropped = 0
+        self.coalesced = 0
+        self.closed = False
+
+    @property
+    def last_id(self) -> int:
+        return self._next_id - 1
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._firehose) + sum(len(subs) for subs in self._by_run.values())
+
+    def subscribe(
+        self,
+        *,
+        run_id: int | None = None,
+        accepts: Callable[[Event], bool] | None = None,
+        wants_logs: bool = False,
+        capacity: int | None = None,
+    ) -> Subscriber:
+        """A run's events (run_id given) or every run's events (the firehose)."""
+        sub = Subscriber(self, run_id=run_id, accepts=accepts, capacity=capacity or self._buffer,
+                         wants_logs=wants_logs)
+        if self.closed:
+            sub.closed = True
+            return sub
+        if run_id is None:
+            self._firehose.add(sub)
+        else:
+            self._by_run.setdefault(run_id, set()).add(sub)
+        if wants_logs and run_id is not None:
+            self._log_listeners[run_id] = self._log_listeners.get(run_id, 0) + 1
+        return sub
+
+    def wants_logs(self, run_id: int) -> bool:
+        """Whether anyone listens for this run's log lines (else they are not published)."""
+        return run_id in self._log_listeners or any(s.wants_logs for s in self._firehose)
+
+    def _remove(self, sub: Subscriber) -> None:
+        if sub.run_id is None:
+            self._firehose.discard(sub)
+            return
+        subs = self._by_run.get(sub.run_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_run[sub.run_id]
+        if sub.wants_logs:
+            left = self._log_listeners.get(sub.run_id, 0) - 1
+            if left > 0:
+                self._log_listeners[sub.run_id] = left
+            else:
+                self._log_listeners.pop(sub.run_id, None)
+
+    def publish(
+        self,
+        type_: str,
+        data: dict[str, Any],
+        *,
+        run_id: int | None = None,
+        job: str | None = None,
+        status: str | None = None,
+        coalescible: bool = False,
+        replayable: bool = True,
+    ) -> Event:
+        """Assign the next id, encode once, remember in the ring and hand to every subscriber."""
+        event_id = self._next_id
+        self._next_id += 1
+        payload = {"type": type_, **data}
+        event = Event(event_id, type_, run_id, job, status, payload, encode_frame(event_id, payload), coalescible)
+        if replayable:
+            if len(self._ring) == self._ring.maxlen:
+                self._evicted_up_to = self._ring[0].id
+            self._ring.append(event)
+        self.published += 1
+        targets: list[Subscriber] = []
+        if run_id is not None:
+            targets.extend(self._by_run.get(run_id, ()))
+        targets.extend(self._firehose)
+        for sub in targets:
+            if type_ == "log" and not sub.wants_logs:
+                continue
+            if sub.accepts is not None and not sub.accepts(event):
+                continue
+            if not sub.offer(event):
+                self.dropped += 1
+                self.log.warning("subscriber_overflow", run_id=sub.run_id, capacity=sub.capacity)
+                sub.close()
+                sub.overflowed = True
+        return event
+
+    def since(self, last_id: int) -> list[Event] | None:
+        """Events after `last_id` still in the ring; None when some of them have left it."""
+        if last_id == self.last_id:
+            return []
+        if last_id > self.last_id or last_id < self._evicted_up_to:
+            return None
+        # Ids in the ring are increasing but not contiguous (non-replayable events skip it).
+        return [event for event in self._ring if event.id > last_id]
+
+    def close_all(self) -> None:
+        """Shutdown: every subscriber is woken and told the stream is over."""
+        self.closed = True
+        for sub in [*self._firehose, *(s for subs in self._by_run.values() for s in subs)]:
+            sub.close()

@@ -1,0 +1,549 @@
+"""The run table: creating runs, moving them through their states, and the ready queue.
+
+This is the one place where a run changes. Every change goes to the store first and is published
+on the event bus once committed, so a subscriber never sees a state the store does not have.
+Runs that are PENDING or PROCESSING are kept in memory (`active`); finished ones live in the store.
+
+The ready queue is an asyncio.Queue of runs whose job has a free slot: a slot is reserved when a
+run is put on the queue and freed when it finishes, so workers never take a run they cannot start.
+Runs over their job's limit wait, in order, in a per-job line; retries wait out their backoff on
+a timer before they join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from jobd.config import JobConfig
+from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
+from jobd.events import EventBus
+from jobd.models import (
+    ALLOWED_TRANSITIONS,
+    InvalidTransition,
+    Run,
+    RunStatus,
+    TriggerSource,
+    now_ms,
+)
+from jobd.store import IdempotencyKey, JobState, RunFilter, Store
+
+IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+MAX_BACKOFF_S = 24 * 3600.0
+FinishedHook = Callable[[JobConfig, Run, JobState, int], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Submission:
+    """One run to create: what the API, the scheduler and retries ask for."""
+
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+class RunService:
+    def __init__(
+        self,
+        *,
+        jobs: Mapping[str, JobConfig],
+        store: Store,
+        bus: EventBus,
+        clock: Callable[[], int] = now_ms,
+        rng: random.Random | None = None,
+        log: Any = None,
+    ) -> None:
+        self.jobs: dict[str, JobConfig] = dict(jobs)
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.log = log or structlog.get_logger("jobd.runs")
+        self.active: dict[int, Run] = {}
+        self.queue: asyncio.Queue[Run] = asyncio.Queue()
+        self.job_states: dict[str, JobState] = {}
+        self.last_runs: dict[str, Run] = {}
+        self.status_totals: Counter[RunStatus] = Counter()
+        self.accepting = True
+        self.finished_hooks: list[FinishedHook] = []
+        self._active_by_job: dict[str, set[int]] = defaultdict(set)
+        self._slots_used: Counter[str] = Counter()
+        self._waiting: dict[str, deque[Run]] = defaultdict(deque)
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: dict[int, asyncio.Task[Any]] = {}
+        # Runs an operator asked to cancel; any other stop of a running handler is an interruption.
+        self.cancel_requested: set[int] = set()
+        self._finish_waiters: dict[int, list[asyncio.Future[None]]] = defaultdict(list)
+        self._keys_in_flight: dict[tuple[str, str], asyncio.Future[Run]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    async def load(self, *, on_interrupted: str = "interrupted: jobd stopped while the run was in progress") -> None:
+        """Restore state from the store: job state, totals, and re-queue what was left active."""
+        self.job_states = await self.store.job_states()
+        self.status_totals = Counter(await self.store.count_by_status())
+        last_ids = [s.last_run_id for s in self.job_states.values() if s.last_run_id is not None]
+        for run in await self.store.get_runs(last_ids):
+            self.last_runs[run.job] = run
+        for run in await self.store.active_runs():
+            job = self.jobs.get(run.job)
+            if job is None:
+                self._track(run)
+                await self._finish(run, RunStatus.FAILED, error=f"job {run.job!r} is no longer configured")
+            elif run.status is RunStatus.PROCESSING:
+                self._track(run)
+                await self.interrupt(run, on_interrupted)
+            else:
+                self._track(run)
+                self._schedule(run)
+
+    # -- creating runs ---------------------------------------------------------------------------
+
+    def job(self, name: str) -> JobConfig:
+        job = self.jobs.get(name)
+        if job is None:
+            raise JobNotFound(name)
+        return job
+
+    def job_state(self, name: str) -> JobState:
+        state = self.job_states.get(name)
+        if state is None:
+            state = self.job_states[name] = JobState(name)
+        return state
+
+    def is_running(self, job: str) -> bool:
+        return any(self.active[i].status is RunStatus.PROCESSING for i in self._active_by_job.get(job, ()))
+
+    def active_of(self, job: str) -> list[Run]:
+        return sorted((self.active[i] for i in self._active_by_job.get(job, ())), key=lambda r: r.id)
+
+    async def submit(
+        self,
+        job_name: str,
+        submissions: Sequence[Submission],
+        *,
+        triggered_by: TriggerSource,
+        overlap: str | None = None,
+        scheduled_for: int | None = None,
+    ) -> list[Run]:
+        """Create runs, commit them, then queue them. Returns once they are durable."""
+        if not self.accepting:
+            raise Unavailable("jobd is shutting down; not accepting new runs", retry_after_s=5)
+        job = self.job(job_name)
+        if len(submissions) == 1 and submissions[0].idempotency_key:
+            return [await self._submit_idempotent(job, submissions[0], triggered_by, overlap, scheduled_for)]
+        await self._admit(job, overlap or job.overlap, len(submissions))
+        now = self.clock()
+        runs = [
+            Run(
+                id=self.store.allocate_run_id(),
+                job=job.name,
+                status=RunStatus.PENDING,
+                triggered_by=triggered_by,
+                created_at=now,
+                updated_at=now,
+                params=dict(s.params),
+                max_attempts=job.retries + 1,
+                scheduled_for=scheduled_for,
+            )
+            for s in submissions
+        ]
+        keys = [
+            IdempotencyKey(job.name, s.idempotency_key, run.id, now)
+            for s, run in zip(submissions, runs)
+            if s.idempotency_key
+        ]
+        await self._create(runs, keys)
+        return runs
+
+    async def _submit_idempotent(
+        self, job: JobConfig, submission: Submission, triggered_by: TriggerSource, overlap: str | None,
+        scheduled_for: int | None,
+    ) -> Run:
+        assert submission.idempotency_key
+        token = (job.name, submission.idempotency_key)
+        in_flight = self._keys_in_flight.get(token)
+        if in_flight is not None:
+            return await asyncio.shield(in_flight)
+        future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._keys_in_flight[token] = future
+        try:
+            since = self.clock() - IDEMPOTENCY_WINDOW_MS
+            existing = await self.store.find_idempotent(job.name, submission.idempotency_key, since)
+            if existing is not None:
+                run = await self.get(existing)
+            else:
+                plain = Submission(submission.params)
+                [run] = await self.submit(job.name, [plain], triggered_by=triggered_by, overlap=overlap,
+                                          scheduled_for=scheduled_for)
+                await self.store.write(keys=[IdempotencyKey(job.name, submission.idempotency_key, run.id,
+                                                            run.created_at)])
+            future.set_result(run)
+            return run
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a lone caller leaves no "never retrieved" warning
+            raise
+        finally:
+            del self._keys_in_flight[token]
+
+    async def _admit(self, job: JobConfig, policy: str, count: int) -> None:
+        """Apply the overlap policy to `count` new runs of `job`."""
+        active = self.active_of(job.name)
+        if policy == "skip" and (active or count > 1):
+            detail = (f"job {job.name!r} already has run {active[0].id} {active[0].status.value}" if active
+                      else f"job {job.name!r} allows one run at a time (overlap=skip)")
+            raise OverlapConflict(detail, job=job.name, active_run_ids=[r.id for r in active])
+        if policy == "buffer_one":
+            waiting = [r for r in active if r.status is RunStatus.PENDING]
+            if waiting or count > 1:
+                raise OverlapConflict(
+                    f"job {job.name!r} already has run {waiting[0].id if waiting else '?'} waiting (overlap=buffer_one)",
+                    job=job.name, active_run_ids=[r.id for r in active],
+                )
+        if policy == "replace":
+            for run in active:
+                await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}")
+
+    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = ()) -> None:
+        for run in runs:
+            self._track(run)
+        try:
+            await self.store.write(runs, keys=keys)
+        except BaseException:
+            for run in runs:
+                self._untrack(run)
+            raise
+        for run in runs:
+            self.status_totals[RunStatus.PENDING] += 1
+            self.last_runs[run.job] = run
+            self._publish(run)
+            self._schedule(run)
+
+    def _track(self, run: Run) -> None:
+        self.active[run.id] = run
+        self._active_by_job[run.job].add(run.id)
+        self._idle.clear()
+
+    def _untrack(self, run: Run) -> None:
+        self.active.pop(run.id, None)
+        ids = self._active_by_job.get(run.job)
+        if ids is not None:
+            ids.discard(run.id)
+            if not ids:
+                del self._active_by_job[run.job]
+        if not self.active:
+            self._idle.set()
+
+    # -- the ready queue -----------------------------------------------------------------------
+
+    def slot_limit(self, job: JobConfig) -> int:
+        return 1 if job.overlap == "queue" else job.max_concurrency
+
+    def _schedule(self, run: Run) -> None:
+        """Put a PENDING run on its way: wait out run_after, then a slot, then the queue."""
+        delay_ms = (run.run_after or 0) - self.clock()
+        if delay_ms > 0:
+            loop = asyncio.get_running_loop()
+            self._timers[run.id] = loop.call_later(delay_ms / 1000, self._timer_fired, run)
+            return
+        job = self.jobs.get(run.job)
+        if job is None or self._slots_used[run.job] >= self.slot_limit(job):
+            self._waiting[run.job].append(run)
+            return
+        self._slots_used[run.job] += 1
+        self.queue.put_nowait(run)
+
+    def _timer_fired(self, run: Run) -> None:
+        self._timers.pop(run.id, None)
+        if run.status is RunStatus.PENDING:
+            run.run_after = None
+            self._schedule(run)
+
+    def release_slot(self, job: str) -> None:
+        """A run of `job` left the worker: its slot goes to the next one waiting, if any."""
+        self._slots_used[job] -= 1
+        if self._slots_used[job] <= 0:
+            del self._slots_used[job]
+        waiting = self._waiting.get(job)
+        while waiting:
+            run = waiting.popleft()
+            if run.status is RunStatus.PENDING:
+                self._schedule(run)
+                break
+        if waiting is not None and not waiting:
+            self._waiting.pop(job, None)
+
+    def queued_count(self) -> int:
+        return sum(1 for run in self.active.values() if run.status is RunStatus.PENDING)
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def _transition(self, run: Run, status: RunStatus) -> None:
+        if status not in ALLOWED_TRANSITIONS[run.status]:
+            raise InvalidTransition(run.id, run.status, status)
+        self.status_totals[run.status] -= 1
+        self.status_totals[status] += 1
+        run.status = status
+        run.updated_at = self.clock()
+
+    async def start(self, run: Run) -> None:
+        """PENDING → PROCESSING, durable before the handler starts."""
+        self._transition(run, RunStatus.PROCESSING)
+        run.started_at = run.updated_at
+        await self.store.write([run])
+        self._publish(run)
+
+    def attach_task(self, run: Run, task: asyncio.Task[Any]) -> None:
+        """The task running the handler: what `cancel()` stops."""
+        self._tasks[run.id] = task
+
+    def report_progress(self, run: Run, percent: float, message: str | None) -> None:
+        run.progress = max(0.0, min(100.0, float(percent)))
+        if message is not None:
+            run.message = message
+        self._changed_in_memory(run)
+
+    def report_counts(self, run: Run, **counts: int | None) -> None:
+        for name, value in counts.items():
+            if value is not None:
+                setattr(run.counts, name, int(value))
+        self._changed_in_memory(run)
+
+    def report_result(self, run: Run, value: Any) -> None:
+        run.result = value
+        run.updated_at = self.clock()
+
+    def report_log(self, run: Run, line: str, stream: str) -> None:
+        if self.bus.wants_logs(run.id):
+            self.bus.publish("log", {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
+                             run_id=run.id, job=run.job, status=run.status.value)
+
+    def _changed_in_memory(self, run: Run) -> None:
+        run.updated_at = self.clock()
+        self.store.write_lazy(run)
+        self._publish(run, coalescible=True)
+
+    async def finish(
+        self,
+        run: Run,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        exit_code: int | None = None,
+        result: Any = None,
+        log_tail: str | None = None,
+    ) -> Run | None:
+        """Record a terminal state; returns the retry run when one was created."""
+        if result is not None:
+            run.result = result
+        retry = None
+        job = self.jobs.get(run.job)
+        if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts and self.accepting:
+            retry = self._retry_run(run, job, delay_s=self._backoff_s(job, run.attempt))
+        await self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
+        return retry
+
+    def _backoff_s(self, job: JobConfig, attempt: int) -> float:
+        base = job.retry_backoff_s * (2 ** (attempt - 1))
+        return min(MAX_BACKOFF_S, base * self.rng.uniform(0.8, 1.2))
+
+    def _retry_run(self, previous: Run, job: JobConfig, *, delay_s: float, attempt: int | None = None) -> Run:
+        now = self.clock()
+        attempt = attempt or previous.attempt + 1
+        return Run(
+            id=self.store.allocate_run_id(),
+            job=previous.job,
+            status=RunStatus.PENDING,
+            triggered_by=TriggerSource.RETRY,
+            created_at=now,
+            updated_at=now,
+            params=dict(previous.params),
+            attempt=attempt,
+            max_attempts=max(previous.max_attempts, attempt),
+            scheduled_for=previous.scheduled_for,
+            run_after=now + round(delay_s * 1000) if delay_s > 0 else None,
+            retry_of=previous.id,
+        )
+
+    async def _finish(
+        self,
+        run: Run,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        exit_code: int | None = None,
+        log_tail: str | None = None,
+        retry: Run | None = None,
+    ) -> None:
+        previous_status = run.status
+        self._transition(run, status)
+        run.finished_at = run.updated_at
+        if run.started_at is None:
+            run.started_at = run.finished_at
+        if error is not None:
+            run.error = error
+        if exit_code is not None:
+            run.exit_code = exit_code
+        if log_tail is not None:
+            run.log_tail = log_tail
+        if status is RunStatus.COMPLETED or status is RunStatus.PARTIAL:
+            run.progress = 100.0
+        state = self.job_state(run.job)
+        previous_failures = state.consecutive_failures
+        if status is RunStatus.FAILED:
+            state.consecutive_failures += 1
+        elif status is not RunStatus.CANCELLED:
+            state.consecutive_failures = 0
+        state.last_run_id = run.id if retry is None else retry.id
+        rows = [run] if retry is None else [run, retry]
+        if retry is not None:
+            self._track(retry)
+        try:
+            await self.store.write(rows, job_states=[dataclasses.replace(state)])
+        except BaseException:
+            if retry is not None:
+                self._untrack(retry)
+            raise
+        self._untrack(run)
+        self._tasks.pop(run.id, None)
+        self.cancel_requested.discard(run.id)
+        timer = self._timers.pop(run.id, None)
+        if timer is not None:
+            timer.cancel()
+        self.last_runs[run.job] = retry or run
+        self._publish(run)
+        for waiter in self._finish_waiters.pop(run.id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+        if previous_status is RunStatus.PENDING:
+            self._drop_waiting(run)
+        log = self.log.bind(run_id=run.id, job=run.job)
+        log.info("run_finished", status=status.value, duration_ms=run.duration_ms, error=run.error)
+        if retry is not None:
+            self.status_totals[RunStatus.PENDING] += 1
+            self._publish(retry)
+            self._schedule(retry)
+            log.info("run_retry_scheduled", retry_run_id=retry.id, attempt=retry.attempt,
+                     run_after=retry.run_after)
+        job = self.jobs.get(run.job)
+        if job is not None:
+            for hook in self.finished_hooks:
+                try:
+                    hook(job, run, state, previous_failures)
+                except Exception:  # a hook (metrics, alerts) must never fail a run
+                    log.exception("finished_hook_failed")
+
+    def _drop_waiting(self, run: Run) -> None:
+        waiting = self._waiting.get(run.job)
+        if waiting and run in waiting:
+            waiting.remove(run)
+
+    async def interrupt(self, run: Run, reason: str) -> Run | None:
+        """A run stopped by shutdown or found after a crash: FAILED, and re-queued unless told not to."""
+        job = self.jobs.get(run.job)
+        retry = None
+        if job is not None and job.on_interrupt == "retry":
+            retry = self._retry_run(run, job, delay_s=0)
+        await self._finish(run, RunStatus.FAILED, error=reason, retry=retry)
+        return retry
+
+    # -- operator actions ----------------------------------------------------------------------
+
+    async def get(self, run_id: int) -> Run:
+        run = self.active.get(run_id)
+        if run is None:
+            run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    async def cancel(self, run_id: int, *, reason: str = "cancelled") -> Run:
+        run = self.active.get(run_id)
+        if run is None:
+            stored = await self.get(run_id)
+            raise Conflict(f"run {run_id} is already {stored.status.value}", run_id=run_id,
+                           run_status=stored.status.value)
+        if run.status is RunStatus.PENDING:
+            await self._finish(run, RunStatus.CANCELLED, error=reason)
+            return run
+        run.error = reason
+        self.cancel_requested.add(run_id)
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+        # Without a task the run is between its PROCESSING commit and its handler's start; the
+        # worker sees cancel_requested and stops it there.
+        await self.wait_finished(run)
+        return run
+
+    async def wait_finished(self, run: Run) -> None:
+        """Until the run's terminal state is committed (it leaves `active` only then)."""
+        if run.id not in self.active:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._finish_waiters[run.id].append(waiter)
+        await waiter
+
+    async def retry(self, run_id: int) -> Run:
+        """A new run repeating a finished one (an operator's retry)."""
+        if not self.accepting:
+            raise Unavailable("jobd is shutting down; not accepting new runs", retry_after_s=5)
+        previous = await self.get(run_id)
+        if not previous.status.terminal:
+            raise Conflict(f"run {run_id} is {previous.status.value}; only a finished run can be retried",
+                           run_id=run_id, run_status=previous.status.value)
+        job = self.job(previous.job)
+        retry = self._retry_run(previous, job, delay_s=0)
+        await self._create([retry])
+        return retry
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def _publish(self, run: Run, *, coalescible: bool = False) -> None:
+        self.bus.publish("status_update", status_update(run), run_id=run.id, job=run.job,
+                         status=run.status.value, coalescible=coalescible)
+
+    async def list(self, where: RunFilter, *, limit: int, offset: int) -> tuple[list[Run], int]:
+        runs, total = await self.store.list_runs(where, limit=limit, offset=offset)
+        # The store's copy of an active run may lag behind its latest progress.
+        return [self.active.get(run.id, run) for run in runs], total
+
+    def queue_snapshot(self, workers_total: int) -> dict[str, Any]:
+        pending = [run for run in self.active.values() if run.status is RunStatus.PENDING]
+        busy = sum(1 for run in self.active.values() if run.status is RunStatus.PROCESSING)
+        oldest = min((run.created_at for run in pending), default=None)
+        return {
+            "counts": {status.value: self.status_totals.get(status, 0) for status in RunStatus},
+            "pending": len(pending),
+            "processing": busy,
+            "workers": {"busy": busy, "total": workers_total},
+            "oldest_pending_age_s": None if oldest is None else round((self.clock() - oldest) / 1000, 3),
+        }
+
+
+def status_update(run: Run) -> dict[str, Any]:
+    data = run.to_json()
+    return {
+        "run_id": run.id,
+        "job": run.job,
+        "status": data["status"],
+        "progress": run.progress,
+        "message": run.message,
+        "counts": data["counts"],
+        "error": run.error,
+        "result": run.result,
+        "attempt": run.attempt,
+        "updated_at": data["updated_at"],
+    }
+

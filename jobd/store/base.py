@@ -1,0 +1,93 @@
+"""The storage interface. SQLite implements it today; a PostgreSQL store can sit beside it.
+
+Writes are declared, not executed: `write()` hands run rows, job states and idempotency keys to
+the store, which commits them in groups and returns once they are committed. `write_lazy()` hands
+in a run whose change may wait (a progress tick): it is written with the next commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from jobd.models import Run, RunStatus, TriggerSource
+
+
+class StoreLocked(Exception):
+    """Another jobd process holds this store."""
+
+
+@dataclasses.dataclass(slots=True)
+class JobState:
+    """What jobd remembers of a job between runs and restarts."""
+
+    job: str
+    paused: bool = False
+    last_fire_at: int | None = None
+    skipped_fires: int = 0
+    last_skipped_at: int | None = None
+    consecutive_failures: int = 0
+    last_run_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    job: str
+    key: str
+    run_id: int
+    created_at: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunFilter:
+    job: str | None = None
+    status: tuple[RunStatus, ...] = ()
+    triggered_by: tuple[TriggerSource, ...] = ()
+    since: int | None = None  # created_at >= since (epoch ms)
+    until: int | None = None  # created_at < until
+    before_id: int | None = None  # cursor: only runs with id < before_id
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def allocate_run_id(self) -> int: ...
+
+    async def write(
+        self,
+        runs: Iterable[Run] = (),
+        job_states: Iterable[JobState] = (),
+        keys: Iterable[IdempotencyKey] = (),
+    ) -> None: ...
+
+    def write_lazy(self, run: Run) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def get_runs(self, run_ids: Sequence[int]) -> list[Run]: ...
+
+    async def get_run(self, run_id: int) -> Run | None: ...
+
+    async def list_runs(self, where: RunFilter, *, limit: int, offset: int) -> tuple[list[Run], int]: ...
+
+    async def summarize_runs(self, where: RunFilter) -> dict[str, Any]: ...
+
+    async def last_run(self, job: str) -> Run | None: ...
+
+    async def active_runs(self) -> Sequence[Run]: ...
+
+    async def count_by_status(self) -> dict[RunStatus, int]: ...
+
+    async def find_idempotent(self, job: str, key: str, since: int) -> int | None: ...
+
+    async def job_states(self) -> dict[str, JobState]: ...
+
+    async def delete_runs(self, *, finished_before: int, statuses: Sequence[RunStatus], limit: int) -> list[int]: ...
+
+    async def delete_idempotency_keys(self, *, created_before: int) -> None: ...

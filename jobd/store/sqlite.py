@@ -1,0 +1,386 @@
+"""SQLite store: WAL, one writer that commits in groups, one reader for queries.
+
+Group commit: callers hand rows to `write()`. A single writer task takes everything handed in
+since its last commit and writes it in one transaction, so a busy daemon pays one commit for many
+transitions and an idle one commits at once (no timer is added to the latency of a lone write).
+Rows handed to write_lazy() (progress ticks) ride along with the next commit, or are
+flushed by a slow timer; they never open a transaction of their own per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from jobd.models import Counts, Run, RunStatus, TriggerSource
+from jobd.store.base import IdempotencyKey, JobState, RunFilter, StoreLocked
+from jobd.store.migrations import migrate
+
+RUN_COLUMNS = (
+    "id", "job", "status", "progress", "message", "triggered_by", "params", "attempt",
+    "max_attempts", "scheduled_for", "run_after", "created_at", "started_at", "finished_at",
+    "duration_ms", "counts_total", "counts_success", "counts_failed", "counts_skipped", "result",
+    "error", "exit_code", "retry_of", "log_tail", "updated_at",
+)
+_UPSERT_RUN = (
+    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "
+    "ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{col} = excluded.{col}" for col in RUN_COLUMNS if col != "id")
+)
+_UPSERT_JOB_STATE = (
+    "INSERT INTO job_state (job, paused, last_fire_at, skipped_fires, last_skipped_at, "
+    "consecutive_failures, last_run_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(job) DO UPDATE SET paused = excluded.paused, last_fire_at = excluded.last_fire_at, "
+    "skipped_fires = excluded.skipped_fires, last_skipped_at = excluded.last_skipped_at, "
+    "consecutive_failures = excluded.consecutive_failures, last_run_id = excluded.last_run_id"
+)
+_INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
+_LAZY_FLUSH_S = 1.0
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def run_to_row(run: Run) -> tuple[Any, ...]:
+    c = run.counts
+    return (
+        run.id, run.job, run.status.value, run.progress, run.message, run.triggered_by.value,
+        json.dumps(run.params, separators=(",", ":")), run.attempt, run.max_attempts,
+        run.scheduled_for, run.run_after, run.created_at, run.started_at, run.finished_at,
+        run.duration_ms, c.total, c.success, c.failed, c.skipped, _json_or_none(run.result),
+        run.error, run.exit_code, run.retry_of, run.log_tail, run.updated_at,
+    )
+
+
+def row_to_run(row: Sequence[Any]) -> Run:
+    (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts,
+     scheduled_for, run_after, created_at, started_at, finished_at, _duration, total, success,
+     failed, skipped, result, error, exit_code, retry_of, log_tail, updated_at) = row
+    return Run(
+        id=rid, job=job, status=RunStatus(status), triggered_by=TriggerSource(triggered_by),
+        created_at=created_at, params=json.loads(params), attempt=attempt,
+        max_attempts=max_attempts, progress=progress, message=message,
+        scheduled_for=scheduled_for, run_after=run_after, started_at=started_at,
+        finished_at=finished_at, counts=Counts(total, success, failed, skipped),
+        result=None if result is None else json.loads(result), error=error,
+        exit_code=exit_code, retry_of=retry_of, log_tail=log_tail or "", updated_at=updated_at,
+    )
+
+
+def _where(f: RunFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if f.job is not None:
+        clauses.append("job = ?")
+        args.append(f.job)
+    if f.status:
+        clauses.append(f"status IN ({', '.join('?' * len(f.status))})")
+        args.extend(s.value for s in f.status)
+    if f.triggered_by:
+        clauses.append(f"triggered_by IN ({', '.join('?' * len(f.triggered_by))})")
+        args.extend(t.value for t in f.triggered_by)
+    if f.since is not None:
+        clauses.append("created_at >= ?")
+        args.append(f.since)
+    if f.until is not None:
+        clauses.append("created_at < ?")
+        args.append(f.until)
+    if f.before_id is not None:
+        clauses.append("id < ?")
+        args.append(f.before_id)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock_file: int | None = None
+        self._next_id = 1
+        self._pending_runs: dict[int, Run] = {}
+        self._pending_states: dict[str, JobState] = {}
+        self._pending_keys: list[IdempotencyKey] = []
+        self._lazy_runs: dict[int, Run] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._lazy_task: asyncio.Task[None] | None = None
+        # Serialises transactions on the writer connection (group commits and retention deletes).
+        self._write_lock = asyncio.Lock()
+        self.commits = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._writer.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            await self._writer.execute("PRAGMA busy_timeout = 5000")
+            await migrate(self._writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute("PRAGMA busy_timeout = 5000")
+            await self._reader.execute("PRAGMA query_only = 1")
+            async with self._writer.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
+                row = await cur.fetchone()
+            self._next_id = int(row[0]) + 1 if row else 1
+        except BaseException:
+            await self._close_connections()
+            self._release_lock()
+            raise
+        self._writer_task = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._lazy_task = asyncio.create_task(self._lazy_loop(), name="store-lazy-flush")
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            await self.flush()
+        for task in (self._lazy_task, self._writer_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer_task = self._lazy_task = None
+        await self._close_connections()
+        self._release_lock()
+
+    async def _close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    def _acquire_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreLocked(
+                f"{self.path} is in use by another jobd (pid {holder}); "
+                "two daemons must never run the same queue"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_file = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def allocate_run_id(self) -> int:
+        run_id = self._next_id
+        self._next_id += 1
+        return run_id
+
+    async def write(
+        self,
+        runs: Iterable[Run] = (),
+        job_states: Iterable[JobState] = (),
+        keys: Iterable[IdempotencyKey] = (),
+    ) -> None:
+        for run in runs:
+            self._lazy_runs.pop(run.id, None)
+            self._pending_runs[run.id] = run
+        for state in job_states:
+            self._pending_states[state.job] = state
+        self._pending_keys.extend(keys)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        await asyncio.shield(waiter)
+
+    def write_lazy(self, run: Run) -> None:
+        if run.id not in self._pending_runs:
+            self._lazy_runs[run.id] = run
+
+    async def flush(self) -> None:
+        """Commit everything handed in so far, lazy rows included."""
+        self._pending_runs.update(self._lazy_runs)
+        self._lazy_runs.clear()
+        await self.write()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            runs, self._pending_runs = self._pending_runs, {}
+            for run_id, run in self._lazy_runs.items():
+                runs.setdefault(run_id, run)
+            self._lazy_runs = {}
+            states, self._pending_states = self._pending_states, {}
+            keys, self._pending_keys = self._pending_keys, []
+            waiters, self._waiters = self._waiters, []
+            try:
+                await self._commit(runs.values(), states.values(), keys)
+            except Exception as exc:  # fail the waiters; the loop itself must survive
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _commit(
+        self, runs: Iterable[Run], states: Iterable[JobState], keys: list[IdempotencyKey]
+    ) -> None:
+        assert self._writer is not None
+        run_rows = [run_to_row(run) for run in runs]
+        state_rows = [
+            (s.job, int(s.paused), s.last_fire_at, s.skipped_fires, s.last_skipped_at,
+             s.consecutive_failures, s.last_run_id)
+            for s in states
+        ]
+        key_rows = [(k.job, k.key, k.run_id, k.created_at) for k in keys]
+        if not (run_rows or state_rows or key_rows):
+            return
+        async with self._transaction() as db:
+            if run_rows:
+                await db.executemany(_UPSERT_RUN, run_rows)
+            if state_rows:
+                await db.executemany(_UPSERT_JOB_STATE, state_rows)
+            if key_rows:
+                await db.executemany(_INSERT_KEY, key_rows)
+        self.commits += 1
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        assert self._writer is not None
+        db = self._writer
+        async with self._write_lock:
+            await db.execute("BEGIN")
+            try:
+                yield db
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def _lazy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_LAZY_FLUSH_S)
+            if self._lazy_runs and not self._wake.is_set():
+                self._wake.set()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        assert self._reader is not None
+        return list(await self._reader.execute_fetchall(sql, args))
+
+    async def get_run(self, run_id: int) -> Run | None:
+        rows = await self._fetchall(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
+        return row_to_run(rows[0]) if rows else None
+
+    async def get_runs(self, run_ids: Sequence[int]) -> list[Run]:
+        runs: list[Run] = []
+        ids = list(run_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self._fetchall(
+                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+            )
+            runs.extend(row_to_run(row) for row in rows)
+        return runs
+
+    async def list_runs(self, where: RunFilter, *, limit: int, offset: int) -> tuple[list[Run], int]:
+        clause, args = _where(where)
+        rows = await self._fetchall(
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        )
+        total = await self._fetchall(f"SELECT COUNT(*) FROM runs{clause}", args)
+        return [row_to_run(row) for row in rows], int(total[0][0])
+
+    async def summarize_runs(self, where: RunFilter) -> dict[str, Any]:
+        clause, args = _where(where)
+        rows = await self._fetchall(
+            "SELECT COUNT(*), "
+            "SUM(CASE WHEN status IN ('COMPLETED', 'PARTIAL') THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN status = 'FAILED' THEN 1 ELSE 0 END), "
+            "COALESCE(SUM(counts_total), 0), COALESCE(SUM(counts_success), 0), "
+            "COALESCE(SUM(counts_failed), 0), COALESCE(SUM(counts_skipped), 0), AVG(duration_ms) "
+            f"FROM runs{clause}",
+            args,
+        )
+        runs, ok, failed, items, success, items_failed, skipped, avg = rows[0]
+        return {
+            "runs": runs,
+            "successful_runs": ok or 0,
+            "failed_runs": failed or 0,
+            "total_items": items,
+            "successful_items": success,
+            "failed_items": items_failed,
+            "skipped_items": skipped,
+            "average_duration_ms": None if avg is None else round(avg, 1),
+        }
+
+    async def last_run(self, job: str) -> Run | None:
+        rows = await self._fetchall(
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE job = ? ORDER BY id DESC LIMIT 1", (job,)
+        )
+        return row_to_run(rows[0]) if rows else None
+
+    async def active_runs(self) -> list[Run]:
+        rows = await self._fetchall(
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE status IN ('PENDING', 'PROCESSING') ORDER BY id"
+        )
+        return [row_to_run(row) for row in rows]
+
+    async def count_by_status(self) -> dict[RunStatus, int]:
+        rows = await self._fetchall("SELECT status, COUNT(*) FROM runs GROUP BY status")
+        counts = {status: 0 for status in RunStatus}
+        counts.update({RunStatus(status): n for status, n in rows})
+        return counts
+
+    async def find_idempotent(self, job: str, key: str, since: int) -> int | None:
+        rows = await self._fetchall(
+            "SELECT run_id FROM idempotency WHERE job = ? AND key = ? AND created_at >= ?", (job, key, since)
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def job_states(self) -> dict[str, JobState]:
+        rows = await self._fetchall(
+            "SELECT job, paused, last_fire_at, skipped_fires, last_skipped_at, consecutive_failures, "
+            "last_run_id FROM job_state"
+        )
+        return {
+            row[0]: JobState(row[0], bool(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows
+        }
+
+    async def delete_runs(self, *, finished_before: int, statuses: Sequence[RunStatus], limit: int) -> list[int]:
+        """Delete up to `limit` finished runs; returns their ids (their log files are the caller's)."""
+        marks = ", ".join("?" * len(statuses))
+        rows = await self._fetchall(
+            f"SELECT id FROM runs WHERE status IN ({marks}) AND finished_at < ? ORDER BY id LIMIT ?",
+            [*(s.value for s in statuses), finished_before, limit],
+        )
+        ids = [int(row[0]) for row in rows]
+        if ids:
+            async with self._transaction() as db:
+                await db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+        return ids
+
+    async def delete_idempotency_keys(self, *, created_before: int) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM idempotency WHERE created_at < ?", (created_before,))
+

@@ -1,0 +1,317 @@
+"""The JSON API under /api/v1: jobs, runs, the queue and health."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from jobd.config import OVERLAP_POLICIES, JobConfig
+from jobd.errors import BadRequest, NotFound
+from jobd.models import RunStatus, TriggerSource, iso_ms, parse_iso_ms
+from jobd.runs import Submission
+from jobd.store import RunFilter
+from jobd.web.auth import requires
+from jobd.web.keys import DAEMON
+from jobd.workers import log_path
+
+if TYPE_CHECKING:
+    from jobd.daemon import Daemon
+
+PREFIX = "/api/v1"
+MAX_PAGE = 500
+MAX_IDEMPOTENCY_KEY = 200
+routes = web.RouteTableDef()
+
+
+def _daemon(request: web.Request) -> Daemon:
+    return request.app[DAEMON]
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=json.dumps(data, separators=(",", ":"), default=str).encode(), status=status,
+                        content_type="application/json", headers=headers)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is {}."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def run_id_of(request: web.Request) -> int:
+    raw = request.match_info["run_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound(f"no run with id {raw!r}", run_id=raw)
+    return int(raw)
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
+    runs = daemon.runs
+    state = runs.job_state(job.name)
+    next_at = daemon.next_run_at(job.name)
+    last = runs.last_runs.get(job.name)
+    active = runs.active_of(job.name)
+    return {
+        "name": job.name,
+        "description": job.description,
+        "kind": job.kind,
+        "command": list(job.command) if job.command else None,
+        "shell": job.shell,
+        "handler": job.handler,
+        "schedule": job.schedule,
+        "schedule_description": daemon.describe_schedule(job),
+        "timezone": job.timezone,
+        "overlap": job.overlap,
+        "max_concurrency": job.max_concurrency,
+        "timeout_s": job.timeout_s,
+        "retries": job.retries,
+        "paused": state.paused,
+        "next_run_at": iso_ms(next_at),
+        "next_run_at_local": daemon.local_time(next_at, job.timezone),
+        "last_fire_at": iso_ms(state.last_fire_at),
+        "skipped_fires": state.skipped_fires,
+        "last_skipped_at": iso_ms(state.last_skipped_at),
+        "is_running": any(r.status is RunStatus.PROCESSING for r in active),
+        "active_runs": [r.id for r in active],
+        "last_run": last.to_json() if last is not None else None,
+        "consecutive_failures": state.consecutive_failures,
+        "alert_after_failures": job.alert_after_failures,
+        "failing": state.consecutive_failures >= job.alert_after_failures,
+    }
+
+
+@routes.get(PREFIX + "/jobs")
+@requires("read")
+async def list_jobs(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    return json_response({"jobs": [job_json(daemon, job) for job in daemon.runs.jobs.values()]})
+
+
+@routes.get(PREFIX + "/jobs/{name}")
+@requires("read")
+async def get_job(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    return json_response({"job": job_json(daemon, daemon.runs.job(request.match_info["name"]))})
+
+
+def _params(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be a JSON object")
+    return value
+
+
+@routes.post(PREFIX + "/jobs/{name}/trigger")
+@requires("trigger")
+async def trigger_job(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    job = daemon.runs.job(request.match_info["name"])
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"params", "runs", "overlap", "triggered_by"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} (expected params, runs, overlap, triggered_by)")
+    overlap = body.get("overlap")
+    if overlap is not None and overlap not in OVERLAP_POLICIES:
+        raise BadRequest(f"overlap must be one of {', '.join(OVERLAP_POLICIES)}")
+    source = body.get("triggered_by", "api")
+    if source not in ("api", "manual"):
+        raise BadRequest("triggered_by must be 'api' or 'manual'")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if "runs" in body:
+        if "params" in body:
+            raise BadRequest("give either params or runs, not both")
+        items = body["runs"]
+        limit = daemon.config.server.max_batch_runs
+        if not isinstance(items, list) or not items:
+            raise BadRequest("runs must be a non-empty list of objects")
+        if len(items) > limit:
+            raise BadRequest(f"at most {limit} runs per request (server.max_batch_runs)")
+        if key is not None:
+            raise BadRequest("Idempotency-Key applies to single triggers, not to batches")
+        submissions = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or set(item) - {"params"}:
+                raise BadRequest(f"runs[{index}] must be an object with only 'params'")
+            submissions.append(Submission(_params(item.get("params"), f"runs[{index}].params")))
+        runs = await daemon.runs.submit(job.name, submissions, triggered_by=TriggerSource(source), overlap=overlap)
+        return json_response({"runs": [run.to_json() for run in runs]}, status=202)
+    submission = Submission(_params(body.get("params"), "params"), idempotency_key=key)
+    [run] = await daemon.runs.submit(job.name, [submission], triggered_by=TriggerSource(source), overlap=overlap)
+    return json_response({"run": run.to_json()}, status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"})
+
+
+@routes.post(PREFIX + "/jobs/{name}/pause")
+@requires("admin")
+async def pause_job(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    job = daemon.runs.job(request.match_info["name"])
+    await daemon.set_paused(job.name, True)
+    return json_response({"job": job_json(daemon, job)})
+
+
+@routes.post(PREFIX + "/jobs/{name}/resume")
+@requires("admin")
+async def resume_job(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    job = daemon.runs.job(request.match_info["name"])
+    await daemon.set_paused(job.name, False)
+    return json_response({"job": job_json(daemon, job)})
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _time_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse_iso_ms(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO-8601 time, e.g. 2026-11-23T10:00:00Z") from None
+
+
+def _enum_list(request: web.Request, name: str, kind: type[Any]) -> tuple[Any, ...]:
+    raw = request.query.getall(name, [])
+    values = [part.strip() for item in raw for part in item.split(",") if part.strip()]
+    try:
+        return tuple(kind(value.upper() if kind is RunStatus else value.lower()) for value in values)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise BadRequest(f"{name} must be one or more of {allowed}") from None
+
+
+def run_filter(request: web.Request) -> RunFilter:
+    job = request.query.get("job")
+    return RunFilter(
+        job=job or None,
+        status=_enum_list(request, "status", RunStatus),
+        triggered_by=_enum_list(request, "triggered_by", TriggerSource),
+        since=_time_param(request, "since"),
+        until=_time_param(request, "until"),
+    )
+
+
+@routes.get(PREFIX + "/runs")
+@requires("read")
+async def list_runs(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    where = run_filter(request)
+    limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+    offset = _int_param(request, "offset", 0, 0, 10**12)
+    runs, total = await daemon.runs.list(where, limit=limit, offset=offset)
+    statistics = await daemon.store.summarize_runs(where)
+    return json_response({
+        "runs": [run.to_json() for run in runs],
+        "pagination": {"total": total, "limit": limit, "offset": offset, "has_more": offset + len(runs) < total},
+        "statistics": statistics,
+    })
+
+
+@routes.get(PREFIX + "/runs/last")
+@requires("read")
+async def last_run(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    job = request.query.get("job")
+    if not job:
+        raise BadRequest("the job query parameter is required, e.g. /api/v1/runs/last?job=nightly")
+    run = daemon.runs.last_runs.get(job) or await daemon.store.last_run(job)
+    if run is None:
+        raise NotFound(f"job {job!r} has no runs yet", job=job)
+    run = daemon.runs.active.get(run.id, run)
+    return json_response({"run": run.to_json()})
+
+
+@routes.get(PREFIX + "/runs/{run_id}")
+@requires("read")
+async def get_run(request: web.Request) -> web.StreamResponse:
+    daemon = _daemon(request)
+    run = await daemon.runs.get(run_id_of(request))
+    data = run.to_json(with_log=True)
+    if run.id in daemon.runs.active:
+        data["log_tail"] = daemon.pool.live_tail(run.id)
+    return json_response({"run": data})
+
+
+@routes.get(PREFIX + "/runs/{run_id}/log")
+@requires("read")
+async def get_run_log(request: web.Request) -> web.StreamResponse:
+    daemon = _daemon(request)
+    run = await daemon.runs.get(run_id_of(request))
+    path = log_path(daemon.config.store.logs_dir, run.id)
+    if not path.exists():
+        return web.Response(text=run.log_tail, content_type="text/plain", charset="utf-8")
+    return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
+@routes.post(PREFIX + "/runs/{run_id}/cancel")
+@requires("trigger")
+async def cancel_run(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    run = await daemon.runs.cancel(run_id_of(request))
+    return json_response({"run": run.to_json()})
+
+
+@routes.post(PREFIX + "/runs/{run_id}/retry")
+@requires("trigger")
+async def retry_run(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    run = await daemon.runs.retry(run_id_of(request))
+    return json_response({"run": run.to_json()}, status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"})
+
+
+# -- the queue and health --------------------------------------------------------------------------
+
+
+@routes.get(PREFIX + "/queue")
+@requires("read")
+async def queue(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    return json_response(daemon.runs.queue_snapshot(daemon.pool.concurrency))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    if daemon.ready:
+        return json_response({"status": "ready"})
+    reason = "shutting down" if daemon.stopping else "starting"
+    return json_response({"status": reason}, status=503)
+
+
+for path in ("/healthz", PREFIX + "/healthz"):
+    routes.get(path)(healthz)
+for path in ("/readyz", PREFIX + "/readyz"):
+    routes.get(path)(readyz)

@@ -1,0 +1,92 @@
+"""Bearer tokens with scopes, checked in constant time.
+
+Scopes nest: read ⊂ trigger ⊂ admin. A route declares the scope it needs with `@requires`;
+routes that declare none are public (health checks, the dashboard's static files).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from jobd.config import AuthConfig, Token
+from jobd.errors import Forbidden, Unauthorized
+from jobd.web.keys import TOKEN
+
+SCOPE_RANK = {"read": 1, "trigger": 2, "admin": 3}
+Handler = Callable[[web.Request], Any]
+
+
+def requires(scope: str) -> Callable[[Handler], Handler]:
+    def mark(handler: Handler) -> Handler:
+        handler.jobd_scope = scope  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def required_scope(request: web.Request) -> str | None:
+    handler = getattr(request.match_info, "handler", None)
+    return getattr(handler, "jobd_scope", None)
+
+
+def presented_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    api_key = request.headers.get("X-API-Key", "").strip()
+    return api_key or None
+
+
+def find_token(config: AuthConfig, presented: str) -> Token | None:
+    """Compare against every token so the time taken does not tell which one nearly matched."""
+    found = None
+    given = presented.encode()
+    for token in config.tokens:
+        if hmac.compare_digest(token.token.encode(), given):
+            found = token
+    return found
+
+
+def check_scope(token_scope: str, needed: str) -> None:
+    if SCOPE_RANK[token_scope] < SCOPE_RANK[needed]:
+        raise Forbidden(f"this token's scope is {token_scope!r}; {needed!r} is needed", needed_scope=needed)
+
+
+class Authenticator:
+    """Decides who a request is. Streams may also present a short-lived ticket (see tickets)."""
+
+    def __init__(self, config: AuthConfig, ticket_check: Callable[[web.Request], str | None] | None = None) -> None:
+        self.config = config
+        self.ticket_check = ticket_check
+
+    def scope_of(self, request: web.Request) -> str:
+        """The caller's scope; raises Unauthorized when auth is on and no valid credential is given."""
+        if not self.config.enabled:
+            return "admin"
+        presented = presented_token(request)
+        if presented is not None:
+            token = find_token(self.config, presented)
+            if token is None:
+                raise Unauthorized("invalid token")
+            request[TOKEN] = token
+            return token.scope
+        if self.ticket_check is not None:
+            scope = self.ticket_check(request)
+            if scope is not None:
+                return scope
+        raise Unauthorized("a token is required: send 'Authorization: Bearer TOKEN' or 'X-API-Key: TOKEN'")
+
+    def middleware(self) -> Any:
+        @web.middleware
+        async def auth(request: web.Request, handler: Handler) -> Any:
+            needed = required_scope(request)
+            if needed is not None and request.method != "OPTIONS":
+                check_scope(self.scope_of(request), needed)
+            return await handler(request)
+
+        return auth

@@ -1,0 +1,86 @@
+"""Request middleware: request ids, the access log, and problem+json for every error.
+
+All errors leave through `problem()`: domain errors map to their status, aiohttp's own HTTP
+errors (unknown route, wrong method, body too large) keep theirs, and anything unexpected is a
+generic 500 whose traceback goes to the log only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from jobd.errors import JobdError, Unavailable
+from jobd.web.keys import REQUEST_ID
+
+PROBLEM_TYPE = "application/problem+json"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token)=)[^&]*")
+
+
+
+def problem(status: int, title: str, detail: str, *, slug: str, headers: dict[str, str] | None = None,
+            extra: dict[str, Any] | None = None) -> web.Response:
+    body = {**(extra or {}), "type": f"urn:jobd:problem:{slug}", "title": title, "status": status, "detail": detail}
+    return web.Response(
+        status=status,
+        body=json.dumps(body, default=str).encode(),
+        content_type=PROBLEM_TYPE,
+        headers=headers,
+    )
+
+
+def redact(path_qs: str) -> str:
+    """Hide tickets and tokens that clients put in query strings."""
+    return _SECRET_QUERY.sub(r"\1[redacted]", path_qs)
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def make_middleware(log: Any = None) -> Any:
+    access_log = log or structlog.get_logger("jobd.access")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request[REQUEST_ID] = request_id
+        try:
+            response = await handler(request)
+        except JobdError as exc:
+            headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+            response = problem(exc.status, exc.title, exc.detail, slug=exc.slug, headers=headers, extra=exc.extra)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+            response = problem(exc.status, exc.reason, detail, slug=_slug(exc.reason), headers=headers)
+        except Exception:
+            access_log.exception("request_failed", request_id=request_id, method=request.method,
+                                 path=redact(request.path_qs))
+            response = problem(500, "Internal error", "an unexpected error occurred; see the jobd log",
+                               slug="internal-error", extra={"request_id": request_id})
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        access_log.info(
+            "request",
+            request_id=request_id,
+            method=request.method,
+            path=redact(request.path_qs),
+            status=response.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            remote=request.remote,
+        )
+        return response
+
+    return middleware

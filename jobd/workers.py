@@ -1,0 +1,199 @@
+"""The worker pool: N tasks taking runs from the ready queue and running their handlers.
+
+Stopping is staged: idle workers stop at once; busy ones get a grace period to finish; what is
+still running after it is interrupted (process groups terminated, then killed; Python tasks
+cancelled) and recorded as such by the run table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from jobd import runner
+from jobd.models import Run, RunStatus
+from jobd.runs import RunService
+
+INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
+
+
+def log_path(logs_dir: Path, run_id: int) -> Path:
+    """Where a run's full log lives; a folder per thousand runs keeps directories small."""
+    return logs_dir / str(run_id // 1000) / f"{run_id}.log"
+
+
+class _Reporter:
+    """What a handler reports, forwarded to the run table and the run's log."""
+
+    __slots__ = ("runs", "run", "run_log")
+
+    def __init__(self, runs: RunService, run: Run, run_log: runner.RunLog) -> None:
+        self.runs = runs
+        self.run = run
+        self.run_log = run_log
+
+    def progress(self, percent: float, message: str | None) -> None:
+        self.runs.report_progress(self.run, percent, message)
+
+    def counts(self, total: int | None = None, success: int | None = None,
+               failed: int | None = None, skipped: int | None = None) -> None:
+        self.runs.report_counts(self.run, total=total, success=success, failed=failed, skipped=skipped)
+
+    def result(self, value: Any) -> None:
+        self.runs.report_result(self.run, value)
+
+    def log(self, line: str, stream: str) -> None:
+        self.run_log.write(stream, line)
+        self.runs.report_log(self.run, line, stream)
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        runs: RunService,
+        *,
+        concurrency: int,
+        logs_dir: Path,
+        kill_grace_s: float,
+        log_tail_bytes: int,
+        max_log_bytes: int,
+        environ: Mapping[str, str],
+        log: Any = None,
+    ) -> None:
+        self.runs = runs
+        self.concurrency = concurrency
+        self.logs_dir = logs_dir
+        self.kill_grace_s = kill_grace_s
+        self.log_tail_bytes = log_tail_bytes
+        self.max_log_bytes = max_log_bytes
+        self.environ = dict(environ)
+        self.log = log or structlog.get_logger("jobd.workers")
+        self._workers: list[asyncio.Task[None]] = []
+        self._idle: set[asyncio.Task[None]] = set()
+        self._handlers: dict[int, asyncio.Task[runner.Outcome]] = {}
+        self._logs: dict[int, runner.RunLog] = {}
+        self._stopping = False
+        self._hurry = asyncio.Event()
+
+    @property
+    def busy(self) -> int:
+        return len(self._workers) - len(self._idle)
+
+    def live_tail(self, run_id: int) -> str:
+        """The log tail of a run in progress ('' when it has not started)."""
+        run_log = self._logs.get(run_id)
+        return run_log.tail() if run_log is not None else ""
+
+    def start(self) -> None:
+        for index in range(self.concurrency):
+            self._workers.append(asyncio.create_task(self._work(), name=f"worker-{index}"))
+
+    async def _work(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._stopping:
+            self._idle.add(me)
+            try:
+                run = await self.runs.queue.get()
+            finally:
+                self._idle.discard(me)
+            try:
+                await self._execute(run)
+            except Exception:  # one broken run must not take a worker down with it
+                self.log.exception("worker_error", run_id=run.id, job=run.job)
+            finally:
+                self.runs.release_slot(run.job)
+
+    async def _execute(self, run: Run) -> None:
+        if run.status is not RunStatus.PENDING:
+            return  # cancelled while it waited in the queue
+        job = self.runs.jobs.get(run.job)
+        if job is None:
+            await self.runs.finish(run, RunStatus.FAILED, error=f"job {run.job!r} is no longer configured")
+            return
+        await self.runs.start(run)
+        if run.id in self.runs.cancel_requested:
+            await self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
+            return
+        run_log = runner.RunLog(log_path(self.logs_dir, run.id), max_bytes=self.max_log_bytes,
+                                tail_bytes=self.log_tail_bytes)
+        reporter = _Reporter(self.runs, run, run_log)
+        handler = asyncio.create_task(
+            runner.execute(job, run, reporter, kill_grace_s=self.kill_grace_s, environ=self.environ),
+            name=f"run-{run.id}",
+        )
+        self._handlers[run.id] = handler
+        self._logs[run.id] = run_log
+        self.runs.attach_task(run, handler)
+        try:
+            await asyncio.wait({handler})
+        finally:
+            self._handlers.pop(run.id, None)
+            self._logs.pop(run.id, None)
+            run_log.close()
+        tail = run_log.tail()
+        if handler.cancelled():
+            if run.id in self.runs.cancel_requested:
+                await self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled", log_tail=tail)
+            else:
+                run.log_tail = tail
+                await self.runs.interrupt(run, INTERRUPTED)
+            return
+        outcome = handler.result()
+        if outcome.error is None:
+            status = RunStatus.PARTIAL if run.counts.failed > 0 else RunStatus.COMPLETED
+        else:
+            status = RunStatus.FAILED
+        await self.runs.finish(run, status, error=outcome.error, exit_code=outcome.exit_code,
+                               result=outcome.result, log_tail=tail)
+
+    async def stop(self, grace_s: float) -> int:
+        """Stop taking runs, let busy workers finish for up to `grace_s`, then interrupt the rest.
+
+        Returns how many runs were interrupted.
+        """
+        self._stopping = True
+        for task in self._idle:
+            task.cancel()
+        still = await self._drain(grace_s)
+        interrupted = len(self._handlers)
+        for handler in list(self._handlers.values()):
+            handler.cancel()
+        if still:
+            # Handlers now terminate their process groups (kill grace) and are recorded as interrupted.
+            await asyncio.wait(still, timeout=self.kill_grace_s + 5)
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+        return interrupted
+
+    def hurry(self) -> None:
+        """Cut the grace period short (a second stop signal)."""
+        self._hurry.set()
+
+    async def _drain(self, grace_s: float) -> set[asyncio.Task[None]]:
+        """Wait for busy workers until they are done, the grace is over, or hurry() is called."""
+        still = {task for task in self._workers if not task.done()}
+        if not still:
+            return still
+        hurry = asyncio.create_task(self._hurry.wait())
+        try:
+            async with asyncio.timeout(grace_s):
+                while still and not self._hurry.is_set():
+                    _, still = await asyncio.wait({*still, hurry}, return_when=asyncio.FIRST_COMPLETED)
+                    still.discard(hurry)
+        except TimeoutError:
+            pass
+        finally:
+            hurry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hurry
+        return {task for task in still if not task.done()}

@@ -1,0 +1,85 @@
+"""A real `jobd serve` process for tests: started, read, signalled and always cleaned up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+
+class DaemonProcess:
+    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: deque[dict[str, Any]] = deque(maxlen=5000)
+        self.url = ""
+        self._reader: asyncio.Task[None] | None = None
+        self._listening: asyncio.Future[str] | None = None
+
+    async def start(self, timeout: float = 20.0) -> str:
+        self._listening = asyncio.get_running_loop().create_future()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobd", "serve", "-c", str(self.config_path), "--log-format", "json",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
+        self._reader = asyncio.create_task(self._read())
+        async with asyncio.timeout(timeout):
+            self.url = await self._listening
+        return self.url
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = {"event": "raw", "text": line.decode(errors="replace").rstrip()}
+            self.lines.append(record)
+            if record.get("event") == "jobd_listening" and self._listening and not self._listening.done():
+                host, port = record["addresses"][0]
+                self._listening.set_result(f"http://{host}:{port}")
+        if self._listening and not self._listening.done():
+            self._listening.set_exception(RuntimeError(f"jobd exited before listening: {list(self.lines)[-5:]}"))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        async with asyncio.timeout(timeout):
+            code = await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        self.signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would; reaps the process."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.wait()
+
+    async def cleanup(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass

@@ -1,0 +1,29 @@
+"""Python handlers the tests run as jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+async def noop(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    return {"echo": params}
+
+
+async def sleepy(ctx: Any, params: dict[str, Any]) -> str:
+    ctx.progress(10, "started")
+    await asyncio.sleep(float(params.get("seconds", 30)))
+    return "woke"
+
+
+async def fails(ctx: Any, params: dict[str, Any]) -> None:
+    raise ValueError(params.get("message", "boom"))
+
+
+async def partial(ctx: Any, params: dict[str, Any]) -> None:
+    ctx.counts(total=3, success=2, failed=1)
+
+
+def blocking(ctx: Any, params: dict[str, Any]) -> int:
+    ctx.progress(50, "half way")
+    return 42
