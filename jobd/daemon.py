@@ -28,6 +28,7 @@ from jobd.alerts import Alerter
 from jobd.config import Config, ConfigError, JobConfig, load_config
 from jobd.errors import OverlapConflict
 from jobd.events import EventBus
+from jobd.metrics import Metrics
 from jobd.models import TriggerSource, now_ms
 from jobd.runs import RunService, Submission
 from jobd.scheduler import FireRequest, Scheduler, SystemClock
@@ -70,6 +71,8 @@ class Daemon:
         )
         self.alerter = Alerter(config.alerts, log=self.log.bind(component="alerts"))
         self.runs.finished_hooks.append(self.alerter.run_finished)
+        self.metrics = Metrics(self)
+        self.runs.finished_hooks.append(self.metrics.run_finished)
         self.notifier = SystemdNotifier.from_environ(self.environ, log=self.log.bind(component="systemd"))
         self.scheduler: Scheduler | None = None
         self.ready = False

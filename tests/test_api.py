@@ -117,7 +117,7 @@ async def test_list_filters_pagination_and_statistics(start_daemon):
         await h.finished(run_id)
     page = await h.get_json("/api/v1/runs?limit=3")
     assert [r["id"] for r in page["runs"]] == sorted(ids, reverse=True)[:3]
-    assert page["pagination"] == {"total": 7, "limit": 3, "offset": 0, "has_more": True}
+    assert page["pagination"].items() >= {"total": 7, "limit": 3, "offset": 0, "has_more": True}.items()
     page = await h.get_json("/api/v1/runs?limit=3&offset=6")
     assert page["pagination"]["has_more"] is False and len(page["runs"]) == 1
     failed = await h.get_json("/api/v1/runs?status=FAILED")

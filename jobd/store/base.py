@@ -49,7 +49,46 @@ class RunFilter:
     triggered_by: tuple[TriggerSource, ...] = ()
     since: int | None = None  # created_at >= since (epoch ms)
     until: int | None = None  # created_at < until
-    before_id: int | None = None  # cursor: only runs with id < before_id
+    before_id: int | None = None  # cursor: only runs with id < before_id (a page's position, not a filter:
+    #                                 list_runs' total counts the runs that match the rest)
+
+
+@dataclasses.dataclass(slots=True)
+class JobStats:
+    """One job's share of a RunStats period."""
+
+    by_status: dict[RunStatus, int]
+    timed: int = 0  # runs with a duration (finished ones)
+    duration_sum_ms: int = 0
+    p95_ms: int | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+@dataclasses.dataclass(slots=True)
+class RunStats:
+    """Runs created in whole UTC days [first_day, last_day], day numbers being epoch ms // DAY_MS.
+
+    p95 is the nearest-rank 95th percentile of duration_ms: the ceil(0.95 n)-th shortest.
+    `jobs` has a JobStats per job with runs in the period, unless the query was for one job.
+    """
+
+    first_day: int
+    last_day: int
+    by_status: dict[RunStatus, int]
+    by_trigger: dict[TriggerSource, int]
+    timed: int
+    duration_sum_ms: int
+    p95_ms: int | None
+    # day → (runs, COMPLETED or PARTIAL, FAILED); days without runs are absent
+    days: dict[int, tuple[int, int, int]]
+    jobs: dict[str, JobStats]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
 
 
 class Store(Protocol):
@@ -77,6 +116,8 @@ class Store(Protocol):
     async def list_runs(self, where: RunFilter, *, limit: int, offset: int) -> tuple[list[Run], int]: ...
 
     async def summarize_runs(self, where: RunFilter) -> dict[str, Any]: ...
+
+    async def run_stats(self, *, first_day: int, last_day: int, job: str | None = None) -> RunStats: ...
 
     async def last_run(self, job: str) -> Run | None: ...
 

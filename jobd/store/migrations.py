@@ -6,6 +6,59 @@ import aiosqlite
 
 _STATUSES = "'PENDING', 'PROCESSING', 'COMPLETED', 'PARTIAL', 'FAILED', 'CANCELLED'"
 _SOURCES = "'cron', 'api', 'manual', 'retry', 'catchup'"
+_ACTIVE = "'PENDING', 'PROCESSING'"
+DAY_MS = 86_400_000
+
+# The aggregate of finished runs per (job, status, triggered_by), in run_days also per UTC day.
+# What migration 2 is made of: changing any of it means a new migration, never an edit.
+_ROLLUP_COLUMNS = """job TEXT NOT NULL,
+        status TEXT NOT NULL,
+        triggered_by TEXT NOT NULL,
+        runs INTEGER NOT NULL,
+        timed INTEGER NOT NULL,
+        duration_sum INTEGER NOT NULL,
+        items_total INTEGER NOT NULL,
+        items_success INTEGER NOT NULL,
+        items_failed INTEGER NOT NULL,
+        items_skipped INTEGER NOT NULL"""
+_ROLLUP_AGGREGATES = (
+    "job, status, triggered_by, COUNT(*), COUNT(duration_ms), COALESCE(SUM(duration_ms), 0), "
+    "COALESCE(SUM(counts_total), 0), SUM(counts_success), SUM(counts_failed), SUM(counts_skipped)"
+)
+_SUMMED = ("runs", "timed", "duration_sum", "items_total", "items_success", "items_failed", "items_skipped")
+
+
+def _rollup_values(row: str) -> str:
+    return (f"{row}.job, {row}.status, {row}.triggered_by, 1, {row}.duration_ms IS NOT NULL, "
+            f"COALESCE({row}.duration_ms, 0), COALESCE({row}.counts_total, 0), {row}.counts_success, "
+            f"{row}.counts_failed, {row}.counts_skipped")
+
+
+def _rollup_add(row: str) -> str:
+    add = ", ".join(f"{col} = {col} + excluded.{col}" for col in _SUMMED)
+    return (
+        f"INSERT INTO run_days VALUES ({row}.created_at / {DAY_MS}, {_rollup_values(row)}) "
+        f"ON CONFLICT DO UPDATE SET {add}; "
+        f"INSERT INTO run_totals VALUES ({_rollup_values(row)}) ON CONFLICT DO UPDATE SET {add};"
+    )
+
+
+def _rollup_remove(row: str) -> str:
+    key = f"job = {row}.job AND status = {row}.status AND triggered_by = {row}.triggered_by"
+    subtract = (
+        f"runs = runs - 1, timed = timed - ({row}.duration_ms IS NOT NULL), "
+        f"duration_sum = duration_sum - COALESCE({row}.duration_ms, 0), "
+        f"items_total = items_total - COALESCE({row}.counts_total, 0), "
+        f"items_success = items_success - {row}.counts_success, "
+        f"items_failed = items_failed - {row}.counts_failed, "
+        f"items_skipped = items_skipped - {row}.counts_skipped"
+    )
+    day_key = f"day = {row}.created_at / {DAY_MS} AND {key}"
+    return (
+        f"UPDATE run_days SET {subtract} WHERE {day_key}; DELETE FROM run_days WHERE {day_key} AND runs = 0; "
+        f"UPDATE run_totals SET {subtract} WHERE {key}; DELETE FROM run_totals WHERE {key} AND runs = 0;"
+    )
+
 
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -57,6 +110,36 @@ MIGRATIONS: tuple[str, ...] = (
         created_at INTEGER NOT NULL,
         PRIMARY KEY (job, key)
     );
+    """,
+    # 2: statistics that stay fast on millions of runs. A finished run never changes again, so the
+    # finished runs are also kept aggregated, by UTC day (`run_days`) and in all (`run_totals`), by
+    # triggers: one upsert into each when a run finishes, a decrement when retention deletes it.
+    # Active runs (PENDING, PROCESSING) are few and are counted from `runs` itself. The duration
+    # indexes let a p95 be read by walking down from the longest run instead of sorting.
+    f"""
+    CREATE TABLE run_days (
+        day INTEGER NOT NULL,
+        {_ROLLUP_COLUMNS},
+        PRIMARY KEY (day, job, status, triggered_by)
+    ) WITHOUT ROWID;
+    CREATE TABLE run_totals (
+        {_ROLLUP_COLUMNS},
+        PRIMARY KEY (job, status, triggered_by)
+    ) WITHOUT ROWID;
+    INSERT INTO run_days
+        SELECT created_at / {DAY_MS}, {_ROLLUP_AGGREGATES} FROM runs
+        WHERE status NOT IN ({_ACTIVE}) GROUP BY 1, job, status, triggered_by;
+    INSERT INTO run_totals
+        SELECT {_ROLLUP_AGGREGATES} FROM runs
+        WHERE status NOT IN ({_ACTIVE}) GROUP BY job, status, triggered_by;
+    CREATE TRIGGER runs_rollup_insert AFTER INSERT ON runs
+    WHEN new.status NOT IN ({_ACTIVE}) BEGIN {_rollup_add("new")} END;
+    CREATE TRIGGER runs_rollup_finish AFTER UPDATE OF status ON runs
+    WHEN old.status IN ({_ACTIVE}) AND new.status NOT IN ({_ACTIVE}) BEGIN {_rollup_add("new")} END;
+    CREATE TRIGGER runs_rollup_delete AFTER DELETE ON runs
+    WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_rollup_remove("old")} END;
+    CREATE INDEX runs_duration ON runs (duration_ms, created_at) WHERE duration_ms IS NOT NULL;
+    CREATE INDEX runs_job_duration ON runs (job, duration_ms, created_at) WHERE duration_ms IS NOT NULL;
     """,
 )
 

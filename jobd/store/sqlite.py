@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -21,8 +22,9 @@ from typing import Any
 import aiosqlite
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource
-from jobd.store.base import IdempotencyKey, JobState, RunFilter, StoreLocked
+from jobd.store.base import IdempotencyKey, JobState, RunFilter, RunStats, StoreLocked
 from jobd.store.migrations import migrate
+from jobd.store.sqlite_stats import ACTIVE, read_run_stats
 
 RUN_COLUMNS = (
     "id", "job", "status", "progress", "message", "triggered_by", "params", "attempt",
@@ -30,10 +32,14 @@ RUN_COLUMNS = (
     "duration_ms", "counts_total", "counts_success", "counts_failed", "counts_skipped", "result",
     "error", "exit_code", "retry_of", "log_tail", "updated_at",
 )
+# What a run is never changes after it is created; leaving these columns out of the update spares
+# SQLite the upkeep of the indexes on them at every transition.
+_IMMUTABLE = frozenset({"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for",
+                        "created_at", "retry_of"})
 _UPSERT_RUN = (
     f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "
     "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{col} = excluded.{col}" for col in RUN_COLUMNS if col != "id")
+    + ", ".join(f"{col} = excluded.{col}" for col in RUN_COLUMNS if col not in _IMMUTABLE)
 )
 _UPSERT_JOB_STATE = (
     "INSERT INTO job_state (job, paused, last_fire_at, skipped_fires, last_skipped_at, "
@@ -74,6 +80,25 @@ def row_to_run(row: Sequence[Any]) -> Run:
         result=None if result is None else json.loads(result), error=error,
         exit_code=exit_code, retry_of=retry_of, log_tail=log_tail or "", updated_at=updated_at,
     )
+
+
+def _summary(row: Sequence[Any]) -> dict[str, Any]:
+    runs, ok, failed, items, success, items_failed, skipped, timed, duration_sum = row
+    return {
+        "runs": runs or 0,
+        "successful_runs": ok or 0,
+        "failed_runs": failed or 0,
+        "total_items": items or 0,
+        "successful_items": success or 0,
+        "failed_items": items_failed or 0,
+        "skipped_items": skipped or 0,
+        "average_duration_ms": round(duration_sum / timed, 1) if timed else None,
+    }
+
+
+def _rollup_answers(f: RunFilter) -> bool:
+    """Whether run_totals (plus the active runs) can answer for this filter: no time bounds."""
+    return f.since is None and f.until is None
 
 
 def _where(f: RunFilter) -> tuple[str, list[Any]]:
@@ -303,36 +328,56 @@ class SQLiteStore:
         return runs
 
     async def list_runs(self, where: RunFilter, *, limit: int, offset: int) -> tuple[list[Run], int]:
+        """A page of runs, newest first, and how many runs match (the cursor, before_id, aside)."""
         clause, args = _where(where)
         rows = await self._fetchall(
             f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
         )
-        total = await self._fetchall(f"SELECT COUNT(*) FROM runs{clause}", args)
-        return [row_to_run(row) for row in rows], int(total[0][0])
+        unpaged = dataclasses.replace(where, before_id=None)
+        if _rollup_answers(unpaged):
+            total = (await self._rollup_summary(unpaged))["runs"]
+        else:
+            clause, args = _where(unpaged)
+            total = int((await self._fetchall(f"SELECT COUNT(*) FROM runs{clause}", args))[0][0])
+        return [row_to_run(row) for row in rows], total
 
     async def summarize_runs(self, where: RunFilter) -> dict[str, Any]:
+        if _rollup_answers(where) and where.before_id is None:
+            return await self._rollup_summary(where)
         clause, args = _where(where)
         rows = await self._fetchall(
             "SELECT COUNT(*), "
             "SUM(CASE WHEN status IN ('COMPLETED', 'PARTIAL') THEN 1 ELSE 0 END), "
             "SUM(CASE WHEN status = 'FAILED' THEN 1 ELSE 0 END), "
-            "COALESCE(SUM(counts_total), 0), COALESCE(SUM(counts_success), 0), "
-            "COALESCE(SUM(counts_failed), 0), COALESCE(SUM(counts_skipped), 0), AVG(duration_ms) "
-            f"FROM runs{clause}",
+            "SUM(counts_total), SUM(counts_success), SUM(counts_failed), SUM(counts_skipped), "
+            f"COUNT(duration_ms), SUM(duration_ms) FROM runs{clause}",
             args,
         )
-        runs, ok, failed, items, success, items_failed, skipped, avg = rows[0]
-        return {
-            "runs": runs,
-            "successful_runs": ok or 0,
-            "failed_runs": failed or 0,
-            "total_items": items,
-            "successful_items": success,
-            "failed_items": items_failed,
-            "skipped_items": skipped,
-            "average_duration_ms": None if avg is None else round(avg, 1),
-        }
+        return _summary(rows[0])
+
+    async def _rollup_summary(self, where: RunFilter) -> dict[str, Any]:
+        """Finished runs from run_totals, active ones from runs, read in one statement (one snapshot)."""
+        clause, args = _where(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
+        active = clause + (" AND " if clause else " WHERE ") + f"status IN ({ACTIVE})"
+        rows = await self._fetchall(
+            "SELECT SUM(runs), "
+            "SUM(CASE WHEN status IN ('COMPLETED', 'PARTIAL') THEN runs ELSE 0 END), "
+            "SUM(CASE WHEN status = 'FAILED' THEN runs ELSE 0 END), "
+            "SUM(items_total), SUM(items_success), SUM(items_failed), SUM(items_skipped), "
+            "SUM(timed), SUM(duration_sum) FROM ("
+            "SELECT status, runs, timed, duration_sum, items_total, items_success, items_failed, items_skipped "
+            f"FROM run_totals{clause} UNION ALL "
+            "SELECT status, 1, duration_ms IS NOT NULL, COALESCE(duration_ms, 0), COALESCE(counts_total, 0), "
+            f"counts_success, counts_failed, counts_skipped FROM runs{active})",
+            [*args, *args],
+        )
+        return _summary(rows[0])
+
+    async def run_stats(self, *, first_day: int, last_day: int, job: str | None = None) -> RunStats:
+        # Several queries that must agree: they run in a thread on a connection of their own, inside
+        # one read transaction, without holding up the shared reader.
+        return await asyncio.to_thread(read_run_stats, self.path, first_day, last_day, job)
 
     async def last_run(self, job: str) -> Run | None:
         rows = await self._fetchall(
@@ -347,9 +392,13 @@ class SQLiteStore:
         return [row_to_run(row) for row in rows]
 
     async def count_by_status(self) -> dict[RunStatus, int]:
-        rows = await self._fetchall("SELECT status, COUNT(*) FROM runs GROUP BY status")
+        rows = await self._fetchall(
+            "SELECT status, SUM(runs) FROM run_totals GROUP BY status UNION ALL "
+            f"SELECT status, COUNT(*) FROM runs WHERE status IN ({ACTIVE}) GROUP BY status"
+        )
         counts = {status: 0 for status in RunStatus}
-        counts.update({RunStatus(status): n for status, n in rows})
+        for status, n in rows:
+            counts[RunStatus(status)] += n
         return counts
 
     async def find_idempotent(self, job: str, key: str, since: int) -> int | None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from jobd.web import api
+from jobd.web import api, contract, observability
 from jobd.web.auth import Authenticator
 from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
@@ -20,11 +20,14 @@ def create_app(daemon: Daemon) -> web.Application:
     """The whole HTTP surface. Its startup starts the daemon; its cleanup stops it."""
     auth = Authenticator(daemon.config.auth)
     app = web.Application(
-        middlewares=[make_middleware(daemon.log.bind(component="access")), auth.middleware()],
+        middlewares=[daemon.metrics.middleware(), make_middleware(daemon.log.bind(component="access")),
+                     auth.middleware()],
         client_max_size=daemon.config.server.max_body_bytes,
     )
     app[DAEMON] = daemon
     app.add_routes(api.routes)
+    app.add_routes(observability.routes)
+    app.add_routes(contract.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await daemon.start()

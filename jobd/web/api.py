@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -221,6 +223,24 @@ def run_filter(request: web.Request) -> RunFilter:
     )
 
 
+def encode_cursor(run_id: int) -> str:
+    return base64.urlsafe_b64encode(str(run_id).encode()).decode().rstrip("=")
+
+
+def cursor_param(request: web.Request) -> int | None:
+    """`?cursor=` from a previous page's pagination.next_cursor: the page starts below that run."""
+    raw = request.query.get("cursor")
+    if not raw:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    if not text.isdigit() or len(text) > 18:
+        raise BadRequest("cursor is not valid: pass pagination.next_cursor from a previous page")
+    return int(text)
+
+
 @routes.get(PREFIX + "/runs")
 @requires("read")
 async def list_runs(request: web.Request) -> web.Response:
@@ -228,11 +248,17 @@ async def list_runs(request: web.Request) -> web.Response:
     where = run_filter(request)
     limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
     offset = _int_param(request, "offset", 0, 0, 10**12)
-    runs, total = await daemon.runs.list(where, limit=limit, offset=offset)
+    before = cursor_param(request)
+    page = where if before is None else dataclasses.replace(where, before_id=before)
+    # One run more than asked tells whether another page follows, with or without a cursor.
+    runs, total = await daemon.runs.list(page, limit=limit + 1, offset=offset)
+    has_more = len(runs) > limit
+    runs = runs[:limit]
     statistics = await daemon.store.summarize_runs(where)
     return json_response({
         "runs": [run.to_json() for run in runs],
-        "pagination": {"total": total, "limit": limit, "offset": offset, "has_more": offset + len(runs) < total},
+        "pagination": {"total": total, "limit": limit, "offset": offset, "has_more": has_more,
+                       "next_cursor": encode_cursor(runs[-1].id) if has_more else None},
         "statistics": statistics,
     })
 

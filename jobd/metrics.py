@@ -1,0 +1,115 @@
+"""Prometheus metrics of one daemon, in a registry of its own (no global registry, no global state).
+
+Two kinds: what happens is counted as it happens (finished runs through RunService.finished_hooks,
+HTTP requests through a middleware), and what the daemon holds (queue, workers, streams, the event
+bus, skipped fires) is read from it at scrape time by a collector, so nothing has to be kept in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from jobd.config import JobConfig
+from jobd.models import Run, RunStatus, TriggerSource
+from jobd.store import JobState
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+UNMATCHED = "unmatched"  # the route label of requests no route matched (keeps label values bounded)
+
+
+class DaemonCollector(Collector):
+    """Gauges and counters read from the daemon's own state at each scrape."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        daemon = self.daemon
+        runs, bus = daemon.runs, daemon.bus
+        yield GaugeMetricFamily("jobd_ready", "1 when jobd accepts work, 0 while starting or stopping.",
+                                value=1 if daemon.ready else 0)
+        yield GaugeMetricFamily("jobd_queue_depth", "Runs waiting to start (PENDING).", value=runs.queued_count())
+        yield GaugeMetricFamily("jobd_workers_busy", "Workers running a run.", value=daemon.pool.busy)
+        yield GaugeMetricFamily("jobd_workers_total", "Workers in the pool.", value=daemon.pool.concurrency)
+        skipped = CounterMetricFamily("jobd_scheduler_skipped_fires",
+                                      "Cron fires skipped because the overlap policy refused them.", labels=["job"])
+        for name, state in sorted(runs.job_states.items()):
+            skipped.add_metric([name], state.skipped_fires)
+        yield skipped
+        yield GaugeMetricFamily("jobd_sse_streams_open", "Server-Sent Events streams open now.",
+                                value=open_streams(daemon))
+        yield GaugeMetricFamily("jobd_event_subscribers", "Subscribers of the event bus.", value=bus.subscriber_count)
+        yield CounterMetricFamily("jobd_events_published", "Events published on the bus.", value=bus.published)
+        yield CounterMetricFamily("jobd_events_dropped",
+                                  "Events not delivered because a subscriber fell behind and was cut off.",
+                                  value=bus.dropped)
+
+
+def open_streams(daemon: Any) -> int:
+    """The daemon's open SSE streams: `daemon.streams` when it keeps them, else its bus subscribers."""
+    streams = getattr(daemon, "streams", None)
+    if streams is None:
+        return int(daemon.bus.subscriber_count)
+    count = getattr(streams, "open_count", None)
+    if count is not None:
+        return int(count() if callable(count) else count)
+    return len(streams)
+
+
+def route_label(request: web.Request) -> str:
+    """The route's pattern (/api/v1/runs/{run_id}), never the raw path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+def never_started(run: Run) -> bool:
+    """A run cancelled or failed while PENDING: its start time is its end time (see RunService)."""
+    return run.status in (RunStatus.CANCELLED, RunStatus.FAILED) and run.started_at == run.finished_at
+
+
+class Metrics:
+    def __init__(self, daemon: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.runs_finished = Counter("jobd_runs_finished", "Runs that reached a final state.",
+                                     ["job", "status"], registry=self.registry)
+        self.run_duration = Histogram("jobd_run_duration_seconds", "How long finished runs took, start to end.",
+                                      ["job"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.fire_lag = Histogram("jobd_scheduler_fire_lag_seconds",
+                                  "How late cron runs started: their start minus their scheduled time.",
+                                  buckets=LAG_BUCKETS, registry=self.registry)
+        self.http_requests = Counter("jobd_http_requests", "HTTP requests answered.",
+                                     ["method", "route", "status"], registry=self.registry)
+        self.registry.register(DaemonCollector(daemon))
+
+    def run_finished(self, job: JobConfig, run: Run, state: JobState, previous_failures: int) -> None:
+        """A RunService finished hook."""
+        self.runs_finished.labels(run.job, run.status.value).inc()
+        if run.duration_ms is not None:
+            self.run_duration.labels(run.job).observe(run.duration_ms / 1000)
+        if (run.triggered_by is TriggerSource.CRON and run.scheduled_for is not None
+                and run.started_at is not None and not never_started(run)):
+            self.fire_lag.observe(max(0, run.started_at - run.scheduled_for) / 1000)
+
+    def middleware(self) -> Callable[..., Any]:
+        @web.middleware
+        async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                self.http_requests.labels(request.method, route_label(request), str(exc.status)).inc()
+                raise
+            self.http_requests.labels(request.method, route_label(request), str(response.status)).inc()
+            return response
+
+        return count_requests
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,54 @@
+"""Statistics (GET /api/v1/stats) and Prometheus metrics (GET /metrics)."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from jobd.errors import Unauthorized
+from jobd.metrics import CONTENT_TYPE
+from jobd.stats import MAX_DAYS, period, stats_json
+from jobd.web.api import PREFIX, _int_param, json_response
+from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, requires
+from jobd.web.keys import DAEMON
+
+routes = web.RouteTableDef()
+
+
+@routes.get(PREFIX + "/stats")
+@requires("read")
+async def stats(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    days = _int_param(request, "days", 30, 1, MAX_DAYS)
+    job = request.query.get("job") or None
+    if job is not None:
+        daemon.runs.job(job)  # 404 for a job that is not configured
+    first_day, last_day = period(daemon.runs.clock(), days)
+    raw = await daemon.store.run_stats(first_day=first_day, last_day=last_day, job=job)
+    return json_response(stats_json(raw, job=job, jobs=daemon.runs.jobs))
+
+
+def check_metrics_access(request: web.Request) -> None:
+    """With `[metrics] token`, a scrape needs that token, or an API token when API auth is on.
+    Without it, /metrics is read like any other GET: open when auth is off, read scope when on."""
+    daemon = request.app[DAEMON]
+    auth = daemon.config.auth
+    metrics_token = daemon.config.metrics.token
+    if not metrics_token:
+        check_scope(Authenticator(auth).scope_of(request), "read")
+        return
+    presented = presented_token(request)
+    if presented is not None:
+        if hmac.compare_digest(presented.encode(), metrics_token.encode()):
+            return
+        if auth.enabled and find_token(auth, presented) is not None:
+            return
+    raise Unauthorized("the metrics token is required: send 'Authorization: Bearer TOKEN'")
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    check_metrics_access(request)
+    body = request.app[DAEMON].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

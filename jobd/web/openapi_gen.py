@@ -1,0 +1,489 @@
+"""Writes jobd/web/openapi.json, the OpenAPI 3.1 document of jobd's HTTP API.
+
+    python -m jobd.web.openapi_gen          # rewrite the file
+    python -m jobd.web.openapi_gen --check  # exit 1 when the file is not what this script writes
+
+The document is the contract: tests check that the app serves exactly its routes (and their scopes,
+`x-jobd-scope`) and that real responses, including fuzzed ones, match its schemas. So a change to
+the API is a change here first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from jobd import __version__
+from jobd.config import OVERLAP_POLICIES
+from jobd.models import RunStatus, TriggerSource
+from jobd.stats import MAX_DAYS
+
+OUTPUT = Path(__file__).with_name("openapi.json")
+V1 = "/api/v1"
+Schema = dict[str, Any]
+
+STATUSES = [status.value for status in RunStatus]
+SOURCES = [source.value for source in TriggerSource]
+
+
+# -- building blocks -------------------------------------------------------------------------------
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    if "type" in schema and "$ref" not in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return {**schema, "type": [*types, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def obj(properties: dict[str, Schema], *, optional: tuple[str, ...] = (), extra: bool = False,
+        description: str | None = None) -> Schema:
+    """An object whose properties are all required unless named in `optional`."""
+    schema: Schema = {"type": "object"}
+    if description:
+        schema["description"] = description
+    schema["properties"] = properties
+    required = [name for name in properties if name not in optional]
+    if required:
+        schema["required"] = required
+    schema["additionalProperties"] = extra
+    return schema
+
+
+INT = {"type": "integer"}
+COUNT = {"type": "integer", "minimum": 0}
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+TIME = {"type": "string", "format": "date-time", "description": "ISO-8601 UTC with milliseconds"}
+MAYBE_TIME = nullable(TIME)
+
+
+def json_content(schema: Schema, description: str, media: str = "application/json") -> Schema:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+def problem(description: str) -> Schema:
+    return json_content(ref("Problem"), description, "application/problem+json")
+
+
+def text_content(media: str, description: str, schema: Schema | None = None) -> Schema:
+    return {"description": description, "content": {media: {"schema": schema or STR}}}
+
+
+def query(name: str, schema: Schema, description: str, *, required: bool = False) -> Schema:
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
+
+
+def path_param(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+def header(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "header", "required": False, "description": description, "schema": schema}
+
+
+JOB_NAME = path_param("name", STR, "the job's name, as in the config")
+RUN_ID = path_param("run_id", {"type": "integer", "minimum": 1}, "the run's id")
+TICKET = query("ticket", STR, "a ticket from POST /api/v1/tickets, for clients that cannot send headers")
+LAST_EVENT_ID = header("Last-Event-ID", STR, "resume after this event id (sent by EventSource on reconnect)")
+
+
+def operation(summary: str, *, tag: str, scope: str | None, responses: dict[str, Schema],
+              description: str | None = None, parameters: tuple[Schema, ...] = (),
+              body: Schema | None = None, operation_id: str) -> Schema:
+    op: Schema = {"operationId": operation_id, "summary": summary, "tags": [tag]}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = list(parameters)
+    if body is not None:
+        op["requestBody"] = body
+    all_responses = dict(responses)
+    if scope is None:
+        op["security"] = []
+    else:
+        op["x-jobd-scope"] = scope
+        all_responses.setdefault("401", problem("no token, or an invalid one (when tokens are configured)"))
+        all_responses.setdefault("403", problem(f"the token's scope is below {scope!r}"))
+    op["responses"] = dict(sorted(all_responses.items()))
+    return op
+
+
+# -- schemas ---------------------------------------------------------------------------------------
+
+
+def schemas() -> dict[str, Schema]:
+    counts = obj({"total": nullable(COUNT), "success": COUNT, "failed": COUNT, "skipped": COUNT},
+                 description="items a run reported handling (::counts:: or ctx.counts)")
+    run_properties: dict[str, Schema] = {
+        "id": {"type": "integer", "minimum": 1},
+        "job": STR,
+        "status": ref("RunStatus"),
+        "progress": {"type": "number", "minimum": 0, "maximum": 100},
+        "message": nullable(STR),
+        "triggered_by": ref("TriggerSource"),
+        "params": {"type": "object"},
+        "attempt": {"type": "integer", "minimum": 1},
+        "max_attempts": {"type": "integer", "minimum": 1},
+        "scheduled_for": MAYBE_TIME,
+        "run_after": MAYBE_TIME,
+        "created_at": TIME,
+        "started_at": MAYBE_TIME,
+        "finished_at": MAYBE_TIME,
+        "updated_at": TIME,
+        "duration_ms": nullable(COUNT),
+        "counts": ref("Counts"),
+        "result": {"description": "what the run returned (any JSON)"},
+        "error": nullable(STR),
+        "exit_code": nullable(INT),
+        "retry_of": nullable({"type": "integer", "minimum": 1}),
+    }
+    by_status = obj({status: COUNT for status in STATUSES})
+    by_trigger = obj({source: COUNT for source in SOURCES})
+    rate = nullable({"type": "number", "minimum": 0, "maximum": 1})
+    average = nullable({"type": "number", "minimum": 0})
+    return {
+        "Problem": obj(
+            {"type": STR, "title": STR, "status": {"type": "integer", "minimum": 400, "maximum": 599},
+             "detail": STR},
+            extra=True,
+            description="RFC 9457 problem details; some problems add fields (job, run_id, request_id, ...)",
+        ),
+        "RunStatus": {"type": "string", "enum": STATUSES},
+        "TriggerSource": {"type": "string", "enum": SOURCES},
+        "Counts": counts,
+        "Run": obj(run_properties),
+        "RunWithLog": obj({**run_properties, "log_tail": {"type": "string",
+                                                          "description": "the last part of the run's log"}}),
+        "RunAnswer": obj({"run": ref("Run")}),
+        "Job": obj({
+            "name": STR,
+            "description": STR,
+            "kind": {"type": "string", "enum": ["command", "python"]},
+            "command": nullable({"type": "array", "items": STR}),
+            "shell": nullable(STR),
+            "handler": nullable(STR),
+            "schedule": nullable(STR),
+            "schedule_description": nullable(STR),
+            "timezone": STR,
+            "overlap": {"type": "string", "enum": list(OVERLAP_POLICIES)},
+            "max_concurrency": {"type": "integer", "minimum": 1},
+            "timeout_s": nullable({"type": "number"}),
+            "retries": COUNT,
+            "paused": BOOL,
+            "next_run_at": MAYBE_TIME,
+            "next_run_at_local": nullable({"type": "string", "description": "in the job's time zone, with offset"}),
+            "last_fire_at": MAYBE_TIME,
+            "skipped_fires": COUNT,
+            "last_skipped_at": MAYBE_TIME,
+            "is_running": BOOL,
+            "active_runs": {"type": "array", "items": INT},
+            "last_run": nullable(ref("Run")),
+            "consecutive_failures": COUNT,
+            "alert_after_failures": {"type": "integer", "minimum": 1},
+            "failing": BOOL,
+        }),
+        "JobAnswer": obj({"job": ref("Job")}),
+        "TriggerRequest": obj(
+            {
+                "params": nullable({"type": "object", "description": "passed to the handler; JOBD_PARAMS for commands"}),
+                "runs": {"type": "array", "minItems": 1, "items": obj({"params": nullable({"type": "object"})},
+                                                                       optional=("params",)),
+                         "description": "a batch (up to server.max_batch_runs), instead of params"},
+                "overlap": {"type": "string", "enum": list(OVERLAP_POLICIES),
+                            "description": "this trigger's overlap policy instead of the job's"},
+                "triggered_by": {"type": "string", "enum": ["api", "manual"], "default": "api"},
+            },
+            optional=("params", "runs", "overlap", "triggered_by"),
+        ),
+        "RunPage": obj({
+            "runs": {"type": "array", "items": ref("Run")},
+            "pagination": obj({
+                "total": {**COUNT, "description": "runs matching the filters (the cursor aside)"},
+                "limit": {"type": "integer", "minimum": 1},
+                "offset": COUNT,
+                "has_more": BOOL,
+                "next_cursor": nullable({"type": "string",
+                                         "description": "pass as ?cursor= for the next page; null on the last"}),
+            }),
+            "statistics": ref("RunStatistics"),
+        }),
+        "RunStatistics": obj(
+            {
+                "runs": COUNT,
+                "successful_runs": {**COUNT, "description": "COMPLETED or PARTIAL"},
+                "failed_runs": COUNT,
+                "total_items": COUNT,
+                "successful_items": COUNT,
+                "failed_items": COUNT,
+                "skipped_items": COUNT,
+                "average_duration_ms": average,
+            },
+            description="over every run matching the filters, not only this page",
+        ),
+        "Queue": obj({
+            "counts": by_status,
+            "pending": COUNT,
+            "processing": COUNT,
+            "workers": obj({"busy": COUNT, "total": COUNT}),
+            "oldest_pending_age_s": nullable({"type": "number"}),
+        }),
+        "Stats": obj(
+            {
+                "job": nullable(STR),
+                "days": {"type": "integer", "minimum": 1, "maximum": MAX_DAYS},
+                "since": {**TIME, "description": "start of the first day (UTC midnight)"},
+                "until": {**TIME, "description": "end of the last day, today (exclusive)"},
+                "total": COUNT,
+                "by_status": by_status,
+                "success_rate": {**rate, "description": "(COMPLETED + PARTIAL) / (COMPLETED + PARTIAL + FAILED)"},
+                "average_duration_ms": average,
+                "p95_duration_ms": {**nullable(COUNT), "description": "nearest rank: the ceil(0.95 n)-th shortest"},
+                "by_trigger": by_trigger,
+                "timeline": {"type": "array", "description": "one entry per UTC day, oldest first",
+                             "items": obj({"date": {"type": "string", "format": "date"}, "total": COUNT,
+                                           "completed": {**COUNT, "description": "COMPLETED or PARTIAL"},
+                                           "failed": COUNT})},
+                "jobs": {"type": "array", "description": "per job, when no job was asked for",
+                         "items": obj({"job": STR, "total": COUNT, "by_status": by_status, "success_rate": rate,
+                                       "average_duration_ms": average, "p95_duration_ms": nullable(COUNT)})},
+            },
+            optional=("jobs",),
+        ),
+        "Health": obj({"status": STR}),
+        "TicketRequest": obj(
+            {"path": {"type": "string", "description": "the stream the ticket is for, e.g. /api/v1/runs/12/events"}},
+            optional=("path",), extra=True,
+        ),
+        "Ticket": obj(
+            {"ticket": STR, "expires_at": TIME},
+            extra=True,
+            description="a short-lived credential for one stream, with the scope of the token that minted it",
+        ),
+        "StreamMessage": obj(
+            {"type": {"type": "string", "enum": ["connected", "status_update", "log", "summary", "shutdown"]}},
+            extra=True,
+            description=(
+                "the JSON in each SSE `data:` line; every message also has an `id:` line, and there are no "
+                "`event:` names, so EventSource.onmessage sees them all. status_update: {run_id, job, status, "
+                "progress, message, counts, error, result, updated_at}; log: {run_id, line} (with ?log=1)."
+            ),
+        ),
+    }
+
+
+# -- paths -----------------------------------------------------------------------------------------
+
+
+def paths() -> dict[str, Schema]:
+    run_answer = json_content(ref("RunAnswer"), "the run")
+    job_answer = json_content(ref("JobAnswer"), "the job")
+    not_found_job = problem("no job by that name")
+    not_found_run = problem("no run with that id")
+    bad_request = problem("a parameter or the body is not valid")
+    stream = text_content("text/event-stream", "Server-Sent Events, each data line a StreamMessage",
+                          ref("StreamMessage"))
+    health = json_content(ref("Health"), "alive")
+    ready = {"200": json_content(ref("Health"), "ready: the store is open and jobd accepts work"),
+             "503": json_content(ref("Health"), "starting or shutting down")}
+    run_filters = (
+        query("job", STR, "only this job's runs"),
+        query("status", STR, f"comma-separated statuses: {', '.join(STATUSES)}"),
+        query("triggered_by", STR, f"comma-separated trigger sources: {', '.join(SOURCES)}"),
+        query("since", {"type": "string", "format": "date-time"}, "created at or after"),
+        query("until", {"type": "string", "format": "date-time"}, "created before"),
+    )
+
+    def health_ops(op_id: str) -> Schema:
+        return {"get": operation("Liveness", tag="health", scope=None, operation_id=op_id,
+                                 responses={"200": health})}
+
+    def ready_ops(op_id: str) -> Schema:
+        return {"get": operation("Readiness", tag="health", scope=None, operation_id=op_id, responses=ready)}
+
+    return {
+        "/": {"get": operation(
+            "The dashboard", tag="dashboard", scope=None, operation_id="dashboard",
+            responses={"200": text_content("text/html", "the dashboard page")})},
+        "/static/{path}": {"get": operation(
+            "The dashboard's files", tag="dashboard", scope=None, operation_id="staticFile",
+            parameters=(path_param("path", STR, "a file name, e.g. jobd.js"),),
+            responses={"200": {"description": "the file (JavaScript, CSS, images)"},
+                       "404": problem("no such file")})},
+        "/healthz": health_ops("healthz"),
+        "/readyz": ready_ops("readyz"),
+        "/metrics": {"get": operation(
+            "Prometheus metrics", tag="observability", scope=None, operation_id="metrics",
+            description=("The Prometheus text format. With `[metrics] token` set, send it as a Bearer token "
+                         "(API tokens work too when API auth is on); without it, the read scope applies."),
+            responses={"200": text_content("text/plain", "metrics in the Prometheus text format 0.0.4"),
+                       "401": problem("the metrics token (or a token) is missing or wrong"),
+                       "403": problem("the token's scope is below 'read'")})},
+        "/api/docs": {"get": operation(
+            "This API's reference, as a page", tag="contract", scope=None, operation_id="apiDocs",
+            responses={"200": text_content("text/html", "the page; it renders /api/v1/openapi.json")})},
+        "/api/docs/{asset}": {"get": operation(
+            "The reference page's script and style", tag="contract", scope=None, operation_id="apiDocsAsset",
+            parameters=(path_param("asset", STR, "api-docs.js or api-docs.css"),),
+            responses={"200": {"description": "the file", "content": {"text/javascript": {"schema": STR},
+                                                                         "text/css": {"schema": STR}}},
+                       "404": problem("no such file")})},
+        V1 + "/openapi.json": {"get": operation(
+            "This document", tag="contract", scope=None, operation_id="openapi",
+            responses={"200": json_content({"type": "object"}, "the OpenAPI 3.1 document")})},
+        V1 + "/healthz": health_ops("healthzV1"),
+        V1 + "/readyz": ready_ops("readyzV1"),
+        V1 + "/jobs": {"get": operation(
+            "Jobs with their state", tag="jobs", scope="read", operation_id="listJobs",
+            responses={"200": json_content(obj({"jobs": {"type": "array", "items": ref("Job")}}), "every job")})},
+        V1 + "/jobs/{name}": {"get": operation(
+            "One job with its state", tag="jobs", scope="read", operation_id="getJob", parameters=(JOB_NAME,),
+            responses={"200": job_answer, "404": not_found_job})},
+        V1 + "/jobs/{name}/trigger": {"post": operation(
+            "Start a run (or a batch of runs)", tag="jobs", scope="trigger", operation_id="triggerJob",
+            description=("202 once the runs are committed to the store. `Idempotency-Key`: the same key for the "
+                         "same job within 24 h answers with the same run."),
+            parameters=(JOB_NAME, header("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200},
+                                         "single triggers only")),
+            body={"required": False, "content": {"application/json": {"schema": ref("TriggerRequest")}}},
+            responses={
+                "202": json_content({"oneOf": [ref("RunAnswer"), obj({"runs": {"type": "array",
+                                                                              "items": ref("Run")}})]},
+                                    "the run ({run}), or the batch's runs ({runs})"),
+                "400": bad_request,
+                "404": not_found_job,
+                "409": problem("the overlap policy refused the run"),
+                "413": problem("the body is over server.max_body_bytes"),
+                "503": problem("shutting down; not accepting runs (see Retry-After)"),
+            })},
+        V1 + "/jobs/{name}/pause": {"post": operation(
+            "Pause the job's schedule", tag="jobs", scope="admin", operation_id="pauseJob", parameters=(JOB_NAME,),
+            responses={"200": job_answer, "404": not_found_job})},
+        V1 + "/jobs/{name}/resume": {"post": operation(
+            "Resume the job's schedule", tag="jobs", scope="admin", operation_id="resumeJob",
+            parameters=(JOB_NAME,), responses={"200": job_answer, "404": not_found_job})},
+        V1 + "/runs": {"get": operation(
+            "Runs, newest first, with statistics of all that match", tag="runs", scope="read",
+            operation_id="listRuns",
+            description=("Pages by limit/offset, or by cursor: pass pagination.next_cursor as ?cursor= for the "
+                         "next page, stable while new runs arrive."),
+            parameters=(*run_filters,
+                        query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+                        query("offset", {"type": "integer", "minimum": 0, "default": 0}, "runs to skip"),
+                        query("cursor", STR, "from pagination.next_cursor: the page starts after that run")),
+            responses={"200": json_content(ref("RunPage"), "a page of runs"), "400": bad_request})},
+        V1 + "/runs/last": {"get": operation(
+            "A job's most recent run", tag="runs", scope="read", operation_id="lastRun",
+            parameters=(query("job", STR, "the job", required=True),),
+            responses={"200": run_answer, "400": problem("job is missing"), "404": problem("the job has no runs")})},
+        V1 + "/runs/{run_id}": {"get": operation(
+            "One run, with the tail of its log", tag="runs", scope="read", operation_id="getRun",
+            description="With `Accept: text/event-stream`, the run's live stream (as /runs/{run_id}/events).",
+            parameters=(RUN_ID,),
+            responses={"200": {"description": "the run",
+                               "content": {"application/json": {"schema": obj({"run": ref("RunWithLog")})},
+                                           "text/event-stream": {"schema": ref("StreamMessage")}}},
+                       "404": not_found_run})},
+        V1 + "/runs/{run_id}/log": {"get": operation(
+            "The run's whole log", tag="runs", scope="read", operation_id="getRunLog", parameters=(RUN_ID,),
+            responses={"200": text_content("text/plain", "the log"), "404": not_found_run})},
+        V1 + "/runs/{run_id}/cancel": {"post": operation(
+            "Cancel a run", tag="runs", scope="trigger", operation_id="cancelRun", parameters=(RUN_ID,),
+            description="PENDING: at once. PROCESSING: its process group is terminated; answers once it ended.",
+            responses={"200": run_answer, "404": not_found_run, "409": problem("the run has already finished")})},
+        V1 + "/runs/{run_id}/retry": {"post": operation(
+            "Run a finished run again", tag="runs", scope="trigger", operation_id="retryRun", parameters=(RUN_ID,),
+            responses={"202": json_content(ref("RunAnswer"), "the new run (retry_of = run_id)"),
+                       "404": not_found_run, "409": problem("the run has not finished"),
+                       "503": problem("shutting down; not accepting runs (see Retry-After)")})},
+        V1 + "/runs/{run_id}/events": {"get": operation(
+            "One run's live stream", tag="streams", scope="read", operation_id="runEvents",
+            description=("connected, the run's current state as a status_update, then every change; the stream "
+                         "ends after the final status_update. Heartbeat comments keep it open."),
+            parameters=(RUN_ID, query("log", {"type": "string", "enum": ["0", "1"]}, "1: also the log lines"),
+                        TICKET, LAST_EVENT_ID),
+            responses={"200": stream, "404": not_found_run, "503": problem("too many open streams")})},
+        V1 + "/events": {"get": operation(
+            "Every run's live stream, with summaries", tag="streams", scope="admin", operation_id="allEvents",
+            parameters=(query("job", STR, "only this job's runs"),
+                        query("status", STR, "comma-separated statuses"),
+                        query("log", {"type": "string", "enum": ["0", "1"]}, "1: also the log lines"),
+                        TICKET, LAST_EVENT_ID),
+            responses={"200": stream, "400": bad_request, "503": problem("too many open streams")})},
+        V1 + "/tickets": {"post": operation(
+            "Mint a short-lived ticket for a stream", tag="streams", scope="read", operation_id="createTicket",
+            description="For EventSource, which cannot send headers: ?ticket= instead of a token in the URL.",
+            body={"required": False, "content": {"application/json": {"schema": ref("TicketRequest")}}},
+            responses={"201": json_content(ref("Ticket"), "the ticket"), "400": bad_request})},
+        V1 + "/queue": {"get": operation(
+            "Queue and workers", tag="observability", scope="read", operation_id="queue",
+            responses={"200": json_content(ref("Queue"), "run counts by status, workers, oldest PENDING run")})},
+        V1 + "/stats": {"get": operation(
+            "Run statistics over the last days", tag="observability", scope="read", operation_id="stats",
+            description=("Runs created in the last `days` UTC days (today included): totals, success rate, "
+                         "average and p95 duration, by trigger, a per-day timeline, and per job."),
+            parameters=(query("days", {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": 30},
+                              "how many days"),
+                        query("job", STR, "only this job (404 if not configured)")),
+            responses={"200": json_content(ref("Stats"), "the statistics"), "400": bad_request,
+                       "404": not_found_job})},
+    }
+
+
+def build_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "jobd",
+            "version": __version__,
+            "description": (
+                "jobd's HTTP API. JSON under /api/v1; times are ISO-8601 UTC with milliseconds. Every error is "
+                "application/problem+json (RFC 9457). With tokens configured, send `Authorization: Bearer TOKEN` "
+                "or `X-API-Key: TOKEN`; each operation's `x-jobd-scope` is the scope it needs "
+                "(read < trigger < admin)."
+            ),
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "tags": [{"name": name} for name in ("jobs", "runs", "streams", "observability", "health", "contract",
+                                             "dashboard")],
+        "paths": paths(),
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(build_document(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobd.web.openapi_gen", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
+        if current != text:
+            print(f"{OUTPUT} is out of date: run python -m jobd.web.openapi_gen", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
