@@ -78,6 +78,8 @@ async def test_unknown_route_and_method_are_problems(start_daemon):
     assert response.status == 404 and response.content_type == "application/problem+json"
     response = await h.client.get("/api/v1/runs/999999")
     assert response.status == 404 and response.content_type == "application/problem+json"
+    response = await h.client.get("/api/v1/runs/%C2%B2")  # "²" is a digit to str.isdigit(), not to int()
+    assert response.status == 404 and response.content_type == "application/problem+json"
 
 
 async def test_overlap_skip_gives_409(start_daemon):

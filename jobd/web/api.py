@@ -52,7 +52,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 def run_id_of(request: web.Request) -> int:
     raw = request.match_info["run_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True too
         raise NotFound(f"no run with id {raw!r}", run_id=raw)
     return int(raw)
 

@@ -97,7 +97,8 @@ LAST_EVENT_ID = header("Last-Event-ID", STR, "resume after this event id (sent b
 
 def operation(summary: str, *, tag: str, scope: str | None, responses: dict[str, Schema],
               description: str | None = None, parameters: tuple[Schema, ...] = (),
-              body: Schema | None = None, operation_id: str) -> Schema:
+              body: Schema | None = None, operation_id: str, security: list[Schema] | None = None) -> Schema:
+    """`scope`: what the token needs (x-jobd-scope); None is an operation open to anyone."""
     op: Schema = {"operationId": operation_id, "summary": summary, "tags": [tag]}
     if description:
         op["description"] = description
@@ -107,11 +108,12 @@ def operation(summary: str, *, tag: str, scope: str | None, responses: dict[str,
         op["requestBody"] = body
     all_responses = dict(responses)
     if scope is None:
-        op["security"] = []
+        op["security"] = security if security is not None else []
     else:
         op["x-jobd-scope"] = scope
         all_responses.setdefault("401", problem("no token, or an invalid one (when tokens are configured)"))
-        all_responses.setdefault("403", problem(f"the token's scope is below {scope!r}"))
+        if scope != "read":  # every token has at least the read scope
+            all_responses.setdefault("403", problem(f"the token's scope is below {scope!r}"))
     op["responses"] = dict(sorted(all_responses.items()))
     return op
 
@@ -321,11 +323,11 @@ def paths() -> dict[str, Schema]:
         "/readyz": ready_ops("readyz"),
         "/metrics": {"get": operation(
             "Prometheus metrics", tag="observability", scope=None, operation_id="metrics",
+            security=[{"bearer": []}, {"apiKey": []}, {}],
             description=("The Prometheus text format. With `[metrics] token` set, send it as a Bearer token "
                          "(API tokens work too when API auth is on); without it, the read scope applies."),
             responses={"200": text_content("text/plain", "metrics in the Prometheus text format 0.0.4"),
-                       "401": problem("the metrics token (or a token) is missing or wrong"),
-                       "403": problem("the token's scope is below 'read'")})},
+                       "401": problem("the metrics token (or a token) is missing or wrong")})},
         "/api/docs": {"get": operation(
             "This API's reference, as a page", tag="contract", scope=None, operation_id="apiDocs",
             responses={"200": text_content("text/html", "the page; it renders /api/v1/openapi.json")})},

@@ -1,0 +1,186 @@
+"""The OpenAPI document against the app: the same routes, and real responses that match it."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from jsonschema import Draft202012Validator
+from openapi_check import (
+    DOC,
+    NOT_YET_SERVED,
+    app_operations,
+    check_response,
+    documented_operations,
+    every_schema,
+    template_for,
+)
+
+from jobd.daemon import Daemon
+from jobd.web import create_app
+from jobd.web.openapi_gen import OUTPUT, render
+
+TOKENS = {
+    "read": "read-token-123",
+    "trigger": "trigger-token-123",
+    "admin": "admin-token-123",
+}
+
+
+def test_the_committed_document_is_what_the_generator_writes():
+    assert OUTPUT.read_text(encoding="utf-8") == render(), "run: python -m jobd.web.openapi_gen"
+
+
+def test_the_document_is_well_formed():
+    assert DOC["openapi"].startswith("3.1")
+    for name, schema in every_schema():
+        Draft202012Validator.check_schema(schema)
+    ids = [op["operationId"] for op in documented_operations().values()]
+    assert len(ids) == len(set(ids))
+    text = OUTPUT.read_text(encoding="utf-8")
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+        assert ref in DOC["components"]["schemas"], ref
+    for (method, path), op in documented_operations().items():
+        params = {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"}
+        assert params == {piece[1:-1] for piece in path.split("/") if piece.startswith("{")}, (method, path)
+
+
+async def test_every_route_is_documented_and_every_documented_route_is_served(make_config):
+    app = create_app(Daemon(make_config({"noop": {"handler": "sample_jobs:noop"}}), environ={}))
+    served = app_operations(app)
+    documented = documented_operations()
+    print(f"documented but served by other branches, not here yet: {sorted(NOT_YET_SERVED)}")
+    assert set(served) - set(documented) == set(), "routes missing from jobd/web/openapi_gen.py"
+    assert set(documented) - set(served) == NOT_YET_SERVED, "documented routes the app does not serve"
+    assert NOT_YET_SERVED <= set(documented)
+    for key, handler in served.items():
+        assert getattr(handler, "jobd_scope", None) == documented[key].get("x-jobd-scope"), key
+
+
+# -- conformance: real requests, every endpoint, successes and errors -------------------------------
+
+
+class Recorder:
+    """Sends requests as a client would and checks every response against the document."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.seen: dict[tuple[str, str], set[int]] = defaultdict(set)
+
+    async def call(self, method: str, path: str, expect: int, *, token: str | None = "admin",
+                   **kwargs: Any) -> Any:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {TOKENS[token]}"
+        response = await self.client.request(method, path, headers=headers, **kwargs)
+        body = await response.read()
+        assert response.status == expect, (method, path, response.status, body[:300])
+        if 400 <= response.status < 500:
+            assert response.content_type == "application/problem+json", (method, path)
+        template = check_response(method, path, response.status, response.content_type, body)
+        self.seen[(method, template)].add(response.status)
+        return await response.json() if response.content_type.endswith("json") else body
+
+
+async def test_responses_match_the_document(start_daemon):
+    h = await start_daemon(
+        {"noop": {"handler": "sample_jobs:noop", "overlap": "allow"},
+         "slow": {"handler": "sample_jobs:sleepy"},
+         "never": {"handler": "sample_jobs:noop"}},
+        auth={"tokens": [{"name": scope, "token": token, "scope": scope} for scope, token in TOKENS.items()]},
+        server={"max_body_bytes": 4096},
+    )
+    r = Recorder(h.client)
+    for path in ("/healthz", "/readyz", "/api/v1/healthz", "/api/v1/readyz", "/api/docs", "/api/v1/openapi.json",
+                 "/api/docs/api-docs.js", "/api/docs/api-docs.css"):
+        await r.call("GET", path, 200, token=None)
+    await r.call("GET", "/api/docs/nothing.js", 404, token=None)
+    await r.call("GET", "/metrics", 200, token="read")
+    await r.call("GET", "/metrics", 401, token=None)
+
+    # jobs
+    await r.call("GET", "/api/v1/jobs", 200, token="read")
+    await r.call("GET", "/api/v1/jobs/noop", 200)
+    await r.call("GET", "/api/v1/jobs/nope", 404)
+    single = (await r.call("POST", "/api/v1/jobs/noop/trigger", 202, token="trigger",
+                           json={"params": {"n": 1}}, headers={"Idempotency-Key": "k-1"}))["run"]
+    batch = (await r.call("POST", "/api/v1/jobs/noop/trigger", 202, json={"runs": [{"params": {}}, {}]}))["runs"]
+    await r.call("POST", "/api/v1/jobs/noop/trigger", 400, data=b"{oops")
+    await r.call("POST", "/api/v1/jobs/noop/trigger", 413, data=b'{"params": {"x": "' + b"y" * 5000 + b'"}}')
+    await r.call("POST", "/api/v1/jobs/nope/trigger", 404)
+    slow = (await r.call("POST", "/api/v1/jobs/slow/trigger", 202, json={"params": {"seconds": 30}}))["run"]
+    await r.call("POST", "/api/v1/jobs/slow/trigger", 409)
+    await r.call("POST", "/api/v1/jobs/noop/pause", 200)
+    await r.call("POST", "/api/v1/jobs/noop/resume", 200)
+    await r.call("POST", "/api/v1/jobs/nope/pause", 404)
+    await r.call("POST", "/api/v1/jobs/nope/resume", 404)
+    for run in (single, *batch):
+        await h.finished(run["id"])
+    await r.call("GET", "/api/v1/jobs", 200)  # now with last runs
+
+    # runs
+    page = await r.call("GET", "/api/v1/runs?limit=2", 200)
+    await r.call("GET", f"/api/v1/runs?limit=2&cursor={page['pagination']['next_cursor']}", 200)
+    await r.call("GET", "/api/v1/runs?job=noop&status=COMPLETED,FAILED&triggered_by=api&since=2020-01-01T00:00:00Z",
+                 200)
+    await r.call("GET", "/api/v1/runs?limit=0", 400)
+    await r.call("GET", "/api/v1/runs/last?job=noop", 200)
+    await r.call("GET", "/api/v1/runs/last", 400)
+    await r.call("GET", "/api/v1/runs/last?job=never", 404)
+    await r.call("GET", f"/api/v1/runs/{single['id']}", 200)
+    await r.call("GET", f"/api/v1/runs/{slow['id']}", 200)  # active: a live log tail
+    await r.call("GET", "/api/v1/runs/999999", 404)
+    await r.call("GET", f"/api/v1/runs/{single['id']}/log", 200)
+    await r.call("GET", "/api/v1/runs/999999/log", 404)
+    await r.call("POST", f"/api/v1/runs/{single['id']}/retry", 202)
+    await r.call("POST", f"/api/v1/runs/{slow['id']}/retry", 409)
+    await r.call("POST", "/api/v1/runs/999999/retry", 404)
+    await r.call("POST", f"/api/v1/runs/{slow['id']}/cancel", 200)
+    await r.call("POST", f"/api/v1/runs/{slow['id']}/cancel", 409)
+    await r.call("POST", "/api/v1/runs/999999/cancel", 404)
+    await r.call("GET", "/api/v1/queue", 200)
+    await r.call("GET", "/api/v1/stats", 200)
+    await r.call("GET", "/api/v1/stats?job=noop&days=3", 200)
+    await r.call("GET", "/api/v1/stats?days=0", 400)
+    await r.call("GET", "/api/v1/stats?job=nope", 404)
+
+    # auth, for every operation that needs a scope: none → 401, one below → 403
+    served = set(documented_operations()) - NOT_YET_SERVED
+    for method, template in sorted(served):
+        scope = DOC["paths"][template][method.lower()].get("x-jobd-scope")
+        if scope is None:
+            continue
+        path = template.replace("{name}", "noop").replace("{run_id}", str(single["id"]))
+        await r.call(method, path, 401, token=None)
+        if scope != "read":
+            await r.call(method, path, 403, token="read" if scope == "trigger" else "trigger")
+
+    # stopping: not ready, and no new runs
+    await wait_for(lambda: not h.daemon.runs.active)
+    await h.daemon.drain(grace_s=0)
+    for path in ("/readyz", "/api/v1/readyz"):
+        await r.call("GET", path, 503, token=None)
+    await r.call("POST", "/api/v1/jobs/noop/trigger", 503)
+    await r.call("POST", f"/api/v1/runs/{single['id']}/retry", 503)
+
+    missing = {
+        (method, template): sorted(set(map(int, DOC["paths"][template][method.lower()]["responses"]))
+                                   - r.seen[(method, template)])
+        for method, template in served
+    }
+    assert {key: codes for key, codes in missing.items() if codes} == {}
+
+
+@pytest.mark.parametrize("path, template", [
+    ("/api/v1/runs/last", "/api/v1/runs/last"),
+    ("/api/v1/runs/12", "/api/v1/runs/{run_id}"),
+    ("/api/v1/runs/12/log", "/api/v1/runs/{run_id}/log"),
+    ("/api/v1/runs/", None),
+    ("/", "/"),
+    ("/api/docs", "/api/docs"),
+    ("/nope", None),
+])
+def test_template_matching(path, template):
+    assert template_for(path) == template
