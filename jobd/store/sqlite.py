@@ -357,9 +357,16 @@ class SQLiteStore:
         return _summary(rows[0])
 
     async def _rollup_summary(self, where: RunFilter) -> dict[str, Any]:
-        """Finished runs from run_totals, active ones from runs, read in one statement (one snapshot)."""
-        clause, args = _where(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
-        active = clause + (" AND " if clause else " WHERE ") + f"status IN ({ACTIVE})"
+        """Finished runs from run_totals, active ones from runs, read in one statement (one snapshot).
+        Active runs are found by status: by job, SQLite would walk every run the job ever had."""
+        finished, args = _where(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
+        statuses = tuple(s for s in (RunStatus.PENDING, RunStatus.PROCESSING) if not where.status or s in where.status)
+        active, active_args = _where(RunFilter(job=where.job, status=statuses, triggered_by=where.triggered_by))
+        active_rows = (
+            " UNION ALL SELECT status, 1, duration_ms IS NOT NULL, COALESCE(duration_ms, 0), "
+            "COALESCE(counts_total, 0), counts_success, counts_failed, counts_skipped "
+            f"FROM runs INDEXED BY runs_status{active}"
+        ) if statuses else ""
         rows = await self._fetchall(
             "SELECT SUM(runs), "
             "SUM(CASE WHEN status IN ('COMPLETED', 'PARTIAL') THEN runs ELSE 0 END), "
@@ -367,10 +374,8 @@ class SQLiteStore:
             "SUM(items_total), SUM(items_success), SUM(items_failed), SUM(items_skipped), "
             "SUM(timed), SUM(duration_sum) FROM ("
             "SELECT status, runs, timed, duration_sum, items_total, items_success, items_failed, items_skipped "
-            f"FROM run_totals{clause} UNION ALL "
-            "SELECT status, 1, duration_ms IS NOT NULL, COALESCE(duration_ms, 0), COALESCE(counts_total, 0), "
-            f"counts_success, counts_failed, counts_skipped FROM runs{active})",
-            [*args, *args],
+            f"FROM run_totals{finished}{active_rows})",
+            [*args, *(active_args if statuses else ())],
         )
         return _summary(rows[0])
 
@@ -394,7 +399,7 @@ class SQLiteStore:
     async def count_by_status(self) -> dict[RunStatus, int]:
         rows = await self._fetchall(
             "SELECT status, SUM(runs) FROM run_totals GROUP BY status UNION ALL "
-            f"SELECT status, COUNT(*) FROM runs WHERE status IN ({ACTIVE}) GROUP BY status"
+            f"SELECT status, COUNT(*) FROM runs INDEXED BY runs_status WHERE status IN ({ACTIVE}) GROUP BY status"
         )
         counts = {status: 0 for status in RunStatus}
         for status, n in rows:
