@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from jobd.web import api
+from jobd.web import dashboard
+from jobd.web import session
 from jobd.web.auth import Authenticator
 from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
@@ -25,6 +27,9 @@ def create_app(daemon: Daemon) -> web.Application:
     )
     app[DAEMON] = daemon
     app.add_routes(api.routes)
+    app.add_routes(session.routes)
+    dashboard.setup(app)
+    app.router.add_static("/static", dashboard.STATIC_DIR)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await daemon.start()
