@@ -77,7 +77,7 @@ kill_grace_s = 0.5
 description = "Reports progress, then waits for a gate file"
 shell = '''echo "::progress::10 starting"; echo "working on it"; echo "::progress::40 halfway there"
 while [ ! -e "{gate}" ]; do sleep 0.05; done
-echo "::progress::90 finishing"; echo '::result::{{"ok": true}}' '''
+echo "past the gate"; echo "::progress::90 finishing"; echo '::result::{{"ok": true}}' '''
 timeout_s = 50
 [jobs.nightly]
 description = "A scheduled job"
@@ -224,19 +224,30 @@ async def test_a_run_triggered_from_the_page_moves_to_completed_live(
     await page.click('nav a[href="#/runs"]')
     row = page.locator(f'tr[data-run-id="{run_id}"]')
     await expect(row.locator("progress")).to_have_attribute("value", "40", timeout=WAIT_MS)
-    await expect(row.locator(".message")).to_have_text("halfway there")
+    await expect(row.locator(".message")).to_have_text("40% · halfway there")
     await expect(row.locator("[data-status]")).to_have_text("PROCESSING")
     await shot(page, "runs-progress")
+
+    # The same run's own page in a second tab, following the log while the run waits.
+    run_page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors += watch_console(run_page)
+    await run_page.goto(f"{daemon.url}/#/runs/{run_id}")
+    await expect(run_page.locator("pre.log")).to_contain_text("working on it")
+    await expect(run_page.locator(".live-progress progress")).to_have_attribute("value", "40")
+    await expect(run_page.get_by_role("button", name="Cancel")).to_be_visible()
+    await expect(run_page.locator(".follow-note")).to_have_text("following live" if live else "following (polling)")
+    await shot(run_page, "run-live")
 
     (tmp_path / "gate").touch()
     await expect(row.locator("[data-status]")).to_have_text("COMPLETED", timeout=WAIT_MS)
     await expect(row.locator("progress")).to_have_count(0)
     assert await page.evaluate("window.notReloaded === true")
 
-    await row.locator(f'a[href="#/runs/{run_id}"]').click()
-    await expect(page.locator("pre.log")).to_contain_text("working on it")
-    await expect(page.locator("pre.result")).to_contain_text('"ok": true')
-    await expect(page.locator(".facts")).to_contain_text('{"who":"browser"}')
+    await expect(run_page.locator(".run-status [data-status]")).to_have_text("COMPLETED", timeout=WAIT_MS)
+    await expect(run_page.locator("pre.log")).to_contain_text("past the gate")
+    await expect(run_page.locator("pre.result")).to_contain_text('"ok": true')
+    await expect(run_page.locator(".facts")).to_contain_text('{"who":"browser"}')
+    await expect(run_page.get_by_role("button", name="Retry")).to_be_visible()
     assert errors == []
 
 
@@ -299,8 +310,8 @@ async def test_token_prompt_and_buttons_follow_the_scope(browser: Browser, start
     await expect(page.get_by_role("button", name="Pause")).to_have_count(2)
 
     async with aiohttp.ClientSession() as http:
-        if await streams_served(Api(http, daemon.url, ADMIN_TOKEN)):
-            await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        live = await streams_served(Api(http, daemon.url, ADMIN_TOKEN))
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live" if live else "polling")
     await page.locator('article[data-job="nightly"]').get_by_role("button", name="Pause").click()
     await expect(page.locator('article[data-job="nightly"] .badge.paused')).to_be_visible()
     await shot(page, "jobs-admin")

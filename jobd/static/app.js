@@ -125,7 +125,7 @@ function signOut(reason) {
   current?.view.destroy();
   current = null;
   showSession();
-  showConnection("connecting");
+  connection.setState("connecting");
   prompt(reason);
 }
 

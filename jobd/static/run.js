@@ -67,7 +67,7 @@ export function runView(ctx, runId) {
     heading.textContent = `Run #${run.id} · ${run.job}`;
     put(statusSlot, statusBadge(run.status));
     put(live, ...(run.status === "PROCESSING"
-      ? [progressBar(run, "progress"), h("span", { class: "message" }, run.message || `${run.progress}%`)]
+      ? [progressBar(run, "progress"), h("span", { class: "message" }, h("span", { class: "percent" }, `${Math.round(run.progress)}%`), run.message ? ` · ${run.message}` : "")]
       : run.status === "PENDING" ? [h("span", { class: "muted" }, run.run_after ? ["waiting until ", timeEl(run.run_after)] : "waiting for a worker")] : []));
     renderButtons();
     const c = run.counts || {};

@@ -75,7 +75,7 @@ export function runsView(ctx, query) {
 
   function progressCell(run) {
     if (run.status === "PROCESSING") {
-      return h("div", { class: "progress" }, progressBar(run), h("span", { class: "message" }, run.message || `${run.progress}%`));
+      return h("div", { class: "progress" }, progressBar(run), h("span", { class: "message" }, h("span", { class: "percent" }, `${Math.round(run.progress)}%`), run.message ? ` · ${run.message}` : ""));
     }
     const note = run.status === "FAILED" ? run.error : run.message;
     return note ? h("span", { class: run.status === "FAILED" ? "message error-text" : "message muted" }, note) : null;
