@@ -59,12 +59,22 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_SECOND_PREFIXES: dict[int, str] = {}
+
+
 def iso_ms(epoch_ms: int | None) -> str | None:
     """Epoch milliseconds → ISO-8601 UTC with milliseconds, e.g. 2026-11-23T19:06:01.123Z."""
     if epoch_ms is None:
         return None
-    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    second, millis = divmod(epoch_ms, 1000)
+    # Formatting a datetime costs more than the rest of a run's JSON; most times share a second.
+    prefix = _SECOND_PREFIXES.get(second)
+    if prefix is None:
+        if len(_SECOND_PREFIXES) > 4096:
+            _SECOND_PREFIXES.clear()
+        prefix = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        _SECOND_PREFIXES[second] = prefix
+    return f"{prefix}{millis:03d}Z"
 
 
 def parse_iso_ms(text: str) -> int:

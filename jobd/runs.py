@@ -17,6 +17,7 @@ import dataclasses
 import random
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ from jobd.models import (
     Run,
     RunStatus,
     TriggerSource,
+    iso_ms,
     now_ms,
 )
 from jobd.store import IdempotencyKey, JobState, RunFilter, Store
@@ -72,6 +74,11 @@ class RunService:
         self.accepting = True
         self.finished_hooks: list[FinishedHook] = []
         self._active_by_job: dict[str, set[int]] = defaultdict(set)
+        # Kept up to date on every transition so that admission and /queue are O(1), not a scan.
+        self.pending: dict[int, Run] = {}
+        self._pending_by_job: Counter[str] = Counter()
+        self._processing_by_job: Counter[str] = Counter()
+        self.processing_count = 0
         self._slots_used: Counter[str] = Counter()
         self._waiting: dict[str, deque[Run]] = defaultdict(deque)
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -79,6 +86,8 @@ class RunService:
         # Runs an operator asked to cancel; any other stop of a running handler is an interruption.
         self.cancel_requested: set[int] = set()
         self._finish_waiters: dict[int, list[asyncio.Future[None]]] = defaultdict(list)
+        # Runs whose PROCESSING commit is in flight → whether they changed since (see start()).
+        self._unannounced: dict[int, bool] = {}
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[Run]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -119,7 +128,7 @@ class RunService:
         return state
 
     def is_running(self, job: str) -> bool:
-        return any(self.active[i].status is RunStatus.PROCESSING for i in self._active_by_job.get(job, ()))
+        return self._processing_by_job[job] > 0
 
     def active_of(self, job: str) -> list[Run]:
         return sorted((self.active[i] for i in self._active_by_job.get(job, ())), key=lambda r: r.id)
@@ -196,20 +205,22 @@ class RunService:
 
     async def _admit(self, job: JobConfig, policy: str, count: int) -> None:
         """Apply the overlap policy to `count` new runs of `job`."""
-        active = self.active_of(job.name)
-        if policy == "skip" and (active or count > 1):
+        pending = self._pending_by_job[job.name]
+        busy = pending + self._processing_by_job[job.name]
+        if policy == "skip" and (busy or count > 1):
+            active = self.active_of(job.name)
             detail = (f"job {job.name!r} already has run {active[0].id} {active[0].status.value}" if active
                       else f"job {job.name!r} allows one run at a time (overlap=skip)")
             raise OverlapConflict(detail, job=job.name, active_run_ids=[r.id for r in active])
-        if policy == "buffer_one":
-            waiting = [r for r in active if r.status is RunStatus.PENDING]
-            if waiting or count > 1:
-                raise OverlapConflict(
-                    f"job {job.name!r} already has run {waiting[0].id if waiting else '?'} waiting (overlap=buffer_one)",
-                    job=job.name, active_run_ids=[r.id for r in active],
-                )
-        if policy == "replace":
-            for run in active:
+        if policy == "buffer_one" and (pending or count > 1):
+            active = self.active_of(job.name)
+            waiting = [r.id for r in active if r.status is RunStatus.PENDING]
+            raise OverlapConflict(
+                f"job {job.name!r} already has run {waiting[0] if waiting else '?'} waiting (overlap=buffer_one)",
+                job=job.name, active_run_ids=[r.id for r in active],
+            )
+        if policy == "replace" and busy:
+            for run in self.active_of(job.name):
                 await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}")
 
     async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = ()) -> None:
@@ -219,6 +230,7 @@ class RunService:
             await self.store.write(runs, keys=keys)
         except BaseException:
             for run in runs:
+                self._count(run, -1)
                 self._untrack(run)
             raise
         for run in runs:
@@ -227,7 +239,19 @@ class RunService:
             self._publish(run)
             self._schedule(run)
 
+    def _count(self, run: Run, delta: int) -> None:
+        if run.status is RunStatus.PENDING:
+            self._pending_by_job[run.job] += delta
+            if delta > 0:
+                self.pending[run.id] = run
+            else:
+                self.pending.pop(run.id, None)
+        elif run.status is RunStatus.PROCESSING:
+            self._processing_by_job[run.job] += delta
+            self.processing_count += delta
+
     def _track(self, run: Run) -> None:
+        self._count(run, +1)
         self.active[run.id] = run
         self._active_by_job[run.job].add(run.id)
         self._idle.clear()
@@ -282,7 +306,7 @@ class RunService:
             self._waiting.pop(job, None)
 
     def queued_count(self) -> int:
-        return sum(1 for run in self.active.values() if run.status is RunStatus.PENDING)
+        return len(self.pending)
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -291,15 +315,33 @@ class RunService:
             raise InvalidTransition(run.id, run.status, status)
         self.status_totals[run.status] -= 1
         self.status_totals[status] += 1
+        self._count(run, -1)
         run.status = status
+        self._count(run, +1)
         run.updated_at = self.clock()
 
-    async def start(self, run: Run) -> None:
-        """PENDING → PROCESSING, durable before the handler starts."""
+    def start(self, run: Run) -> None:
+        """PENDING → PROCESSING. Committed at once, but the handler does not wait for it.
+
+        Its event goes out when the commit is done; changes the handler reports before then are
+        held back and announced right after it, so subscribers see the states in order. If jobd
+        died before this commit, the run is still PENDING in the store and simply runs again.
+        """
         self._transition(run, RunStatus.PROCESSING)
         run.started_at = run.updated_at
-        await self.store.write([run])
-        self._publish(run)
+        announcement = status_update(run)
+        self._unannounced[run.id] = False
+        committed = self.store.submit([run])
+        committed.add_done_callback(lambda f: self._announce_start(run, announcement, f))
+
+    def _announce_start(self, run: Run, announcement: dict[str, Any], committed: asyncio.Future[None]) -> None:
+        changed_since = self._unannounced.pop(run.id, False)
+        if committed.cancelled() or committed.exception() is not None:
+            self.log.error("start_not_committed", run_id=run.id, job=run.job)
+            return
+        self.bus.publish("status_update", announcement, run_id=run.id, job=run.job, status="PROCESSING")
+        if changed_since and run.status is RunStatus.PROCESSING:
+            self._publish(run, coalescible=True)
 
     def attach_task(self, run: Run, task: asyncio.Task[Any]) -> None:
         """The task running the handler: what `cancel()` stops."""
@@ -329,6 +371,9 @@ class RunService:
     def _changed_in_memory(self, run: Run) -> None:
         run.updated_at = self.clock()
         self.store.write_lazy(run)
+        if run.id in self._unannounced:
+            self._unannounced[run.id] = True
+            return
         self._publish(run, coalescible=True)
 
     async def finish(
@@ -410,6 +455,7 @@ class RunService:
             await self.store.write(rows, job_states=[dataclasses.replace(state)])
         except BaseException:
             if retry is not None:
+                self._count(retry, -1)
                 self._untrack(retry)
             raise
         self._untrack(run)
@@ -520,30 +566,27 @@ class RunService:
         return [self.active.get(run.id, run) for run in runs], total
 
     def queue_snapshot(self, workers_total: int) -> dict[str, Any]:
-        pending = [run for run in self.active.values() if run.status is RunStatus.PENDING]
-        busy = sum(1 for run in self.active.values() if run.status is RunStatus.PROCESSING)
-        oldest = min((run.created_at for run in pending), default=None)
+        oldest = min((run.created_at for run in islice(self.pending.values(), 64)), default=None)
         return {
             "counts": {status.value: self.status_totals.get(status, 0) for status in RunStatus},
-            "pending": len(pending),
-            "processing": busy,
-            "workers": {"busy": busy, "total": workers_total},
+            "pending": len(self.pending),
+            "processing": self.processing_count,
+            "workers": {"busy": self.processing_count, "total": workers_total},
             "oldest_pending_age_s": None if oldest is None else round((self.clock() - oldest) / 1000, 3),
         }
 
 
 def status_update(run: Run) -> dict[str, Any]:
-    data = run.to_json()
     return {
         "run_id": run.id,
         "job": run.job,
-        "status": data["status"],
+        "status": run.status.value,
         "progress": run.progress,
         "message": run.message,
-        "counts": data["counts"],
+        "counts": run.counts.as_dict(),
         "error": run.error,
         "result": run.result,
         "attempt": run.attempt,
-        "updated_at": data["updated_at"],
+        "updated_at": iso_ms(run.updated_at or run.created_at),
     }
 

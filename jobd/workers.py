@@ -116,7 +116,7 @@ class WorkerPool:
         if job is None:
             await self.runs.finish(run, RunStatus.FAILED, error=f"job {run.job!r} is no longer configured")
             return
-        await self.runs.start(run)
+        self.runs.start(run)
         if run.id in self.runs.cancel_requested:
             await self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
             return
