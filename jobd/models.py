@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -52,6 +53,10 @@ class InvalidTransition(Exception):
         super().__init__(f"run {run_id} is {current.value}; it cannot become {wanted.value}")
         self.current = current
         self.wanted = wanted
+
+
+# One encoder for every compact JSON text jobd writes: json.dumps() with options builds a new one per call.
+compact_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def now_ms() -> int:

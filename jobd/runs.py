@@ -376,7 +376,7 @@ class RunService:
             return
         self._publish(run, coalescible=True)
 
-    async def finish(
+    def finish(
         self,
         run: Run,
         status: RunStatus,
@@ -385,16 +385,15 @@ class RunService:
         exit_code: int | None = None,
         result: Any = None,
         log_tail: str | None = None,
-    ) -> Run | None:
-        """Record a terminal state; returns the retry run when one was created."""
+    ) -> asyncio.Future[None]:
+        """Record a terminal state (and the retry it calls for); done once committed."""
         if result is not None:
             run.result = result
         retry = None
         job = self.jobs.get(run.job)
         if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts and self.accepting:
             retry = self._retry_run(run, job, delay_s=self._backoff_s(job, run.attempt))
-        await self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
-        return retry
+        return self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
 
     def _backoff_s(self, job: JobConfig, attempt: int) -> float:
         base = job.retry_backoff_s * (2 ** (attempt - 1))
@@ -418,7 +417,7 @@ class RunService:
             retry_of=previous.id,
         )
 
-    async def _finish(
+    def _finish(
         self,
         run: Run,
         status: RunStatus,
@@ -427,7 +426,9 @@ class RunService:
         exit_code: int | None = None,
         log_tail: str | None = None,
         retry: Run | None = None,
-    ) -> None:
+    ) -> asyncio.Future[None]:
+        """Move to a terminal state and hand it to the store. A worker need not wait for the
+        commit: the run stays in `active` until it is done, and is announced only then."""
         previous_status = run.status
         self._transition(run, status)
         run.finished_at = run.updated_at
@@ -451,13 +452,39 @@ class RunService:
         rows = [run] if retry is None else [run, retry]
         if retry is not None:
             self._track(retry)
-        try:
-            await self.store.write(rows, job_states=[dataclasses.replace(state)])
-        except BaseException:
-            if retry is not None:
-                self._count(retry, -1)
-                self._untrack(retry)
-            raise
+        committed = self.store.submit(rows, job_states=[dataclasses.replace(state)])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_commit(result: asyncio.Future[None]) -> None:
+            try:
+                if result.cancelled() or result.exception() is not None:
+                    if retry is not None:
+                        self._count(retry, -1)
+                        self._untrack(retry)
+                    self.log.error("finish_not_committed", run_id=run.id, job=run.job,
+                                   error=None if result.cancelled() else str(result.exception()))
+                    if not done.done():
+                        done.set_exception(result.exception() or asyncio.CancelledError())
+                        done.exception()  # already logged: callers that never await it stay quiet
+                    return
+                self._finished(run, status, previous_status, state, previous_failures, retry)
+            except Exception as exc:  # keep the run table alive whatever happens in a callback
+                self.log.exception("finish_failed", run_id=run.id, job=run.job)
+                if not done.done():
+                    done.set_exception(exc)
+                    done.exception()
+                return
+            if not done.done():
+                done.set_result(None)
+
+        committed.add_done_callback(on_commit)
+        return done
+
+    def _finished(
+        self, run: Run, status: RunStatus, previous_status: RunStatus, state: JobState, previous_failures: int,
+        retry: Run | None,
+    ) -> None:
+        """After the terminal state is committed: leave the table, announce, retry, run the hooks."""
         self._untrack(run)
         self._tasks.pop(run.id, None)
         self.cancel_requested.discard(run.id)
@@ -492,14 +519,13 @@ class RunService:
         if waiting and run in waiting:
             waiting.remove(run)
 
-    async def interrupt(self, run: Run, reason: str) -> Run | None:
+    def interrupt(self, run: Run, reason: str) -> asyncio.Future[None]:
         """A run stopped by shutdown or found after a crash: FAILED, and re-queued unless told not to."""
         job = self.jobs.get(run.job)
         retry = None
         if job is not None and job.on_interrupt == "retry":
             retry = self._retry_run(run, job, delay_s=0)
-        await self._finish(run, RunStatus.FAILED, error=reason, retry=retry)
-        return retry
+        return self._finish(run, RunStatus.FAILED, error=reason, retry=retry)
 
     # -- operator actions ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from jobd.models import Counts, Run, RunStatus, TriggerSource
+from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
 from jobd.store.base import IdempotencyKey, JobState, RunFilter, StoreLocked
 from jobd.store.migrations import migrate
 
@@ -47,14 +47,14 @@ _LAZY_FLUSH_S = 1.0
 
 
 def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else compact_json(value)
 
 
 def run_to_row(run: Run) -> tuple[Any, ...]:
     c = run.counts
     return (
         run.id, run.job, run.status.value, run.progress, run.message, run.triggered_by.value,
-        json.dumps(run.params, separators=(",", ":")), run.attempt, run.max_attempts,
+        compact_json(run.params), run.attempt, run.max_attempts,
         run.scheduled_for, run.run_after, run.created_at, run.started_at, run.finished_at,
         run.duration_ms, c.total, c.success, c.failed, c.skipped, _json_or_none(run.result),
         run.error, run.exit_code, run.retry_of, run.log_tail, run.updated_at,
