@@ -29,7 +29,9 @@ _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token)=)[^&]*")
 
 def problem(status: int, title: str, detail: str, *, slug: str, headers: dict[str, str] | None = None,
             extra: dict[str, Any] | None = None) -> web.Response:
-    body = {**(extra or {}), "type": f"urn:jobd:problem:{slug}", "title": title, "status": status, "detail": detail}
+    body: dict[str, Any] = {"type": f"urn:jobd:problem:{slug}", "title": title, "status": status, "detail": detail}
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     return web.Response(
         status=status,
         body=json.dumps(body, default=str).encode(),
