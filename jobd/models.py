@@ -165,7 +165,15 @@ class Run:
             data["log_tail"] = self.log_tail
         return data
 
+    def assign(self, other: Run) -> None:
+        """Take every field of `other` (a copy of this run with a newer state)."""
+        for name in _RUN_FIELDS:
+            setattr(self, name, getattr(other, name))
+
     def copy(self) -> Run:
         clone = dataclasses.replace(self)
         clone.counts = dataclasses.replace(self.counts)
         return clone
+
+
+_RUN_FIELDS = tuple(field.name for field in dataclasses.fields(Run))

@@ -86,6 +86,8 @@ class RunService:
         # Runs an operator asked to cancel; any other stop of a running handler is an interruption.
         self.cancel_requested: set[int] = set()
         self._finish_waiters: dict[int, list[asyncio.Future[None]]] = defaultdict(list)
+        # Runs whose terminal state is being committed: a worker must not start them meanwhile.
+        self._finishing: set[int] = set()
         # Runs whose PROCESSING commit is in flight → whether they changed since (see start()).
         self._unannounced: dict[int, bool] = {}
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[Run]] = {}
@@ -320,6 +322,9 @@ class RunService:
         self._count(run, +1)
         run.updated_at = self.clock()
 
+    def startable(self, run: Run) -> bool:
+        return run.status is RunStatus.PENDING and run.id not in self._finishing
+
     def start(self, run: Run) -> None:
         """PENDING → PROCESSING. Committed at once, but the handler does not wait for it.
 
@@ -428,20 +433,23 @@ class RunService:
         retry: Run | None = None,
     ) -> asyncio.Future[None]:
         """Move to a terminal state and hand it to the store. A worker need not wait for the
-        commit: the run stays in `active` until it is done, and is announced only then."""
+        commit: the terminal state is written from a copy and shown (in `active`, in events)
+        only once committed, so no reader ever sees a finished run that a crash could undo."""
         previous_status = run.status
-        self._transition(run, status)
-        run.finished_at = run.updated_at
-        if run.started_at is None:
-            run.started_at = run.finished_at
+        self._finishing.add(run.id)
+        final = run.copy()
+        self._transition(final, status)
+        final.finished_at = final.updated_at
+        if final.started_at is None:
+            final.started_at = final.finished_at
         if error is not None:
-            run.error = error
+            final.error = error
         if exit_code is not None:
-            run.exit_code = exit_code
+            final.exit_code = exit_code
         if log_tail is not None:
-            run.log_tail = log_tail
+            final.log_tail = log_tail
         if status is RunStatus.COMPLETED or status is RunStatus.PARTIAL:
-            run.progress = 100.0
+            final.progress = 100.0
         state = self.job_state(run.job)
         previous_failures = state.consecutive_failures
         if status is RunStatus.FAILED:
@@ -449,13 +457,14 @@ class RunService:
         elif status is not RunStatus.CANCELLED:
             state.consecutive_failures = 0
         state.last_run_id = run.id if retry is None else retry.id
-        rows = [run] if retry is None else [run, retry]
+        rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
         committed = self.store.submit(rows, job_states=[dataclasses.replace(state)])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def on_commit(result: asyncio.Future[None]) -> None:
+            self._finishing.discard(run.id)
             try:
                 if result.cancelled() or result.exception() is not None:
                     if retry is not None:
@@ -467,6 +476,7 @@ class RunService:
                         done.set_exception(result.exception() or asyncio.CancelledError())
                         done.exception()  # already logged: callers that never await it stay quiet
                     return
+                run.assign(final)
                 self._finished(run, status, previous_status, state, previous_failures, retry)
             except Exception as exc:  # keep the run table alive whatever happens in a callback
                 self.log.exception("finish_failed", run_id=run.id, job=run.job)
@@ -543,6 +553,12 @@ class RunService:
             stored = await self.get(run_id)
             raise Conflict(f"run {run_id} is already {stored.status.value}", run_id=run_id,
                            run_status=stored.status.value)
+        if run.id in self._finishing:
+            await self.wait_finished(run)
+            if run.status is not RunStatus.CANCELLED:
+                raise Conflict(f"run {run_id} is already {run.status.value}", run_id=run_id,
+                               run_status=run.status.value)
+            return run
         if run.status is RunStatus.PENDING:
             await self._finish(run, RunStatus.CANCELLED, error=reason)
             return run

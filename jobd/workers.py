@@ -110,7 +110,7 @@ class WorkerPool:
                 self.runs.release_slot(run.job)
 
     async def _execute(self, run: Run) -> None:
-        if run.status is not RunStatus.PENDING:
+        if not self.runs.startable(run):
             return  # cancelled while it waited in the queue
         job = self.runs.jobs.get(run.job)
         if job is None:
