@@ -19,10 +19,11 @@ function niceMax(n) {
   return 10 * magnitude;
 }
 
-// days: [{date: "YYYY-MM-DD", completed, failed}], oldest first.
-export function dailyChart(days) {
-  const width = 720;
-  const height = 220;
+// days: [{date: "YYYY-MM-DD", completed, failed}], oldest first. `width` is the pixels available, so
+// that labels keep their size from a phone to a wide screen.
+export function dailyChart(days, width = 720) {
+  width = Math.max(280, Math.round(width));
+  const height = Math.round(Math.min(240, Math.max(160, width * 0.3)));
   const left = 36;
   const bottom = 24;
   const top = 8;
@@ -41,7 +42,7 @@ export function dailyChart(days) {
     role: "img",
     "aria-label": `Runs per day over the last ${days.length} days: ${completedTotal} completed, ${failedTotal} failed`,
   });
-  for (const tick of [0, max / 2, max]) {
+  for (const tick of Number.isInteger(max / 2) ? [0, max / 2, max] : [0, max]) {
     svg.append(s("line", { x1: left, x2: width - 8, y1: y(tick), y2: y(tick), class: "grid" }));
     svg.append(s("text", { x: left - 6, y: y(tick) + 4, class: "axis", "text-anchor": "end" }, String(tick)));
   }
@@ -61,8 +62,11 @@ export function dailyChart(days) {
     group.append(s("rect", { x: left + i * slot, y: top, width: slot, height: plotH, class: "hit" }));
     svg.append(group);
     const last = days.length - 1;
-    if ((i % 7 === 0 && last - i >= 4) || i === last) {
-      svg.append(s("text", { x: x + barW / 2, y: height - 6, class: "axis", "text-anchor": "middle" }, day.date.slice(5)));
+    const every = width < 500 ? 14 : 7;
+    if ((i % every === 0 && last - i >= every / 2) || i === last) {
+      const anchor = i === last ? "end" : i === 0 ? "start" : "middle";
+      const at = i === last ? x + barW : i === 0 ? x : x + barW / 2;
+      svg.append(s("text", { x: at, y: height - 6, class: "axis", "text-anchor": anchor }, day.date.slice(5)));
     }
   });
   return svg;

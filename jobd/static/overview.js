@@ -50,10 +50,23 @@ export function overviewView(ctx) {
       ? [h("strong", { class: "rate-value" }, `${((100 * completed) / (completed + failed)).toFixed(1)}%`),
         ` success rate · ${completed} completed, ${failed} failed`]
       : h("span", { class: "muted" }, "No finished runs in this period."));
-    put(chartBox, dailyChart(days),
-      h("figcaption", {}, h("span", { class: "key key-completed" }), "completed (and partial) ",
-        h("span", { class: "key key-failed" }), "failed · per UTC day"));
+    shownDays = days;
+    drawChart();
   }
+
+  let shownDays = null;
+  function drawChart() {
+    if (!shownDays) return;
+    // The figure's inner width: its padding is 0.75rem on each side.
+    const width = chartBox.clientWidth - 24;
+    put(chartBox, dailyChart(shownDays, width > 0 ? width : 720),
+      h("figcaption", {},
+        h("span", { class: "legend" }, h("span", { class: "key key-completed" }), "completed (and partial)"),
+        h("span", { class: "legend" }, h("span", { class: "key key-failed" }), "failed"),
+        h("span", {}, "per UTC day")));
+  }
+  const redraw = coalesce(drawChart, 150);
+  window.addEventListener("resize", redraw);
 
   async function refresh() {
     const queue = get("/queue").then(renderQueue);
@@ -83,6 +96,8 @@ export function overviewView(ctx) {
     refresh,
     onEvent,
     destroy: () => {
+      window.removeEventListener("resize", redraw);
+      redraw.cancel();
       queueSoon.cancel();
       timelineSoon.cancel();
     },
