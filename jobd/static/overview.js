@@ -22,7 +22,9 @@ export function overviewView(ctx) {
       h("h2", { id: "history-title" }, `Last ${DAYS} days`), rate, chartBox));
   let timelineAt = 0;
 
+  let lastQueue = null;
   function renderQueue(q) {
+    lastQueue = q;
     const workers = q.workers || {};
     const oldest = q.oldest_pending_age_s;
     put(tiles, 
@@ -81,9 +83,18 @@ export function overviewView(ctx) {
   function onEvent(message) {
     if (message.type === "summary") {
       sawSummary = true;
-      // The summary is the queue snapshot when it carries one; otherwise it says that one changed.
-      if (message.workers && message.counts) renderQueue(message);
-      else queueSoon();
+      // The summary carries the queue figures; the oldest pending age stays from the last read.
+      if (message.workers && message.counts && lastQueue) {
+        renderQueue({
+          ...lastQueue,
+          pending: message.queue?.pending ?? message.counts.PENDING,
+          processing: message.queue?.processing ?? message.counts.PROCESSING,
+          workers: message.workers,
+          counts: message.counts,
+        });
+      } else {
+        queueSoon();
+      }
     } else if (message.type === "status_update") {
       if (!sawSummary) queueSoon();
       if (TERMINAL.has(message.status)) timelineSoon();

@@ -79,7 +79,7 @@ export function runView(ctx, runId) {
       run.scheduled_for ? fact("Scheduled for", when(run.scheduled_for)) : null,
       fact("Started", when(run.started_at)),
       fact("Finished", when(run.finished_at)),
-      fact("Duration", duration(run.duration_ms)),
+      fact("Duration", run.duration_ms === null && run.status === "PROCESSING" ? "running" : duration(run.duration_ms)),
       fact("Counts", `${c.total ?? 0} total · ${c.success ?? 0} ok · ${c.failed ?? 0} failed · ${c.skipped ?? 0} skipped`),
       run.exit_code !== null && run.exit_code !== undefined ? fact("Exit code", String(run.exit_code)) : null);
     put(outcome, 
