@@ -5,7 +5,7 @@
 
 import { ApiError, PREFIX, post, storedToken } from "./api.js";
 
-const MAX_BACKOFF_MS = 10000;
+const MAX_BACKOFF_MS = 5000;
 
 // Opens one SSE stream. Resolves once it is open; rejects (ApiError or Error) if it cannot be.
 // handlers: onMessage(obj), onClose(reason) — reason is "error" or "shutdown" or "closed".
