@@ -156,19 +156,21 @@ export function runView(ctx, runId) {
     const features = ctx.session.features;
     const streamable = features.includes("run_events") && (!ctx.session.auth || features.includes("tickets"));
     if (streamable) {
+      pendingLines = [];
       try {
-        pendingLines = [];
         stream = await openStream(`/runs/${runId}/events`, { log: "1" }, { onMessage, onClose }, { auth: ctx.session.auth });
+      } catch (err) {
+        pendingLines = null;
+        stream = null;
+      }
+      if (stream) {
         if (destroyed) {
           stream.close();
           return;
         }
         // Read the state once more: what happened before the stream opened is in this answer.
-        await load();
+        await load().catch(() => {});
         return;
-      } catch (err) {
-        pendingLines = null;
-        stream = null;
       }
     }
     poll();
