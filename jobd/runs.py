@@ -196,7 +196,9 @@ class RunService:
 
     async def _admit(self, job: JobConfig, policy: str, count: int) -> None:
         """Apply the overlap policy to `count` new runs of `job`."""
-        active = self.active_of(job.name)
+        # A run stays tracked until its end is committed, but from its last transition on it is
+        # over: counting it would skip (or "replace") a fire that comes during that commit.
+        active = [run for run in self.active_of(job.name) if not run.status.terminal]
         if policy == "skip" and (active or count > 1):
             detail = (f"job {job.name!r} already has run {active[0].id} {active[0].status.value}" if active
                       else f"job {job.name!r} allows one run at a time (overlap=skip)")
@@ -209,8 +211,11 @@ class RunService:
                     job=job.name, active_run_ids=[r.id for r in active],
                 )
         if policy == "replace":
+            # Ask the active runs to stop, without waiting for a slow process to exit: the new run
+            # takes the slot when it frees, and the scheduler and the caller move on at once.
             for run in active:
-                await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}")
+                if run.id in self.active:  # it may have finished while an earlier one was cancelled
+                    await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}", wait=False)
 
     async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = ()) -> None:
         for run in runs:
@@ -465,7 +470,8 @@ class RunService:
             raise RunNotFound(run_id)
         return run
 
-    async def cancel(self, run_id: int, *, reason: str = "cancelled") -> Run:
+    async def cancel(self, run_id: int, *, reason: str = "cancelled", wait: bool = True) -> Run:
+        """Cancel a run; with wait=False a running one may still be stopping on return."""
         run = self.active.get(run_id)
         if run is None:
             stored = await self.get(run_id)
@@ -481,7 +487,8 @@ class RunService:
             task.cancel()
         # Without a task the run is between its PROCESSING commit and its handler's start; the
         # worker sees cancel_requested and stops it there.
-        await self.wait_finished(run)
+        if wait:
+            await self.wait_finished(run)
         return run
 
     async def wait_finished(self, run: Run) -> None:
