@@ -222,8 +222,12 @@ class RunService:
                 job=job.name, active_run_ids=[r.id for r in active],
             )
         if policy == "replace" and busy:
+            # Ask the active runs to stop without waiting for a slow process to exit: the new run
+            # takes the slot when it frees, and the scheduler and the caller move on at once. A run
+            # already finishing (or that finished while an earlier one was cancelled) is left be.
             for run in self.active_of(job.name):
-                await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}")
+                if run.id in self.active and run.id not in self._finishing:
+                    await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}", wait=False)
 
     async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = ()) -> None:
         for run in runs:
@@ -547,7 +551,8 @@ class RunService:
             raise RunNotFound(run_id)
         return run
 
-    async def cancel(self, run_id: int, *, reason: str = "cancelled") -> Run:
+    async def cancel(self, run_id: int, *, reason: str = "cancelled", wait: bool = True) -> Run:
+        """Cancel a run; with wait=False a running one may still be stopping on return."""
         run = self.active.get(run_id)
         if run is None:
             stored = await self.get(run_id)
@@ -569,7 +574,8 @@ class RunService:
             task.cancel()
         # Without a task the run is between its PROCESSING commit and its handler's start; the
         # worker sees cancel_requested and stops it there.
-        await self.wait_finished(run)
+        if wait:
+            await self.wait_finished(run)
         return run
 
     async def wait_finished(self, run: Run) -> None:
