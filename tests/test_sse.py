@@ -3,91 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import uuid
 from typing import Any
 
-import aiohttp
-import pytest
 import structlog
-from aiohttp import web
 from conftest import wait_for
 from sse_jobs import control
-from ssehelp import SSEReader
+from ssehelp import NOOP, STEPPER, Served, serve  # noqa: F401  (serve is a fixture)
 
-from jobd.daemon import Daemon
-from jobd.web import create_app
-from jobd.web.sse import RUN_STATES, STREAMS
+from jobd.web.sse import STREAMS
 from jobd.web.tickets import TICKETS
-
-STEPPER = {"handler": "sse_jobs:stepper", "overlap": "allow", "max_concurrency": 10}
-NOOP = {"handler": "sample_jobs:noop"}
-NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
-
-
-@dataclasses.dataclass
-class Served:
-    daemon: Daemon
-    app: web.Application
-    runner: web.AppRunner
-    session: aiohttp.ClientSession
-    url: str
-    stopped: bool = False
-
-    async def trigger(self, job: str, params: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None) -> dict[str, Any]:
-        async with self.session.post(f"/api/v1/jobs/{job}/trigger", json={"params": params or {}},
-                                     headers=headers) as response:
-            assert response.status == 202, await response.text()
-            return (await response.json())["run"]
-
-    async def stepper(self, **params: Any) -> tuple[int, asyncio.Queue[Any]]:
-        """A run that does what the test puts in its queue, started and PROCESSING."""
-        key = uuid.uuid4().hex
-        queue = control(key)
-        run = await self.trigger("step", {"key": key, **params})
-        await self.processing(run["id"])
-        return run["id"], queue
-
-    async def processing(self, run_id: int) -> None:
-        """Until PROCESSING is committed and published (the in-memory run is a step ahead)."""
-        states = self.app[RUN_STATES].latest
-        await wait_for(lambda: run_id in states and states[run_id].status == "PROCESSING")
-
-    async def open(self, path: str, headers: dict[str, str] | None = None) -> tuple[aiohttp.ClientResponse, SSEReader]:
-        response = await self.session.get(path, headers=headers, timeout=NO_TIMEOUT)
-        return response, SSEReader(response)
-
-    async def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            await self.runner.cleanup()
-
-
-@pytest.fixture
-async def serve(make_config):
-    started: list[Served] = []
-
-    async def start(jobs: dict[str, Any] | None = None, *, log: Any = None, **sections: Any) -> Served:
-        daemon = Daemon(make_config(jobs or {"step": STEPPER, "noop": NOOP}, **sections),
-                        environ={"PATH": "/usr/bin:/bin"}, log=log)
-        app = create_app(daemon)
-        # As `jobd serve` runs it: no handler cancellation on disconnect.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        url = f"http://{host}:{port}"
-        served = Served(daemon, app, runner, aiohttp.ClientSession(url), url)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        await served.session.close()
-        await served.stop()
-
 
 def status_updates(messages):
     return [m for m in messages if m.type == "status_update"]
