@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import structlog
+
+from jobd.models import compact_json
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class SubscriptionClosed(Exception):
 
 
 def encode_frame(event_id: int | None, data: dict[str, Any]) -> bytes:
-    body = json.dumps(data, separators=(",", ":"), default=str)
+    body = compact_json(data)
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}data: {body}\n\n".encode()
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest, NotFound
-from jobd.models import RunStatus, TriggerSource, iso_ms, parse_iso_ms
+from jobd.models import RunStatus, TriggerSource, compact_json, iso_ms, parse_iso_ms
 from jobd.runs import Submission
 from jobd.store import RunFilter
 from jobd.web import sse
@@ -31,7 +31,7 @@ def _daemon(request: web.Request) -> Daemon:
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(data, separators=(",", ":"), default=str).encode(), status=status,
+    return web.Response(body=compact_json(data).encode(), status=status,
                         content_type="application/json", headers=headers)
 
 
