@@ -15,7 +15,7 @@ from conftest import wait_for
 from process import DaemonProcess
 
 from jobd.cli import follow
-from jobd.client import JobdClient, SSEParser
+from jobd.client import ApiError, JobdClient, SSEParser
 
 JOBS = """
 [jobs.blocker]
@@ -123,18 +123,6 @@ async def test_watch_falls_back_to_polling_when_streams_are_unavailable(tmp_path
     assert requests_to(daemon, f"/api/v1/runs/{run['id']}")  # polled
 
 
-async def test_wait_returns_the_final_run_and_unknown_runs_raise(tmp_path, daemons):
-    daemon = daemons(write_config(tmp_path))
-    url = await daemon.start()
-    async with JobdClient(url) as client:
-        run = await client.trigger("broken")
-        final = await client.wait(run["id"])
-        assert final["status"] == "FAILED" and final["exit_code"] == 3
-        with pytest.raises(Exception) as raised:
-            await client.wait(987654)
-        assert getattr(raised.value, "status", None) == 404
-
-
 async def jobd_cli(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "jobd", *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
@@ -148,11 +136,15 @@ async def jobd_cli(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
-async def test_cli_wait_and_watch_exit_codes(tmp_path, daemons):
+async def test_wait_and_the_cli_exit_codes(tmp_path, daemons):
     daemon = daemons(write_config(tmp_path))
     url = await daemon.start()
     async with JobdClient(url) as client:
         broken = await client.wait((await client.trigger("broken"))["id"])
+        assert broken["status"] == "FAILED" and broken["exit_code"] == 3
+        with pytest.raises(ApiError) as unknown:
+            await client.wait(987654)
+        assert unknown.value.status == 404
         results = await asyncio.gather(
             jobd_cli("trigger", "quick", "--wait", "--url", url),
             jobd_cli("watch", str(broken["id"]), "--url", url),
