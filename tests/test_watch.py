@@ -14,7 +14,7 @@ import pytest
 from conftest import wait_for
 from process import DaemonProcess
 
-from jobd.cli import follow
+from jobd.cli import ProgressView, follow
 from jobd.client import ApiError, JobdClient, SSEParser
 
 JOBS = """
@@ -178,3 +178,18 @@ def test_sse_parser_handles_split_chunks_and_comments():
         messages += parser.feed(stream[index:index + 1])
     assert messages == [("7", '{"type":"connected"}'), ("8", '{"a":\n1}')]
     assert parser.retry_ms == 1500
+
+
+def test_progress_view_redraws_a_bar_on_a_terminal():
+    out = io.StringIO()
+    view = ProgressView(out, tty=True, bar_width=10)
+    update = {"run_id": 7, "job": "nightly", "status": "PROCESSING", "progress": 40.0, "message": "copying",
+              "error": None}
+    view.show(update)
+    view.show(update)  # unchanged: not redrawn
+    view.show({**update, "progress": 100.0, "status": "COMPLETED"})
+    view.done({**update, "status": "COMPLETED"})
+    text = out.getvalue()
+    assert text.count("\r\x1b[2K") == 2
+    assert "[####......]  40.0% copying" in text and "[##########] 100.0%" in text
+    assert text.endswith("\nrun 7 nightly: COMPLETED\n")
