@@ -143,8 +143,12 @@ class RunService:
         triggered_by: TriggerSource,
         overlap: str | None = None,
         scheduled_for: int | None = None,
+        job_state: JobState | None = None,
     ) -> list[Run]:
-        """Create runs, commit them, then queue them. Returns once they are durable."""
+        """Create runs, commit them, then queue them. Returns once they are durable.
+
+        `job_state`, when given, is committed in the same transaction (the scheduler's last fire).
+        """
         if not self.accepting:
             raise Unavailable("jobd is shutting down; not accepting new runs", retry_after_s=5)
         job = self.job(job_name)
@@ -171,7 +175,7 @@ class RunService:
             for s, run in zip(submissions, runs)
             if s.idempotency_key
         ]
-        await self._create(runs, keys)
+        await self._create(runs, keys, job_states=[job_state] if job_state is not None else [])
         return runs
 
     async def _submit_idempotent(
@@ -222,14 +226,19 @@ class RunService:
                 job=job.name, active_run_ids=[r.id for r in active],
             )
         if policy == "replace" and busy:
+            # Ask the active runs to stop without waiting for a slow process to exit: the new run
+            # takes the slot when it frees, and the scheduler and the caller move on at once. A run
+            # already finishing (or that finished while an earlier one was cancelled) is left be.
             for run in self.active_of(job.name):
-                await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}")
+                if run.id in self.active and run.id not in self._finishing:
+                    await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}", wait=False)
 
-    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = ()) -> None:
+    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = (),
+                      job_states: Sequence[JobState] = ()) -> None:
         for run in runs:
             self._track(run)
         try:
-            await self.store.write(runs, keys=keys)
+            await self.store.write(runs, job_states=[dataclasses.replace(s) for s in job_states], keys=keys)
         except BaseException:
             for run in runs:
                 self._count(run, -1)
@@ -547,7 +556,8 @@ class RunService:
             raise RunNotFound(run_id)
         return run
 
-    async def cancel(self, run_id: int, *, reason: str = "cancelled") -> Run:
+    async def cancel(self, run_id: int, *, reason: str = "cancelled", wait: bool = True) -> Run:
+        """Cancel a run; with wait=False a running one may still be stopping on return."""
         run = self.active.get(run_id)
         if run is None:
             stored = await self.get(run_id)
@@ -569,7 +579,8 @@ class RunService:
             task.cancel()
         # Without a task the run is between its PROCESSING commit and its handler's start; the
         # worker sees cancel_requested and stops it there.
-        await self.wait_finished(run)
+        if wait:
+            await self.wait_finished(run)
         return run
 
     async def wait_finished(self, run: Run) -> None:
