@@ -152,7 +152,9 @@ class Daemon:
         source = TriggerSource.CATCHUP if request.catchup else TriggerSource.CRON
         skipped: dict[str, Any] | None = None
         try:
-            await self.runs.submit(request.job, [Submission()], triggered_by=source, scheduled_for=scheduled_ms)
+            await self.runs.submit(request.job, [Submission()], triggered_by=source, scheduled_for=scheduled_ms,
+                                   job_state=state)
+            return
         except OverlapConflict as exc:
             state.skipped_fires += 1
             # The scheduler's clock, like scheduled_for, so the two can be compared.

@@ -143,8 +143,12 @@ class RunService:
         triggered_by: TriggerSource,
         overlap: str | None = None,
         scheduled_for: int | None = None,
+        job_state: JobState | None = None,
     ) -> list[Run]:
-        """Create runs, commit them, then queue them. Returns once they are durable."""
+        """Create runs, commit them, then queue them. Returns once they are durable.
+
+        `job_state`, when given, is committed in the same transaction (the scheduler's last fire).
+        """
         if not self.accepting:
             raise Unavailable("jobd is shutting down; not accepting new runs", retry_after_s=5)
         job = self.job(job_name)
@@ -171,7 +175,7 @@ class RunService:
             for s, run in zip(submissions, runs)
             if s.idempotency_key
         ]
-        await self._create(runs, keys)
+        await self._create(runs, keys, job_states=[job_state] if job_state is not None else [])
         return runs
 
     async def _submit_idempotent(
@@ -229,11 +233,12 @@ class RunService:
                 if run.id in self.active and run.id not in self._finishing:
                     await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}", wait=False)
 
-    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = ()) -> None:
+    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = (),
+                      job_states: Sequence[JobState] = ()) -> None:
         for run in runs:
             self._track(run)
         try:
-            await self.store.write(runs, keys=keys)
+            await self.store.write(runs, job_states=[dataclasses.replace(s) for s in job_states], keys=keys)
         except BaseException:
             for run in runs:
                 self._count(run, -1)

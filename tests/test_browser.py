@@ -143,10 +143,6 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
 
 
-async def streams_served(api: Api) -> bool:
-    return "events" in (await api.call("GET", "/whoami"))["features"]
-
-
 async def test_every_page_loads_without_console_errors(browser: Browser, start_jobd: Callable[..., Any]) -> None:
     daemon = await start_jobd()
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -206,10 +202,8 @@ async def test_a_run_triggered_from_the_page_moves_to_completed_live(
     daemon = await start_jobd()
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors = watch_console(page)
-    async with aiohttp.ClientSession() as http:
-        live = await streams_served(Api(http, daemon.url))
     await page.goto(f"{daemon.url}/#/jobs")
-    await expect(page.locator("#connection")).to_have_attribute("data-state", "live" if live else "polling")
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     # Set on the window: if anything reloads the page, it is gone.
     await page.evaluate("window.notReloaded = true")
 
@@ -235,7 +229,7 @@ async def test_a_run_triggered_from_the_page_moves_to_completed_live(
     await expect(run_page.locator("pre.log")).to_contain_text("working on it")
     await expect(run_page.locator(".live-progress progress")).to_have_attribute("value", "40")
     await expect(run_page.get_by_role("button", name="Cancel")).to_be_visible()
-    await expect(run_page.locator(".follow-note")).to_have_text("following live" if live else "following (polling)")
+    await expect(run_page.locator(".follow-note")).to_have_text("following live")
     await shot(run_page, "run-live")
 
     (tmp_path / "gate").touch()
@@ -269,9 +263,9 @@ async def test_falls_back_to_polling_when_streams_are_blocked_and_shows_offline(
         await expect(row.locator("[data-status]")).to_have_text("COMPLETED", timeout=WAIT_MS)
         await expect(indicator).to_have_attribute("data-state", "polling")
 
-        if await streams_served(api):
-            await page.unroute("**/events**")
-            await expect(indicator).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        # Unblocked, the page goes back to the stream by itself.
+        await page.unroute("**/events**")
+        await expect(indicator).to_have_attribute("data-state", "live", timeout=WAIT_MS)
 
     await daemon.stop()
     await expect(indicator).to_have_attribute("data-state", "offline", timeout=WAIT_MS)
@@ -309,10 +303,10 @@ async def test_token_prompt_and_buttons_follow_the_scope(browser: Browser, start
     await expect(page.get_by_role("button", name="Trigger")).to_have_count(3)
     await expect(page.get_by_role("button", name="Pause")).to_have_count(2)
 
-    async with aiohttp.ClientSession() as http:
-        live = await streams_served(Api(http, daemon.url, ADMIN_TOKEN))
-    await expect(page.locator("#connection")).to_have_attribute("data-state", "live" if live else "polling")
+    # An admin token opens the firehose, with a ticket in the URL and never the token.
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     await page.locator('article[data-job="nightly"]').get_by_role("button", name="Pause").click()
     await expect(page.locator('article[data-job="nightly"] .badge.paused')).to_be_visible()
     await shot(page, "jobs-admin")
     assert not [url for url in urls if READ_TOKEN in url or ADMIN_TOKEN in url]
+    assert [url for url in urls if "/api/v1/events?ticket=" in url]

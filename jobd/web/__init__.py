@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from jobd.web import api
+from jobd.web import cors
 from jobd.web import dashboard
 from jobd.web import session
+from jobd.web import sse
+from jobd.web import tickets
 from jobd.web.auth import Authenticator
 from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
@@ -17,19 +21,25 @@ from jobd.web.middleware import make_middleware
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
 
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
 
 def create_app(daemon: Daemon) -> web.Application:
     """The whole HTTP surface. Its startup starts the daemon; its cleanup stops it."""
-    auth = Authenticator(daemon.config.auth)
+    ticketer = tickets.Tickets(daemon.config.auth.ticket_ttl_s)
+    auth = Authenticator(daemon.config.auth, ticket_check=ticketer.check)
     app = web.Application(
         middlewares=[make_middleware(daemon.log.bind(component="access")), auth.middleware()],
         client_max_size=daemon.config.server.max_body_bytes,
     )
     app[DAEMON] = daemon
     app.add_routes(api.routes)
+    tickets.setup(app, ticketer)
+    sse.setup(app, daemon)
+    cors.setup(app, daemon.config.server.cors_origins)
     app.add_routes(session.routes)
     dashboard.setup(app)
-    app.router.add_static("/static", dashboard.STATIC_DIR)
+    app.router.add_static("/static", STATIC_DIR)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await daemon.start()

@@ -12,6 +12,7 @@ from jobd.errors import BadRequest, NotFound
 from jobd.models import RunStatus, TriggerSource, compact_json, iso_ms, parse_iso_ms
 from jobd.runs import Submission
 from jobd.store import RunFilter
+from jobd.web import sse
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.workers import log_path
@@ -254,6 +255,8 @@ async def last_run(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/runs/{run_id}")
 @requires("read")
 async def get_run(request: web.Request) -> web.StreamResponse:
+    if sse.wants_stream(request):
+        return await sse.run_events(request)
     daemon = _daemon(request)
     run = await daemon.runs.get(run_id_of(request))
     data = run.to_json(with_log=True)
