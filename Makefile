@@ -19,6 +19,7 @@ check: $(BIN)/jobd
 	$(BIN)/jobd check -c $(CONFIG)
 
 test: $(BIN)/jobd
+	bash scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/jobd

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -13,7 +15,7 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from jobd import __version__, cronspec
-from jobd.client import DEFAULT_URL, ApiError, JobdClient
+from jobd.client import DEFAULT_URL, TERMINAL_STATUSES, ApiError, JobdClient
 from jobd.config import Config, ConfigError, load_config
 from jobd.store import StoreLocked
 
@@ -30,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`jobd check ... | head`): stop quietly. stdout is pointed at
+        # /dev/null so that the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--stdin", action="store_true", help="read one JSON object of params per line: one run each")
     trigger.add_argument("--idempotency-key")
     trigger.add_argument("--overlap", choices=["skip", "buffer_one", "queue", "allow", "replace"])
+    trigger.add_argument("--wait", action="store_true",
+                         help="follow the run until it ends; exit 0 COMPLETED/PARTIAL, 1 FAILED, 2 CANCELLED")
     trigger.set_defaults(func=cmd_trigger)
+
+    watch = client_parser("watch", "follow a run live until it ends (exit code as trigger --wait)")
+    watch.add_argument("run_id", type=int)
+    watch.set_defaults(func=cmd_watch)
 
     runs = client_parser("runs", "list runs")
     runs.add_argument("--job")
@@ -200,6 +213,9 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"jobd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.wait and batch is not None:
+        print("jobd: --wait follows one run; it cannot be used with --stdin", file=sys.stderr)
+        return EXIT_USAGE
 
     async def action(client: JobdClient) -> int:
         if batch is not None:
@@ -211,10 +227,16 @@ def cmd_trigger(args: argparse.Namespace) -> int:
             return EXIT_OK
         run = await client.trigger(args.job, params, idempotency_key=args.idempotency_key, overlap=args.overlap,
                                    triggered_by="manual")
+        if args.wait:
+            return await follow(client, run["id"], json_lines=args.json)
         _emit(args, {"run": run}, lambda: print(f"run {run['id']} of {run['job']}: {run['status']}"))
         return EXIT_OK
 
     return _run_client(args, action)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    return _run_client(args, lambda client: follow(client, args.run_id, json_lines=args.json))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -309,3 +331,61 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+# -- following a run live --------------------------------------------------------------------------
+
+STATUS_EXIT = {"COMPLETED": EXIT_OK, "PARTIAL": EXIT_OK, "FAILED": EXIT_FAILED, "CANCELLED": 2}
+
+
+async def follow(client: JobdClient, run_id: int, *, json_lines: bool = False, out: TextIO | None = None) -> int:
+    """Show a run's updates until it ends; the exit code says how it ended."""
+    out = out or sys.stdout
+    view = ProgressView(out, tty=out.isatty() and not json_lines)
+    final: dict[str, Any] | None = None
+    updates = client.watch(run_id)
+    async with contextlib.aclosing(updates):
+        async for update in updates:
+            final = update
+            if json_lines:
+                print(json.dumps(update), file=out, flush=True)
+            elif view.tty or update["status"] not in TERMINAL_STATUSES:
+                view.show(update)  # piped, the closing line below says how it ended
+    assert final is not None
+    if not json_lines:
+        view.done(final)
+    return STATUS_EXIT.get(final["status"], EXIT_FAILED)
+
+
+class ProgressView:
+    """A progress bar redrawn in place on a terminal; one plain line per change otherwise."""
+
+    def __init__(self, out: TextIO, *, tty: bool, bar_width: int = 24) -> None:
+        self.out = out
+        self.tty = tty
+        self.bar_width = bar_width
+        self._last: tuple[Any, ...] | None = None
+
+    def show(self, update: dict[str, Any]) -> None:
+        key = (update["status"], update["progress"], update["message"])
+        if key == self._last:
+            return
+        self._last = key
+        pct = float(update["progress"] or 0)
+        message = update["message"] or ""
+        head = f"run {update['run_id']} {update['job']} {update['status']}"
+        if self.tty:
+            filled = round(self.bar_width * pct / 100)
+            line = f"{head} [{'#' * filled}{'.' * (self.bar_width - filled)}] {pct:5.1f}% {message}"
+            width = shutil.get_terminal_size().columns - 1
+            self.out.write("\r\x1b[2K" + line[:width])
+            self.out.flush()
+        else:
+            print(f"{head} {pct:g}%" + (f" {message}" if message else ""), file=self.out, flush=True)
+
+    def done(self, update: dict[str, Any]) -> None:
+        if self.tty:
+            self.out.write("\n")
+        detail = update.get("error") or ""
+        print(f"run {update['run_id']} {update['job']}: {update['status']}" + (f": {detail}" if detail else ""),
+              file=self.out, flush=True)

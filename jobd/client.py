@@ -3,17 +3,27 @@
     async with JobdClient("http://127.0.0.1:8080", token="...") as client:
         run = await client.trigger("nightly", params={"day": "2026-11-23"})
         run = await client.get_run(run["id"])
+        async for update in client.watch(run["id"]):     # live, over Server-Sent Events
+            print(update["status"], update["progress"], update["message"])
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+TERMINAL_STATUSES = frozenset({"COMPLETED", "PARTIAL", "FAILED", "CANCELLED"})
+# A stream that stays silent this long (heartbeats included) is taken as broken.
+STREAM_IDLE_TIMEOUT_S = 60.0
+# Streams that open but end without a single message before watch() falls back to polling.
+BROKEN_STREAMS_BEFORE_POLLING = 3
 
 
 class ApiError(Exception):
@@ -128,3 +138,180 @@ class JobdClient:
 
     async def queue(self) -> dict[str, Any]:
         return await self.request("GET", "/api/v1/queue")
+
+    # -- live status -----------------------------------------------------------------------
+
+    async def watch(self, run_id: int, *, poll_interval: float = 1.0,
+                    max_backoff: float = 30.0) -> AsyncIterator[dict[str, Any]]:
+        """Yield the run's `status_update`s as they happen, ending after its terminal status.
+
+        Uses the run's event stream, reconnecting with Last-Event-ID and exponential backoff
+        (across a daemon restart, too). When streaming is unavailable (404 or 503 on the stream,
+        a proxy that answers something else or keeps cutting it) it polls GET /runs/{id} every
+        `poll_interval` seconds instead. Raises ApiError for an unknown run or a refused token.
+        """
+        last_event_id: str | None = None
+        last: dict[str, Any] | None = None
+        failures = 0
+        broken = 0
+        polling = False
+        while True:
+            if polling:
+                try:
+                    update = status_update_of(await self.get_run(run_id))
+                except ApiError as exc:
+                    if exc.status < 500:
+                        raise
+                    update = None
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    update = None
+                if update is None:
+                    failures += 1
+                    await asyncio.sleep(backoff_s(failures, max_backoff))
+                    continue
+                failures = 0
+                if update != last:
+                    last = update
+                    yield update
+                if update["status"] in TERMINAL_STATUSES:
+                    return
+                await asyncio.sleep(poll_interval)
+                continue
+            received = 0
+            try:
+                stream = self._event_stream(f"/api/v1/runs/{run_id}/events", last_event_id)
+                async with contextlib.aclosing(stream):
+                    async for event_id, data in stream:
+                        received += 1
+                        failures = broken = 0
+                        if event_id is not None:
+                            last_event_id = event_id
+                        if data.get("type") == "status_update":
+                            if data != last:
+                                last = data
+                                yield data
+                            if data.get("status") in TERMINAL_STATUSES:
+                                return
+                        elif data.get("type") == "shutdown":
+                            break
+                if received == 0:
+                    broken += 1
+            except _StreamUnavailable as exc:
+                if exc.finished:
+                    polling = True  # 204: nothing after our last event; read the final state once
+                    continue
+                broken = BROKEN_STREAMS_BEFORE_POLLING if exc.fall_back else broken + 1
+            except aiohttp.ClientConnectorError:
+                pass  # nobody listening (a restart, say): back off and try again
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                if received == 0:
+                    broken += 1
+            if broken >= BROKEN_STREAMS_BEFORE_POLLING:
+                polling = True
+                continue
+            failures += 1
+            await asyncio.sleep(backoff_s(failures, max_backoff))
+
+    async def wait(self, run_id: int, *, poll_interval: float = 1.0, max_backoff: float = 30.0) -> dict[str, Any]:
+        """Until the run has finished; returns the final run (as GET /runs/{id} shows it)."""
+        async for _ in self.watch(run_id, poll_interval=poll_interval, max_backoff=max_backoff):
+            pass
+        return await self.get_run(run_id)
+
+    async def _event_stream(self, path: str, last_event_id: str | None) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+        """(id, data) of each message of one connection to an event stream."""
+        headers = self.headers({"Accept": "text/event-stream"})
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=STREAM_IDLE_TIMEOUT_S)
+        async with self.session.get(self.url + path, headers=headers, timeout=timeout) as response:
+            if response.status == 204:
+                raise _StreamUnavailable(finished=True)
+            if response.status in (404, 503) or (response.status == 200
+                                                 and response.content_type != "text/event-stream"):
+                raise _StreamUnavailable(fall_back=True)
+            if response.status in (401, 403):
+                text = await response.text()
+                try:
+                    body = json.loads(text)
+                except json.JSONDecodeError:
+                    body = {}
+                raise ApiError(response.status, body.get("title", response.reason or ""),
+                               body.get("detail", text[:200]), body)
+            if response.status != 200:
+                raise _StreamUnavailable()
+            parser = SSEParser()
+            async for chunk in response.content.iter_any():
+                for event_id, data in parser.feed(chunk):
+                    try:
+                        message = json.loads(data)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(message, dict):
+                        yield event_id, message
+
+
+class _StreamUnavailable(Exception):
+    def __init__(self, *, fall_back: bool = False, finished: bool = False) -> None:
+        super().__init__("event stream unavailable")
+        self.fall_back = fall_back
+        self.finished = finished
+
+
+class SSEParser:
+    """An incremental text/event-stream parser: feed it bytes, get (id, data) of whole messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._data: list[str] = []
+        self._id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
+        self._buffer += chunk
+        messages: list[tuple[str | None, str]] = []
+        start = 0
+        while (end := self._buffer.find(b"\n", start)) >= 0:
+            line = self._buffer[start:end].rstrip(b"\r").decode("utf-8", errors="replace")
+            start = end + 1
+            if not line:
+                if self._data:
+                    messages.append((self._id, "\n".join(self._data)))
+                self._data = []
+                self._id = None
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                self._data.append(value)
+            elif name == "id":
+                self._id = value
+            elif name == "retry" and value.isdigit():
+                self.retry_ms = int(value)
+        del self._buffer[:start]
+        return messages
+
+
+def status_update_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run as GET /runs/{id} shows it → the same shape as a stream's `status_update`."""
+    return {
+        "type": "status_update",
+        "run_id": run["id"],
+        "job": run["job"],
+        "status": run["status"],
+        "progress": run["progress"],
+        "message": run["message"],
+        "counts": run["counts"],
+        "error": run["error"],
+        "result": run["result"],
+        "attempt": run["attempt"],
+        "updated_at": run["updated_at"],
+    }
+
+
+def backoff_s(failures: int, max_backoff: float, base: float = 0.25) -> float:
+    """Exponential backoff with jitter: about base·2^(failures-1), at most `max_backoff`."""
+    delay = min(max_backoff, base * (2 ** min(failures - 1, 20)))
+    return delay * random.uniform(0.5, 1.0)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import functools
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
+from croniter.croniter import HashExpander
 
 ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -40,6 +42,7 @@ _SECOND = timedelta(seconds=1)
 # that cancel each other out would be missed, and no zone has those.
 _PROBE = timedelta(hours=12)
 _RANDOM_PART = re.compile(r"r(\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
+_HASH_PART = re.compile(r"h(\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 _REFERENCE = datetime(2000, 1, 1)
 
 
@@ -58,8 +61,7 @@ class CronSpec:
         precise = parts[:2] + parts[5:]  # minute, hour and (if given) seconds
         wall_clock = not any("*" in part or "/" in part for part in precise)
         try:
-            it = croniter(fields, _REFERENCE, hash_id=self.hash_key.encode())
-            it.get_next(datetime)
+            it = _compile(_resolve_hashes(parts, self.hash_key))
         except Exception as exc:  # croniter raises several unrelated types
             raise ValueError(str(exc) or type(exc).__name__) from None
         object.__setattr__(self, "fields", fields)
@@ -196,6 +198,34 @@ def _normalise(expr: str) -> str:
         if any(_RANDOM_PART.fullmatch(item) for item in part.split(",")):
             raise ValueError("R (random) is not supported; use H for a stable spread")
     return text
+
+
+def _resolve_hashes(parts: list[str], hash_key: str) -> str:
+    """The expression with each H field replaced by what croniter's hash_id makes of it.
+
+    Done field by field with croniter's own expander, so the values are exactly those of
+    `croniter(expr, hash_id=...)`, while the result is an ordinary expression that many
+    jobs can share (see _compile).
+    """
+    hash_id = hash_key.encode()
+    expander = HashExpander(croniter)
+    return " ".join(
+        expander.expand(part.lower(), index, part.lower(), hash_id=hash_id) if _HASH_PART.fullmatch(part) else part
+        for index, part in enumerate(parts)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(fields: str) -> Any:
+    """A validated croniter for an expression without H.
+
+    Building one costs far more than asking it for a time, and thousands of jobs share a
+    few expressions, so they share iterators too: every query passes its own start_time,
+    which resets all the iterator's state.
+    """
+    it = croniter(fields, _REFERENCE)
+    it.get_next(datetime)  # refuses expressions that never fire, e.g. 30 February
+    return it
 
 
 def _offset(instant: datetime, tz: ZoneInfo) -> timedelta:

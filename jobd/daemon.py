@@ -29,7 +29,7 @@ from jobd.config import Config, ConfigError, JobConfig, load_config
 from jobd.errors import OverlapConflict
 from jobd.events import EventBus
 from jobd.metrics import Metrics
-from jobd.models import TriggerSource, now_ms
+from jobd.models import TriggerSource, iso_ms, now_ms
 from jobd.runs import RunService, Submission
 from jobd.scheduler import FireRequest, Scheduler, SystemClock
 from jobd.store import SQLiteStore
@@ -149,19 +149,27 @@ class Daemon:
     # -- scheduling --------------------------------------------------------------------------
 
     async def _fire(self, request: FireRequest) -> None:
-        scheduled_ms = round(request.scheduled_for.timestamp() * 1000)
+        scheduled_ms = _epoch_ms(request.scheduled_for)
         state = self.runs.job_state(request.job)
         state.last_fire_at = scheduled_ms
         source = TriggerSource.CATCHUP if request.catchup else TriggerSource.CRON
+        skipped: dict[str, Any] | None = None
         try:
-            await self.runs.submit(request.job, [Submission()], triggered_by=source, scheduled_for=scheduled_ms)
+            await self.runs.submit(request.job, [Submission()], triggered_by=source, scheduled_for=scheduled_ms,
+                                   job_state=state)
+            return
         except OverlapConflict as exc:
             state.skipped_fires += 1
-            state.last_skipped_at = now_ms()
-            self.log.info("fire_skipped", job=request.job, scheduled_for=scheduled_ms, reason=exc.detail)
-            self.bus.publish("fire_skipped", {"job": request.job, "scheduled_for": request.scheduled_for.isoformat(),
-                                              "reason": exc.detail}, job=request.job)
+            # The scheduler's clock, like scheduled_for, so the two can be compared.
+            state.last_skipped_at = _epoch_ms(self.clock.now())
+            skipped = {"job": request.job, "scheduled_for": iso_ms(scheduled_ms),
+                       "skipped_at": iso_ms(state.last_skipped_at), "skipped_fires": state.skipped_fires,
+                       "active_run_ids": exc.extra.get("active_run_ids", []), "reason": exc.detail}
+            self.log.info("fire_skipped", **skipped)
         await self.store.write(job_states=[state])
+        if skipped is not None:
+            # Published once committed, like every run change: a listener never sees a count the store lacks.
+            self.bus.publish("fire_skipped", skipped, job=request.job)
 
     def next_run_at(self, job: str) -> int | None:
         if self.scheduler is None or self.runs.job_state(job).paused:
@@ -252,6 +260,10 @@ async def serve(config: Config, *, log: Any = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0
+
+
+def _epoch_ms(when: datetime) -> int:
+    return round(when.timestamp() * 1000)
 
 
 def status_line(daemon: Daemon) -> str:

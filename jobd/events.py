@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import structlog
+
+from jobd.models import compact_json
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class SubscriptionClosed(Exception):
 
 
 def encode_frame(event_id: int | None, data: dict[str, Any]) -> bytes:
-    body = json.dumps(data, separators=(",", ":"), default=str)
+    body = compact_json(data)
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}data: {body}\n\n".encode()
 
@@ -49,7 +50,7 @@ class Subscriber:
     """One consumer's bounded view of the bus."""
 
     __slots__ = ("bus", "run_id", "accepts", "capacity", "_entries", "_live", "_by_run",
-                 "_waiter", "overflowed", "closed", "delivered", "wants_logs")
+                 "_waiter", "_poked", "overflowed", "closed", "delivered", "wants_logs")
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class Subscriber:
         self._live = 0
         self._by_run: dict[int, list[Event | None]] = {}
         self._waiter: asyncio.Future[None] | None = None
+        self._poked = False
         self.overflowed = False
         self.closed = False
         self.delivered = 0
@@ -123,7 +125,10 @@ class Subscriber:
         return None
 
     async def get(self, timeout: float | None = None) -> Event | None:
-        """The next event; None when `timeout` passes first. Raises when cut off or closed."""
+        """The next event; None when `timeout` passes or `poke()` is called first.
+
+        Raises when cut off or closed (events queued before a close are still handed out first).
+        """
         while True:
             if self.overflowed:
                 raise SubscriberOverflow()
@@ -132,14 +137,28 @@ class Subscriber:
                 return event
             if self.closed:
                 raise SubscriptionClosed()
+            if self._poked:
+                self._poked = False
+                return None
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(timeout):
+                if timeout is None:
                     await self._waiter
+                else:
+                    async with asyncio.timeout(timeout):
+                        await self._waiter
             except TimeoutError:
                 return None
             finally:
                 self._waiter = None
+
+    def poke(self) -> None:
+        """Make a waiting (or the next) `get()` return None without an event.
+
+        Lets one shared timer drive heartbeats for many subscribers instead of a timer each.
+        """
+        self._poked = True
+        self._wake()
 
     def close(self) -> None:
         if not self.closed:
@@ -161,6 +180,8 @@ class EventBus:
         self._firehose: set[Subscriber] = set()
         self._log_listeners: dict[int, int] = {}
         self._evicted_up_to = first_id - 1
+        # In-process observers called on every publish (e.g. the firehose summary); must not block.
+        self.listeners: list[Callable[[Event], None]] = []
         self.log = log or structlog.get_logger("jobd.events")
         self.published = 0
         self.dropped = 0
@@ -174,6 +195,10 @@ class EventBus:
     @property
     def subscriber_count(self) -> int:
         return len(self._firehose) + sum(len(subs) for subs in self._by_run.values())
+
+    @property
+    def firehose_count(self) -> int:
+        return len(self._firehose)
 
     def subscribe(
         self,
@@ -252,6 +277,8 @@ class EventBus:
                 self.log.warning("subscriber_overflow", run_id=sub.run_id, capacity=sub.capacity)
                 sub.close()
                 sub.overflowed = True
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def since(self, last_id: int) -> list[Event] | None:

@@ -54,14 +54,13 @@ class DaemonCollector(Collector):
 
 
 def open_streams(daemon: Any) -> int:
-    """The daemon's open SSE streams: `daemon.streams` when it keeps them, else its bus subscribers."""
+    """Open SSE streams, as counted by what the web app registered (Metrics.count_streams); without
+    it, `daemon.streams` if the daemon keeps them, else the event bus's subscribers."""
+    counter = daemon.metrics.stream_counter
+    if counter is not None:
+        return int(counter())
     streams = getattr(daemon, "streams", None)
-    if streams is None:
-        return int(daemon.bus.subscriber_count)
-    count = getattr(streams, "open_count", None)
-    if count is not None:
-        return int(count() if callable(count) else count)
-    return len(streams)
+    return int(daemon.bus.subscriber_count) if streams is None else len(streams)
 
 
 def route_label(request: web.Request) -> str:
@@ -87,7 +86,12 @@ class Metrics:
                                   buckets=LAG_BUCKETS, registry=self.registry)
         self.http_requests = Counter("jobd_http_requests", "HTTP requests answered.",
                                      ["method", "route", "status"], registry=self.registry)
+        self.stream_counter: Callable[[], int] | None = None
         self.registry.register(DaemonCollector(daemon))
+
+    def count_streams(self, counter: Callable[[], int]) -> None:
+        """Where open SSE streams are counted (the streams live in the web app, not the daemon)."""
+        self.stream_counter = counter
 
     def run_finished(self, job: JobConfig, run: Run, state: JobState, previous_failures: int) -> None:
         """A RunService finished hook."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -54,17 +55,31 @@ class InvalidTransition(Exception):
         self.wanted = wanted
 
 
+# One encoder for every compact JSON text jobd writes: json.dumps() with options builds a new one per call.
+compact_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def now_ms() -> int:
     """Wall-clock time in epoch milliseconds: the unit every stored timestamp uses."""
     return time.time_ns() // 1_000_000
+
+
+_SECOND_PREFIXES: dict[int, str] = {}
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
     """Epoch milliseconds → ISO-8601 UTC with milliseconds, e.g. 2026-11-23T19:06:01.123Z."""
     if epoch_ms is None:
         return None
-    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    second, millis = divmod(epoch_ms, 1000)
+    # Formatting a datetime costs more than the rest of a run's JSON; most times share a second.
+    prefix = _SECOND_PREFIXES.get(second)
+    if prefix is None:
+        if len(_SECOND_PREFIXES) > 4096:
+            _SECOND_PREFIXES.clear()
+        prefix = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        _SECOND_PREFIXES[second] = prefix
+    return f"{prefix}{millis:03d}Z"
 
 
 def parse_iso_ms(text: str) -> int:
@@ -150,7 +165,15 @@ class Run:
             data["log_tail"] = self.log_tail
         return data
 
+    def assign(self, other: Run) -> None:
+        """Take every field of `other` (a copy of this run with a newer state)."""
+        for name in _RUN_FIELDS:
+            setattr(self, name, getattr(other, name))
+
     def copy(self) -> Run:
         clone = dataclasses.replace(self)
         clone.counts = dataclasses.replace(self.counts)
         return clone
+
+
+_RUN_FIELDS = tuple(field.name for field in dataclasses.fields(Run))

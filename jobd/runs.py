@@ -17,6 +17,7 @@ import dataclasses
 import random
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ from jobd.models import (
     Run,
     RunStatus,
     TriggerSource,
+    iso_ms,
     now_ms,
 )
 from jobd.store import IdempotencyKey, JobState, RunFilter, Store
@@ -72,6 +74,11 @@ class RunService:
         self.accepting = True
         self.finished_hooks: list[FinishedHook] = []
         self._active_by_job: dict[str, set[int]] = defaultdict(set)
+        # Kept up to date on every transition so that admission and /queue are O(1), not a scan.
+        self.pending: dict[int, Run] = {}
+        self._pending_by_job: Counter[str] = Counter()
+        self._processing_by_job: Counter[str] = Counter()
+        self.processing_count = 0
         self._slots_used: Counter[str] = Counter()
         self._waiting: dict[str, deque[Run]] = defaultdict(deque)
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -79,6 +86,10 @@ class RunService:
         # Runs an operator asked to cancel; any other stop of a running handler is an interruption.
         self.cancel_requested: set[int] = set()
         self._finish_waiters: dict[int, list[asyncio.Future[None]]] = defaultdict(list)
+        # Runs whose terminal state is being committed: a worker must not start them meanwhile.
+        self._finishing: set[int] = set()
+        # Runs whose PROCESSING commit is in flight → whether they changed since (see start()).
+        self._unannounced: dict[int, bool] = {}
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[Run]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -119,7 +130,7 @@ class RunService:
         return state
 
     def is_running(self, job: str) -> bool:
-        return any(self.active[i].status is RunStatus.PROCESSING for i in self._active_by_job.get(job, ()))
+        return self._processing_by_job[job] > 0
 
     def active_of(self, job: str) -> list[Run]:
         return sorted((self.active[i] for i in self._active_by_job.get(job, ())), key=lambda r: r.id)
@@ -132,8 +143,12 @@ class RunService:
         triggered_by: TriggerSource,
         overlap: str | None = None,
         scheduled_for: int | None = None,
+        job_state: JobState | None = None,
     ) -> list[Run]:
-        """Create runs, commit them, then queue them. Returns once they are durable."""
+        """Create runs, commit them, then queue them. Returns once they are durable.
+
+        `job_state`, when given, is committed in the same transaction (the scheduler's last fire).
+        """
         if not self.accepting:
             raise Unavailable("jobd is shutting down; not accepting new runs", retry_after_s=5)
         job = self.job(job_name)
@@ -160,7 +175,7 @@ class RunService:
             for s, run in zip(submissions, runs)
             if s.idempotency_key
         ]
-        await self._create(runs, keys)
+        await self._create(runs, keys, job_states=[job_state] if job_state is not None else [])
         return runs
 
     async def _submit_idempotent(
@@ -196,29 +211,37 @@ class RunService:
 
     async def _admit(self, job: JobConfig, policy: str, count: int) -> None:
         """Apply the overlap policy to `count` new runs of `job`."""
-        active = self.active_of(job.name)
-        if policy == "skip" and (active or count > 1):
+        pending = self._pending_by_job[job.name]
+        busy = pending + self._processing_by_job[job.name]
+        if policy == "skip" and (busy or count > 1):
+            active = self.active_of(job.name)
             detail = (f"job {job.name!r} already has run {active[0].id} {active[0].status.value}" if active
                       else f"job {job.name!r} allows one run at a time (overlap=skip)")
             raise OverlapConflict(detail, job=job.name, active_run_ids=[r.id for r in active])
-        if policy == "buffer_one":
-            waiting = [r for r in active if r.status is RunStatus.PENDING]
-            if waiting or count > 1:
-                raise OverlapConflict(
-                    f"job {job.name!r} already has run {waiting[0].id if waiting else '?'} waiting (overlap=buffer_one)",
-                    job=job.name, active_run_ids=[r.id for r in active],
-                )
-        if policy == "replace":
-            for run in active:
-                await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}")
+        if policy == "buffer_one" and (pending or count > 1):
+            active = self.active_of(job.name)
+            waiting = [r.id for r in active if r.status is RunStatus.PENDING]
+            raise OverlapConflict(
+                f"job {job.name!r} already has run {waiting[0] if waiting else '?'} waiting (overlap=buffer_one)",
+                job=job.name, active_run_ids=[r.id for r in active],
+            )
+        if policy == "replace" and busy:
+            # Ask the active runs to stop without waiting for a slow process to exit: the new run
+            # takes the slot when it frees, and the scheduler and the caller move on at once. A run
+            # already finishing (or that finished while an earlier one was cancelled) is left be.
+            for run in self.active_of(job.name):
+                if run.id in self.active and run.id not in self._finishing:
+                    await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}", wait=False)
 
-    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = ()) -> None:
+    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = (),
+                      job_states: Sequence[JobState] = ()) -> None:
         for run in runs:
             self._track(run)
         try:
-            await self.store.write(runs, keys=keys)
+            await self.store.write(runs, job_states=[dataclasses.replace(s) for s in job_states], keys=keys)
         except BaseException:
             for run in runs:
+                self._count(run, -1)
                 self._untrack(run)
             raise
         for run in runs:
@@ -227,7 +250,19 @@ class RunService:
             self._publish(run)
             self._schedule(run)
 
+    def _count(self, run: Run, delta: int) -> None:
+        if run.status is RunStatus.PENDING:
+            self._pending_by_job[run.job] += delta
+            if delta > 0:
+                self.pending[run.id] = run
+            else:
+                self.pending.pop(run.id, None)
+        elif run.status is RunStatus.PROCESSING:
+            self._processing_by_job[run.job] += delta
+            self.processing_count += delta
+
     def _track(self, run: Run) -> None:
+        self._count(run, +1)
         self.active[run.id] = run
         self._active_by_job[run.job].add(run.id)
         self._idle.clear()
@@ -282,7 +317,7 @@ class RunService:
             self._waiting.pop(job, None)
 
     def queued_count(self) -> int:
-        return sum(1 for run in self.active.values() if run.status is RunStatus.PENDING)
+        return len(self.pending)
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -291,15 +326,36 @@ class RunService:
             raise InvalidTransition(run.id, run.status, status)
         self.status_totals[run.status] -= 1
         self.status_totals[status] += 1
+        self._count(run, -1)
         run.status = status
+        self._count(run, +1)
         run.updated_at = self.clock()
 
-    async def start(self, run: Run) -> None:
-        """PENDING → PROCESSING, durable before the handler starts."""
+    def startable(self, run: Run) -> bool:
+        return run.status is RunStatus.PENDING and run.id not in self._finishing
+
+    def start(self, run: Run) -> None:
+        """PENDING → PROCESSING. Committed at once, but the handler does not wait for it.
+
+        Its event goes out when the commit is done; changes the handler reports before then are
+        held back and announced right after it, so subscribers see the states in order. If jobd
+        died before this commit, the run is still PENDING in the store and simply runs again.
+        """
         self._transition(run, RunStatus.PROCESSING)
         run.started_at = run.updated_at
-        await self.store.write([run])
-        self._publish(run)
+        announcement = status_update(run)
+        self._unannounced[run.id] = False
+        committed = self.store.submit([run])
+        committed.add_done_callback(lambda f: self._announce_start(run, announcement, f))
+
+    def _announce_start(self, run: Run, announcement: dict[str, Any], committed: asyncio.Future[None]) -> None:
+        changed_since = self._unannounced.pop(run.id, False)
+        if committed.cancelled() or committed.exception() is not None:
+            self.log.error("start_not_committed", run_id=run.id, job=run.job)
+            return
+        self.bus.publish("status_update", announcement, run_id=run.id, job=run.job, status="PROCESSING")
+        if changed_since and run.status is RunStatus.PROCESSING:
+            self._publish(run, coalescible=True)
 
     def attach_task(self, run: Run, task: asyncio.Task[Any]) -> None:
         """The task running the handler: what `cancel()` stops."""
@@ -329,9 +385,12 @@ class RunService:
     def _changed_in_memory(self, run: Run) -> None:
         run.updated_at = self.clock()
         self.store.write_lazy(run)
+        if run.id in self._unannounced:
+            self._unannounced[run.id] = True
+            return
         self._publish(run, coalescible=True)
 
-    async def finish(
+    def finish(
         self,
         run: Run,
         status: RunStatus,
@@ -340,16 +399,15 @@ class RunService:
         exit_code: int | None = None,
         result: Any = None,
         log_tail: str | None = None,
-    ) -> Run | None:
-        """Record a terminal state; returns the retry run when one was created."""
+    ) -> asyncio.Future[None]:
+        """Record a terminal state (and the retry it calls for); done once committed."""
         if result is not None:
             run.result = result
         retry = None
         job = self.jobs.get(run.job)
         if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts and self.accepting:
             retry = self._retry_run(run, job, delay_s=self._backoff_s(job, run.attempt))
-        await self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
-        return retry
+        return self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
 
     def _backoff_s(self, job: JobConfig, attempt: int) -> float:
         base = job.retry_backoff_s * (2 ** (attempt - 1))
@@ -373,7 +431,7 @@ class RunService:
             retry_of=previous.id,
         )
 
-    async def _finish(
+    def _finish(
         self,
         run: Run,
         status: RunStatus,
@@ -382,20 +440,25 @@ class RunService:
         exit_code: int | None = None,
         log_tail: str | None = None,
         retry: Run | None = None,
-    ) -> None:
+    ) -> asyncio.Future[None]:
+        """Move to a terminal state and hand it to the store. A worker need not wait for the
+        commit: the terminal state is written from a copy and shown (in `active`, in events)
+        only once committed, so no reader ever sees a finished run that a crash could undo."""
         previous_status = run.status
-        self._transition(run, status)
-        run.finished_at = run.updated_at
-        if run.started_at is None:
-            run.started_at = run.finished_at
+        self._finishing.add(run.id)
+        final = run.copy()
+        self._transition(final, status)
+        final.finished_at = final.updated_at
+        if final.started_at is None:
+            final.started_at = final.finished_at
         if error is not None:
-            run.error = error
+            final.error = error
         if exit_code is not None:
-            run.exit_code = exit_code
+            final.exit_code = exit_code
         if log_tail is not None:
-            run.log_tail = log_tail
+            final.log_tail = log_tail
         if status is RunStatus.COMPLETED or status is RunStatus.PARTIAL:
-            run.progress = 100.0
+            final.progress = 100.0
         state = self.job_state(run.job)
         previous_failures = state.consecutive_failures
         if status is RunStatus.FAILED:
@@ -403,15 +466,44 @@ class RunService:
         elif status is not RunStatus.CANCELLED:
             state.consecutive_failures = 0
         state.last_run_id = run.id if retry is None else retry.id
-        rows = [run] if retry is None else [run, retry]
+        rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
-        try:
-            await self.store.write(rows, job_states=[dataclasses.replace(state)])
-        except BaseException:
-            if retry is not None:
-                self._untrack(retry)
-            raise
+        committed = self.store.submit(rows, job_states=[dataclasses.replace(state)])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_commit(result: asyncio.Future[None]) -> None:
+            self._finishing.discard(run.id)
+            try:
+                if result.cancelled() or result.exception() is not None:
+                    if retry is not None:
+                        self._count(retry, -1)
+                        self._untrack(retry)
+                    self.log.error("finish_not_committed", run_id=run.id, job=run.job,
+                                   error=None if result.cancelled() else str(result.exception()))
+                    if not done.done():
+                        done.set_exception(result.exception() or asyncio.CancelledError())
+                        done.exception()  # already logged: callers that never await it stay quiet
+                    return
+                run.assign(final)
+                self._finished(run, status, previous_status, state, previous_failures, retry)
+            except Exception as exc:  # keep the run table alive whatever happens in a callback
+                self.log.exception("finish_failed", run_id=run.id, job=run.job)
+                if not done.done():
+                    done.set_exception(exc)
+                    done.exception()
+                return
+            if not done.done():
+                done.set_result(None)
+
+        committed.add_done_callback(on_commit)
+        return done
+
+    def _finished(
+        self, run: Run, status: RunStatus, previous_status: RunStatus, state: JobState, previous_failures: int,
+        retry: Run | None,
+    ) -> None:
+        """After the terminal state is committed: leave the table, announce, retry, run the hooks."""
         self._untrack(run)
         self._tasks.pop(run.id, None)
         self.cancel_requested.discard(run.id)
@@ -446,14 +538,13 @@ class RunService:
         if waiting and run in waiting:
             waiting.remove(run)
 
-    async def interrupt(self, run: Run, reason: str) -> Run | None:
+    def interrupt(self, run: Run, reason: str) -> asyncio.Future[None]:
         """A run stopped by shutdown or found after a crash: FAILED, and re-queued unless told not to."""
         job = self.jobs.get(run.job)
         retry = None
         if job is not None and job.on_interrupt == "retry":
             retry = self._retry_run(run, job, delay_s=0)
-        await self._finish(run, RunStatus.FAILED, error=reason, retry=retry)
-        return retry
+        return self._finish(run, RunStatus.FAILED, error=reason, retry=retry)
 
     # -- operator actions ----------------------------------------------------------------------
 
@@ -465,12 +556,19 @@ class RunService:
             raise RunNotFound(run_id)
         return run
 
-    async def cancel(self, run_id: int, *, reason: str = "cancelled") -> Run:
+    async def cancel(self, run_id: int, *, reason: str = "cancelled", wait: bool = True) -> Run:
+        """Cancel a run; with wait=False a running one may still be stopping on return."""
         run = self.active.get(run_id)
         if run is None:
             stored = await self.get(run_id)
             raise Conflict(f"run {run_id} is already {stored.status.value}", run_id=run_id,
                            run_status=stored.status.value)
+        if run.id in self._finishing:
+            await self.wait_finished(run)
+            if run.status is not RunStatus.CANCELLED:
+                raise Conflict(f"run {run_id} is already {run.status.value}", run_id=run_id,
+                               run_status=run.status.value)
+            return run
         if run.status is RunStatus.PENDING:
             await self._finish(run, RunStatus.CANCELLED, error=reason)
             return run
@@ -481,7 +579,8 @@ class RunService:
             task.cancel()
         # Without a task the run is between its PROCESSING commit and its handler's start; the
         # worker sees cancel_requested and stops it there.
-        await self.wait_finished(run)
+        if wait:
+            await self.wait_finished(run)
         return run
 
     async def wait_finished(self, run: Run) -> None:
@@ -520,30 +619,27 @@ class RunService:
         return [self.active.get(run.id, run) for run in runs], total
 
     def queue_snapshot(self, workers_total: int) -> dict[str, Any]:
-        pending = [run for run in self.active.values() if run.status is RunStatus.PENDING]
-        busy = sum(1 for run in self.active.values() if run.status is RunStatus.PROCESSING)
-        oldest = min((run.created_at for run in pending), default=None)
+        oldest = min((run.created_at for run in islice(self.pending.values(), 64)), default=None)
         return {
             "counts": {status.value: self.status_totals.get(status, 0) for status in RunStatus},
-            "pending": len(pending),
-            "processing": busy,
-            "workers": {"busy": busy, "total": workers_total},
+            "pending": len(self.pending),
+            "processing": self.processing_count,
+            "workers": {"busy": self.processing_count, "total": workers_total},
             "oldest_pending_age_s": None if oldest is None else round((self.clock() - oldest) / 1000, 3),
         }
 
 
 def status_update(run: Run) -> dict[str, Any]:
-    data = run.to_json()
     return {
         "run_id": run.id,
         "job": run.job,
-        "status": data["status"],
+        "status": run.status.value,
         "progress": run.progress,
         "message": run.message,
-        "counts": data["counts"],
+        "counts": run.counts.as_dict(),
         "error": run.error,
         "result": run.result,
         "attempt": run.attempt,
-        "updated_at": data["updated_at"],
+        "updated_at": iso_ms(run.updated_at or run.created_at),
     }
 

@@ -110,15 +110,15 @@ class WorkerPool:
                 self.runs.release_slot(run.job)
 
     async def _execute(self, run: Run) -> None:
-        if run.status is not RunStatus.PENDING:
+        if not self.runs.startable(run):
             return  # cancelled while it waited in the queue
         job = self.runs.jobs.get(run.job)
         if job is None:
-            await self.runs.finish(run, RunStatus.FAILED, error=f"job {run.job!r} is no longer configured")
+            self.runs.finish(run, RunStatus.FAILED, error=f"job {run.job!r} is no longer configured")
             return
-        await self.runs.start(run)
+        self.runs.start(run)
         if run.id in self.runs.cancel_requested:
-            await self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
+            self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
             return
         run_log = runner.RunLog(log_path(self.logs_dir, run.id), max_bytes=self.max_log_bytes,
                                 tail_bytes=self.log_tail_bytes)
@@ -139,17 +139,18 @@ class WorkerPool:
         tail = run_log.tail()
         if handler.cancelled():
             if run.id in self.runs.cancel_requested:
-                await self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled", log_tail=tail)
+                self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled", log_tail=tail)
             else:
                 run.log_tail = tail
-                await self.runs.interrupt(run, INTERRUPTED)
+                self.runs.interrupt(run, INTERRUPTED)
             return
         outcome = handler.result()
         if outcome.error is None:
             status = RunStatus.PARTIAL if run.counts.failed > 0 else RunStatus.COMPLETED
         else:
             status = RunStatus.FAILED
-        await self.runs.finish(run, status, error=outcome.error, exit_code=outcome.exit_code,
+        # The worker moves on at once; the run leaves the table when its commit is done.
+        self.runs.finish(run, status, error=outcome.error, exit_code=outcome.exit_code,
                                result=outcome.result, log_tail=tail)
 
     async def stop(self, grace_s: float) -> int:

@@ -277,3 +277,17 @@ async def test_request_id_is_echoed(start_daemon):
     assert response.headers["X-Request-ID"] == "abc-123"
     response = await h.client.get("/healthz")
     assert len(response.headers["X-Request-ID"]) == 32
+
+
+async def test_sync_handler_runs_in_a_thread_and_timeouts_fail_the_run(start_daemon):
+    h = await start_daemon({
+        "blocking": {"handler": "sample_jobs:blocking"},
+        "slow": {"handler": "sample_jobs:sleepy", "timeout_s": 0.2},
+        "slow-cmd": {"command": ["sleep", "30"], "timeout_s": 0.2},
+    })
+    done = await h.finished((await h.trigger("blocking"))["id"])
+    assert done.status is RunStatus.COMPLETED and done.result == 42 and done.message == "half way"
+    for job in ("slow", "slow-cmd"):
+        timed_out = await h.finished((await h.trigger(job, {"seconds": 30}))["id"])
+        assert timed_out.status is RunStatus.FAILED
+        assert timed_out.error == "timed out after 0.2s"

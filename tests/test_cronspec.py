@@ -234,6 +234,25 @@ def test_hashed_forms_follow_croniter_hash_id() -> None:
         assert ours == theirs, expr
 
 
+def test_hashed_values_match_croniter_for_many_names_and_specs_stay_independent() -> None:
+    # Specs share croniter instances by expression (H resolved first); each must still give
+    # its own name's times, and asking one must not disturb another.
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    exprs = ["H * * * *", "H H * * 1-5", "H/20 H(8-17) * * *", "0 H(1-3) H * *", "*/5 * * * * H"]
+    specs = {(expr, f"job-{n}"): CronSpec.parse(expr, f"job-{n}") for expr in exprs for n in range(60)}
+    for (expr, name), spec in specs.items():
+        it = croniter(expr, start.replace(tzinfo=None), hash_id=name.encode())
+        theirs = [it.get_next(datetime).replace(tzinfo=UTC) for _ in range(3)]
+        assert spec.next_fires(start, ZoneInfo("UTC"), 3) == theirs, (expr, name)
+    assert len({spec.next_after(start, ZoneInfo("UTC")) for (expr, _), spec in specs.items()
+                if expr == "H * * * *"}) > 30
+
+
+def test_a_bad_hashed_field_is_refused_with_croniter_reason() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        CronSpec.parse("H(0-99) * * * *", "job")
+
+
 @pytest.mark.parametrize(
     ("expr", "wall_clock"),
     [

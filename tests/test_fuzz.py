@@ -136,7 +136,11 @@ class Served:
         try:
             connection.request(method, url, body=body, headers=headers)
             response = connection.getresponse()
-            response.body = response.read()  # type: ignore[attr-defined]
+            if response.getheader("Content-Type", "").startswith("text/event-stream"):
+                # A stream may never end: its opening is enough.
+                response.body = response.read1(65536)  # type: ignore[attr-defined]
+            else:
+                response.body = response.read()  # type: ignore[attr-defined]
             return response
         finally:
             connection.close()

@@ -68,8 +68,7 @@ async def test_run_metrics_after_real_runs(start_daemon):
     assert value(samples, "jobd_events_published_total") >= 10
     assert value(samples, "jobd_events_dropped_total") >= 1
     assert value(samples, "jobd_event_subscribers") == 0  # the cut-off subscriber is gone
-    streams = getattr(h.daemon, "streams", None)
-    assert value(samples, "jobd_sse_streams_open") == (0 if streams is None else len(streams))
+    assert value(samples, "jobd_sse_streams_open") == 0
     requests = {labels: n for (name, labels), n in samples.items() if name == "jobd_http_requests_total"}
     routes = {dict(labels)["route"] for labels in requests}
     assert value(samples, "jobd_http_requests_total", method="POST", route="/api/v1/jobs/{name}/trigger",
@@ -81,8 +80,13 @@ async def test_run_metrics_after_real_runs(start_daemon):
     assert value(samples, "jobd_http_requests_total", method="GET", route="unmatched", status="404") == 1
     assert not any(route.startswith("/no/") or route[-1:].isdigit() for route in routes), routes
 
+    async with h.client.get("/api/v1/events") as stream:
+        await stream.content.readany()
+        during = await scrape(h.client)
+    assert value(during, "jobd_sse_streams_open") == 1
+    assert value(during, "jobd_event_subscribers") == 1
     later = await scrape(h.client)
-    assert value(later, "jobd_http_requests_total", method="GET", route="/metrics", status="200") == 1
+    assert value(later, "jobd_http_requests_total", method="GET", route="/metrics", status="200") == 2
     for run in (queued, slow):
         response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
         assert response.status == 200

@@ -20,6 +20,7 @@ from openapi_check import (
 
 from jobd.daemon import Daemon
 from jobd.web import create_app
+from jobd.web import sse
 from jobd.web.openapi_gen import OUTPUT, render
 
 TOKENS = {
@@ -75,7 +76,11 @@ class Recorder:
         if token is not None:
             headers["Authorization"] = f"Bearer {TOKENS[token]}"
         response = await self.client.request(method, path, headers=headers, **kwargs)
-        body = await response.read()
+        if response.content_type == "text/event-stream":
+            body = await response.content.readany()  # the opening messages; a stream may never end
+            response.close()
+        else:
+            body = await response.read()
         assert response.status == expect, (method, path, response.status, body[:300])
         if 400 <= response.status < 500:
             assert response.content_type == "application/problem+json", (method, path)
@@ -90,13 +95,14 @@ async def test_responses_match_the_document(start_daemon):
          "slow": {"handler": "sample_jobs:sleepy"},
          "never": {"handler": "sample_jobs:noop"}},
         auth={"tokens": [{"name": scope, "token": token, "scope": scope} for scope, token in TOKENS.items()]},
-        server={"max_body_bytes": 4096},
+        server={"max_body_bytes": 4096, "max_streams": 1},
     )
     r = Recorder(h.client)
     for path in ("/healthz", "/readyz", "/api/v1/healthz", "/api/v1/readyz", "/api/docs", "/api/v1/openapi.json",
-                 "/api/docs/api-docs.js", "/api/docs/api-docs.css"):
+                 "/", "/static/api-docs.js", "/static/api-docs.css"):
         await r.call("GET", path, 200, token=None)
-    await r.call("GET", "/api/docs/nothing.js", 404, token=None)
+    await r.call("GET", "/static/nothing.js", 404, token=None)
+    await r.call("GET", "/api/v1/whoami", 200, token="read")
     await r.call("GET", "/metrics", 200, token="read")
     await r.call("GET", "/metrics", 401, token=None)
 
@@ -141,6 +147,29 @@ async def test_responses_match_the_document(start_daemon):
     await r.call("POST", f"/api/v1/runs/{slow['id']}/cancel", 409)
     await r.call("POST", "/api/v1/runs/999999/cancel", 404)
     await r.call("GET", "/api/v1/queue", 200)
+
+    # streams, and tickets for them
+    streams = h.client.app[sse.STREAMS]
+    done = f"/api/v1/runs/{single['id']}/events"
+    ticket = (await r.call("POST", "/api/v1/tickets", 201, token="read", json={"stream": done}))["ticket"]
+    await r.call("POST", "/api/v1/tickets", 403, token="read", json={"stream": "/api/v1/events"})
+    await r.call("POST", "/api/v1/tickets", 400, json={"stream": "/api/v1/jobs"})
+    await r.call("GET", f"{done}?ticket={ticket}", 200, token=None)
+    await r.call("GET", f"/api/v1/runs/{single['id']}", 200, headers={"Accept": "text/event-stream"})
+    for path in (done, f"/api/v1/runs/{single['id']}"):
+        await r.call("GET", path, 204, headers={"Accept": "text/event-stream",
+                                                "Last-Event-ID": str(h.daemon.bus.last_id)})
+    await r.call("GET", "/api/v1/runs/999999/events", 404)
+    await r.call("GET", "/api/v1/events?status=DONE", 400)
+    await wait_for(lambda: len(streams) == 0)
+    async with h.client.get("/api/v1/events?log=1", headers={"Authorization": f"Bearer {TOKENS['admin']}"}) as held:
+        await held.content.readany()
+        await r.call("GET", "/api/v1/events", 503)  # server.max_streams = 1
+        await r.call("GET", done, 503)
+        await r.call("GET", f"/api/v1/runs/{single['id']}", 503, headers={"Accept": "text/event-stream"})
+    await wait_for(lambda: len(streams) == 0)
+    await r.call("GET", "/api/v1/events", 200)
+    await wait_for(lambda: len(streams) == 0)
     await r.call("GET", "/api/v1/stats", 200)
     await r.call("GET", "/api/v1/stats?job=noop&days=3", 200)
     await r.call("GET", "/api/v1/stats?days=0", 400)

@@ -1,12 +1,14 @@
 """The storage interface. SQLite implements it today; a PostgreSQL store can sit beside it.
 
 Writes are declared, not executed: `write()` hands run rows, job states and idempotency keys to
-the store, which commits them in groups and returns once they are committed. `write_lazy()` hands
+the store, which commits them in groups and returns once they are committed (`submit()` does the
+same without waiting and returns a future). `write_lazy()` hands
 in a run whose change may wait (a progress tick): it is written with the next commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -104,6 +106,13 @@ class Store(Protocol):
         job_states: Iterable[JobState] = (),
         keys: Iterable[IdempotencyKey] = (),
     ) -> None: ...
+
+    def submit(
+        self,
+        runs: Iterable[Run] = (),
+        job_states: Iterable[JobState] = (),
+        keys: Iterable[IdempotencyKey] = (),
+    ) -> asyncio.Future[None]: ...
 
     def write_lazy(self, run: Run) -> None: ...
 

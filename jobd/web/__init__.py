@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from jobd.web import api, contract, observability
+from jobd.web import cors
+from jobd.web import dashboard
+from jobd.web import session
+from jobd.web import sse
+from jobd.web import tickets
 from jobd.web.auth import Authenticator
 from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
@@ -15,10 +21,13 @@ from jobd.web.middleware import make_middleware
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
 
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
 
 def create_app(daemon: Daemon) -> web.Application:
     """The whole HTTP surface. Its startup starts the daemon; its cleanup stops it."""
-    auth = Authenticator(daemon.config.auth)
+    ticketer = tickets.Tickets(daemon.config.auth.ticket_ttl_s)
+    auth = Authenticator(daemon.config.auth, ticket_check=ticketer.check)
     app = web.Application(
         middlewares=[daemon.metrics.middleware(), make_middleware(daemon.log.bind(component="access")),
                      auth.middleware()],
@@ -28,6 +37,12 @@ def create_app(daemon: Daemon) -> web.Application:
     app.add_routes(api.routes)
     app.add_routes(observability.routes)
     app.add_routes(contract.routes)
+    tickets.setup(app, ticketer)
+    sse.setup(app, daemon)
+    daemon.metrics.count_streams(lambda: len(app[sse.STREAMS]))
+    cors.setup(app, daemon.config.server.cors_origins)
+    app.add_routes(session.routes)
+    dashboard.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await daemon.start()

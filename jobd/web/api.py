@@ -11,9 +11,10 @@ from aiohttp import web
 
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest, NotFound
-from jobd.models import RunStatus, TriggerSource, iso_ms, parse_iso_ms
+from jobd.models import RunStatus, TriggerSource, compact_json, iso_ms, parse_iso_ms
 from jobd.runs import Submission
 from jobd.store import RunFilter
+from jobd.web import sse
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.workers import log_path
@@ -32,7 +33,7 @@ def _daemon(request: web.Request) -> Daemon:
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(data, separators=(",", ":"), default=str).encode(), status=status,
+    return web.Response(body=compact_json(data).encode(), status=status,
                         content_type="application/json", headers=headers)
 
 
@@ -280,6 +281,8 @@ async def last_run(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/runs/{run_id}")
 @requires("read")
 async def get_run(request: web.Request) -> web.StreamResponse:
+    if sse.wants_stream(request):
+        return await sse.run_events(request)
     daemon = _daemon(request)
     run = await daemon.runs.get(run_id_of(request))
     data = run.to_json(with_log=True)

@@ -1,7 +1,8 @@
 """The API contract served by jobd: the OpenAPI document, and a reference page rendered from it.
 
 Both are public (no token): they describe the API, they do not show any of its data. The page is
-plain HTML with a script and a style sheet of jobd's own; nothing is loaded from elsewhere.
+plain HTML with a script and a style sheet of jobd's own (under /static/); nothing is loaded from
+elsewhere.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from jobd.errors import NotFound
 from jobd.web.api import PREFIX
 
 OPENAPI = Path(__file__).with_name("openapi.json")
 STATIC = Path(__file__).resolve().parent.parent / "static"
-DOCS_PAGE = "api-docs.html"
-DOCS_ASSETS = {"api-docs.js": "text/javascript", "api-docs.css": "text/css"}
+DOCS_PAGE = "api-docs.html"  # its script and style sheet are served from /static/ with the dashboard's
 # The page runs only its own script and style, and talks only to this server.
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; base-uri 'none'"
 
@@ -32,12 +31,3 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 async def docs_page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / DOCS_PAGE, headers={"Content-Type": "text/html; charset=utf-8",
                                                          "Content-Security-Policy": CSP})
-
-
-@routes.get("/api/docs/{asset}")
-async def docs_asset(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["asset"]
-    media = DOCS_ASSETS.get(name)
-    if media is None:
-        raise NotFound(f"no file {name!r}; the page uses {', '.join(sorted(DOCS_ASSETS))}")
-    return web.FileResponse(STATIC / name, headers={"Content-Type": f"{media}; charset=utf-8"})

@@ -7,7 +7,9 @@ generic 500 whose traceback goes to the log only.
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import re
 import time
 import uuid
@@ -27,7 +29,9 @@ _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token)=)[^&]*")
 
 def problem(status: int, title: str, detail: str, *, slug: str, headers: dict[str, str] | None = None,
             extra: dict[str, Any] | None = None) -> web.Response:
-    body = {**(extra or {}), "type": f"urn:jobd:problem:{slug}", "title": title, "status": status, "detail": detail}
+    body: dict[str, Any] = {"type": f"urn:jobd:problem:{slug}", "title": title, "status": status, "detail": detail}
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     return web.Response(
         status=status,
         body=json.dumps(body, default=str).encode(),
@@ -47,12 +51,15 @@ def _slug(title: str) -> str:
 
 def make_middleware(log: Any = None) -> Any:
     access_log = log or structlog.get_logger("jobd.access")
+    # Request ids: a random per-process prefix and a counter; cheaper than uuid4 per request.
+    prefix = uuid.uuid4().hex[:20]
+    counter = itertools.count(1)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{prefix}{next(counter):012x}"
         request[REQUEST_ID] = request_id
         try:
             response = await handler(request)
@@ -72,6 +79,8 @@ def make_middleware(log: Any = None) -> Any:
                                slug="internal-error", extra={"request_id": request_id})
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
+        if not access_log.is_enabled_for(logging.INFO):
+            return response
         access_log.info(
             "request",
             request_id=request_id,

@@ -93,6 +93,9 @@ JOB_NAME = path_param("name", STR, "the job's name, as in the config")
 RUN_ID = path_param("run_id", {"type": "integer", "minimum": 1}, "the run's id")
 TICKET = query("ticket", STR, "a ticket from POST /api/v1/tickets, for clients that cannot send headers")
 LAST_EVENT_ID = header("Last-Event-ID", STR, "resume after this event id (sent by EventSource on reconnect)")
+LAST_EVENT_ID_QUERY = query("last_event_id", STR, "the same as Last-Event-ID, for clients that cannot set it")
+LOG = query("log", STR, "1 (or true, yes, on): also the run's log lines")
+STREAM_PARAMS = (LOG, TICKET, LAST_EVENT_ID_QUERY, LAST_EVENT_ID)
 
 
 def operation(summary: str, *, tag: str, scope: str | None, responses: dict[str, Schema],
@@ -260,15 +263,20 @@ def schemas() -> dict[str, Schema]:
             optional=("jobs",),
         ),
         "Health": obj({"status": STR}),
-        "TicketRequest": obj(
-            {"path": {"type": "string", "description": "the stream the ticket is for, e.g. /api/v1/runs/12/events"}},
-            optional=("path",), extra=True,
-        ),
+        "TicketRequest": obj({"stream": {"type": "string", "description": "the stream's path, e.g. /api/v1/runs/12/events"}}),
         "Ticket": obj(
-            {"ticket": STR, "expires_at": TIME},
-            extra=True,
+            {"ticket": STR, "stream": {"type": "string", "description": "the path the ticket is good for"},
+             "expires_at": TIME},
             description="a short-lived credential for one stream, with the scope of the token that minted it",
         ),
+        "Whoami": obj({
+            "auth": {"type": "boolean", "description": "whether tokens are configured"},
+            "scope": {"type": "string", "enum": ["read", "trigger", "admin"]},
+            "token": {**nullable(STR), "description": "the token's name; null when auth is off"},
+            "features": {"type": "array", "items": {"type": "string", "enum": ["events", "run_events", "stats",
+                                                                                 "tickets"]},
+                         "description": "optional endpoints this daemon serves"},
+        }),
         "StreamMessage": obj(
             {"type": {"type": "string", "enum": ["connected", "status_update", "log", "summary", "shutdown"]}},
             extra=True,
@@ -292,6 +300,8 @@ def paths() -> dict[str, Schema]:
     bad_request = problem("a parameter or the body is not valid")
     stream = text_content("text/event-stream", "Server-Sent Events, each data line a StreamMessage",
                           ref("StreamMessage"))
+    stream_done = {"description": "resumed (Last-Event-ID) after the run's final state: nothing more to send"}
+    too_many_streams = problem("too many open streams (server.max_streams), or shutting down")
     health = json_content(ref("Health"), "alive")
     ready = {"200": json_content(ref("Health"), "ready: the store is open and jobd accepts work"),
              "503": json_content(ref("Health"), "starting or shutting down")}
@@ -330,13 +340,8 @@ def paths() -> dict[str, Schema]:
                        "401": problem("the metrics token (or a token) is missing or wrong")})},
         "/api/docs": {"get": operation(
             "This API's reference, as a page", tag="contract", scope=None, operation_id="apiDocs",
+            description="Its script and style sheet are /static/api-docs.js and /static/api-docs.css.",
             responses={"200": text_content("text/html", "the page; it renders /api/v1/openapi.json")})},
-        "/api/docs/{asset}": {"get": operation(
-            "The reference page's script and style", tag="contract", scope=None, operation_id="apiDocsAsset",
-            parameters=(path_param("asset", STR, "api-docs.js or api-docs.css"),),
-            responses={"200": {"description": "the file", "content": {"text/javascript": {"schema": STR},
-                                                                         "text/css": {"schema": STR}}},
-                       "404": problem("no such file")})},
         V1 + "/openapi.json": {"get": operation(
             "This document", tag="contract", scope=None, operation_id="openapi",
             responses={"200": json_content({"type": "object"}, "the OpenAPI 3.1 document")})},
@@ -388,11 +393,11 @@ def paths() -> dict[str, Schema]:
         V1 + "/runs/{run_id}": {"get": operation(
             "One run, with the tail of its log", tag="runs", scope="read", operation_id="getRun",
             description="With `Accept: text/event-stream`, the run's live stream (as /runs/{run_id}/events).",
-            parameters=(RUN_ID,),
+            parameters=(RUN_ID, header("Accept", STR, "text/event-stream for the run's stream"), *STREAM_PARAMS),
             responses={"200": {"description": "the run",
                                "content": {"application/json": {"schema": obj({"run": ref("RunWithLog")})},
                                            "text/event-stream": {"schema": ref("StreamMessage")}}},
-                       "404": not_found_run})},
+                       "204": stream_done, "404": not_found_run, "503": too_many_streams})},
         V1 + "/runs/{run_id}/log": {"get": operation(
             "The run's whole log", tag="runs", scope="read", operation_id="getRunLog", parameters=(RUN_ID,),
             responses={"200": text_content("text/plain", "the log"), "404": not_found_run})},
@@ -409,21 +414,25 @@ def paths() -> dict[str, Schema]:
             "One run's live stream", tag="streams", scope="read", operation_id="runEvents",
             description=("connected, the run's current state as a status_update, then every change; the stream "
                          "ends after the final status_update. Heartbeat comments keep it open."),
-            parameters=(RUN_ID, query("log", {"type": "string", "enum": ["0", "1"]}, "1: also the log lines"),
-                        TICKET, LAST_EVENT_ID),
-            responses={"200": stream, "404": not_found_run, "503": problem("too many open streams")})},
+            parameters=(RUN_ID, *STREAM_PARAMS),
+            responses={"200": stream, "204": stream_done, "404": not_found_run, "503": too_many_streams})},
         V1 + "/events": {"get": operation(
             "Every run's live stream, with summaries", tag="streams", scope="admin", operation_id="allEvents",
-            parameters=(query("job", STR, "only this job's runs"),
-                        query("status", STR, "comma-separated statuses"),
-                        query("log", {"type": "string", "enum": ["0", "1"]}, "1: also the log lines"),
-                        TICKET, LAST_EVENT_ID),
-            responses={"200": stream, "400": bad_request, "503": problem("too many open streams")})},
+            description="The current state of every active run, then every change, and `summary` messages.",
+            parameters=(query("job", STR, "comma-separated jobs"),
+                        query("status", STR, f"comma-separated statuses: {', '.join(STATUSES)}"),
+                        *STREAM_PARAMS),
+            responses={"200": stream, "400": bad_request, "503": too_many_streams})},
         V1 + "/tickets": {"post": operation(
             "Mint a short-lived ticket for a stream", tag="streams", scope="read", operation_id="createTicket",
-            description="For EventSource, which cannot send headers: ?ticket= instead of a token in the URL.",
-            body={"required": False, "content": {"application/json": {"schema": ref("TicketRequest")}}},
-            responses={"201": json_content(ref("Ticket"), "the ticket"), "400": bad_request})},
+            description=("For EventSource, which cannot send headers: ?ticket= on that one stream instead of a "
+                         "token in the URL. The ticket carries the token's scope."),
+            body={"required": True, "content": {"application/json": {"schema": ref("TicketRequest")}}},
+            responses={"201": json_content(ref("Ticket"), "the ticket"), "400": bad_request,
+                       "403": problem("the stream needs a scope above the token's")})},
+        V1 + "/whoami": {"get": operation(
+            "Who the caller is, and what this daemon serves", tag="contract", scope="read", operation_id="whoami",
+            responses={"200": json_content(ref("Whoami"), "the caller's scope and the optional features")})},
         V1 + "/queue": {"get": operation(
             "Queue and workers", tag="observability", scope="read", operation_id="queue",
             responses={"200": json_content(ref("Queue"), "run counts by status, workers, oldest PENDING run")})},

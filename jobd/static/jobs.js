@@ -1,0 +1,144 @@
+// Jobs: each job's schedule, next and last run, failure streak, and the buttons its token may use.
+
+import { get, post } from "./api.js";
+import { coalesce, duration, h, put, statusBadge, timeEl } from "./dom.js";
+
+export function jobsView(ctx) {
+  const list = h("div", { class: "cards", "aria-live": "polite", "aria-busy": "true" });
+  const element = h("section", { "aria-labelledby": "jobs-title" },
+    h("h1", { id: "jobs-title" }, "Jobs"),
+    list);
+  // Drafts of the params boxes survive the refreshes that rebuild the cards.
+  const drafts = new Map();
+
+  async function refresh() {
+    const { jobs } = await get("/jobs");
+    // Rebuilding the cards must not take the cursor out of a params box someone is typing in.
+    const focused = list.contains(document.activeElement) ? document.activeElement.id : "";
+    put(list, ...(jobs.length ? jobs.map(card) : [h("p", { class: "empty" }, "No jobs are configured.")]));
+    list.setAttribute("aria-busy", "false");
+    if (focused) document.getElementById(focused)?.focus();
+  }
+  const refreshSoon = coalesce(() => refresh().catch(() => {}), 300);
+
+  function card(job) {
+    const titleId = `job-${job.name}`;
+    const flags = [];
+    if (job.paused) flags.push(h("span", { class: "badge paused" }, "paused"));
+    if (job.is_running) flags.push(h("span", { class: "badge status-processing" }, "running"));
+    if (job.failing) flags.push(h("span", { class: "badge status-failed" }, "failing"));
+    return h("article", { class: `card job${job.failing ? " failing" : ""}`, "aria-labelledby": titleId, dataset: { job: job.name } },
+      h("header", { class: "card-head" },
+        h("h2", { id: titleId }, job.name),
+        h("span", { class: "flags" }, flags)),
+      job.description ? h("p", { class: "description" }, job.description) : null,
+      h("dl", { class: "facts" },
+        fact("Schedule", schedule(job)),
+        fact("Next run", nextRun(job)),
+        fact("Last run", lastRun(job)),
+        fact("Failures", failures(job)),
+        job.active_runs.length ? fact("Active", job.active_runs.map((id) => h("a", { href: `#/runs/${id}` }, `#${id}`)).flatMap((a, i) => (i ? [", ", a] : [a]))) : null),
+      actions(job));
+  }
+
+  function schedule(job) {
+    if (!job.schedule) return h("span", { class: "muted" }, "manual only");
+    return [
+      h("span", {}, job.schedule_description || job.schedule), " ",
+      h("code", { class: "cron", title: "as written in the configuration" }, job.schedule),
+      h("span", { class: "muted" }, ` · ${job.timezone}`),
+    ];
+  }
+
+  function nextRun(job) {
+    if (job.paused) return h("span", { class: "muted" }, "none while paused");
+    if (!job.next_run_at) return h("span", { class: "muted" }, "—");
+    const local = (job.next_run_at_local || "").replace("T", " ");
+    return [timeEl(job.next_run_at), h("span", { class: "muted" }, ` · ${local.slice(0, 19)} ${job.timezone}`)];
+  }
+
+  function lastRun(job) {
+    const run = job.last_run;
+    if (!run) return h("span", { class: "muted" }, "never");
+    return [
+      h("a", { href: `#/runs/${run.id}` }, `#${run.id}`), " ", statusBadge(run.status), " ",
+      h("span", { class: "muted" }, duration(run.duration_ms), " · ", timeEl(run.finished_at || run.created_at)),
+    ];
+  }
+
+  function failures(job) {
+    const text = `${job.consecutive_failures} in a row (alert at ${job.alert_after_failures})`;
+    return h("span", { class: job.failing ? "failures failing" : job.consecutive_failures ? "failures" : "muted" }, text);
+  }
+
+  function actions(job) {
+    if (!ctx.can("trigger")) return null;
+    const paramsId = `params-${job.name}`;
+    const textarea = h("textarea", {
+      id: paramsId, rows: 3, spellcheck: "false", placeholder: '{"key": "value"}',
+      oninput: () => drafts.set(job.name, textarea.value),
+    });
+    textarea.value = drafts.get(job.name) || "";
+    const details = h("details", { class: "params", open: drafts.get(job.name) ? true : undefined },
+      h("summary", {}, "Parameters"),
+      h("label", { for: paramsId }, "Params as a JSON object"),
+      textarea);
+    const buttons = [h("button", { type: "button", class: "primary", onclick: () => trigger(job, textarea) }, "Trigger")];
+    // Pausing stops the schedule; a job without one has nothing to pause.
+    if (ctx.can("admin") && (job.schedule || job.paused)) {
+      buttons.push(job.paused
+        ? h("button", { type: "button", onclick: () => setPaused(job, false) }, "Resume")
+        : h("button", { type: "button", onclick: () => setPaused(job, true) }, "Pause"));
+    }
+    return h("div", { class: "actions" }, details, h("div", { class: "buttons" }, buttons));
+  }
+
+  async function trigger(job, textarea) {
+    let params = {};
+    const raw = textarea.value.trim();
+    if (raw) {
+      try {
+        params = JSON.parse(raw);
+      } catch (err) {
+        ctx.notify(`Params for ${job.name} are not valid JSON: ${err.message}`, "error");
+        textarea.focus();
+        return;
+      }
+      if (params === null || typeof params !== "object" || Array.isArray(params)) {
+        ctx.notify("Params must be a JSON object", "error");
+        return;
+      }
+    }
+    try {
+      const { run } = await post(`/jobs/${encodeURIComponent(job.name)}/trigger`, { params, triggered_by: "manual" });
+      ctx.notify([`Started run `, h("a", { href: `#/runs/${run.id}` }, `#${run.id}`), ` of ${job.name}`], "ok");
+      refreshSoon();
+    } catch (err) {
+      ctx.notify(`Could not trigger ${job.name}: ${err.message}`, "error");
+    }
+  }
+
+  async function setPaused(job, paused) {
+    try {
+      await post(`/jobs/${encodeURIComponent(job.name)}/${paused ? "pause" : "resume"}`);
+      ctx.notify(`${job.name} ${paused ? "paused" : "resumed"}`, "ok");
+      await refresh();
+    } catch (err) {
+      ctx.notify(`Could not ${paused ? "pause" : "resume"} ${job.name}: ${err.message}`, "error");
+    }
+  }
+
+  // Progress ticks do not change a card; a run changing state does (last run, running, failures).
+  const statusOf = new Map();
+  function onEvent(message) {
+    if (message.type !== "status_update" || statusOf.get(message.run_id) === message.status) return;
+    statusOf.set(message.run_id, message.status);
+    refreshSoon();
+  }
+
+  return { title: "Jobs", element, refresh, onEvent, destroy: () => refreshSoon.cancel() };
+}
+
+function fact(term, ...value) {
+  return h("div", {}, h("dt", {}, term), h("dd", {}, value));
+}

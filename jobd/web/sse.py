@@ -1,0 +1,475 @@
+"""Server-Sent Events: one run's stream and the firehose of every run, fed from the event bus.
+
+Wire format, so that a plain EventSource with `onmessage` works: the stream opens with a `retry:`
+hint; every message is an `id:` line and a `data:` line holding one JSON object whose `type` says
+what it is (connected, status_update, log, summary, shutdown); no `event:` names; comment lines
+are heartbeats.
+
+A handler subscribes to the bus *before* it reads the current state, with no await in between,
+so no event can fall between the snapshot (or the replay) and the live stream. Frames are
+encoded once by the bus and written as they are. Idle streams cost no timer each: one ticker
+pokes the streams that are due a heartbeat and reaps those whose client has gone, and one task
+publishes the firehose summary for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from jobd.errors import BadRequest, NotFound, RunNotFound, Unavailable
+from jobd.events import Event, SubscriberOverflow, Subscriber, SubscriptionClosed, encode_frame
+from jobd.models import TERMINAL_STATUSES, Run, RunStatus
+from jobd.runs import status_update
+from jobd.web.auth import requires
+from jobd.web.keys import DAEMON, REQUEST_ID
+
+if TYPE_CHECKING:
+    from jobd.daemon import Daemon
+
+PREFIX = "/api/v1"
+HEARTBEAT = b": ping\n\n"
+TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
+RUN_TYPES = frozenset({"status_update", "log"})
+FIREHOSE_TYPES = frozenset({"status_update", "log", "summary"})
+# How long a closing stream may take to say goodbye before its connection is cut.
+SHUTDOWN_TIMEOUT_S = 2.0
+
+routes = web.RouteTableDef()
+
+
+class Stream:
+    """One open SSE response, as the registry sees it."""
+
+    __slots__ = ("request", "sub", "position", "last_write", "writing_since", "ending")
+
+    def __init__(self, request: web.Request, now: float) -> None:
+        self.request = request
+        self.sub: Subscriber | None = None
+        # The id of the last message this client has: what `shutdown` carries.
+        self.position = 0
+        self.last_write = now
+        self.writing_since: float | None = None
+        self.ending: str | None = None  # "shutdown" or "gone" once the registry ends it
+
+    def end(self, reason: str) -> None:
+        if self.ending is None:
+            self.ending = reason
+        if self.sub is not None:
+            self.sub.close()
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def write(self, data: bytes, response: web.StreamResponse) -> None:
+        loop = asyncio.get_running_loop()
+        self.writing_since = loop.time()
+        try:
+            await response.write(data)
+        finally:
+            self.writing_since = None
+        self.last_write = loop.time()
+
+
+class Streams:
+    """Every open stream: the limit, the shared heartbeat and reaper, and closing on shutdown."""
+
+    def __init__(self, *, max_streams: int, heartbeat_s: float, log: Any = None) -> None:
+        self.max_streams = max_streams
+        self.heartbeat_s = heartbeat_s
+        self.log = log or structlog.get_logger("jobd.sse")
+        self.closing = False
+        self._open: set[Stream] = set()
+        self._nonempty = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def open(self, request: web.Request) -> Stream:
+        if self.closing:
+            raise Unavailable("jobd is shutting down; reconnect to the next instance", retry_after_s=2)
+        if len(self._open) >= self.max_streams:
+            raise Unavailable(f"too many open streams (server.max_streams = {self.max_streams})",
+                              retry_after_s=5, max_streams=self.max_streams)
+        stream = Stream(request, asyncio.get_running_loop().time())
+        self._open.add(stream)
+        self._nonempty.set()
+        self._empty.clear()
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        self._open.discard(stream)
+        if stream.sub is not None:
+            stream.sub.close()
+        if not self._open:
+            self._nonempty.clear()
+            self._empty.set()
+
+    def tick(self, now: float) -> None:
+        """Heartbeats for idle streams; streams whose client left, or that stopped draining, end."""
+        stuck_after = max(2 * self.heartbeat_s, 5.0)
+        for stream in list(self._open):
+            if stream.request.transport is None:
+                stream.end("gone")
+            elif stream.writing_since is not None:
+                # A writer blocked on a client that stopped reading: cut off by the bus, closed,
+                # or just stuck. Aborting the connection fails the write and frees the handler.
+                if (stream.sub is not None and stream.sub.closed) or now - stream.writing_since >= stuck_after:
+                    self.log.warning("stream_cut_off", path=stream.request.path, reason="client not reading")
+                    stream.abort()
+            elif stream.sub is not None and now - stream.last_write >= self.heartbeat_s:
+                stream.sub.poke()
+
+    async def run_ticker(self) -> None:
+        period = min(self.heartbeat_s, 1.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._nonempty.wait()
+            await asyncio.sleep(period)
+            self.tick(loop.time())
+
+    async def close_all(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Shutdown: every stream gets `shutdown` and ends; ones that cannot are cut."""
+        self.closing = True
+        count = len(self._open)
+        for stream in list(self._open):
+            stream.end("shutdown")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        except TimeoutError:
+            for stream in list(self._open):
+                stream.abort()
+        if count:
+            self.log.info("streams_closed", count=count)
+
+
+STREAMS: web.AppKey[Streams] = web.AppKey("streams", Streams)
+
+
+# -- parsing the request ---------------------------------------------------------------------------
+
+
+def wants_stream(request: web.Request) -> bool:
+    """`GET /runs/{id}` asked for an event stream rather than JSON."""
+    return request.method == "GET" and "text/event-stream" in request.headers.get("Accept", "")
+
+
+def _flag(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes", "on")
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """Last-Event-ID (or `?last_event_id=` for clients that cannot set headers); junk is ignored."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
+    raw = raw.strip()
+    return int(raw) if raw.isdigit() and len(raw) <= 20 else None
+
+
+def _run_id(request: web.Request) -> int:
+    raw = request.match_info["run_id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True too
+        raise NotFound(f"no run with id {raw!r}", run_id=raw)
+    return int(raw)
+
+
+def _list(request: web.Request, name: str) -> list[str]:
+    return [part.strip() for item in request.query.getall(name, []) for part in item.split(",") if part.strip()]
+
+
+def _statuses(request: web.Request) -> frozenset[str]:
+    values = [value.upper() for value in _list(request, "status")]
+    allowed = {status.value for status in RunStatus}
+    for value in values:
+        if value not in allowed:
+            raise BadRequest(f"status must be one or more of {', '.join(sorted(allowed))}")
+    return frozenset(values)
+
+
+# -- frames ------------------------------------------------------------------------------------------
+
+
+def connected_frame(event_id: int, run_id: int | None) -> bytes:
+    return encode_frame(event_id, {"type": "connected", "run_id": run_id})
+
+
+def snapshot_frame(event_id: int, run: Run) -> bytes:
+    return encode_frame(event_id, {"type": "status_update", **status_update(run)})
+
+
+def shutdown_frame(event_id: int) -> bytes:
+    return encode_frame(event_id, {"type": "shutdown"})
+
+
+def summary(daemon: Daemon) -> dict[str, Any]:
+    """What the firehose's `summary` message says: queue counts, workers busy, totals by status."""
+    snapshot = daemon.runs.queue_snapshot(daemon.pool.concurrency)
+    return {
+        "queue": {"pending": snapshot["pending"], "processing": snapshot["processing"]},
+        "workers": snapshot["workers"],
+        "counts": snapshot["counts"],
+    }
+
+
+def _ends_run(event: Event) -> bool:
+    return event.type == "status_update" and event.status in TERMINAL and not event.coalescible
+
+
+class RunStates:
+    """The last published `status_update` of every active run: what a new stream starts from.
+
+    A bus listener. The snapshot is then a real event (its own id, a committed state) rather than
+    the in-memory run, which may be a step ahead of its commit.
+    """
+
+    def __init__(self) -> None:
+        self.latest: dict[int, Event] = {}
+
+    def __call__(self, event: Event) -> None:
+        if event.type != "status_update" or event.run_id is None:
+            return
+        if event.status in TERMINAL:
+            self.latest.pop(event.run_id, None)
+        else:
+            self.latest[event.run_id] = event
+
+    def snapshot(self, run: Run, position: int) -> tuple[int, bytes]:
+        """(id, frame) of the run's current state; runs with no event yet are described as of `position`."""
+        event = self.latest.get(run.id)
+        if event is not None:
+            return event.id, event.frame
+        return position, snapshot_frame(position, run)
+
+
+RUN_STATES: web.AppKey[RunStates] = web.AppKey("run_states", RunStates)
+
+
+# -- the handlers ------------------------------------------------------------------------------------
+
+
+async def _start(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "X-Request-ID": request.get(REQUEST_ID, ""),
+    })
+    await response.prepare(request)
+    return response
+
+
+async def _pump(stream: Stream, response: web.StreamResponse, *, until_terminal: bool) -> None:
+    """Write the subscription's events until the run ends, the stream is ended or the client goes."""
+    sub = stream.sub
+    assert sub is not None
+    while True:
+        try:
+            event = await sub.get()
+        except SubscriptionClosed:
+            if stream.ending != "gone":
+                await stream.write(shutdown_frame(stream.position), response)
+            return
+        if event is None:
+            if stream.ending is None:
+                await stream.write(HEARTBEAT, response)
+            continue
+        chunks = [event.frame]
+        last = event
+        done = until_terminal and _ends_run(event)
+        while not done and (more := sub.get_nowait()) is not None:
+            chunks.append(more.frame)
+            last = more
+            done = until_terminal and _ends_run(more)
+        await stream.write(b"".join(chunks) if len(chunks) > 1 else chunks[0], response)
+        stream.position = last.id
+        if done:
+            return
+
+
+async def _serve(request: web.Request, stream: Stream, opening: Iterable[bytes], position: int,
+                 *, until_terminal: bool, finished: bool) -> web.StreamResponse:
+    streams = request.app[STREAMS]
+    response = await _start(request)
+    try:
+        retry = request.app[DAEMON].config.server.sse_retry_ms
+        await stream.write(f"retry: {retry}\n\n".encode() + b"".join(opening), response)
+        stream.position = position
+        if not finished:
+            await _pump(stream, response, until_terminal=until_terminal)
+    except SubscriberOverflow:
+        streams.log.warning("stream_cut_off", path=request.path, reason="subscriber buffer overflow")
+        stream.abort()
+    except ConnectionError:
+        stream.ending = stream.ending or "gone"
+    return response
+
+
+@routes.get(PREFIX + "/runs/{run_id}/events", allow_head=False)
+@requires("read")
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """One run: connected, its current state, every change; ends after the terminal state."""
+    daemon = request.app[DAEMON]
+    streams = request.app[STREAMS]
+    run_id = _run_id(request)
+    wants_logs = _flag(request.query.get("log"))
+    resume_from = last_event_id(request)
+    stream = streams.open(request)
+    try:
+        bus = daemon.bus
+        stream.sub = bus.subscribe(run_id=run_id, wants_logs=wants_logs)
+        # Nothing awaits between the subscription and these reads: see the module docstring.
+        position = bus.last_id
+        replay = bus.since(resume_from) if resume_from is not None else None
+        run = daemon.runs.active.get(run_id)
+        finished = run is None
+        if run is None:
+            # Not active: finished or unknown. The one store read of this stream.
+            run = await daemon.store.get_run(run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+        opening: list[bytes]
+        if replay is not None:
+            events = [e for e in replay if e.type in RUN_TYPES and e.run_id == run_id
+                      and (wants_logs or e.type != "log")]
+            if finished and not events:
+                # The client already has the final state; 204 also stops EventSource reconnecting.
+                return web.Response(status=204)
+            assert resume_from is not None
+            opening = [connected_frame(resume_from, run_id), *(e.frame for e in events)]
+            if events:
+                position = events[-1].id
+                finished = finished or any(_ends_run(e) for e in events)
+            else:
+                position = resume_from
+        elif finished:
+            opening = [connected_frame(0, run_id), snapshot_frame(position, run)]
+        else:
+            snapshot_id, frame = request.app[RUN_STATES].snapshot(run, position)
+            opening = [connected_frame(0, run_id), frame]
+            position = snapshot_id
+        if finished:
+            stream.sub.close()
+        return await _serve(request, stream, opening, position, until_terminal=True, finished=finished)
+    finally:
+        streams.close(stream)
+
+
+@routes.get(PREFIX + "/events", allow_head=False)
+@requires("admin")
+async def firehose(request: web.Request) -> web.StreamResponse:
+    """Every run's events, filtered by `job` and `status`, plus `summary` messages."""
+    daemon = request.app[DAEMON]
+    streams = request.app[STREAMS]
+    jobs = frozenset(_list(request, "job"))
+    statuses = _statuses(request)
+    wants_logs = _flag(request.query.get("log"))
+    resume_from = last_event_id(request)
+
+    def accepts(event: Event) -> bool:
+        if event.type not in FIREHOSE_TYPES:
+            return False
+        if event.type == "summary":
+            return True
+        return (not jobs or event.job in jobs) and (not statuses or event.status in statuses)
+
+    stream = streams.open(request)
+    try:
+        bus = daemon.bus
+        stream.sub = bus.subscribe(accepts=accepts, wants_logs=wants_logs)
+        position = bus.last_id
+        replay = bus.since(resume_from) if resume_from is not None else None
+        if replay is not None:
+            assert resume_from is not None
+            opening = [connected_frame(resume_from, None),
+                       *(e.frame for e in replay if accepts(e) and (wants_logs or e.type != "log"))]
+        else:
+            states = request.app[RUN_STATES]
+            snapshots = sorted(states.snapshot(run, position) for run in daemon.runs.active.values()
+                               if (not jobs or run.job in jobs) and (not statuses or run.status.value in statuses))
+            opening = [connected_frame(0, None), *(frame for _, frame in snapshots)]
+        opening.append(encode_frame(position, {"type": "summary", **summary(daemon)}))
+        return await _serve(request, stream, opening, position, until_terminal=False, finished=False)
+    finally:
+        streams.close(stream)
+
+
+# -- the firehose summary ------------------------------------------------------------------------------
+
+
+class SummaryPublisher:
+    """The one task that publishes `summary` to the firehose when the figures change.
+
+    At most once per `interval_s`; nothing is computed while no firehose stream is open. The
+    event is not kept for replay: a reconnecting client gets a fresh summary anyway.
+    """
+
+    def __init__(self, daemon: Daemon, interval_s: float) -> None:
+        self.daemon = daemon
+        self.interval_s = interval_s
+        self._dirty = asyncio.Event()
+        self.last: dict[str, Any] | None = None
+
+    def _on_publish(self, event: Event) -> None:
+        if event.type == "status_update" and not event.coalescible:
+            self._dirty.set()
+
+    async def run(self) -> None:
+        bus = self.daemon.bus
+        bus.listeners.append(self._on_publish)
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                if not bus.firehose_count:
+                    self.last = None
+                    continue
+                data = summary(self.daemon)
+                if data != self.last:
+                    self.last = data
+                    bus.publish("summary", data, replayable=False)
+                await asyncio.sleep(self.interval_s)
+        finally:
+            bus.listeners.remove(self._on_publish)
+
+
+# -- wiring ----------------------------------------------------------------------------------------------
+
+
+def setup(app: web.Application, daemon: Daemon) -> None:
+    """Routes, the stream registry, its ticker, the summary task and closing streams on shutdown."""
+    streams = Streams(max_streams=daemon.config.server.max_streams, heartbeat_s=daemon.config.server.sse_heartbeat_s,
+                      log=daemon.log.bind(component="sse"))
+    app[STREAMS] = streams
+    states = app[RUN_STATES] = RunStates()
+    daemon.bus.listeners.append(states)
+    app.add_routes(routes)
+    publisher = SummaryPublisher(daemon, daemon.config.events.summary_interval_s)
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(streams.run_ticker(), name="sse-ticker"),
+                 asyncio.create_task(publisher.run(), name="sse-summary")]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def on_shutdown(app: web.Application) -> None:
+        await streams.close_all()
+
+    app.cleanup_ctx.append(background)
+    app.on_shutdown.append(on_shutdown)
+
+
+__all__ = ["STREAMS", "Stream", "Streams", "SummaryPublisher", "firehose", "run_events", "setup", "summary",
+           "wants_stream"]

@@ -1,0 +1,125 @@
+"""Short-lived stream tickets, so long-lived tokens never go into URLs.
+
+A browser's EventSource cannot send an Authorization header. It asks `POST /api/v1/tickets` (with
+its token, from JavaScript) for a ticket bound to one stream path and to the token's scope, and
+opens `...?ticket=T`. A ticket is HMAC-signed with a key that lives only in this process: nothing
+is stored per ticket, and a restart invalidates them all (clients mint a new one).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Callable
+
+from aiohttp import web
+
+from jobd.errors import BadRequest, Unauthorized
+from jobd.models import iso_ms, now_ms
+from jobd.web.api import json_response, read_json_object
+from jobd.web.auth import check_scope, requires
+from jobd.web.keys import TOKEN
+
+PREFIX = "/api/v1"
+# The streams a ticket can be minted for, and the scope each needs.
+STREAM_PATHS = ((re.compile(r"^/api/v1/runs/[0-9]{1,18}/events$"), "read"),
+                (re.compile(r"^/api/v1/events$"), "admin"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def stream_scope(path: str) -> str | None:
+    """The scope a stream path needs; None when the path is not a stream."""
+    for pattern, scope in STREAM_PATHS:
+        if pattern.match(path):
+            return scope
+    return None
+
+
+class Tickets:
+    def __init__(self, ttl_s: float, *, secret: bytes | None = None, clock: Callable[[], int] = now_ms) -> None:
+        self.ttl_ms = round(ttl_s * 1000)
+        self.clock = clock
+        self._key = secret or secrets.token_bytes(32)
+
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+    def mint(self, path: str, scope: str, *, ttl_s: float | None = None) -> tuple[str, int]:
+        """A ticket for `path` carrying `scope`; returns it and its expiry (epoch ms)."""
+        expires = self.clock() + (self.ttl_ms if ttl_s is None else round(ttl_s * 1000))
+        payload = json.dumps({"p": path, "s": scope, "x": expires}, separators=(",", ":")).encode()
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}", expires
+
+    def verify(self, ticket: str, path: str) -> str:
+        """The scope the ticket grants on `path`; raises Unauthorized otherwise."""
+        body, _, signature = ticket.partition(".")
+        try:
+            payload = _unb64(body)
+            valid = hmac.compare_digest(_unb64(signature), self._sign(payload))
+            claims = json.loads(payload) if valid else None
+        except (ValueError, binascii.Error):
+            claims = None
+        if not isinstance(claims, dict):
+            raise Unauthorized("invalid ticket")
+        if claims.get("p") != path:
+            raise Unauthorized("this ticket is for another stream")
+        if not isinstance(claims.get("x"), int) or claims["x"] <= self.clock():
+            raise Unauthorized("the ticket has expired; mint a new one with POST /api/v1/tickets")
+        scope = claims.get("s")
+        if scope not in ("read", "trigger", "admin"):
+            raise Unauthorized("invalid ticket")
+        return scope
+
+    def check(self, request: web.Request) -> str | None:
+        """The Authenticator's hook: a `?ticket=` on a GET of the stream it was minted for."""
+        ticket = request.query.get("ticket")
+        if ticket is None:
+            return None
+        if request.method != "GET":
+            raise Unauthorized("tickets are only accepted on stream GETs")
+        return self.verify(ticket, request.path)
+
+
+TICKETS: web.AppKey[Tickets] = web.AppKey("tickets", Tickets)
+routes = web.RouteTableDef()
+
+
+@routes.post(PREFIX + "/tickets")
+@requires("read")
+async def mint_ticket(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"stream"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} (expected stream)")
+    stream = body.get("stream")
+    if not isinstance(stream, str):
+        raise BadRequest("stream is required: the path of the stream, e.g. /api/v1/runs/42/events")
+    path = stream.partition("?")[0]
+    needed = stream_scope(path)
+    if needed is None:
+        raise BadRequest(f"{path!r} is not a stream; tickets are for /api/v1/runs/{{id}}/events and /api/v1/events")
+    token = request.get(TOKEN)
+    scope = token.scope if token is not None else "admin"  # no token: auth is off
+    check_scope(scope, needed)
+    ticket, expires = request.app[TICKETS].mint(path, scope)
+    return json_response({"ticket": ticket, "stream": path, "expires_at": iso_ms(expires)}, status=201)
+
+
+def setup(app: web.Application, tickets: Tickets) -> None:
+    app[TICKETS] = tickets
+    app.add_routes(routes)
+
+
+__all__ = ["TICKETS", "Tickets", "setup", "stream_scope"]

@@ -1,0 +1,195 @@
+"""The Python client's watch()/wait() and the CLI's live view, against real `jobd serve` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import socket
+import sys
+
+import aiohttp
+import pytest
+from conftest import wait_for
+from process import DaemonProcess
+
+from jobd.cli import ProgressView, follow
+from jobd.client import ApiError, JobdClient, SSEParser
+
+JOBS = """
+[jobs.blocker]
+command = ["sleep", "30"]
+on_interrupt = "fail"
+[jobs.quick]
+shell = "echo '::progress::50 half way'; sleep 0.2"
+overlap = "allow"
+max_concurrency = 10
+[jobs.partial]
+shell = "echo '::counts::total=2 success=1 failed=1'"
+[jobs.broken]
+shell = "echo nope >&2; exit 3"
+[jobs.slow]
+command = ["sleep", "30"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(tmp_path, *, port: int = 0, extra: str = "", concurrency: int = 4):
+    path = tmp_path / "jobd.toml"
+    path.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n{extra}\n[store]\npath = "state/jobd.db"\n'
+        f"[workers]\nconcurrency = {concurrency}\nshutdown_grace_s = 0\nkill_grace_s = 0.5\n{JOBS}"
+    )
+    return path
+
+
+@pytest.fixture
+async def daemons():
+    started: list[DaemonProcess] = []
+
+    def make(path):
+        process = DaemonProcess(path)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        await process.cleanup()
+
+
+def requests_to(daemon: DaemonProcess, path: str) -> list[dict]:
+    return [line for line in daemon.events("request") if line["path"].split("?")[0] == path]
+
+
+async def test_watch_reconnects_across_a_daemon_restart(tmp_path, daemons):
+    config = write_config(tmp_path, port=free_port(), concurrency=1)
+    first = daemons(config)
+    url = await first.start()
+    async with JobdClient(url) as client:
+        await client.trigger("blocker")
+        run = await client.trigger("quick")  # waits: the only worker is busy
+        updates: list[dict] = []
+        got_first = asyncio.Event()
+
+        async def watch() -> None:
+            async for update in client.watch(run["id"], max_backoff=0.5):
+                updates.append(update)
+                got_first.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            async with asyncio.timeout(10):
+                await got_first.wait()
+            assert updates[0]["status"] == "PENDING"
+            assert await first.stop() == 0
+            second = daemons(config)
+            await second.start()
+            async with asyncio.timeout(20):
+                await watcher
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    statuses = [u["status"] for u in updates]
+    assert statuses[0] == "PENDING" and statuses[-1] == "COMPLETED", statuses
+    assert updates[-1]["progress"] == 100
+    # The second daemon was watched over its stream (logged once the stream has ended), not polled.
+    await wait_for(lambda: requests_to(second, f"/api/v1/runs/{run['id']}/events"))
+    assert not requests_to(second, f"/api/v1/runs/{run['id']}")
+
+
+async def test_watch_falls_back_to_polling_when_streams_are_unavailable(tmp_path, daemons):
+    daemon = daemons(write_config(tmp_path, extra="max_streams = 1"))
+    url = await daemon.start()
+    async with aiohttp.ClientSession() as http, JobdClient(url) as client:
+        # Take the only stream slot, so the run's stream answers 503.
+        async with http.get(f"{url}/api/v1/events") as occupied:
+            assert occupied.status == 200
+            run = await client.trigger("quick")
+            updates = [u async for u in client.watch(run["id"], poll_interval=0.05)]
+            final = await client.wait(run["id"], poll_interval=0.05)
+    assert updates[-1]["status"] == "COMPLETED"
+    assert set(updates[-1]) >= {"type", "run_id", "job", "status", "progress", "message", "counts", "error",
+                                "result", "updated_at"}
+    assert final["status"] == "COMPLETED" and final["id"] == run["id"]
+    refused = await wait_for(lambda: requests_to(daemon, f"/api/v1/runs/{run['id']}/events"))
+    assert all(line["status"] == 503 for line in refused)
+    assert requests_to(daemon, f"/api/v1/runs/{run['id']}")  # polled
+
+
+async def jobd_cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "jobd", *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, out.decode()
+
+
+async def test_wait_and_the_cli_exit_codes(tmp_path, daemons):
+    daemon = daemons(write_config(tmp_path))
+    url = await daemon.start()
+    async with JobdClient(url) as client:
+        broken = await client.wait((await client.trigger("broken"))["id"])
+        assert broken["status"] == "FAILED" and broken["exit_code"] == 3
+        with pytest.raises(ApiError) as unknown:
+            await client.wait(987654)
+        assert unknown.value.status == 404
+        results = await asyncio.gather(
+            jobd_cli("trigger", "quick", "--wait", "--url", url),
+            jobd_cli("watch", str(broken["id"]), "--url", url),
+        )
+        (ok, ok_out), (failed, failed_out) = results
+        assert (ok, failed) == (0, 1), results
+        # Piped: plain lines, no carriage returns; progress with its message, then how it ended.
+        assert "\r" not in ok_out
+        assert "50% half way" in ok_out
+        assert ok_out.strip().splitlines()[-1].endswith(": COMPLETED")
+        assert failed_out.strip().endswith("FAILED: exit code 3: nope")
+
+        # The same code path in-process, for the other endings.
+        partial = await client.trigger("partial")
+        out = io.StringIO()
+        assert await follow(client, partial["id"], out=out) == 0
+        assert out.getvalue().strip().endswith(": PARTIAL")
+        slow = await client.trigger("slow")
+        following = asyncio.create_task(follow(client, slow["id"], json_lines=True, out=out))
+        await wait_for(lambda: '"status": "PROCESSING"' in out.getvalue())
+        await client.cancel(slow["id"])
+        assert await following == 2
+        assert json.loads(out.getvalue().strip().splitlines()[-1])["status"] == "CANCELLED"
+
+
+def test_sse_parser_handles_split_chunks_and_comments():
+    parser = SSEParser()
+    stream = b'retry: 1500\n\n: ping\n\nid: 7\ndata: {"type":"connected"}\n\nid: 8\ndata: {"a":\ndata: 1}\r\n\r\n'
+    messages = []
+    for index in range(len(stream)):
+        messages += parser.feed(stream[index:index + 1])
+    assert messages == [("7", '{"type":"connected"}'), ("8", '{"a":\n1}')]
+    assert parser.retry_ms == 1500
+
+
+def test_progress_view_redraws_a_bar_on_a_terminal():
+    out = io.StringIO()
+    view = ProgressView(out, tty=True, bar_width=10)
+    update = {"run_id": 7, "job": "nightly", "status": "PROCESSING", "progress": 40.0, "message": "copying",
+              "error": None}
+    view.show(update)
+    view.show(update)  # unchanged: not redrawn
+    view.show({**update, "progress": 100.0, "status": "COMPLETED"})
+    view.done({**update, "status": "COMPLETED"})
+    text = out.getvalue()
+    assert text.count("\r\x1b[2K") == 2
+    assert "[####......]  40.0% copying" in text and "[##########] 100.0%" in text
+    assert text.endswith("\nrun 7 nightly: COMPLETED\n")
