@@ -51,8 +51,9 @@ class RunFilter:
     triggered_by: tuple[TriggerSource, ...] = ()
     since: int | None = None  # created_at >= since (epoch ms)
     until: int | None = None  # created_at < until
-    before_id: int | None = None  # cursor: only runs with id < before_id (a page's position, not a filter:
-    #                                 list_runs' total counts the runs that match the rest)
+    # The cursor: only runs with id < before_id. It places a page rather than filtering, so the
+    # total of list_runs counts every run matching the other fields.
+    before_id: int | None = None
 
 
 @dataclasses.dataclass(slots=True)

@@ -370,7 +370,8 @@ class SQLiteStore:
         """Finished runs from run_totals, active ones from runs, read in one statement (one snapshot).
         Active runs are found by status: by job, SQLite would walk every run the job ever had."""
         finished, args = _where(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
-        statuses = tuple(s for s in (RunStatus.PENDING, RunStatus.PROCESSING) if not where.status or s in where.status)
+        statuses = tuple(status for status in (RunStatus.PENDING, RunStatus.PROCESSING)
+                         if not where.status or status in where.status)
         active, active_args = _where(RunFilter(job=where.job, status=statuses, triggered_by=where.triggered_by))
         active_rows = (
             " UNION ALL SELECT status, 1, duration_ms IS NOT NULL, COALESCE(duration_ms, 0), "

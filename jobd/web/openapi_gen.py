@@ -198,7 +198,8 @@ def schemas() -> dict[str, Schema]:
         "JobAnswer": obj({"job": ref("Job")}),
         "TriggerRequest": obj(
             {
-                "params": nullable({"type": "object", "description": "passed to the handler; JOBD_PARAMS for commands"}),
+                "params": nullable({"type": "object",
+                                    "description": "passed to the handler; JOBD_PARAMS for commands"}),
                 "runs": {"type": "array", "minItems": 1, "items": obj({"params": nullable({"type": "object"})},
                                                                        optional=("params",)),
                          "description": "a batch (up to server.max_batch_runs), instead of params"},
@@ -263,7 +264,8 @@ def schemas() -> dict[str, Schema]:
             optional=("jobs",),
         ),
         "Health": obj({"status": STR}),
-        "TicketRequest": obj({"stream": {"type": "string", "description": "the stream's path, e.g. /api/v1/runs/12/events"}}),
+        "TicketRequest": obj({"stream": {"type": "string",
+                                         "description": "the stream's path, e.g. /api/v1/runs/12/events"}}),
         "Ticket": obj(
             {"ticket": STR, "stream": {"type": "string", "description": "the path the ticket is good for"},
              "expires_at": TIME},
