@@ -265,7 +265,21 @@ async def _terminate_group(proc: asyncio.subprocess.Process, grace_s: float) -> 
     finally:
         # Also reached when cancelled again while waiting: never leave the group running.
         _signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
+        await _reap(proc)
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a killed process even through further cancellations (it dies at once), so that
+    it is never left unreaped; a cancellation that came meanwhile is raised afterwards."""
+    waiter = asyncio.ensure_future(proc.wait())
+    cancelled = False
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _signal_group(pgid: int, signum: int) -> None:
