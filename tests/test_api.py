@@ -51,10 +51,21 @@ async def test_unknown_job_is_404_problem(start_daemon):
 
 async def test_malformed_json_and_wrong_types_are_400(start_daemon):
     h = await start_daemon({"noop": NOOP})
-    for body in (b"{not json", b"[1, 2]", json.dumps({"params": [1]}).encode(), json.dumps({"bogus": 1}).encode()):
+    hostile = (
+        b"{not json", b"[1, 2]", json.dumps({"params": [1]}).encode(), json.dumps({"bogus": 1}).encode(),
+        b'{"params": {"x": NaN}}', b'{"params": {"x": Infinity}}', b'{"params": {"x": -Infinity}}',
+        b'{"params": {"x": ' + b"9" * 5000 + b"}}",  # longer than int() takes
+        b'{"params": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",  # deeper than the parser goes
+        b'{"params": {"x": ' + b"[" * 100 + b"]" * 100 + b"}}",  # parses, but deeper than the limit
+        b"\xff\xfe{}", b'{"overlap": []}', b'{"triggered_by": {}}', b'{"runs": [{"params": 3}]}',
+    )
+    for body in hostile:
         response = await h.client.post("/api/v1/jobs/noop/trigger", data=body)
-        assert response.status == 400, body
+        assert response.status == 400, body[:60]
         assert response.content_type == "application/problem+json"
+        assert (await response.json())["status"] == 400
+    nested = {"x": [[[[{"y": [1, 2, {"z": None}]}]]]]}
+    assert (await h.trigger("noop", nested))["params"] == nested
     for query in ("limit=0", "limit=501", "limit=abc", "status=DONE", "since=yesterday", "triggered_by=robot"):
         response = await h.client.get(f"/api/v1/runs?{query}")
         assert response.status == 400, query

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 PREFIX = "/api/v1"
 MAX_PAGE = 500
 MAX_IDEMPOTENCY_KEY = 200
+MAX_JSON_DEPTH = 64
 routes = web.RouteTableDef()
 
 
@@ -37,17 +38,41 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
                         content_type="application/json", headers=headers)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (a scalar is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is {}."""
+    """The request body as a JSON object; an empty body is {}.
+
+    Only standard JSON is taken: NaN and Infinity would be stored and echoed back as text no JSON
+    parser reads, and a value nested deeper than MAX_JSON_DEPTH could not be written out again.
+    """
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # also numbers too long for int()
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
