@@ -575,7 +575,8 @@ class RunLog:
         try:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "ab")
+                # Unbuffered: the API and `tail -f` see each line as soon as the job prints it.
+                self._file = open(self.path, "ab", buffering=0)
             self._file.write(data)
         except OSError as exc:
             self.write_error = exc

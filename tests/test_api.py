@@ -231,6 +231,22 @@ async def test_progress_protocol_from_a_command(start_daemon):
     assert log.status == 200 and "plain log line" in await log.text()
 
 
+async def test_the_log_of_a_running_run_is_readable_while_it_runs(start_daemon):
+    h = await start_daemon({"chatty": {"shell": "echo first line; echo oops >&2; exec sleep 30"}})
+    run = await h.trigger("chatty")
+
+    async def logged() -> str:
+        response = await h.client.get(f"/api/v1/runs/{run['id']}/log")
+        assert response.status == 200 and response.content_type == "text/plain"
+        text = await response.text()
+        return text if "[stderr] oops" in text else ""
+
+    assert (await wait_for(logged)).splitlines() == ["first line", "[stderr] oops"]
+    live = (await h.get_json(f"/api/v1/runs/{run['id']}"))["run"]
+    assert live["status"] == "PROCESSING" and live["log_tail"] == "first line\n[stderr] oops\n"
+    await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+
+
 async def test_command_failure_records_exit_code_and_stderr(start_daemon):
     h = await start_daemon({"bad": {"shell": "echo first >&2; echo 'it broke' >&2; exit 3"}})
     run = await h.trigger("bad")
