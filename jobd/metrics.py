@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jobd.config import JobConfig
-from jobd.models import Run, RunStatus, TriggerSource
+from jobd.models import Run, TriggerSource
 from jobd.store import JobState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -69,11 +69,6 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
-def never_started(run: Run) -> bool:
-    """A run cancelled or failed while PENDING: its start time is its end time (see RunService)."""
-    return run.status in (RunStatus.CANCELLED, RunStatus.FAILED) and run.started_at == run.finished_at
-
-
 class Metrics:
     def __init__(self, daemon: Any) -> None:
         self.registry = CollectorRegistry()
@@ -98,8 +93,7 @@ class Metrics:
         self.runs_finished.labels(run.job, run.status.value).inc()
         if run.duration_ms is not None:
             self.run_duration.labels(run.job).observe(run.duration_ms / 1000)
-        if (run.triggered_by is TriggerSource.CRON and run.scheduled_for is not None
-                and run.started_at is not None and not never_started(run)):
+        if run.triggered_by is TriggerSource.CRON and run.scheduled_for is not None and run.started_at is not None:
             self.fire_lag.observe(max(0, run.started_at - run.scheduled_for) / 1000)
 
     def middleware(self) -> Callable[..., Any]:

@@ -448,9 +448,7 @@ class RunService:
         self._finishing.add(run.id)
         final = run.copy()
         self._transition(final, status)
-        final.finished_at = final.updated_at
-        if final.started_at is None:
-            final.started_at = final.finished_at
+        final.finished_at = final.updated_at  # a run that never started keeps started_at (and duration) null
         if error is not None:
             final.error = error
         if exit_code is not None:

@@ -163,10 +163,14 @@ async def test_cancel_pending_and_running(start_daemon):
     await wait_for(lambda: h.daemon.runs.active[running["id"]].status is RunStatus.PROCESSING)
     response = await h.client.post(f"/api/v1/runs/{waiting['id']}/cancel")
     assert response.status == 200
-    assert (await response.json())["run"]["status"] == "CANCELLED"
+    cancelled = (await response.json())["run"]
+    # It never started: no start time and no duration, only an end.
+    assert (cancelled["status"], cancelled["started_at"], cancelled["duration_ms"]) == ("CANCELLED", None, None)
+    assert cancelled["finished_at"] is not None
     response = await h.client.post(f"/api/v1/runs/{running['id']}/cancel")
     body = await response.json()
     assert response.status == 200 and body["run"]["status"] == "CANCELLED"
+    assert body["run"]["started_at"] is not None and body["run"]["duration_ms"] >= 0
     stored = await h.daemon.store.get_run(running["id"])
     assert stored.status is RunStatus.CANCELLED and stored.finished_at is not None
     response = await h.client.post(f"/api/v1/runs/{running['id']}/cancel")
