@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -25,6 +26,10 @@ MISFIRE_POLICIES = ("run_once", "skip")
 SCOPES = ("read", "trigger", "admin")
 SYNCHRONOUS_MODES = ("normal", "full")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Bounds for keys that state none: larger values are typing mistakes, and durations past ~30
+# years would overflow the date arithmetic of the scheduler and the store.
+MAX_NUMBER = 1e9
+MAX_INTEGER = 2**53
 
 
 class ConfigError(Exception):
@@ -251,16 +256,26 @@ class _Table:
             raise ConfigError(f"{self.key(name)}: {value!r} is not one of {', '.join(choices)}")
         return value
 
-    def number(self, name: str, default: float | None, *, minimum: float = 0.0) -> Any:
+    def number(self, name: str, default: float | None, *, minimum: float = 0.0,
+               maximum: float = MAX_NUMBER) -> Any:
         value = self.get(name, (int, float), default, "a number")
-        if value is not None and value < minimum:
+        if value is None:
+            return None
+        if not math.isfinite(value):
+            raise ConfigError(f"{self.key(name)}: must be a finite number, not {value}")
+        if value < minimum:
             raise ConfigError(f"{self.key(name)}: {value} is below the minimum {minimum:g}")
-        return None if value is None else float(value)
+        if value > maximum:
+            raise ConfigError(f"{self.key(name)}: {value} is above the maximum {maximum:g}")
+        return float(value)
 
-    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = MAX_INTEGER) -> int:
         value = self.get(name, (int,), default, "an integer")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        if not minimum <= value <= maximum:
+            if maximum < MAX_INTEGER:
+                bound = f"from {minimum} to {maximum}"
+            else:
+                bound = f"at least {minimum}" if value < minimum else f"at most {maximum}"
             raise ConfigError(f"{self.key(name)}: {value} is out of range (must be {bound})")
         return int(value)
 

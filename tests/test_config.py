@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import jobd.config as config_module
 from jobd.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).parent.parent
@@ -47,6 +49,26 @@ def parse(raw, environ=None):
         ({"auth": {"tokens": [{"name": "x"}]}}, "auth.tokens[0]: give exactly one of token or token_env"),
         ({"alerts": {"webhook_url": "ftp://x"}}, "alerts.webhook_url: 'ftp://x' must start with http"),
         ({"jobs": {"bad name!": {"command": ["true"]}}}, "jobs.bad name!: job names use letters"),
+        ({"jobs": {"a": {"command": ["true"], "timeout_s": float("nan")}}},
+         "jobs.a.timeout_s: must be a finite number, not nan"),
+        ({"jobs": {"a": {"command": ["true"], "misfire_grace_s": float("inf")}}},
+         "jobs.a.misfire_grace_s: must be a finite number, not inf"),
+        ({"jobs": {"a": {"command": ["true"], "jitter_s": 1e300}}}, "jobs.a.jitter_s: 1e+300 is above the maximum"),
+        ({"jobs": {"a": {"command": ["true"], "max_concurrency": 10**20}}},
+         "jobs.a.max_concurrency: 100000000000000000000 is out of range (must be at most"),
+        ({"jobs": {"a": {"command": ["true"], "env": {"A": 1}}}}, "jobs.a.env.A: must be a string, not an integer"),
+        ({"jobs": {"a": {"command": ["true", 5]}}}, "jobs.a.command: must be a list of strings, found an integer"),
+        ({"jobs": {"a": {"command": ["true"], "schedule": "0 0 30 2 *"}}},
+         "jobs.a.schedule: '0 0 30 2 *' is not a valid cron expression"),
+        ({"jobs": {"a": {"command": ["true"], "schedule": "@reboot"}}},
+         "jobs.a.schedule: '@reboot' is not a valid cron expression"),
+        ({"jobs": 5}, "jobs: must be a table, not an integer"),
+        ({"server": 5}, "server: must be a table, not an integer"),
+        ({"scheduler": {"timezone": ""}}, "scheduler.timezone: '' is not a known time zone"),
+        ({"auth": {"tokens": [{"name": "x", "token": "short"}]}}, "auth.tokens[0].token: too short"),
+        ({"auth": {"tokens": [{"name": "x", "token": "0123456789", "note": "y"}]}}, "auth.tokens[0].note: unknown key"),
+        ({"server": {"host": "192.168.1.10"}}, "server.host: '192.168.1.10' is not a loopback address"),
+        ({"server": {"host": "::"}}, "server.host: '::' is not a loopback address"),
     ],
 )
 def test_invalid_config_is_refused_naming_the_key(raw, message):
@@ -55,6 +77,11 @@ def test_invalid_config_is_refused_naming_the_key(raw, message):
     text = str(caught.value)
     assert text.startswith(message), text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_without_tokens_loopback_hosts_are_served(host):
+    assert parse({"server": {"host": host}}).server.host == host
 
 
 def test_token_env_and_non_loopback_with_auth():
@@ -111,3 +138,50 @@ def test_check_prints_next_fire_times(tmp_path):
     human = run_cli("check", "-c", str(good))
     assert human.returncode == 0
     assert len([line for line in human.stdout.splitlines() if "T02:30:00" in line]) == 5
+
+
+def accepted_keys(monkeypatch) -> set[tuple[str, str]]:
+    """Every (table, key) the parser reads, found by watching it parse a config that has each kind
+    of table: a token and a job. Tables are named as in the example: auth.tokens[0] is auth, jobs.x is jobs.*."""
+    seen: set[tuple[str, str]] = set()
+    real_get, real_table = config_module._Table.get, config_module._Table.table
+
+    def table_name(path: str) -> str:
+        if path.startswith("jobs."):
+            return "jobs.*"
+        return path.split("[")[0].removesuffix(".tokens")
+
+    def get(self, name, *args, **kwargs):
+        seen.add((table_name(self.path), name))
+        return real_get(self, name, *args, **kwargs)
+
+    def table(self, name):
+        if self.path == "":
+            seen.add(("", name))
+        return real_table(self, name)
+
+    monkeypatch.setattr(config_module._Table, "get", get)
+    monkeypatch.setattr(config_module._Table, "table", table)
+    parse({"auth": {"tokens": [{"name": "x", "token": "0123456789"}]}, "jobs": {"j": {"command": ["true"]}}})
+    monkeypatch.undo()
+    return seen
+
+
+def example_keys() -> set[tuple[str, str]]:
+    """(table, key) for each key the example shows, set or commented out."""
+    keys: set[tuple[str, str]] = set()
+    table = ""
+    for line in (ROOT / "jobd.toml.example").read_text().splitlines():
+        header = re.match(r"^\[([^\]]+)\]", line)
+        if header:
+            table = "jobs.*" if header.group(1).startswith("jobs.") else header.group(1)
+            keys.add(("", table.split(".")[0]))
+            continue
+        for key in re.findall(r"(?:^#?|[{,])\s*([a-z_]+)\s*=", line):
+            keys.add((table, key))
+    return keys
+
+
+def test_the_example_documents_every_key(monkeypatch):
+    missing = sorted(accepted_keys(monkeypatch) - example_keys())
+    assert not missing, f"jobd.toml.example does not show {missing}"
