@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from jobd import __version__, cronspec
 from jobd.client import DEFAULT_URL, TERMINAL_STATUSES, ApiError, JobdClient
 from jobd.config import Config, ConfigError, load_config
-from jobd.store import StoreLocked
+from jobd.store import StoreError, StoreLocked
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -134,6 +134,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreLocked as exc:
         print(f"jobd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as exc:
+        print(f"jobd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as exc:
         print(f"jobd: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -86,6 +86,15 @@ class Daemon:
     async def start(self) -> None:
         await self.store.open()
         self._started = True
+        try:
+            await self._start_parts()
+        except BaseException:
+            # aiohttp runs no cleanup for a startup that failed: stop what did start (the store's
+            # threads and the workers would otherwise keep the process alive), then report.
+            await self.close()
+            raise
+
+    async def _start_parts(self) -> None:
         await self.runs.load(on_interrupted="interrupted: jobd stopped while the run was in progress (found at start)")
         await self.alerter.start()
         self.pool.start()

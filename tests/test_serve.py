@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -115,3 +116,46 @@ async def test_sigterm_is_a_clean_exit(tmp_path, daemons):
     await daemon.start()
     daemon.signal(signal.SIGTERM)
     assert await daemon.wait() == 0
+
+
+def serve_once(path, timeout: float = 30) -> subprocess.CompletedProcess:
+    """`jobd serve` that is expected to refuse to start: it must exit by itself."""
+    return subprocess.run([sys.executable, "-m", "jobd", "serve", "-c", str(path)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_serve_refuses_an_invalid_config_with_one_line(tmp_path):
+    for body, key in (('[server]\nhost = "0.0.0.0"\n', "server.host"),
+                      ('[jobs.a]\ncommand = ["true"]\nschedule = "61 * * * *"\n', "jobs.a.schedule"),
+                      ('[jobs.a]\ncommand = ["true"]\ntimeout_s = nan\n', "jobs.a.timeout_s")):
+        path = tmp_path / "bad.toml"
+        path.write_text(body)
+        result = serve_once(path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"jobd: invalid config: {key}: ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "state").exists()  # refused before anything was created
+
+
+def test_serve_refuses_a_store_it_cannot_open_with_one_line(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "jobd.db").write_bytes(b"this is not an SQLite database, it is a text file " * 20)
+    result = serve_once(write_config(tmp_path, ""))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("jobd: cannot start: ")
+    assert "not a database" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_a_start_that_fails_after_the_store_opened_still_exits(tmp_path, daemons):
+    config = write_config(tmp_path, '[jobs.a]\ncommand = ["true"]\n')
+    daemon = daemons(config)
+    await daemon.start()
+    assert await daemon.stop() == 0
+    # A row jobd cannot read makes loading the runs fail; the store and workers must not keep
+    # the process alive after that.
+    with sqlite3.connect(tmp_path / "state" / "jobd.db") as db:
+        db.execute("INSERT INTO runs (id, job, status, triggered_by, params, created_at) "
+                   "VALUES (1, 'a', 'PENDING', 'api', '{not json', 0)")
+    result = serve_once(config)
+    assert result.returncode == 1
+    assert "jobd_listening" not in result.stderr

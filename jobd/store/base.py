@@ -16,7 +16,11 @@ from typing import Any, Protocol
 from jobd.models import Run, RunStatus, TriggerSource
 
 
-class StoreLocked(Exception):
+class StoreError(Exception):
+    """The store cannot be opened: not a database, unreadable, or from a newer jobd. One line."""
+
+
+class StoreLocked(StoreError):
     """Another jobd process holds this store."""
 
 

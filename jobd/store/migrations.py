@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import aiosqlite
 
+from jobd.store.base import StoreError
+
 _STATUSES = "'PENDING', 'PROCESSING', 'COMPLETED', 'PARTIAL', 'FAILED', 'CANCELLED'"
 _SOURCES = "'cron', 'api', 'manual', 'retry', 'catchup'"
 _ACTIVE = "'PENDING', 'PROCESSING'"
@@ -150,7 +152,7 @@ async def migrate(db: aiosqlite.Connection) -> int:
         row = await cursor.fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
-        raise RuntimeError(
+        raise StoreError(
             f"the store has schema version {version}, newer than this jobd knows ({len(MIGRATIONS)})"
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):

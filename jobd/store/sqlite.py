@@ -15,6 +15,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import aiosqlite
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
-from jobd.store.base import IdempotencyKey, JobState, RunFilter, RunStats, StoreLocked
+from jobd.store.base import IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked
 from jobd.store.migrations import migrate
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
 
@@ -164,9 +165,13 @@ class SQLiteStore:
             async with self._writer.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
                 row = await cur.fetchone()
             self._next_id = int(row[0]) + 1 if row else 1
-        except BaseException:
+        except BaseException as exc:
             await self._close_connections()
             self._release_lock()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: cannot open the store: {exc}") from None
+            if isinstance(exc, StoreError):
+                raise StoreError(f"{self.path}: {exc}") from None
             raise
         self._writer_task = asyncio.create_task(self._write_loop(), name="store-writer")
         self._lazy_task = asyncio.create_task(self._lazy_loop(), name="store-lazy-flush")
