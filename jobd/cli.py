@@ -9,10 +9,13 @@ import json
 import os
 import shutil
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
+
+import aiohttp
 
 from jobd import __version__, cronspec
 from jobd.client import DEFAULT_URL, TERMINAL_STATUSES, ApiError, JobdClient
@@ -182,6 +185,11 @@ def _parse_instant(text: str) -> datetime:
 
 
 def _run_client(args: argparse.Namespace, action: Callable[[JobdClient], Any]) -> int:
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        print(f"jobd: --url {args.url!r} is not an http:// or https:// address", file=sys.stderr)
+        return EXIT_USAGE
+
     async def go() -> int:
         async with JobdClient(args.url, token=args.token) as client:
             return await action(client)
@@ -191,8 +199,10 @@ def _run_client(args: argparse.Namespace, action: Callable[[JobdClient], Any]) -
     except ApiError as exc:
         print(f"jobd: {exc.status} {exc.title}: {exc.detail}", file=sys.stderr)
         return EXIT_FAILED
-    except (OSError, asyncio.TimeoutError) as exc:
-        print(f"jobd: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): main() ends quietly
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        print(f"jobd: cannot reach {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_UNREACHABLE
 
 
@@ -203,7 +213,10 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.rstrip(":"):
             raise ValueError(f"--param {pair!r}: expected K=V or K:=JSON")
         if key.endswith(":"):
-            params[key[:-1]] = json.loads(value)
+            try:
+                params[key[:-1]] = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"--param {pair!r}: the value after := is not JSON ({exc})") from None
         else:
             params[key] = value
     return params

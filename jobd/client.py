@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import random
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -84,7 +85,11 @@ class JobdClient:
                 raise ApiError(response.status, body.get("title", response.reason or ""),
                                body.get("detail", text[:200]), body)
             if response.content_type == "application/json":
-                return json.loads(text)
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ApiError(response.status, "Invalid response", f"{method} {path} did not answer JSON: "
+                                   f"{text[:100]!r}") from None
             return text
 
     # -- jobs ------------------------------------------------------------------------------
@@ -93,7 +98,7 @@ class JobdClient:
         return (await self.request("GET", "/api/v1/jobs"))["jobs"]
 
     async def job(self, name: str) -> dict[str, Any]:
-        return (await self.request("GET", f"/api/v1/jobs/{name}"))["job"]
+        return (await self.request("GET", _job_path(name)))["job"]
 
     async def trigger(self, job: str, params: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None,
                       overlap: str | None = None, triggered_by: str = "api") -> dict[str, Any]:
@@ -101,20 +106,20 @@ class JobdClient:
         if overlap:
             body["overlap"] = overlap
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return (await self.request("POST", f"/api/v1/jobs/{job}/trigger", json_body=body, headers=headers))["run"]
+        return (await self.request("POST", _job_path(job, "trigger"), json_body=body, headers=headers))["run"]
 
     async def trigger_many(self, job: str, params: Sequence[Mapping[str, Any]], *, triggered_by: str = "api",
                            overlap: str | None = None) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"runs": [{"params": dict(p)} for p in params], "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
-        return (await self.request("POST", f"/api/v1/jobs/{job}/trigger", json_body=body))["runs"]
+        return (await self.request("POST", _job_path(job, "trigger"), json_body=body))["runs"]
 
     async def pause(self, job: str) -> dict[str, Any]:
-        return (await self.request("POST", f"/api/v1/jobs/{job}/pause"))["job"]
+        return (await self.request("POST", _job_path(job, "pause")))["job"]
 
     async def resume(self, job: str) -> dict[str, Any]:
-        return (await self.request("POST", f"/api/v1/jobs/{job}/resume"))["job"]
+        return (await self.request("POST", _job_path(job, "resume")))["job"]
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -249,6 +254,12 @@ class JobdClient:
                         continue
                     if isinstance(message, dict):
                         yield event_id, message
+
+
+def _job_path(name: str, action: str = "") -> str:
+    """A job's URL path; the name is quoted, so whatever was typed stays one path segment."""
+    path = f"/api/v1/jobs/{urllib.parse.quote(name, safe='')}"
+    return f"{path}/{action}" if action else path
 
 
 class _StreamUnavailable(Exception):

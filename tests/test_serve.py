@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -83,20 +84,26 @@ async def test_pending_runs_survive_a_restart(tmp_path, daemons):
     assert await second.stop() == 0
 
 
-def test_cli_client_commands_print_tables_and_json(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "jobd", "runs", "--url", "http://127.0.0.1:9"],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 3 and "cannot reach" in result.stderr and "Traceback" not in result.stderr
+def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
+    for url, code, text in (("http://127.0.0.1:9", 3, "cannot reach"), ("garbage", 2, "is not an http"),
+                            ("http://", 2, "is not an http")):
+        result = subprocess.run([sys.executable, "-m", "jobd", "runs", "--url", url],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == code and text in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1
 
 
 async def test_cli_against_a_real_daemon(tmp_path, daemons):
-    config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n')
+    config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n',
+                          extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" }]\n')
     daemon = daemons(config)
     url = await daemon.start()
 
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "jobd", *args, "--url", url], capture_output=True, text=True,
-                              timeout=30)
+    def cli(*args, env=None, stdout=subprocess.PIPE):
+        # The address and the token come from the environment, as in a script.
+        env = {**os.environ, "JOBD_URL": url, "JOBD_TOKEN": "ci-token-123", **(env or {})}
+        return subprocess.run([sys.executable, "-m", "jobd", *args], stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, timeout=30, env=env)
 
     out = cli("trigger", "hello", "--param", "a=1", "--param", "n:=2", "--json")
     assert out.returncode == 0, out.stderr
@@ -104,10 +111,30 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
     assert run["params"] == {"a": "1", "n": 2} and run["triggered_by"] == "manual"
     table = cli("runs", "--job", "hello")
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["ID", "JOB", "STATUS"]
+    assert table.stdout.splitlines()[1].split()[:2] == [str(run["id"]), "hello"]
+    page = json.loads(cli("runs", "--job", "hello", "--json").stdout)
+    assert [r["id"] for r in page["runs"]] == [run["id"]] and page["pagination"]["total"] == 1
     status = cli("status")
-    assert status.returncode == 0 and "hello" in status.stdout
+    assert status.returncode == 0 and "hello" in status.stdout and "workers" in status.stdout
+    snapshot = json.loads(cli("status", "--json").stdout)
+    assert set(snapshot) == {"queue", "jobs"} and snapshot["jobs"][0]["name"] == "hello"
     missing = cli("trigger", "nope")
     assert missing.returncode == 1 and "404" in missing.stderr
+    assert "no job named 'a/b'" in cli("trigger", "a/b").stderr  # one path segment, whatever is typed
+    refused = cli("runs", env={"JOBD_TOKEN": "wrong-token-1"})
+    assert refused.returncode == 1 and refused.stderr.startswith("jobd: 401 ")
+    flag = cli("runs", "--token", "ci-token-123", env={"JOBD_TOKEN": ""})
+    assert flag.returncode == 0, flag.stderr
+    bad_param = cli("trigger", "hello", "-p", "x:={")
+    assert bad_param.returncode == 2 and bad_param.stderr.startswith("jobd: --param 'x:={': ")
+    # A reader that went away (`jobd runs --json | head -1`): no message, no traceback.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        closed = cli("runs", "--json", stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert closed.returncode == 1 and closed.stderr == ""
     assert await daemon.stop() == 0
 
 
