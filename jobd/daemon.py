@@ -200,9 +200,13 @@ class Daemon:
     async def set_paused(self, job: str, paused: bool) -> None:
         state = self.runs.job_state(job)
         state.paused = paused
+        # Paused before the commit, so that no fire slips in while it is being written; resumed
+        # only once it is stored.
+        if paused and self.scheduler is not None:
+            self.scheduler.pause(job)
         await self.store.write(job_states=[state])
-        if self.scheduler is not None:
-            (self.scheduler.pause if paused else self.scheduler.resume)(job)
+        if not paused and self.scheduler is not None:
+            self.scheduler.resume(job)
         self.log.info("job_paused" if paused else "job_resumed", job=job)
 
     # -- reload ------------------------------------------------------------------------------

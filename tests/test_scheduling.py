@@ -349,6 +349,32 @@ async def test_pause_and_resume_through_the_api(start: StartDaemon) -> None:
     assert [r["scheduled_for"] for r in await runs_of(h, "job=tick")] == [iso(minute(1)), iso(minute(4))]
 
 
+async def test_no_fire_slips_in_while_a_pause_is_being_committed(start: StartDaemon, tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    # "other" keeps the scheduler taking naps on the clock after tick is paused.
+    h = await start({"tick": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}, "other": {**NOOP_ALLOW, "schedule": "@daily"}},
+                    clock=clock)
+    await clock.sleeping()
+    # Another connection holds SQLite's write lock, so the pause waits to be committed.
+    other = sqlite3.connect(tmp_path / "state" / "jobd.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        pausing = asyncio.ensure_future(h.client.post("/api/v1/jobs/tick/pause"))
+        await wait_for(lambda: h.daemon.runs.job_state("tick").paused)
+        asleep = clock.pending()
+        assert asleep is not None
+        clock.set(minute(1))
+        # The scheduler either fires (the run is tracked before it is committed) or sleeps again.
+        await wait_for(lambda: h.daemon.runs.active_of("tick") or clock.pending(since=asleep.number))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    response = await pausing
+    assert response.status == 200 and (await response.json())["job"]["paused"] is True
+    await clock.sleeping(since=asleep.number)  # a fire, had there been one, is committed by now
+    assert await runs_of(h, "job=tick") == []
+
+
 async def test_consecutive_failures_show_in_the_job_state(start: StartDaemon) -> None:
     clock = FakeClock(T0)
     h = await start({"bad": {"handler": "sample_jobs:fails", "schedule": EVERY_MINUTE, "alert_after_failures": 3}},
