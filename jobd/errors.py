@@ -15,6 +15,10 @@ class JobdError(Exception):
         self.detail = detail
         self.extra = extra
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error's response."""
+        return {}
+
 
 class BadRequest(JobdError):
     status, title, slug = 400, "Bad request", "bad-request"
@@ -22,6 +26,9 @@ class BadRequest(JobdError):
 
 class Unauthorized(JobdError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="jobd"'}  # RFC 6750: which credentials to send
 
 
 class Forbidden(JobdError):
@@ -64,3 +71,6 @@ class Unavailable(JobdError):
     def __init__(self, detail: str, *, retry_after_s: int = 5, **extra: Any) -> None:
         super().__init__(detail, **extra)
         self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}

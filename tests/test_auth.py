@@ -30,9 +30,16 @@ async def expect_problem(response, status: int) -> dict:
 
 
 async def test_missing_and_invalid_tokens_are_401(h):
-    await expect_problem(await h.client.get("/api/v1/jobs"), 401)
-    await expect_problem(await h.client.get("/api/v1/jobs", headers=bearer("wrong-token-xyz")), 401)
-    await expect_problem(await h.client.post("/api/v1/jobs/noop/trigger"), 401)
+    for response in (
+        await h.client.get("/api/v1/jobs"),
+        await h.client.get("/api/v1/jobs", headers=bearer("wrong-token-xyz")),
+        await h.client.get("/api/v1/jobs", headers=bearer("read-token-12")),  # a prefix of a real token
+        await h.client.get("/api/v1/jobs", headers=bearer("read-token-1234")),  # one character more
+        await h.client.get("/api/v1/jobs", headers={"Authorization": "Basic cmVhZC10b2tlbi0xMjM="}),
+        await h.client.post("/api/v1/jobs/noop/trigger"),
+    ):
+        await expect_problem(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 async def test_health_is_public(h):

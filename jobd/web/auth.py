@@ -6,6 +6,7 @@ routes that declare none are public (health checks, the dashboard's static files
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -42,12 +43,17 @@ def presented_token(request: web.Request) -> str | None:
     return api_key or None
 
 
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
 def find_token(config: AuthConfig, presented: str) -> Token | None:
-    """Compare against every token so the time taken does not tell which one nearly matched."""
+    """Compare against every token so the time taken does not tell which one nearly matched.
+    Digests are compared, not the texts, so that it does not tell a token's length either."""
     found = None
-    given = presented.encode()
+    given = _digest(presented)
     for token in config.tokens:
-        if hmac.compare_digest(token.token.encode(), given):
+        if hmac.compare_digest(_digest(token.token), given):
             found = token
     return found
 

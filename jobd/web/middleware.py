@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from jobd.errors import JobdError, Unavailable
+from jobd.errors import JobdError
 from jobd.web.keys import REQUEST_ID
 
 PROBLEM_TYPE = "application/problem+json"
@@ -64,8 +64,8 @@ def make_middleware(log: Any = None) -> Any:
         try:
             response = await handler(request)
         except JobdError as exc:
-            headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
-            response = problem(exc.status, exc.title, exc.detail, slug=exc.slug, headers=headers, extra=exc.extra)
+            response = problem(exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers(),
+                               extra=exc.extra)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
