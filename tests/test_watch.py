@@ -177,9 +177,11 @@ async def test_wait_and_the_cli_exit_codes(tmp_path, daemons):
             jobd_cli("trigger", "quick", "--wait", "--url", url),
             jobd_cli("watch", str(broken["id"]), "--url", url),
             asyncio.to_thread(jobd_on_a_terminal, "trigger", "quick", "--wait", "--url", url),
+            jobd_cli("watch", "1", "--url", f"http://127.0.0.1:{free_port()}"),
         )
-        (ok, ok_out), (failed, failed_out), (on_tty, tty_out) = results
-        assert (ok, failed, on_tty) == (0, 1, 0), results
+        (ok, ok_out), (failed, failed_out), (on_tty, tty_out), (unreachable, unreachable_out) = results
+        assert (ok, failed, on_tty, unreachable) == (0, 1, 0, 3), results
+        assert "cannot reach" in unreachable_out
         # On a terminal: a bar redrawn in place with the message, then how it ended on a line of its own.
         assert "\r\x1b[2K" in tty_out and "] " in tty_out and "% half way" in tty_out, tty_out
         assert tty_out.replace("\r\n", "\n").rstrip().endswith(": COMPLETED"), tty_out
