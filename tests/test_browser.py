@@ -229,9 +229,11 @@ async def test_every_page_loads_without_console_errors(browser: Browser, start_j
         await shot(page, "run")
 
         await page.set_viewport_size({"width": 390, "height": 844})
-        for name, route in (("overview", "#/overview"), ("jobs", "#/jobs"), ("runs", "#/runs"),
-                            ("run", f"#/runs/{retried['id']}")):
+        for name, route, ready, count in (("overview", "#/overview", ".chart", 1), ("jobs", "#/jobs", "article.job", 4),
+                                          ("runs", "#/runs", "tbody tr[data-run-id]", 25),
+                                          ("run", f"#/runs/{retried['id']}", ".chain li", 2)):
             await page.goto(f"{daemon.url}/{route}")
+            await expect(page.locator(ready)).to_have_count(count)  # drawn, before the screenshot
             await expect(page.locator("main h1")).to_have_count(1)
             await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
             width = await page.evaluate("document.documentElement.scrollWidth")
@@ -335,6 +337,12 @@ async def test_a_run_triggered_from_the_page_moves_to_completed_live(
     (tmp_path / "gate").touch()
     await expect(row.locator("[data-status]")).to_have_text("COMPLETED", timeout=WAIT_MS)
     await expect(row.locator("progress")).to_have_count(0)
+    # A run started elsewhere shows up on the open page by itself.
+    async with aiohttp.ClientSession() as http:
+        other = (await Api(http, daemon.url).call("POST", "/jobs/nightly/trigger"))["run"]
+    await expect(page.locator(f'tr[data-run-id="{other["id"]}"] [data-status]')).to_have_text("COMPLETED",
+                                                                                              timeout=WAIT_MS)
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     assert await page.evaluate("window.notReloaded === true")
 
     await expect(run_page.locator(".run-status [data-status]")).to_have_text("COMPLETED", timeout=WAIT_MS)
