@@ -146,6 +146,14 @@ class Api:
         return await wait_for(done, timeout=WAIT_MS / 1000, interval=0.05)
 
 
+def watch_elsewhere(page: Page, url: str) -> list[str]:
+    """Requests the page makes to anywhere but jobd (fonts, scripts, CDNs): there must be none."""
+    elsewhere: list[str] = []
+    page.on("request", lambda request: None if request.url.startswith((url, "data:"))
+            else elsewhere.append(request.url))
+    return elsewhere
+
+
 def watch_console(page: Page) -> list[str]:
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
@@ -162,6 +170,7 @@ async def test_every_page_loads_without_console_errors(browser: Browser, start_j
     daemon = await start_jobd()
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors = watch_console(page)
+    elsewhere = watch_elsewhere(page, daemon.url)
     async with aiohttp.ClientSession() as http:
         api = Api(http, daemon.url)
         await api.call("POST", "/jobs/flaky/trigger")
@@ -239,7 +248,7 @@ async def test_every_page_loads_without_console_errors(browser: Browser, start_j
             width = await page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"the {name} page scrolls sideways at phone width"
             await shot(page, f"{name}-phone")
-    assert errors == []
+    assert errors == [] and elsewhere == []
 
 
 async def test_accessibility_basics_and_the_content_security_policy(
@@ -283,9 +292,7 @@ async def test_the_api_reference_page(browser: Browser, start_jobd: Callable[...
     daemon = await start_jobd()
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors = watch_console(page)
-    outside: list[str] = []
-    page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(daemon.url)
-            and not request.url.startswith("data:") else None)
+    elsewhere = watch_elsewhere(page, daemon.url)
     await page.goto(f"{daemon.url}/api/docs")
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{daemon.url}/api/v1/openapi.json") as response:
@@ -296,7 +303,7 @@ async def test_the_api_reference_page(browser: Browser, start_jobd: Callable[...
     await expect(page.locator("#op-stats")).to_contain_text("/api/v1/stats")
     await expect(page.locator("#op-runEvents")).to_contain_text("text/event-stream")
     await shot(page, "api-reference", full_page=False)  # the whole page is very long
-    assert errors == [] and outside == []
+    assert errors == [] and elsewhere == []
 
 
 async def test_a_run_triggered_from_the_page_moves_to_completed_live(
@@ -463,3 +470,43 @@ async def test_token_prompt_and_buttons_follow_the_scope(browser: Browser, start
     await shot(page, "jobs-admin")
     assert not [url for url in urls if READ_TOKEN in url or TRIGGER_TOKEN in url or ADMIN_TOKEN in url]
     assert [url for url in urls if "/api/v1/events?ticket=" in url]
+
+
+async def test_jobd_js_follows_a_run_in_chromium_across_a_restart(
+        browser: Browser, start_jobd: Callable[..., Any]) -> None:
+    """/static/jobd.js with a browser's own EventSource: a token (tickets), `shutdown`, a new daemon."""
+    port = free_port()
+    first = await start_jobd(auth=True, port=port)
+    page = await browser.new_page()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, first.url, ADMIN_TOKEN)
+
+        async def streams_open() -> bool:
+            async with http.get(f"{first.url}/metrics", headers=api.headers) as response:
+                return "jobd_sse_streams_open 1.0" in await response.text()
+
+        await api.call("POST", "/jobs/long/trigger")
+        run = (await api.call("POST", "/jobs/long/trigger", json={"overlap": "queue"}))["run"]  # waits: PENDING
+        await page.goto(f"{first.url}/")
+        await page.evaluate("""([runId, token]) => import("/static/jobd.js").then(({ watchRun }) => {
+            window.seen = [];
+            watchRun(runId, {
+              token,
+              onStatusChange: (update) => window.seen.push(update.status),
+              onComplete: (update) => window.seen.push(`done ${update.status}`),
+              onError: (error) => { if (error.fatal) window.seen.push(`fatal ${error.message}`); },
+            });
+          })""", [run["id"], READ_TOKEN])
+        await wait_for(streams_open)
+        await first.stop()
+        second = await start_jobd(auth=True, port=port)
+        await wait_for(streams_open, timeout=WAIT_MS / 1000)
+        await api.call("POST", f"/runs/{run['id']}/cancel")
+        await page.wait_for_function("window.seen.includes('done CANCELLED')", timeout=WAIT_MS)
+    seen = await page.evaluate("window.seen")
+    # After the restart the run may have started before it was cancelled.
+    assert seen[0] == "PENDING" and seen[-2:] == ["CANCELLED", "done CANCELLED"], seen
+    assert not [entry for entry in seen if entry.startswith("fatal")], seen
+    streams = [line for line in second.events("request") if line["path"].startswith(f"/api/v1/runs/{run['id']}/events?")]
+    assert [line["status"] for line in streams] == [200], streams
+    assert "ticket=[redacted]" in streams[0]["path"]
