@@ -359,6 +359,8 @@ async def follow(client: JobdClient, run_id: int, *, json_lines: bool = False, o
     out = out or sys.stdout
     view = ProgressView(out, tty=out.isatty() and not json_lines)
     final: dict[str, Any] | None = None
+    # watch() waits out a jobd that cannot be reached (a restart); at the start that is an error.
+    await client.get_run(run_id)
     updates = client.watch(run_id)
     async with contextlib.aclosing(updates):
         async for update in updates:

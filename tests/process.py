@@ -6,10 +6,18 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
+
+
+def free_port() -> int:
+    """A loopback port free right now: for a daemon that must come back on the same address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class DaemonProcess:

@@ -8,9 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 import structlog
 from conftest import wait_for
+from process import DaemonProcess, free_port
 from ssehelp import serve  # noqa: F401  (a fixture)
 
 from jobd.web import STATIC_DIR
@@ -121,3 +123,60 @@ async def test_js_module_reports_an_unknown_run_as_fatal(serve):
     s = await serve()
     records = await (await NodeWatch.start(s.url, 424242)).finish()
     assert records[-1]["cb"] == "error" and records[-1]["fatal"] is True and records[-1]["status"] == 404
+
+
+RESTART_CONFIG = """
+[server]
+host = "127.0.0.1"
+port = {port}
+[store]
+path = "state/jobd.db"
+[workers]
+concurrency = 1
+shutdown_grace_s = 0
+kill_grace_s = 0.5
+[auth]
+tokens = [{{ name = "browser", token = "read-token-for-js", scope = "read" }},
+          {{ name = "boss", token = "admin-token-for-js", scope = "admin" }}]
+[jobs.blocker]
+command = ["sleep", "30"]
+on_interrupt = "fail"
+[jobs.quick]
+shell = "echo '::progress::50 half way'"
+"""
+
+
+async def test_js_module_follows_a_run_across_a_daemon_restart(tmp_path):
+    """`shutdown`, nobody listening for a while, then a daemon whose tickets are signed with a new key:
+    the module comes back to the stream (with a new ticket) rather than giving up or polling."""
+    config = tmp_path / "jobd.toml"
+    config.write_text(RESTART_CONFIG.format(port=free_port()))
+    first, second = DaemonProcess(config), DaemonProcess(config)
+    try:
+        url = await first.start()
+        async with aiohttp.ClientSession(url, headers=ADMIN) as http:
+            for job in ("blocker", "quick"):  # quick waits behind blocker, and is still PENDING after the restart
+                async with http.post(f"/api/v1/jobs/{job}/trigger") as response:
+                    assert response.status == 202
+                    run_id = (await response.json())["run"]["id"]
+            watcher = await NodeWatch.start(url, run_id, "read-token-for-js")
+
+            async def streaming() -> bool:
+                async with http.get("/metrics") as response:
+                    return "jobd_sse_streams_open 1.0" in await response.text()
+
+            await wait_for(streaming)
+        assert await first.stop() == 0
+        await second.start()
+        records = await watcher.finish()
+    finally:
+        await first.cleanup()
+        await second.cleanup()
+    assert records[0] == {"cb": "status", "status": "PENDING", "previous": None}
+    assert records[-1] == {"cb": "complete", "status": "COMPLETED", "result": None}
+    assert not any(r["cb"] == "error" and r["fatal"] for r in records)
+    streams = [line for line in second.events("request") if line["path"].startswith(f"/api/v1/runs/{run_id}/events?")]
+    assert [line["status"] for line in streams] == [200]
+    assert "ticket=[redacted]" in streams[0]["path"] and "last_event_id=" in streams[0]["path"]
+    polls = [line for line in second.events("request") if line["path"] == f"/api/v1/runs/{run_id}"]
+    assert len(polls) <= 1, polls  # at most the one look after a failed connection, no polling

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import io
 import json
-import socket
+import os
+import pty
+import subprocess
 import sys
 
 import aiohttp
 import pytest
 from conftest import wait_for
-from process import DaemonProcess
+from process import DaemonProcess, free_port
+from ssehelp import NO_TIMEOUT, SSEReader
 
 from jobd.cli import ProgressView, follow
 from jobd.client import ApiError, JobdClient, SSEParser
@@ -32,12 +35,6 @@ shell = "echo nope >&2; exit 3"
 [jobs.slow]
 command = ["sleep", "30"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(tmp_path, *, port: int = 0, extra: str = "", concurrency: int = 4):
@@ -87,7 +84,14 @@ async def test_watch_reconnects_across_a_daemon_restart(tmp_path, daemons):
             async with asyncio.timeout(10):
                 await got_first.wait()
             assert updates[0]["status"] == "PENDING"
+            # A stream of our own on the firehose, to see what SIGTERM sends to open streams.
+            firehose = await client.session.get(f"{url}/api/v1/events", timeout=NO_TIMEOUT)
+            reader = SSEReader(firehose)
+            await reader.until(lambda m: m.type == "summary")
             assert await first.stop() == 0
+            rest = await reader.rest()
+            assert rest[-1].type == "shutdown" and rest[-1].id is not None, rest
+            firehose.close()
             second = daemons(config)
             await second.start()
             async with asyncio.timeout(20):
@@ -136,6 +140,30 @@ async def jobd_cli(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
+def jobd_on_a_terminal(*args: str) -> tuple[int, str]:
+    """`jobd ARGS` with its output on a pseudo-terminal: what someone at a terminal sees."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "jobd", *args], stdin=subprocess.DEVNULL, stdout=slave,
+                                stderr=slave)
+    finally:
+        os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the program has exited and closed its side
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        code = proc.wait(timeout=30)
+    return code, b"".join(chunks).decode()
+
+
 async def test_wait_and_the_cli_exit_codes(tmp_path, daemons):
     daemon = daemons(write_config(tmp_path))
     url = await daemon.start()
@@ -148,9 +176,15 @@ async def test_wait_and_the_cli_exit_codes(tmp_path, daemons):
         results = await asyncio.gather(
             jobd_cli("trigger", "quick", "--wait", "--url", url),
             jobd_cli("watch", str(broken["id"]), "--url", url),
+            asyncio.to_thread(jobd_on_a_terminal, "trigger", "quick", "--wait", "--url", url),
+            jobd_cli("watch", "1", "--url", f"http://127.0.0.1:{free_port()}"),
         )
-        (ok, ok_out), (failed, failed_out) = results
-        assert (ok, failed) == (0, 1), results
+        (ok, ok_out), (failed, failed_out), (on_tty, tty_out), (unreachable, unreachable_out) = results
+        assert (ok, failed, on_tty, unreachable) == (0, 1, 0, 3), results
+        assert "cannot reach" in unreachable_out
+        # On a terminal: a bar redrawn in place with the message, then how it ended on a line of its own.
+        assert "\r\x1b[2K" in tty_out and "] " in tty_out and "% half way" in tty_out, tty_out
+        assert tty_out.replace("\r\n", "\n").rstrip().endswith(": COMPLETED"), tty_out
         # Piped: plain lines, no carriage returns; progress with its message, then how it ended.
         assert "\r" not in ok_out
         assert "50% half way" in ok_out

@@ -126,7 +126,7 @@ export function watchRun(runId, options = {}) {
   async function connect() {
     if (stopped) return;
     const query = new URLSearchParams();
-    // A new EventSource does not send Last-Event-ID by itself; its own retries do.
+    // Each connection is a new EventSource, which does not send Last-Event-ID: the query does.
     if (lastEventId) query.set("last_event_id", lastEventId);
     try {
       if (token) query.set("ticket", await ticketFor());
@@ -135,7 +135,9 @@ export function watchRun(runId, options = {}) {
     }
     if (stopped) return;
     const qs = query.toString();
+    let opened = false;
     source = new EventSource(base + streamPath + (qs ? `?${qs}` : ""));
+    source.onopen = () => { opened = true; };
     source.onmessage = (event) => {
       failures = 0;
       silentErrors = 0;
@@ -149,21 +151,24 @@ export function watchRun(runId, options = {}) {
       if (data.type === "status_update") {
         deliver(data);
       } else if (data.type === "shutdown") {
-        // This daemon is stopping: come back (to the next one) after a short pause.
+        // This daemon is stopping: come back (to the next one) after a short pause. The next
+        // one has a new ticket key, so the ticket is minted again.
         closeSource();
+        ticket = null;
         failures = 1;
         later(connect, backoff());
       }
     };
     source.onerror = () => {
       if (stopped) return;
+      // Every error ends this EventSource and jobd.js reconnects by itself: implementations
+      // differ (browsers retry a dropped connection on their own, Node's gives up after a
+      // network error), and a connection refused before it opened (an expired ticket, or one
+      // from a daemon that has restarted) needs a new ticket rather than the same URL again.
       silentErrors += 1;
-      // CONNECTING: the browser retries by itself. CLOSED: it gave up (a non-200 answer such
-      // as an expired ticket, an unknown run, the stream limit, or 204 at the end).
-      if (source.readyState === EventSource.CLOSED || silentErrors >= FAILURES_BEFORE_POLLING + 2) {
-        closeSource();
-        afterFailure(null);
-      }
+      closeSource();
+      if (!opened) ticket = null;
+      afterFailure(null);
     };
   }
 

@@ -5,6 +5,9 @@ import { TERMINAL, absolute, duration, h, json, progressBar, put, statusBadge, t
 import { openStream } from "./live.js";
 
 const POLL_MS = 1000;
+// While polling, the run's stream is tried again every this many rounds: the page goes back to
+// following live by itself once streams get through again (a restarted jobd, a fixed proxy).
+const STREAM_RETRY_ROUNDS = 5;
 const MAX_CHAIN = 20;
 
 export function runView(ctx, runId) {
@@ -80,7 +83,9 @@ export function runView(ctx, runId) {
       fact("Started", when(run.started_at)),
       fact("Finished", when(run.finished_at)),
       fact("Duration", run.duration_ms === null && run.status === "PROCESSING" ? "running" : duration(run.duration_ms)),
-      fact("Counts", `${c.total ?? 0} total · ${c.success ?? 0} ok · ${c.failed ?? 0} failed · ${c.skipped ?? 0} skipped`),
+      fact("Counts", [c.total ?? null, c.success ?? 0, c.failed ?? 0, c.skipped ?? 0]
+        .map((n, i) => (n === null ? null : `${n} ${["total", "ok", "failed", "skipped"][i]}`)) // no total: not known
+        .filter(Boolean).join(" · ")),
       run.exit_code !== null && run.exit_code !== undefined ? fact("Exit code", String(run.exit_code)) : null);
     put(outcome, 
       run.error ? h("section", { class: "error-box", "aria-labelledby": "run-error" }, h("h2", { id: "run-error" }, "Error"), h("p", {}, run.error)) : "",
@@ -204,6 +209,7 @@ export function runView(ctx, runId) {
     if (!destroyed && run && !TERMINAL.has(run.status)) poll();
   }
 
+  let pollRounds = 0;
   function poll() {
     clearTimeout(pollTimer);
     pollTimer = setTimeout(async () => {
@@ -213,7 +219,9 @@ export function runView(ctx, runId) {
         // Offline for a moment: the next round tries again; the header shows the connection.
       }
       if (destroyed) return;
+      pollRounds += 1;
       if (TERMINAL.has(run.status)) finished();
+      else if (pollRounds % STREAM_RETRY_ROUNDS === 0) follow(); // polls on if the stream still fails
       else poll();
     }, POLL_MS);
   }
