@@ -1,6 +1,6 @@
 """Failure and recovery alerts: a log line always, a JSON webhook POST when configured.
 
-The worker pool calls `run_finished` after every terminal run. It decides synchronously
+The run table calls `run_finished` (a finished hook) after every terminal run. It decides synchronously
 and hands deliveries to background tasks, so a slow or dead webhook never holds up a run.
 """
 
@@ -15,6 +15,7 @@ from structlog.typing import FilteringBoundLogger
 
 from jobd.config import AlertsConfig, JobConfig
 from jobd.models import Run, RunStatus
+from jobd.store import JobState
 
 SUCCESS_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.PARTIAL})
 MAX_TEXT_ERROR = 300
@@ -70,9 +71,13 @@ class Alerter:
             await self._session.close()
             self._session = None
 
-    def run_finished(self, job: JobConfig, run: Run, consecutive_failures: int, previous_failures: int) -> None:
-        """Alert when a failure streak reaches the job's threshold, and when it ends. Never raises."""
+    def run_finished(self, job: JobConfig, run: Run, state: JobState, previous_failures: int) -> None:
+        """Alert when a failure streak reaches the job's threshold, and when it ends. Never raises.
+
+        `state` is the job's state after this run, `previous_failures` its streak before it.
+        """
         try:
+            consecutive_failures = state.consecutive_failures
             threshold = job.alert_after_failures
             if run.status in SUCCESS_STATUSES:
                 if previous_failures >= threshold:

@@ -106,9 +106,10 @@ class AlertsConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RetentionConfig:
-    days: float = 30.0
+    days: float = 30.0  # 0 keeps runs for ever
     failed_days: float = 90.0
     interval_s: float = 86400.0
+    first_delay_s: float = 60.0  # the first clean-up after start
     batch_size: int = 500
 
 
@@ -435,7 +436,8 @@ def _retention(t: _Table) -> RetentionConfig:
         days=t.number("days", d.days, minimum=0.0),
         failed_days=t.number("failed_days", d.failed_days, minimum=0.0),
         interval_s=t.number("interval_s", d.interval_s, minimum=1.0),
-        batch_size=t.integer("batch_size", d.batch_size, minimum=1),
+        first_delay_s=t.number("first_delay_s", d.first_delay_s, minimum=0.0),
+        batch_size=t.integer("batch_size", d.batch_size, minimum=1, maximum=10_000),
     )
     t.done()
     return config

@@ -5,6 +5,7 @@ signals and systemd notifications around it.
 Shutdown is staged (SIGTERM/SIGINT): readiness turns 503 and intake stops at once; running jobs
 get `[workers] shutdown_grace_s` to finish; what is left is interrupted and re-queued for the next
 start; streams are told `shutdown`; the store is flushed and closed. A second signal skips the wait.
+A hard deadline (grace + kill grace + STOP_SLACK_S) ends the process whatever is stuck.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import dataclasses
 import os
 import random
 import signal
+import sys
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -30,11 +33,20 @@ from jobd.errors import OverlapConflict
 from jobd.events import EventBus
 from jobd.metrics import Metrics
 from jobd.models import TriggerSource, iso_ms, now_ms
+from jobd.retention import Retention
 from jobd.runs import RunService, Submission
 from jobd.scheduler import FireRequest, Scheduler, SystemClock
 from jobd.store import SQLiteStore
 from jobd.systemd import SystemdNotifier, clean_child_environ, listen_sockets
 from jobd.workers import INTERRUPTED, WorkerPool
+
+# What a stop may take beyond the grace and the kill grace: pipes draining, streams told
+# `shutdown`, the last commit. Past it the process exits anyway (see serve()).
+STOP_SLACK_S = 2.0
+# How often systemd's STATUS= line is refreshed (when it changed).
+STATUS_INTERVAL_S = 5.0
+# Background tasks that create or delete runs: stopped first, when the drain begins.
+_INTAKE_TASKS = frozenset({"scheduler", "retention"})
 
 
 class Daemon:
@@ -73,10 +85,13 @@ class Daemon:
         self.runs.finished_hooks.append(self.alerter.run_finished)
         self.metrics = Metrics(self)
         self.runs.finished_hooks.append(self.metrics.run_finished)
+        self.retention = Retention(config.retention, store=self.store, runs=self.runs, logs_dir=config.store.logs_dir,
+                                   log=self.log.bind(component="retention"))
         self.notifier = SystemdNotifier.from_environ(self.environ, log=self.log.bind(component="systemd"))
         self.scheduler: Scheduler | None = None
         self.ready = False
         self.stopping = False
+        self.closed = False
         self.stop_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = False
@@ -113,7 +128,10 @@ class Daemon:
             log=self.log.bind(component="scheduler"),
         )
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self._tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
         self._tasks.append(asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog"))
+        if self.notifier.enabled:
+            self._tasks.append(asyncio.create_task(self._status_loop(), name="systemd-status"))
         self.ready = True
         self.log.info("jobd_started", jobs=len(self.config.jobs), workers=self.pool.concurrency,
                       store=str(self.config.store.path), pending=self.runs.queued_count())
@@ -125,15 +143,20 @@ class Daemon:
         self.stopping = True
         self.ready = False
         self.runs.accepting = False
-        self.notifier.stopping()
         grace = self.config.workers.shutdown_grace_s if grace_s is None else grace_s
-        self.notifier.extend_timeout(grace + self.config.workers.kill_grace_s + 5)
+        self.notifier.stopping()
+        self.notifier.extend_timeout(grace + self.config.workers.kill_grace_s + STOP_SLACK_S + 1)
         for task in self._tasks:
-            if task.get_name() == "scheduler":
+            if task.get_name() in _INTAKE_TASKS:
                 task.cancel()
         busy = self.pool.busy
+        self.notifier.status(self.status_line())
         self.log.info("jobd_draining", running=busy, grace_s=grace)
         interrupted = await self.pool.stop(grace)
+        # Workers do not wait for the commit of a run's end; streams must get it before `shutdown`.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_SLACK_S / 2):
+                await self.runs.wait_settled()
         self.log.info("jobd_drained", interrupted=interrupted, pending=self.runs.queued_count())
 
     def hurry(self) -> None:
@@ -153,7 +176,24 @@ class Daemon:
             await self.store.close()
             self._started = False
         self.notifier.close()
+        self.closed = True
         self.log.info("jobd_stopped")
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: a short summary for `systemctl status`."""
+        snapshot = self.runs.queue_snapshot(self.pool.concurrency)
+        line = (f"{len(self.config.jobs)} jobs, {snapshot['pending']} pending, "
+                f"{snapshot['processing']} running")
+        return f"stopping: {line}" if self.stopping else line
+
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            line = self.status_line()
+            if line != last:
+                self.notifier.status(line)
+                last = line
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -220,35 +260,52 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("reload_refused", error=str(exc))
             return False
+        ignored = [field.name for field in dataclasses.fields(Config) if field.name not in ("jobs", "source")
+                   and getattr(new, field.name) != getattr(self.config, field.name)]
         self.config = dataclasses.replace(self.config, jobs=new.jobs)
         self.runs.jobs = dict(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)
         self.log.info("config_reloaded", jobs=len(new.jobs))
+        if ignored:
+            self.log.warning("reload_needs_restart", sections=ignored,
+                             detail="only [jobs] changes apply on reload; restart jobd for the rest")
         return True
 
 
 async def serve(config: Config, *, log: Any = None) -> int:
-    """Run jobd until SIGTERM/SIGINT; returns the process exit code."""
+    """Run jobd until SIGTERM/SIGINT; returns the process exit code.
+
+    This owns the process: its signals, its systemd variables (taken out of os.environ, so that
+    nothing jobd starts inherits them) and, once a stop begins, a hard deadline after which it
+    exits whatever is stuck (a Python handler ignoring its cancellation, a thread that never
+    returns). Everything accepted is in the store by then, or recovered at the next start.
+    """
     from jobd.web import create_app
 
     daemon = Daemon(config, log=log)
+    for key in set(os.environ) - set(clean_child_environ(os.environ)):
+        del os.environ[key]  # the daemon has its copy; Python handlers' own subprocesses must not see them
     app = create_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     loop = asyncio.get_running_loop()
+    deadline = _StopDeadline(daemon)
 
     def on_stop_signal(signame: str) -> None:
+        workers = daemon.config.workers
         if daemon.stop_requested.is_set():
             daemon.log.warning("second_stop_signal", signal=signame)
             daemon.hurry()
+            deadline.arm(workers.kill_grace_s + STOP_SLACK_S)
             return
         daemon.log.info("stop_signal", signal=signame)
         daemon.stop_requested.set()
+        deadline.arm(workers.shutdown_grace_s + workers.kill_grace_s + STOP_SLACK_S)
 
     def on_reload_signal() -> None:
         daemon.notifier.reloading()
         daemon.reload()
-        daemon.notifier.ready(status_line(daemon))
+        daemon.notifier.ready(daemon.status_line())
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop_signal, signum.name)
@@ -265,7 +322,7 @@ async def serve(config: Config, *, log: Any = None) -> int:
             await site.start()
             where = f"http://{config.server.host}:{config.server.port}"
         daemon.log.info("jobd_listening", url=where, addresses=[list(a)[:2] for a in runner.addresses])
-        daemon.notifier.ready(status_line(daemon))
+        daemon.notifier.ready(daemon.status_line())
         await daemon.stop_requested.wait()
         await daemon.drain()
     finally:
@@ -279,10 +336,35 @@ def _epoch_ms(when: datetime) -> int:
     return round(when.timestamp() * 1000)
 
 
-def status_line(daemon: Daemon) -> str:
-    snapshot = daemon.runs.queue_snapshot(daemon.pool.concurrency)
-    return (f"{len(daemon.config.jobs)} jobs, {snapshot['pending']} pending, "
-            f"{snapshot['processing']} running")
+class _StopDeadline:
+    """A timer thread that ends the process if a stop overruns. It runs outside the event loop,
+    so a blocked loop or an interpreter waiting at exit for stuck tasks cannot hold it up."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.at: float | None = None
+        self._timer: threading.Timer | None = None
+
+    def arm(self, seconds: float) -> None:
+        """Exit at most `seconds` from now (an earlier deadline already set stays)."""
+        loop_time = asyncio.get_running_loop().time()
+        if self.at is not None and self.at <= loop_time + seconds:
+            return
+        self.at = loop_time + seconds
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(seconds, self._expired)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expired(self) -> None:
+        closed = self.daemon.closed
+        # Once the store is closed only leftovers (threads, tasks that ignore cancellation) remain.
+        self.daemon.log.error("shutdown_deadline_exceeded", store_closed=closed)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0 if closed else 1)
 
 
 __all__ = ["Daemon", "INTERRUPTED", "serve"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import inspect
 import json
@@ -409,7 +410,7 @@ class RunContext:
         log(*parts)                      one log line, parts joined by spaces like print().
 
     Async handlers run on the daemon's event loop and are cancelled on timeout or cancellation.
-    Plain functions run in a worker thread, which cannot be interrupted: a long one should check
+    Plain functions run in a thread of their own, which cannot be interrupted: a long one should check
     `ctx.cancelled` now and then and return when it becomes True. Reports made after the run
     has ended are dropped.
     """
@@ -495,7 +496,7 @@ async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter) -> Outco
             if _is_async(handler):
                 value, exc = await _call_async(handler, ctx, run.params)
             else:
-                value, exc = await asyncio.to_thread(_call_sync, handler, ctx, run.params)
+                value, exc = await _in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}")
         cancelled = False
     except TimeoutError:
         return Outcome(timed_out=True, error=f"timed out after {format_seconds(job.timeout_s or 0)}")
@@ -531,6 +532,37 @@ def _call_sync(fn: Callable[..., Any], ctx: RunContext, params: Any) -> tuple[An
         return fn(ctx, params), None
     except (Exception, SystemExit) as exc:
         return None, exc
+
+
+async def _in_daemon_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
+    """Like asyncio.to_thread, on a daemon thread of its own. A plain function cannot be stopped:
+    when its run is interrupted it is abandoned, and a daemon thread, unlike the default
+    executor's, does not hold up jobd's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if future.done():  # the run was cancelled or timed out meanwhile
+            return
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+
+    def target() -> None:
+        value, exc = None, None
+        try:
+            value = context.run(fn, *args)
+        except BaseException as caught:  # handed to the awaiting task, like to_thread does
+            exc = caught
+        try:
+            loop.call_soon_threadsafe(settle, value, exc)
+        except RuntimeError:  # the loop has closed: nobody waits for this run any more
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future
 
 
 def _log_traceback(reporter: RunReporter, exc: BaseException) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import random
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -88,6 +88,8 @@ class RunService:
         self._finish_waiters: dict[int, list[asyncio.Future[None]]] = defaultdict(list)
         # Runs whose terminal state is being committed: a worker must not start them meanwhile.
         self._finishing: set[int] = set()
+        self._settled = asyncio.Event()  # set while no terminal state awaits its commit
+        self._settled.set()
         # Runs whose PROCESSING commit is in flight → whether they changed since (see start()).
         self._unannounced: dict[int, bool] = {}
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[Run]] = {}
@@ -405,7 +407,8 @@ class RunService:
             run.result = result
         retry = None
         job = self.jobs.get(run.job)
-        if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts and self.accepting:
+        # Also while jobd stops: the retry then waits, PENDING in the store, for the next start.
+        if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts:
             retry = self._retry_run(run, job, delay_s=self._backoff_s(job, run.attempt))
         return self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
 
@@ -446,6 +449,7 @@ class RunService:
         only once committed, so no reader ever sees a finished run that a crash could undo."""
         previous_status = run.status
         self._finishing.add(run.id)
+        self._settled.clear()
         final = run.copy()
         self._transition(final, status)
         final.finished_at = final.updated_at  # a run that never started keeps started_at (and duration) null
@@ -472,6 +476,8 @@ class RunService:
 
         def on_commit(result: asyncio.Future[None]) -> None:
             self._finishing.discard(run.id)
+            if not self._finishing:
+                self._settled.set()
             try:
                 if result.cancelled() or result.exception() is not None:
                     if retry is not None:
@@ -601,6 +607,15 @@ class RunService:
         retry = self._retry_run(previous, job, delay_s=0)
         await self._create([retry])
         return retry
+
+    def forget(self, statuses: Iterable[RunStatus]) -> None:
+        """Finished runs of these statuses were deleted from the store (retention)."""
+        for status in statuses:
+            self.status_totals[status] -= 1
+
+    async def wait_settled(self) -> None:
+        """Until every terminal state handed to the store is committed and announced."""
+        await self._settled.wait()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()

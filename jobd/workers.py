@@ -166,8 +166,16 @@ class WorkerPool:
         for handler in list(self._handlers.values()):
             handler.cancel()
         if still:
-            # Handlers now terminate their process groups (kill grace) and are recorded as interrupted.
-            await asyncio.wait(still, timeout=self.kill_grace_s + 5)
+            # Handlers now terminate their process groups (kill grace, then the pipes drain) and
+            # are recorded as interrupted.
+            _, still = await asyncio.wait(still, timeout=self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25)
+        for run_id in list(self._handlers):
+            # A handler that ignores its cancellation is abandoned; the run is recorded all the same.
+            run = self.runs.active.get(run_id)
+            self._handlers.pop(run_id, None)
+            if run is not None and run.status is RunStatus.PROCESSING:
+                self.log.warning("run_abandoned", run_id=run_id, job=run.job, reason="handler ignored cancellation")
+                self.runs.interrupt(run, INTERRUPTED + " (its handler did not stop)")
         for task in self._workers:
             task.cancel()
         for task in self._workers:

@@ -13,8 +13,14 @@ from structlog.testing import LogCapture
 from jobd.alerts import Alerter, describe_failure
 from jobd.config import AlertsConfig, JobConfig
 from jobd.models import Run, RunStatus, TriggerSource
+from jobd.store import JobState
 
 JOB = JobConfig(name="backup", command=("backup.sh",), alert_after_failures=3)
+
+
+def streak(job: JobConfig, failures: int) -> JobState:
+    """The job's state after a run: its current run of consecutive failures."""
+    return JobState(job.name, consecutive_failures=failures)
 
 
 def make_run(run_id: int, status: RunStatus = RunStatus.FAILED, **fields: Any) -> Run:
@@ -85,7 +91,7 @@ def events(capture: LogCapture, name: str) -> list[dict[str, Any]]:
 
 def fail_streak(alerter: Alerter, first_id: int, count: int, job: JobConfig = JOB) -> None:
     for n in range(1, count + 1):
-        alerter.run_finished(job, make_run(first_id + n - 1, job=job.name), n, n - 1)
+        alerter.run_finished(job, make_run(first_id + n - 1, job=job.name), streak(job, n), n - 1)
 
 
 async def test_alert_is_sent_once_when_the_threshold_is_reached(receiver: Receiver, make_alerter: MakeAlerter) -> None:
@@ -110,7 +116,7 @@ async def test_recovery_follows_an_alert(receiver: Receiver, make_alerter: MakeA
     alerter, capture = await make_alerter(receiver.url)
     fail_streak(alerter, 40, 3)
     assert (await receiver.next())["kind"] == "failure"
-    alerter.run_finished(JOB, make_run(43, RunStatus.COMPLETED), 0, 3)
+    alerter.run_finished(JOB, make_run(43, RunStatus.COMPLETED), streak(JOB, 0), 3)
     assert await receiver.next() == {
         "kind": "recovery",
         "job": "backup",
@@ -127,7 +133,7 @@ async def test_recovery_follows_an_alert(receiver: Receiver, make_alerter: MakeA
 
 async def test_partial_run_counts_as_recovery(receiver: Receiver, make_alerter: MakeAlerter) -> None:
     alerter, _ = await make_alerter(receiver.url)
-    alerter.run_finished(JOB, make_run(50, RunStatus.PARTIAL), 0, 7)
+    alerter.run_finished(JOB, make_run(50, RunStatus.PARTIAL), streak(JOB, 0), 7)
     body = await receiver.next()
     assert (body["kind"], body["text"]) == ("recovery", "jobd: job 'backup' recovered (run 50 partial)")
 
@@ -135,8 +141,8 @@ async def test_partial_run_counts_as_recovery(receiver: Receiver, make_alerter: 
 async def test_no_messages_below_the_threshold(receiver: Receiver, make_alerter: MakeAlerter) -> None:
     alerter, capture = await make_alerter(receiver.url)
     fail_streak(alerter, 1, 2)
-    alerter.run_finished(JOB, make_run(3, RunStatus.COMPLETED), 0, 2)
-    alerter.run_finished(JOB, make_run(4, RunStatus.CANCELLED), 0, 0)
+    alerter.run_finished(JOB, make_run(3, RunStatus.COMPLETED), streak(JOB, 0), 2)
+    alerter.run_finished(JOB, make_run(4, RunStatus.CANCELLED), streak(JOB, 0), 0)
     await alerter.close()
     assert receiver.bodies == []
     assert events(capture, "job_alert") == [] and events(capture, "job_recovered") == []
@@ -145,7 +151,8 @@ async def test_no_messages_below_the_threshold(receiver: Receiver, make_alerter:
 async def test_threshold_is_per_job(receiver: Receiver, make_alerter: MakeAlerter) -> None:
     touchy = JobConfig(name="touchy", command=("x",), alert_after_failures=1)
     alerter, _ = await make_alerter(receiver.url)
-    alerter.run_finished(touchy, make_run(7, job="touchy", exit_code=None, error="timed out after 5 s"), 1, 0)
+    timed_out = make_run(7, job="touchy", exit_code=None, error="timed out after 5 s")
+    alerter.run_finished(touchy, timed_out, streak(touchy, 1), 0)
     body = await receiver.next()
     assert body["text"] == "jobd: job 'touchy' failed (run 7: timed out after 5 s)"
 
@@ -176,7 +183,7 @@ async def test_receiver_down_never_blocks_or_raises(make_alerter: MakeAlerter) -
         closed.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
         alerter, capture = await make_alerter(f"http://127.0.0.1:{closed.getsockname()[1]}/hook", retries=2)
         fail_streak(alerter, 1, 3)
-        alerter.run_finished(JOB, make_run(4, RunStatus.COMPLETED), 0, 3)
+        alerter.run_finished(JOB, make_run(4, RunStatus.COMPLETED), streak(JOB, 0), 3)
         await asyncio.wait_for(alerter.close(), 5.0)
     assert (alerter.sent, alerter.failed) == (0, 2)
     attempts = [entry["attempts"] for entry in events(capture, "alert_webhook_failed")]
@@ -208,7 +215,7 @@ async def test_in_flight_deliveries_are_bounded(receiver: Receiver, make_alerter
 async def test_without_webhook_only_logs(receiver: Receiver, make_alerter: MakeAlerter) -> None:
     alerter, capture = await make_alerter(None)
     fail_streak(alerter, 1, 3)
-    alerter.run_finished(JOB, make_run(4, RunStatus.COMPLETED), 0, 3)
+    alerter.run_finished(JOB, make_run(4, RunStatus.COMPLETED), streak(JOB, 0), 3)
     await alerter.close()
     assert [e["event"] for e in capture.entries] == ["job_alert", "job_recovered"]
     assert (alerter.sent, alerter.failed) == (0, 0)
@@ -240,3 +247,27 @@ async def test_not_started_or_closed_alerter_logs_and_skips(receiver: Receiver) 
 )
 def test_describe_failure(fields: dict[str, Any], expected: str) -> None:
     assert describe_failure(make_run(9, **fields)) == expected
+
+
+async def test_a_daemon_alerts_on_a_failure_streak_and_its_end(receiver: Receiver, start_daemon: Any,
+                                                               tmp_path: Any) -> None:
+    flag = tmp_path / "healthy"
+    h = await start_daemon({"flaky": {"shell": f"test -e {flag} || {{ echo 'disk full' >&2; exit 1; }}",
+                                      "alert_after_failures": 2}},
+                           alerts={"webhook_url": receiver.url, "webhook_retries": 0})
+    first = await h.trigger("flaky")
+    await h.finished(first["id"])
+    second = await h.trigger("flaky")
+    await h.finished(second["id"])
+    alert = await receiver.next()
+    assert alert == {"kind": "failure", "job": "flaky", "run_id": second["id"], "error": "exit code 1: disk full",
+                     "consecutive_failures": 2,
+                     "text": f"jobd: job 'flaky' failed 2 times in a row (last: run {second['id']}: exit code 1: "
+                             "disk full)"}
+    flag.touch()
+    healed = await h.trigger("flaky")
+    await h.finished(healed["id"])
+    recovery = await receiver.next()
+    assert recovery["kind"] == "recovery" and recovery["run_id"] == healed["id"]
+    assert recovery["previous_failures"] == 2 and "recovered" in recovery["text"]
+    assert len(receiver.bodies) == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from jobd.models import Run, RunStatus, TriggerSource
@@ -46,6 +46,15 @@ class IdempotencyKey:
     key: str
     run_id: int
     created_at: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeletedRuns:
+    """One batch of retention: the runs deleted (their log files are the caller's), and where the
+    next batch starts (None once every candidate has been looked at)."""
+
+    deleted: list[tuple[int, RunStatus]]
+    cursor: tuple[int, int] | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +152,7 @@ class Store(Protocol):
 
     async def job_states(self) -> dict[str, JobState]: ...
 
-    async def delete_runs(self, *, finished_before: int, statuses: Sequence[RunStatus], limit: int) -> list[int]: ...
+    async def delete_runs(self, *, cutoffs: Mapping[RunStatus, int], limit: int,
+                          after: tuple[int, int] | None = None) -> DeletedRuns: ...
 
-    async def delete_idempotency_keys(self, *, created_before: int) -> None: ...
+    async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int: ...

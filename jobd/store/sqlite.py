@@ -16,14 +16,14 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
-from jobd.store.base import IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked
+from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked
 from jobd.store.migrations import migrate
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
 
@@ -437,20 +437,43 @@ class SQLiteStore:
             row[0]: JobState(row[0], bool(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows
         }
 
-    async def delete_runs(self, *, finished_before: int, statuses: Sequence[RunStatus], limit: int) -> list[int]:
-        """Delete up to `limit` finished runs; returns their ids (their log files are the caller's)."""
-        marks = ", ".join("?" * len(statuses))
+    async def delete_runs(self, *, cutoffs: Mapping[RunStatus, int], limit: int,
+                          after: tuple[int, int] | None = None) -> DeletedRuns:
+        """Delete finished runs older than their status's cutoff (finished_at < cutoff), looking at
+        up to `limit` candidates in (finished_at, id) order from `after` on.
+
+        The newest run is kept, so ids never repeat after a restart, and so is each job's last run.
+        """
+        if not cutoffs:
+            return DeletedRuns([], None)
+        start_at, start_id = after if after is not None else (-1, -1)
+        # Walking the finished_at index up to the latest cutoff; runs kept longer are passed over
+        # once, by the cursor, not read again by every batch.
         rows = await self._fetchall(
-            f"SELECT id FROM runs WHERE status IN ({marks}) AND finished_at < ? ORDER BY id LIMIT ?",
-            [*(s.value for s in statuses), finished_before, limit],
+            "SELECT id, status, finished_at, "
+            "id = (SELECT MAX(id) FROM runs) "
+            "OR id IN (SELECT last_run_id FROM job_state WHERE last_run_id IS NOT NULL) "
+            "FROM runs WHERE finished_at >= ? AND finished_at < ? AND NOT (finished_at = ? AND id <= ?) "
+            "ORDER BY finished_at, id LIMIT ?",
+            [start_at, max(cutoffs.values()), start_at, start_id, limit],
         )
-        ids = [int(row[0]) for row in rows]
-        if ids:
+        doomed = [
+            (int(run_id), RunStatus(status))
+            for run_id, status, finished_at, kept in rows
+            if not kept and finished_at < cutoffs.get(RunStatus(status), -1)
+        ]
+        if doomed:
             async with self._transaction() as db:
-                await db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
-        return ids
+                await db.executemany("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id, _ in doomed])
+        cursor = (int(rows[-1][2]), int(rows[-1][0])) if len(rows) == limit else None
+        return DeletedRuns(doomed, cursor)
 
-    async def delete_idempotency_keys(self, *, created_before: int) -> None:
+    async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int:
+        """Delete up to `limit` keys created before `created_before`; returns how many went."""
         async with self._transaction() as db:
-            await db.execute("DELETE FROM idempotency WHERE created_at < ?", (created_before,))
-
+            cursor = await db.execute(
+                "DELETE FROM idempotency WHERE rowid IN "
+                "(SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
+                (created_before, limit),
+            )
+            return max(0, cursor.rowcount)

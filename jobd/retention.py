@@ -1,0 +1,139 @@
+"""Retention: the daily clean-up of old runs, their log files and expired idempotency keys.
+
+Finished runs older than `[retention] days` (FAILED ones: `failed_days`; 0 keeps them for ever)
+are deleted in small batches, each its own short transaction with a pause after it, so API reads
+and the commits of running jobs never wait long behind the clean-up. Job state (consecutive
+failures, last fire, paused) lives in its own table and is never touched; the newest run and each
+job's last run are kept (see `Store.delete_runs`). The rollups behind the statistics follow the
+deletions, so statistics cover the runs that are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from jobd.config import RetentionConfig
+from jobd.models import RunStatus, now_ms
+from jobd.runs import IDEMPOTENCY_WINDOW_MS, RunService
+from jobd.store import Store
+from jobd.workers import log_path
+
+DAY_MS = 86_400_000
+# After each batch: lets queued commits and reads through, and keeps the clean-up's I/O share small.
+BATCH_PAUSE_S = 0.05
+KEPT_LONGER = (RunStatus.COMPLETED, RunStatus.PARTIAL, RunStatus.CANCELLED)
+
+
+@dataclasses.dataclass(slots=True)
+class SweepResult:
+    runs: Counter[RunStatus] = dataclasses.field(default_factory=Counter)
+    logs: int = 0
+    keys: int = 0
+    batches: int = 0
+
+
+class Retention:
+    def __init__(
+        self,
+        config: RetentionConfig,
+        *,
+        store: Store,
+        runs: RunService,
+        logs_dir: Path,
+        clock: Callable[[], int] = now_ms,
+        pause_s: float = BATCH_PAUSE_S,
+        log: Any = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.runs = runs
+        self.logs_dir = logs_dir
+        self.clock = clock
+        self.pause_s = pause_s
+        self.log = log or structlog.get_logger("jobd.retention")
+        self.sweeps = 0  # clean-ups done
+
+    def cutoffs(self, now: int) -> dict[RunStatus, int]:
+        """Per status, the finish time before which a run is deleted; statuses kept for ever are absent."""
+        cutoffs: dict[RunStatus, int] = {}
+        if self.config.days > 0:
+            cutoffs.update(dict.fromkeys(KEPT_LONGER, now - round(self.config.days * DAY_MS)))
+        if self.config.failed_days > 0:
+            cutoffs[RunStatus.FAILED] = now - round(self.config.failed_days * DAY_MS)
+        return cutoffs
+
+    async def run(self) -> None:
+        """The first clean-up shortly after start, then one every `interval_s` (a day)."""
+        await asyncio.sleep(self.config.first_delay_s)
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # a failed clean-up is tried again next time; jobd carries on
+                self.log.exception("retention_failed")
+            await asyncio.sleep(self.config.interval_s)
+
+    async def sweep(self) -> SweepResult:
+        started = asyncio.get_running_loop().time()
+        now = self.clock()
+        result = SweepResult()
+        cutoffs = self.cutoffs(now)
+        cursor: tuple[int, int] | None = None
+        while cutoffs:
+            batch = await self.store.delete_runs(cutoffs=cutoffs, limit=self.config.batch_size, after=cursor)
+            result.batches += 1
+            if batch.deleted:
+                self.runs.forget(status for _, status in batch.deleted)
+                result.runs.update(status for _, status in batch.deleted)
+                result.logs += await self._remove_logs(run_id for run_id, _ in batch.deleted)
+            if batch.cursor is None:
+                break
+            cursor = batch.cursor
+            await asyncio.sleep(self.pause_s)
+        while True:
+            deleted = await self.store.delete_idempotency_keys(created_before=now - IDEMPOTENCY_WINDOW_MS,
+                                                               limit=self.config.batch_size)
+            result.keys += deleted
+            if deleted < self.config.batch_size:
+                break
+            await asyncio.sleep(self.pause_s)
+        self.sweeps += 1
+        self.log.info("retention_sweep", runs_deleted=sum(result.runs.values()),
+                      by_status={s.value: n for s, n in result.runs.items()}, logs_deleted=result.logs,
+                      keys_deleted=result.keys, batches=result.batches,
+                      duration_ms=round((asyncio.get_running_loop().time() - started) * 1000))
+        return result
+
+    async def _remove_logs(self, run_ids: Iterable[int]) -> int:
+        paths = [log_path(self.logs_dir, run_id) for run_id in run_ids]
+        removed, errors = await asyncio.to_thread(_unlink_all, paths)
+        if errors:
+            self.log.warning("retention_log_not_deleted", count=len(errors), first=errors[0])
+        # Emptied folders go on the loop's thread: a run starting its log in one (RunLog creates
+        # the folder, then the file, on this thread) cannot have it removed in between.
+        for folder in {path.parent for path in paths}:
+            try:
+                folder.rmdir()
+            except OSError:  # still holds logs of runs that are kept, or already gone
+                pass
+        return removed
+
+
+def _unlink_all(paths: list[Path]) -> tuple[int, list[str]]:
+    removed, errors = 0, []
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:  # a run that printed nothing has no log file
+            pass
+        except OSError as exc:
+            errors.append(f"{path}: {exc.strerror or exc}")
+    return removed, errors
