@@ -290,6 +290,9 @@ async def serve(config: Config, *, log: Any = None) -> int:
         deadline.arm(workers.shutdown_grace_s + workers.kill_grace_s + STOP_SLACK_S)
 
     def on_reload_signal() -> None:
+        if daemon.stopping:  # after STOPPING=1 systemd must not see READY=1 again
+            daemon.log.warning("reload_ignored", reason="jobd is stopping")
+            return
         daemon.notifier.reloading()
         daemon.reload()
         daemon.notifier.ready(daemon.status_line())
