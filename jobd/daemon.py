@@ -250,7 +250,7 @@ class Daemon:
         ignored = [field.name for field in dataclasses.fields(Config) if field.name not in ("jobs", "source")
                    and getattr(new, field.name) != getattr(self.config, field.name)]
         self.config = dataclasses.replace(self.config, jobs=new.jobs)
-        self.runs.jobs = dict(new.jobs)
+        self.runs.reconfigure(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)
         self.log.info("config_reloaded", jobs=len(new.jobs))
