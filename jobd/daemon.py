@@ -263,7 +263,7 @@ class Daemon:
         ignored = [field.name for field in dataclasses.fields(Config) if field.name not in ("jobs", "source")
                    and getattr(new, field.name) != getattr(self.config, field.name)]
         self.config = dataclasses.replace(self.config, jobs=new.jobs)
-        self.runs.jobs = dict(new.jobs)
+        self.runs.reconfigure(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)
         self.log.info("config_reloaded", jobs=len(new.jobs))
@@ -303,6 +303,9 @@ async def serve(config: Config, *, log: Any = None) -> int:
         deadline.arm(workers.shutdown_grace_s + workers.kill_grace_s + STOP_SLACK_S)
 
     def on_reload_signal() -> None:
+        if daemon.stopping:  # after STOPPING=1 systemd must not see READY=1 again
+            daemon.log.warning("reload_ignored", reason="jobd is stopping")
+            return
         daemon.notifier.reloading()
         daemon.reload()
         daemon.notifier.ready(daemon.status_line())

@@ -109,13 +109,40 @@ class RunService:
             job = self.jobs.get(run.job)
             if job is None:
                 self._track(run)
-                await self._finish(run, RunStatus.FAILED, error=f"job {run.job!r} is no longer configured")
+                await self._finish(run, RunStatus.FAILED, error=no_longer_configured(run.job))
             elif run.status is RunStatus.PROCESSING:
                 self._track(run)
                 await self.interrupt(run, on_interrupted)
             else:
                 self._track(run)
                 self._schedule(run)
+
+    def reconfigure(self, jobs: Mapping[str, JobConfig]) -> None:
+        """New job definitions (a reload). Runs not started yet follow them: those of a removed job
+        that wait (for a slot, or out a retry's backoff) fail at once rather than wait for ever,
+        and a raised concurrency limit lets waiting runs start now."""
+        self.jobs = dict(jobs)
+        for run_id, timer in list(self._timers.items()):
+            run = self.active.get(run_id)
+            if run is not None and run.job not in self.jobs:
+                timer.cancel()
+                del self._timers[run_id]
+                self._fail_unconfigured(run)
+        for name in list(self._waiting):
+            waiting = self._waiting[name]
+            job = self.jobs.get(name)
+            while waiting and (job is None or self._slots_used[name] < self.slot_limit(job)):
+                run = waiting.popleft()
+                if job is None:
+                    self._fail_unconfigured(run)
+                elif run.status is RunStatus.PENDING:
+                    self._schedule(run)
+            if not waiting:
+                self._waiting.pop(name, None)
+
+    def _fail_unconfigured(self, run: Run) -> None:
+        if run.status is RunStatus.PENDING and run.id not in self._finishing:
+            self._finish(run, RunStatus.FAILED, error=no_longer_configured(run.job))
 
     # -- creating runs ---------------------------------------------------------------------------
 
@@ -292,7 +319,10 @@ class RunService:
             self._timers[run.id] = loop.call_later(delay_ms / 1000, self._timer_fired, run)
             return
         job = self.jobs.get(run.job)
-        if job is None or self._slots_used[run.job] >= self.slot_limit(job):
+        if job is None:  # removed by a reload while the run waited
+            self._fail_unconfigured(run)
+            return
+        if self._slots_used[run.job] >= self.slot_limit(job):
             self._waiting[run.job].append(run)
             return
         self._slots_used[run.job] += 1
@@ -640,6 +670,10 @@ class RunService:
             "workers": {"busy": self.processing_count, "total": workers_total},
             "oldest_pending_age_s": None if oldest is None else round((self.clock() - oldest) / 1000, 3),
         }
+
+
+def no_longer_configured(job: str) -> str:
+    return f"job {job!r} is no longer configured"
 
 
 def status_update(run: Run) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import structlog
 
 from jobd import runner
 from jobd.models import Run, RunStatus
-from jobd.runs import RunService
+from jobd.runs import RunService, no_longer_configured
 
 INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
 
@@ -114,7 +114,7 @@ class WorkerPool:
             return  # cancelled while it waited in the queue
         job = self.runs.jobs.get(run.job)
         if job is None:
-            self.runs.finish(run, RunStatus.FAILED, error=f"job {run.job!r} is no longer configured")
+            self.runs.finish(run, RunStatus.FAILED, error=no_longer_configured(run.job))
             return
         self.runs.start(run)
         if run.id in self.runs.cancel_requested:

@@ -21,9 +21,12 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None,
+                 listen: socket.socket | None = None) -> None:
+        """`listen`: a listening socket handed over as systemd's socket activation does (fd 3)."""
         self.config_path = config_path
         self.env = {**os.environ, **(env or {})}
+        self.listen = listen
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: deque[dict[str, Any]] = deque(maxlen=5000)
         self.url = ""
@@ -32,10 +35,19 @@ class DaemonProcess:
 
     async def start(self, timeout: float = 20.0) -> str:
         self._listening = asyncio.get_running_loop().create_future()
+        argv = [sys.executable, "-m", "jobd", "serve", "-c", str(self.config_path), "--log-format", "json"]
+        pass_fds: tuple[int, ...] = ()
+        if self.listen is not None:
+            # As systemd does it: the socket becomes fd 3, LISTEN_PID names the process that execs jobd.
+            fd = self.listen.fileno()
+            handover = (f"import os, sys; os.dup2({fd}, 3); os.close({fd}); "
+                        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+                        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+            argv = [sys.executable, "-c", handover, *argv[1:]]
+            pass_fds = (fd,)
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "jobd", "serve", "-c", str(self.config_path), "--log-format", "json",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            env=self.env,
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env=self.env, pass_fds=pass_fds,
         )
         self._reader = asyncio.create_task(self._read())
         async with asyncio.timeout(timeout):

@@ -46,8 +46,8 @@ def write_config(path: Path, *, workers: str, jobs: str, extra: str = "") -> Pat
 async def daemons() -> AsyncIterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def make(path: Path, env: dict[str, str] | None = None) -> DaemonProcess:
-        process = DaemonProcess(path, env={**ENV, **(env or {})})
+    def make(path: Path, env: dict[str, str] | None = None, **options: Any) -> DaemonProcess:
+        process = DaemonProcess(path, env={**ENV, **(env or {})}, **options)
         started.append(process)
         return process
 
@@ -316,8 +316,12 @@ command = ["true"]
     workers = "shutdown_grace_s = 30\nkill_grace_s = 1"
     config = write_config(tmp_path / "jobd.toml", workers=workers, jobs=jobs, extra=extra)
     history = await seed_history(config)
-    daemon = daemons(config)
-    url = await daemon.start()
+    # Socket activation: jobd serves on the socket it is handed instead of binding its own.
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # closed here once jobd has its copy
+        port = listener.getsockname()[1]
+        daemon = daemons(config, listen=listener)
+        url = await daemon.start()
+    assert url == f"http://127.0.0.1:{port}" and daemon.events("jobd_listening")[0]["url"] == "socket activation"
     async with aiohttp.ClientSession() as http:
         api = Api(http, url)
         # Retention, first pass right after start: old runs and their logs go, the job state stays.
@@ -385,6 +389,8 @@ command = ["true"]
         started = asyncio.get_running_loop().time()
         daemon.signal(signal.SIGTERM)
         await wait_for(lambda: daemon.events("jobd_draining"))
+        daemon.signal(signal.SIGHUP)  # too late for a reload
+        await wait_for(lambda: daemon.events("reload_ignored"))
         daemon.signal(signal.SIGTERM)
         rest = await stream.rest(timeout=20)
         assert [m.data["status"] for m in rest if m.type == "status_update"][-1] == "FAILED"
