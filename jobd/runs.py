@@ -406,10 +406,11 @@ class RunService:
         retry = None
         job = self.jobs.get(run.job)
         if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts and self.accepting:
-            retry = self._retry_run(run, job, delay_s=self._backoff_s(job, run.attempt))
+            retry = self._retry_run(run, job, delay_s=self.backoff_s(job, run.attempt))
         return self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
 
-    def _backoff_s(self, job: JobConfig, attempt: int) -> float:
+    def backoff_s(self, job: JobConfig, attempt: int) -> float:
+        """How long the retry after failed attempt `attempt` waits: exponential, ±20 % jitter, at most a day."""
         base = job.retry_backoff_s * (2 ** (attempt - 1))
         return min(MAX_BACKOFF_S, base * self.rng.uniform(0.8, 1.2))
 
@@ -445,9 +446,9 @@ class RunService:
         commit: the terminal state is written from a copy and shown (in `active`, in events)
         only once committed, so no reader ever sees a finished run that a crash could undo."""
         previous_status = run.status
-        self._finishing.add(run.id)
         final = run.copy()
-        self._transition(final, status)
+        self._transition(final, status)  # raises for a run that has already finished: nothing changes
+        self._finishing.add(run.id)
         final.finished_at = final.updated_at  # a run that never started keeps started_at (and duration) null
         if error is not None:
             final.error = error
