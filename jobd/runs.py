@@ -102,8 +102,9 @@ class RunService:
         self.status_totals = Counter(await self.store.count_by_status())
         last_ids = [s.last_run_id for s in self.job_states.values() if s.last_run_id is not None]
         for run in await self.store.get_runs(last_ids):
-            self.last_runs[run.job] = run
+            self._note_last(run)
         for run in await self.store.active_runs():
+            self._note_last(run)  # created after the job's last finished run
             job = self.jobs.get(run.job)
             if job is None:
                 self._track(run)
@@ -246,7 +247,7 @@ class RunService:
             raise
         for run in runs:
             self.status_totals[RunStatus.PENDING] += 1
-            self.last_runs[run.job] = run
+            self._note_last(run)
             self._publish(run)
             self._schedule(run)
 
@@ -464,7 +465,7 @@ class RunService:
             state.consecutive_failures += 1
         elif status is not RunStatus.CANCELLED:
             state.consecutive_failures = 0
-        state.last_run_id = run.id if retry is None else retry.id
+        state.last_run_id = max((retry or run).id, state.last_run_id or 0)  # a newer run may have started meanwhile
         rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
@@ -509,7 +510,7 @@ class RunService:
         timer = self._timers.pop(run.id, None)
         if timer is not None:
             timer.cancel()
-        self.last_runs[run.job] = retry or run
+        self._note_last(retry or run)
         self._publish(run)
         for waiter in self._finish_waiters.pop(run.id, ()):
             if not waiter.done():
@@ -531,6 +532,12 @@ class RunService:
                     hook(job, run, state, previous_failures)
                 except Exception:  # a hook (metrics, alerts) must never fail a run
                     log.exception("finished_hook_failed")
+
+    def _note_last(self, run: Run) -> None:
+        """Remember the job's most recent run: the newest one, not the one that finished last."""
+        current = self.last_runs.get(run.job)
+        if current is None or current.id <= run.id:
+            self.last_runs[run.job] = run
 
     def _drop_waiting(self, run: Run) -> None:
         waiting = self._waiting.get(run.job)

@@ -180,15 +180,32 @@ async def test_list_filters_pagination_and_statistics(start_daemon):
     assert future["runs"] == []
 
 
-async def test_last_run(start_daemon):
-    h = await start_daemon({"noop": {**NOOP, "overlap": "allow"}})
-    await h.get_json("/api/v1/runs/last?job=noop", expect=404)
+async def test_last_run_is_the_newest_run_not_the_last_to_finish(start_daemon, make_config):
+    jobs = {"later": {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 5},
+            "blocker": {"handler": "sample_jobs:sleepy", "on_interrupt": "fail"}}
+    h = await start_daemon(jobs)
+    await h.get_json("/api/v1/runs/last?job=later", expect=404)
     await h.get_json("/api/v1/runs/last", expect=400)
-    a = await h.trigger("noop")
-    b = await h.trigger("noop")
-    await h.finished(b["id"])
-    last = await h.get_json("/api/v1/runs/last?job=noop")
-    assert last["run"]["id"] == b["id"] != a["id"]
+    slow = await h.trigger("later", {"seconds": 30})
+    quick = await h.trigger("later", {"seconds": 0})
+    await h.finished(quick["id"])
+    assert (await h.get_json("/api/v1/runs/last?job=later"))["run"]["id"] == quick["id"]
+    newest = await h.trigger("later", {"seconds": 30})
+    await h.client.post(f"/api/v1/runs/{slow['id']}/cancel")  # an older run that ends after the newest began
+    assert (await h.get_json("/api/v1/runs/last?job=later"))["run"]["id"] == newest["id"]
+    assert (await h.get_json("/api/v1/jobs/later"))["job"]["last_run"]["id"] == newest["id"]
+    # After a restart too, where the newest run is one left PENDING (behind a busy worker).
+    await h.client.post(f"/api/v1/runs/{newest['id']}/cancel")
+    await h.client.close()
+    h = await start_daemon(config=make_config(jobs, workers={"concurrency": 1}))
+    await h.trigger("blocker", {"seconds": 30})
+    await wait_for(lambda: h.daemon.pool.busy == 1)
+    waiting = await h.trigger("later", {"seconds": 30})
+    await h.client.close()
+    h = await start_daemon(config=make_config(jobs))
+    last = (await h.get_json("/api/v1/runs/last?job=later"))["run"]
+    assert last["id"] == waiting["id"]
+    assert (await h.get_json("/api/v1/jobs/later"))["job"]["last_run"]["id"] == waiting["id"]
 
 
 async def test_cancel_pending_and_running(start_daemon):
