@@ -85,7 +85,9 @@ async def test_malformed_json_and_wrong_types_are_400(start_daemon):
         assert (await response.json())["status"] == 400
     nested = {"x": [[[[{"y": [1, 2, {"z": None}]}]]]]}
     assert (await h.trigger("noop", nested))["params"] == nested
-    for query in ("limit=0", "limit=501", "limit=abc", "status=DONE", "since=yesterday", "triggered_by=robot"):
+    for query in ("limit=0", "limit=501", "limit=abc", "limit=-1", "limit=1e3", "limit=%EF%BC%95", "offset=%D9%A3",
+                  "offset=-5", "limit=" + "9" * 5000, "status=DONE", "since=yesterday", "triggered_by=robot",
+                  "cursor=!!!"):
         response = await h.client.get(f"/api/v1/runs?{query}")
         assert response.status == 400, query
         assert response.content_type == "application/problem+json"
