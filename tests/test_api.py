@@ -8,6 +8,7 @@ import re
 import sqlite3
 
 import pytest
+import sample_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
 
 from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
@@ -186,6 +187,12 @@ async def test_list_filters_pagination_and_statistics(start_daemon):
     assert (await h.get_json("/api/v1/runs?triggered_by=cron"))["pagination"]["total"] == 0
     future = await h.get_json("/api/v1/runs?since=2999-01-01T00:00:00Z")
     assert future["runs"] == []
+    middle = (await h.get_json(f"/api/v1/runs/{ids[3]}"))["run"]["created_at"]
+    before = await h.get_json(f"/api/v1/runs?until={middle}&limit=500")
+    after = await h.get_json(f"/api/v1/runs?since={middle}&limit=500")
+    assert {r["id"] for r in before["runs"]} | {r["id"] for r in after["runs"]} == set(ids)
+    assert all(r["created_at"] < middle for r in before["runs"]) and ids[3] in {r["id"] for r in after["runs"]}
+    assert before["pagination"]["total"] == len(before["runs"])
 
 
 async def test_last_run_is_the_newest_run_not_the_last_to_finish(start_daemon, make_config):
@@ -277,6 +284,18 @@ async def test_failed_run_is_retried_with_exponential_backoff(start_daemon):
     waits = [h.daemon.runs.backoff_s(job, 1) for _ in range(200)]
     assert 0.16 <= min(waits) < 0.18 and 0.22 < max(waits) <= 0.24
     assert h.daemon.runs.backoff_s(job, 40) == 86400
+
+
+async def test_workers_take_runs_in_the_order_they_were_accepted(start_daemon):
+    record = {"handler": "sample_jobs:record", "overlap": "allow", "max_concurrency": 10}
+    h = await start_daemon({"a": record, "b": record}, workers={"concurrency": 1})
+    sample_jobs.started_order.clear()
+    triggers = [h.trigger("ab"[i % 2], {"i": i}) for i in range(8)]
+    ids = [run["id"] for run in await asyncio.gather(*triggers)]
+    for run_id in ids:
+        await h.finished(run_id)
+    by_id = [run["params"]["i"] for run in sorted((await h.get_json("/api/v1/runs"))["runs"], key=lambda r: r["id"])]
+    assert sample_jobs.started_order == by_id  # started in the order they were accepted (their ids)
 
 
 async def test_max_concurrency_is_honoured(start_daemon):
@@ -413,10 +432,14 @@ async def test_batch_trigger(start_daemon):
 
 async def test_request_id_is_echoed(start_daemon):
     h = await start_daemon({})
-    response = await h.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
-    assert response.headers["X-Request-ID"] == "abc-123"
+    for given in ("abc-123", "4bf92f3577b34da6a3ce929d0e0e4736", "trace/span+b64==", "{8f0e}"):
+        response = await h.client.get("/healthz", headers={"X-Request-ID": given})
+        assert response.headers["X-Request-ID"] == given
     response = await h.client.get("/healthz")
     assert len(response.headers["X-Request-ID"]) == 32
+    for odd in ("has spaces", "x" * 201, "caf\u00e9"):  # replaced by an id of jobd's own
+        response = await h.client.get("/healthz", headers={"X-Request-ID": odd.encode().decode("latin-1")})
+        assert len(response.headers["X-Request-ID"]) == 32
 
 
 async def test_sync_handler_runs_in_a_thread_and_timeouts_fail_the_run(start_daemon):
