@@ -37,6 +37,8 @@ from jobd.models import (
 from jobd.store import IdempotencyKey, JobState, RunFilter, Store
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+# Expired keys are deleted at most this often, so the table holds about a day of keys.
+IDEMPOTENCY_PRUNE_MS = 3600 * 1000
 MAX_BACKOFF_S = 24 * 3600.0
 FinishedHook = Callable[[JobConfig, Run, JobState, int], None]
 
@@ -93,6 +95,7 @@ class RunService:
         # Runs whose PROCESSING commit is in flight → whether they changed since (see start()).
         self._unannounced: dict[int, bool] = {}
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[Run]] = {}
+        self._keys_pruned_at: int | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -104,8 +107,9 @@ class RunService:
         self.status_totals = Counter(await self.store.count_by_status())
         last_ids = [s.last_run_id for s in self.job_states.values() if s.last_run_id is not None]
         for run in await self.store.get_runs(last_ids):
-            self.last_runs[run.job] = run
+            self._note_last(run)
         for run in await self.store.active_runs():
+            self._note_last(run)  # created after the job's last finished run
             job = self.jobs.get(run.job)
             if job is None:
                 self._track(run)
@@ -229,6 +233,7 @@ class RunService:
                                           scheduled_for=scheduled_for)
                 await self.store.write(keys=[IdempotencyKey(job.name, submission.idempotency_key, run.id,
                                                             run.created_at)])
+                await self._prune_keys(run.created_at)
             future.set_result(run)
             return run
         except BaseException as exc:
@@ -237,6 +242,16 @@ class RunService:
             raise
         finally:
             del self._keys_in_flight[token]
+
+    async def _prune_keys(self, now: int) -> None:
+        if self._keys_pruned_at is not None and now - self._keys_pruned_at < IDEMPOTENCY_PRUNE_MS:
+            return
+        self._keys_pruned_at = now
+        try:
+            await self.store.delete_idempotency_keys(created_before=now - IDEMPOTENCY_WINDOW_MS)
+        except Exception:  # the run is accepted already; the next keyed trigger tries again
+            self._keys_pruned_at = None
+            self.log.exception("idempotency_prune_failed")
 
     async def _admit(self, job: JobConfig, policy: str, count: int) -> None:
         """Apply the overlap policy to `count` new runs of `job`."""
@@ -275,7 +290,7 @@ class RunService:
             raise
         for run in runs:
             self.status_totals[RunStatus.PENDING] += 1
-            self.last_runs[run.job] = run
+            self._note_last(run)
             self._publish(run)
             self._schedule(run)
 
@@ -439,10 +454,11 @@ class RunService:
         job = self.jobs.get(run.job)
         # Also while jobd stops: the retry then waits, PENDING in the store, for the next start.
         if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts:
-            retry = self._retry_run(run, job, delay_s=self._backoff_s(job, run.attempt))
+            retry = self._retry_run(run, job, delay_s=self.backoff_s(job, run.attempt))
         return self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
 
-    def _backoff_s(self, job: JobConfig, attempt: int) -> float:
+    def backoff_s(self, job: JobConfig, attempt: int) -> float:
+        """How long the retry after failed attempt `attempt` waits: exponential, ±20 % jitter, at most a day."""
         base = job.retry_backoff_s * (2 ** (attempt - 1))
         return min(MAX_BACKOFF_S, base * self.rng.uniform(0.8, 1.2))
 
@@ -478,10 +494,10 @@ class RunService:
         commit: the terminal state is written from a copy and shown (in `active`, in events)
         only once committed, so no reader ever sees a finished run that a crash could undo."""
         previous_status = run.status
+        final = run.copy()
+        self._transition(final, status)  # raises for a run that has already finished: nothing changes
         self._finishing.add(run.id)
         self._settled.clear()
-        final = run.copy()
-        self._transition(final, status)
         final.finished_at = final.updated_at  # a run that never started keeps started_at (and duration) null
         if error is not None:
             final.error = error
@@ -497,7 +513,7 @@ class RunService:
             state.consecutive_failures += 1
         elif status is not RunStatus.CANCELLED:
             state.consecutive_failures = 0
-        state.last_run_id = run.id if retry is None else retry.id
+        state.last_run_id = max((retry or run).id, state.last_run_id or 0)  # a newer run may have started meanwhile
         rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
@@ -544,7 +560,7 @@ class RunService:
         timer = self._timers.pop(run.id, None)
         if timer is not None:
             timer.cancel()
-        self.last_runs[run.job] = retry or run
+        self._note_last(retry or run)
         self._publish(run)
         for waiter in self._finish_waiters.pop(run.id, ()):
             if not waiter.done():
@@ -566,6 +582,12 @@ class RunService:
                     hook(job, run, state, previous_failures)
                 except Exception:  # a hook (metrics, alerts) must never fail a run
                     log.exception("finished_hook_failed")
+
+    def _note_last(self, run: Run) -> None:
+        """Remember the job's most recent run: the newest one, not the one that finished last."""
+        current = self.last_runs.get(run.job)
+        if current is None or current.id <= run.id:
+            self.last_runs[run.job] = run
 
     def _drop_waiting(self, run: Run) -> None:
         waiting = self._waiting.get(run.job)

@@ -27,3 +27,11 @@ async def partial(ctx: Any, params: dict[str, Any]) -> None:
 def blocking(ctx: Any, params: dict[str, Any]) -> int:
     ctx.progress(50, "half way")
     return 42
+
+
+started_order: list[Any] = []
+
+
+async def record(ctx: Any, params: dict[str, Any]) -> None:
+    """Notes the order in which runs start (params["i"])."""
+    started_order.append(params.get("i"))

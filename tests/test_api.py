@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sqlite3
 
+import pytest
+import sample_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
 
-from jobd.models import RunStatus
+from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
 
 NOOP = {"handler": "sample_jobs:noop"}
 SLEEPY = {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 10}
@@ -29,14 +33,30 @@ async def test_trigger_runs_to_completed_and_is_stored(start_daemon):
     assert body["run"]["created_at"].endswith("Z")
 
 
-async def test_run_fields_are_complete(start_daemon):
-    h = await start_daemon({"noop": NOOP})
-    run = await h.trigger("noop")
-    expected = {"id", "job", "status", "progress", "message", "triggered_by", "params", "attempt", "max_attempts",
-                "scheduled_for", "created_at", "started_at", "finished_at", "duration_ms", "counts", "result",
-                "error", "exit_code", "retry_of"}
-    assert expected <= set(run)
-    assert set(run["counts"]) == {"total", "success", "failed", "skipped"}
+ISO_MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+# The fields the core issue lists, plus run_after and updated_at (README, "HTTP API").
+RUN_FIELDS = {"id", "job", "status", "progress", "message", "triggered_by", "params", "attempt", "max_attempts",
+              "scheduled_for", "run_after", "created_at", "started_at", "finished_at", "updated_at", "duration_ms",
+              "counts", "result", "error", "exit_code", "retry_of"}
+
+
+async def test_run_fields_are_exactly_the_listed_ones_with_utc_millisecond_times(start_daemon):
+    h = await start_daemon({"steps": {"command": [PYTHON, str(SCRIPTS / "api_progress.py")]}})
+    run = await h.trigger("steps", {"who": "world"})
+    assert set(run) == RUN_FIELDS
+    await h.finished(run["id"])
+    done = (await h.get_json(f"/api/v1/runs/{run['id']}"))["run"]
+    assert set(done) == RUN_FIELDS | {"log_tail"}
+    listed = (await h.get_json("/api/v1/runs"))["runs"][0]
+    assert set(listed) == RUN_FIELDS
+    for name in ("created_at", "started_at", "finished_at", "updated_at"):
+        assert ISO_MS_UTC.match(done[name]), (name, done[name])
+    assert done["started_at"] <= done["finished_at"]
+    assert done["duration_ms"] == round((parse_iso_ms(done["finished_at"]) - parse_iso_ms(done["started_at"])))
+    assert set(done["counts"]) == {"total", "success", "failed", "skipped"}
+    assert (done["status"], done["progress"], done["attempt"], done["max_attempts"]) == ("PARTIAL", 100.0, 1, 1)
+    assert (done["exit_code"], done["error"], done["retry_of"], done["scheduled_for"]) == (0, None, None, None)
+    assert done["triggered_by"] == "api" and done["params"] == {"who": "world"}
 
 
 async def test_unknown_job_is_404_problem(start_daemon):
@@ -66,7 +86,9 @@ async def test_malformed_json_and_wrong_types_are_400(start_daemon):
         assert (await response.json())["status"] == 400
     nested = {"x": [[[[{"y": [1, 2, {"z": None}]}]]]]}
     assert (await h.trigger("noop", nested))["params"] == nested
-    for query in ("limit=0", "limit=501", "limit=abc", "status=DONE", "since=yesterday", "triggered_by=robot"):
+    for query in ("limit=0", "limit=501", "limit=abc", "limit=-1", "limit=1e3", "limit=%EF%BC%95", "offset=%D9%A3",
+                  "offset=-5", "limit=" + "9" * 5000, "status=DONE", "since=yesterday", "triggered_by=robot",
+                  "cursor=!!!"):
         response = await h.client.get(f"/api/v1/runs?{query}")
         assert response.status == 400, query
         assert response.content_type == "application/problem+json"
@@ -122,6 +144,28 @@ async def test_idempotency_key_returns_the_same_run(start_daemon):
     assert page["pagination"]["total"] == 2
 
 
+async def test_an_idempotency_key_holds_for_24_hours_per_job(start_daemon):
+    h = await start_daemon({"noop": {**NOOP, "overlap": "allow"}, "other": {**NOOP, "overlap": "allow"}})
+    now = [now_ms()]
+    h.daemon.runs.clock = lambda: now[0]  # the run table's injectable clock
+    key = {"Idempotency-Key": "report-2026-11-23"}
+    first = await h.trigger("noop", headers=key)
+    await h.finished(first["id"])
+    assert (await h.trigger("other", headers=key))["id"] != first["id"]  # keys belong to a job
+    now[0] += 24 * 3600 * 1000 - 1
+    assert (await h.trigger("noop", headers=key))["id"] == first["id"]
+    now[0] += 2
+    later = await h.trigger("noop", headers=key)  # a day has passed: a new run, which the key now names
+    assert later["id"] != first["id"]
+    assert (await h.trigger("noop", headers=key))["id"] == later["id"]
+    assert (await h.get_json("/api/v1/runs?job=noop"))["pagination"]["total"] == 2
+    # Expired keys are deleted as new ones come: the table holds about a day of keys, not all of them.
+    now[0] += 25 * 3600 * 1000
+    await h.trigger("noop", headers={"Idempotency-Key": "report-2026-11-25"})
+    with sqlite3.connect(h.daemon.config.store.path) as db:
+        assert db.execute("SELECT job, key FROM idempotency").fetchall() == [("noop", "report-2026-11-25")]
+
+
 async def test_list_filters_pagination_and_statistics(start_daemon):
     h = await start_daemon({"noop": {**NOOP, "overlap": "allow"}, "bad": {"handler": "sample_jobs:fails",
                                                                          "overlap": "allow"}})
@@ -143,17 +187,40 @@ async def test_list_filters_pagination_and_statistics(start_daemon):
     assert (await h.get_json("/api/v1/runs?triggered_by=cron"))["pagination"]["total"] == 0
     future = await h.get_json("/api/v1/runs?since=2999-01-01T00:00:00Z")
     assert future["runs"] == []
+    middle = (await h.get_json(f"/api/v1/runs/{ids[3]}"))["run"]["created_at"]
+    before = await h.get_json(f"/api/v1/runs?until={middle}&limit=500")
+    after = await h.get_json(f"/api/v1/runs?since={middle}&limit=500")
+    assert {r["id"] for r in before["runs"]} | {r["id"] for r in after["runs"]} == set(ids)
+    assert all(r["created_at"] < middle for r in before["runs"]) and ids[3] in {r["id"] for r in after["runs"]}
+    assert before["pagination"]["total"] == len(before["runs"])
 
 
-async def test_last_run(start_daemon):
-    h = await start_daemon({"noop": {**NOOP, "overlap": "allow"}})
-    await h.get_json("/api/v1/runs/last?job=noop", expect=404)
+async def test_last_run_is_the_newest_run_not_the_last_to_finish(start_daemon, make_config):
+    jobs = {"later": {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 5},
+            "blocker": {"handler": "sample_jobs:sleepy", "on_interrupt": "fail"}}
+    h = await start_daemon(jobs)
+    await h.get_json("/api/v1/runs/last?job=later", expect=404)
     await h.get_json("/api/v1/runs/last", expect=400)
-    a = await h.trigger("noop")
-    b = await h.trigger("noop")
-    await h.finished(b["id"])
-    last = await h.get_json("/api/v1/runs/last?job=noop")
-    assert last["run"]["id"] == b["id"] != a["id"]
+    slow = await h.trigger("later", {"seconds": 30})
+    quick = await h.trigger("later", {"seconds": 0})
+    await h.finished(quick["id"])
+    assert (await h.get_json("/api/v1/runs/last?job=later"))["run"]["id"] == quick["id"]
+    newest = await h.trigger("later", {"seconds": 30})
+    await h.client.post(f"/api/v1/runs/{slow['id']}/cancel")  # an older run that ends after the newest began
+    assert (await h.get_json("/api/v1/runs/last?job=later"))["run"]["id"] == newest["id"]
+    assert (await h.get_json("/api/v1/jobs/later"))["job"]["last_run"]["id"] == newest["id"]
+    # After a restart too, where the newest run is one left PENDING (behind a busy worker).
+    await h.client.post(f"/api/v1/runs/{newest['id']}/cancel")
+    await h.client.close()
+    h = await start_daemon(config=make_config(jobs, workers={"concurrency": 1}))
+    await h.trigger("blocker", {"seconds": 30})
+    await wait_for(lambda: h.daemon.pool.busy == 1)
+    waiting = await h.trigger("later", {"seconds": 30})
+    await h.client.close()
+    h = await start_daemon(config=make_config(jobs))
+    last = (await h.get_json("/api/v1/runs/last?job=later"))["run"]
+    assert last["id"] == waiting["id"]
+    assert (await h.get_json("/api/v1/jobs/later"))["job"]["last_run"]["id"] == waiting["id"]
 
 
 async def test_cancel_pending_and_running(start_daemon):
@@ -191,23 +258,44 @@ async def test_retry_endpoint(start_daemon):
     await h.client.post(f"/api/v1/runs/{slow['id']}/cancel")
 
 
-async def test_failed_run_is_retried_with_backoff(start_daemon):
-    h = await start_daemon({"bad": {"handler": "sample_jobs:fails", "retries": 2, "retry_backoff_s": 0.05}})
+async def test_failed_run_is_retried_with_exponential_backoff(start_daemon):
+    h = await start_daemon({"bad": {"handler": "sample_jobs:fails", "retries": 2, "retry_backoff_s": 0.2}})
     first = await h.trigger("bad")
     await h.finished(first["id"])
     chain = [first["id"]]
-    for _ in range(2):
+    for attempt in (2, 3):
         retry = await wait_for(lambda: next((r for r in h.daemon.runs.active.values() if r.retry_of == chain[-1]),
                                             None) or None)
-        assert retry.triggered_by.value == "retry" and retry.run_after is not None
-        assert retry.run_after - retry.created_at >= 40  # 0.05 s * 2^(n-1) with ±20% jitter
+        assert retry.triggered_by.value == "retry" and retry.status is RunStatus.PENDING
+        # 200 ms doubled per attempt, ±20 %: the ranges do not overlap, so the second wait is twice the first.
+        base, run_after = 200 * 2 ** (attempt - 2), retry.run_after
+        assert 0.8 * base - 1 <= run_after - retry.created_at <= 1.2 * base + 1
         stored = await h.finished(retry.id)
-        assert stored.status is RunStatus.FAILED
+        assert stored.status is RunStatus.FAILED and stored.attempt == attempt
+        assert stored.started_at >= run_after  # it waited out its backoff
         chain.append(retry.id)
     runs = (await h.get_json("/api/v1/runs?job=bad"))["runs"]
-    assert [r["attempt"] for r in sorted(runs, key=lambda r: r["id"])] == [1, 2, 3]
-    assert all(r["max_attempts"] == 3 for r in runs)
+    assert [(r["attempt"], r["retry_of"]) for r in sorted(runs, key=lambda r: r["id"])] == list(
+        zip([1, 2, 3], [None, *chain[:-1]]))
+    assert all(r["max_attempts"] == 3 and r["status"] == "FAILED" for r in runs)
     assert h.daemon.runs.job_state("bad").consecutive_failures == 3
+    # The jitter: spread over ±20 %, and capped at a day however many attempts.
+    job = h.daemon.runs.job("bad")
+    waits = [h.daemon.runs.backoff_s(job, 1) for _ in range(200)]
+    assert 0.16 <= min(waits) < 0.18 and 0.22 < max(waits) <= 0.24
+    assert h.daemon.runs.backoff_s(job, 40) == 86400
+
+
+async def test_workers_take_runs_in_the_order_they_were_accepted(start_daemon):
+    record = {"handler": "sample_jobs:record", "overlap": "allow", "max_concurrency": 10}
+    h = await start_daemon({"a": record, "b": record}, workers={"concurrency": 1})
+    sample_jobs.started_order.clear()
+    triggers = [h.trigger("ab"[i % 2], {"i": i}) for i in range(8)]
+    ids = [run["id"] for run in await asyncio.gather(*triggers)]
+    for run_id in ids:
+        await h.finished(run_id)
+    by_id = [run["params"]["i"] for run in sorted((await h.get_json("/api/v1/runs"))["runs"], key=lambda r: r["id"])]
+    assert sample_jobs.started_order == by_id  # started in the order they were accepted (their ids)
 
 
 async def test_max_concurrency_is_honoured(start_daemon):
@@ -276,18 +364,58 @@ async def test_pause_and_resume(start_daemon):
 
 
 async def test_queue_and_health(start_daemon):
-    h = await start_daemon({"slow": SLEEPY}, workers={"concurrency": 1})
+    h = await start_daemon({"slow": SLEEPY, "noop": NOOP}, workers={"concurrency": 1})
+    empty = await h.get_json("/api/v1/queue")
+    assert (empty["pending"], empty["oldest_pending_age_s"]) == (0, None)
+    done = await h.trigger("noop")
+    await h.finished(done["id"])
+    now = [now_ms()]
+    h.daemon.runs.clock = lambda: now[0]  # the run table's injectable clock
     running = await h.trigger("slow", {"seconds": 30})
-    waiting = await h.trigger("slow", {"seconds": 30})
     await wait_for(lambda: h.daemon.pool.busy == 1)
+    waiting = await h.trigger("slow", {"seconds": 30})
+    now[0] += 5000
+    newer = await h.trigger("slow", {"seconds": 30})
+    now[0] += 60_000
     queue = await h.get_json("/api/v1/queue")
+    assert set(queue) == {"counts", "pending", "processing", "workers", "oldest_pending_age_s"}
     assert queue["workers"] == {"busy": 1, "total": 1}
-    assert queue["counts"]["PENDING"] == 1 and queue["counts"]["PROCESSING"] == 1
-    assert queue["oldest_pending_age_s"] >= 0
+    assert queue["counts"] == {"PENDING": 2, "PROCESSING": 1, "COMPLETED": 1, "PARTIAL": 0, "FAILED": 0,
+                               "CANCELLED": 0}
+    assert (queue["pending"], queue["processing"]) == (2, 1)
+    assert queue["oldest_pending_age_s"] == 65.0  # the older of the two waiting runs
+    await h.client.post(f"/api/v1/runs/{waiting['id']}/cancel")
+    assert (await h.get_json("/api/v1/queue"))["oldest_pending_age_s"] == 60.0
     assert (await h.get_json("/healthz"))["status"] == "ok"
     assert (await h.get_json("/api/v1/readyz"))["status"] == "ready"
-    for run in (waiting, running):
+    for run in (newer, running):
         await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+
+
+async def test_while_shutting_down_readiness_and_triggers_are_503(start_daemon):
+    h = await start_daemon({"noop": NOOP})
+    run = await h.trigger("noop")
+    await h.finished(run["id"])
+    await h.daemon.drain(grace_s=0)
+    response = await h.client.get("/readyz")
+    assert response.status == 503 and (await response.json())["status"] == "shutting down"
+    assert (await h.client.get("/healthz")).status == 200  # alive, only not ready
+    for path in ("/api/v1/jobs/noop/trigger", f"/api/v1/runs/{run['id']}/retry"):
+        response = await h.client.post(path)
+        assert response.status == 503 and response.content_type == "application/problem+json"
+        assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_a_finished_run_never_changes_again(start_daemon):
+    h = await start_daemon({"noop": NOOP})
+    run = await h.trigger("noop")
+    done = await h.finished(run["id"])
+    for status in RunStatus:
+        with pytest.raises(InvalidTransition):
+            h.daemon.runs.finish(done, status)
+    assert (await h.daemon.store.get_run(run["id"])).to_json() == done.to_json()
+    response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+    assert response.status == 409 and (await response.json())["run_status"] == "COMPLETED"
 
 
 async def test_batch_trigger(start_daemon):
@@ -304,10 +432,14 @@ async def test_batch_trigger(start_daemon):
 
 async def test_request_id_is_echoed(start_daemon):
     h = await start_daemon({})
-    response = await h.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
-    assert response.headers["X-Request-ID"] == "abc-123"
+    for given in ("abc-123", "4bf92f3577b34da6a3ce929d0e0e4736", "trace/span+b64==", "{8f0e}"):
+        response = await h.client.get("/healthz", headers={"X-Request-ID": given})
+        assert response.headers["X-Request-ID"] == given
     response = await h.client.get("/healthz")
     assert len(response.headers["X-Request-ID"]) == 32
+    for odd in ("has spaces", "x" * 201, "caf\u00e9"):  # replaced by an id of jobd's own
+        response = await h.client.get("/healthz", headers={"X-Request-ID": odd.encode().decode("latin-1")})
+        assert len(response.headers["X-Request-ID"]) == 32
 
 
 async def test_sync_handler_runs_in_a_thread_and_timeouts_fail_the_run(start_daemon):

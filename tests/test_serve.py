@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -45,8 +46,9 @@ async def test_serve_trigger_get_list_cancel_like_curl(tmp_path, daemons):
     daemon = daemons(config)
     url = await daemon.start()
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/v1/jobs/hello/trigger", json={"params": {"who": "world"}}) as response:
-            assert response.status == 202
+        async with http.post(f"{url}/api/v1/jobs/hello/trigger", json={"params": {"who": "world"}},
+                             headers={"X-Request-ID": "deploy-42.a"}) as response:
+            assert response.status == 202 and response.headers["X-Request-ID"] == "deploy-42.a"
             run = (await response.json())["run"]
         async with JobdClient(url) as client:
             async with client.session.get(f"{url}/api/v1/runs/{run['id']}") as response:
@@ -58,6 +60,30 @@ async def test_serve_trigger_get_list_cancel_like_curl(tmp_path, daemons):
             assert {r["id"] for r in page["runs"]} == {run["id"], slow["id"]}
     assert await daemon.stop() == 0
     assert daemon.events("jobd_stopped")
+    # JSON log lines: the access log carries the caller's request id; a run's lines carry run_id and job.
+    [access] = [line for line in daemon.events("request") if line.get("request_id") == "deploy-42.a"]
+    assert (access["method"], access["path"], access["status"]) == ("POST", "/api/v1/jobs/hello/trigger", 202)
+    finished = {line["run_id"]: line for line in daemon.events("run_finished")}
+    assert finished[run["id"]]["job"] == "hello" and finished[run["id"]]["status"] == "COMPLETED"
+    assert finished[slow["id"]]["job"] == "slow" and finished[slow["id"]]["status"] == "CANCELLED"
+
+
+def test_logs_are_readable_lines_on_a_terminal_and_json_otherwise():
+    code = """
+import io, json
+from jobd.logs import configure_logging
+class Terminal(io.StringIO):
+    def isatty(self): return True
+for stream in (io.StringIO(), Terminal()):
+    configure_logging(stream=stream).info("run_finished", run_id=7, job="hello")
+    print(repr(stream.getvalue()))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    piped, terminal = (ast.literal_eval(line) for line in result.stdout.splitlines())
+    record = json.loads(piped)
+    assert (record["event"], record["run_id"], record["job"], record["level"]) == ("run_finished", 7, "hello", "info")
+    assert not terminal.startswith("{") and "run_finished" in terminal and "run_id=7" in terminal
 
 
 async def test_pending_runs_survive_a_restart(tmp_path, daemons):

@@ -209,10 +209,11 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}") from None
+    text = raw.strip()
+    # ASCII only: int() would also read "５" or "٣", and numbers of thousands of digits.
+    if not (text.isascii() and text.lstrip("+-").isdigit() and len(text) <= 20):
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    value = int(text)
     if not low <= value <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return value

@@ -22,7 +22,9 @@ from jobd.errors import JobdError
 from jobd.web.keys import REQUEST_ID
 
 PROBLEM_TYPE = "application/problem+json"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A caller's id is kept if it is printable ASCII without spaces (UUIDs, base64, "trace/span"): safe to
+# echo in a header and to log; anything else gets an id of our own.
+_REQUEST_ID = re.compile(r"^[!-~]{1,200}$")
 _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token)=)[^&]*")
 
 
