@@ -37,8 +37,6 @@ from jobd.models import (
 from jobd.store import IdempotencyKey, JobState, RunFilter, Store
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
-# Expired keys are deleted at most this often, so the table holds about a day of keys.
-IDEMPOTENCY_PRUNE_MS = 3600 * 1000
 MAX_BACKOFF_S = 24 * 3600.0
 FinishedHook = Callable[[JobConfig, Run, JobState, int], None]
 
@@ -95,7 +93,6 @@ class RunService:
         # Runs whose PROCESSING commit is in flight → whether they changed since (see start()).
         self._unannounced: dict[int, bool] = {}
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[Run]] = {}
-        self._keys_pruned_at: int | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -233,7 +230,6 @@ class RunService:
                                           scheduled_for=scheduled_for)
                 await self.store.write(keys=[IdempotencyKey(job.name, submission.idempotency_key, run.id,
                                                             run.created_at)])
-                await self._prune_keys(run.created_at)
             future.set_result(run)
             return run
         except BaseException as exc:
@@ -242,16 +238,6 @@ class RunService:
             raise
         finally:
             del self._keys_in_flight[token]
-
-    async def _prune_keys(self, now: int) -> None:
-        if self._keys_pruned_at is not None and now - self._keys_pruned_at < IDEMPOTENCY_PRUNE_MS:
-            return
-        self._keys_pruned_at = now
-        try:
-            await self.store.delete_idempotency_keys(created_before=now - IDEMPOTENCY_WINDOW_MS)
-        except Exception:  # the run is accepted already; the next keyed trigger tries again
-            self._keys_pruned_at = None
-            self.log.exception("idempotency_prune_failed")
 
     async def _admit(self, job: JobConfig, policy: str, count: int) -> None:
         """Apply the overlap policy to `count` new runs of `job`."""
