@@ -161,7 +161,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, job in config.jobs.items():
         if job.schedule:
             spec = cronspec.CronSpec.parse(job.schedule, name)
-            fires[name] = [t.isoformat() for t in spec.next_fires(start, ZoneInfo(job.timezone), args.count)]
+            try:
+                fires[name] = [t.isoformat() for t in spec.next_fires(start, ZoneInfo(job.timezone), args.count)]
+            except (ValueError, OverflowError):  # past the end of the calendar (year 9999)
+                print(f"jobd: --from: there are no {args.count} fire times of jobs.{name}.schedule after "
+                      f"{start.isoformat()}", file=sys.stderr)
+                return EXIT_USAGE
     if args.json:
         print(json.dumps({"ok": True, "jobs": {name: {"next": times} for name, times in fires.items()}}, indent=2))
         return EXIT_OK
