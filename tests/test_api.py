@@ -10,6 +10,7 @@ import sqlite3
 import pytest
 import sample_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
+from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
 from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
 
@@ -337,6 +338,30 @@ async def test_the_log_of_a_running_run_is_readable_while_it_runs(start_daemon):
     live = (await h.get_json(f"/api/v1/runs/{run['id']}"))["run"]
     assert live["status"] == "PROCESSING" and live["log_tail"] == "first line\n[stderr] oops\n"
     await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_stopping_a_command_run_kills_its_whole_process_group(start_daemon, strays, how):
+    # The script leaves a grandchild that ignores SIGTERM; SIGKILL after the grace ends it too.
+    h = await start_daemon({"tree": {"command": ["/bin/sh", str(SCRIPTS / "grandchild.sh")],
+                                     **({"timeout_s": 1.0} if how == "timeout" else {})}})
+    run = await h.trigger("tree")
+
+    async def pids() -> dict[str, int]:
+        text = await (await h.client.get(f"/api/v1/runs/{run['id']}/log")).text()
+        found = dict(line.split() for line in text.splitlines() if line.startswith(("main ", "grandchild ")))
+        return {name: int(pid) for name, pid in found.items()} if len(found) == 2 else {}
+
+    found = await wait_for(pids)
+    strays.extend(found.values())
+    if how == "cancel":
+        response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+        assert response.status == 200 and (await response.json())["run"]["status"] == "CANCELLED"
+    done = await h.finished(run["id"])
+    assert done.status is (RunStatus.CANCELLED if how == "cancel" else RunStatus.FAILED)
+    if how == "timeout":
+        assert done.error == "timed out after 1s"
+    await wait_gone(*found.values())
 
 
 async def test_command_failure_records_exit_code_and_stderr(start_daemon):
