@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import sqlite3
@@ -362,6 +363,21 @@ async def test_stopping_a_command_run_kills_its_whole_process_group(start_daemon
     if how == "timeout":
         assert done.error == "timed out after 1s"
     await wait_gone(*found.values())
+
+
+async def test_a_handler_that_ignores_cancellation_is_left_behind_after_the_kill_grace(start_daemon):
+    h = await start_daemon({"deaf": {"handler": "sample_jobs:deaf", "timeout_s": 0.1, "overlap": "allow"},
+                            "noop": NOOP}, workers={"concurrency": 1, "kill_grace_s": 0.2})
+    timed_out = await h.finished((await h.trigger("deaf"))["id"])
+    assert timed_out.status is RunStatus.FAILED
+    assert timed_out.error == "timed out after 0.1s; the handler ignored its cancellation and was left behind"
+    # Its worker is free again, and a cancel request does not wait for it forever either.
+    assert (await h.finished((await h.trigger("noop"))["id"])).status is RunStatus.COMPLETED
+    h.daemon.runs.jobs["deaf"] = dataclasses.replace(h.daemon.runs.jobs["deaf"], timeout_s=None)
+    run = await h.trigger("deaf")
+    await wait_for(lambda: h.daemon.pool.busy == 1)
+    response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+    assert response.status == 200 and (await response.json())["run"]["status"] == "CANCELLED"
 
 
 async def test_command_failure_records_exit_code_and_stderr(start_daemon):
