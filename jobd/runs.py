@@ -305,7 +305,8 @@ class RunService:
             self._timers[run.id] = loop.call_later(delay_ms / 1000, self._timer_fired, run)
             return
         job = self.jobs.get(run.job)
-        if job is None or self._slots_used[run.job] >= self.slot_limit(job):
+        # A job a reload removed has no limit: its runs go to a worker, which fails them.
+        if job is not None and self._slots_used[run.job] >= self.slot_limit(job):
             self._waiting[run.job].append(run)
             return
         self._slots_used[run.job] += 1

@@ -13,6 +13,7 @@ import sample_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
 from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
+from jobd.config import load_config
 from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
 
 NOOP = {"handler": "sample_jobs:noop"}
@@ -457,6 +458,25 @@ async def test_a_finished_run_never_changes_again(start_daemon):
     assert (await h.daemon.store.get_run(run["id"])).to_json() == done.to_json()
     response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
     assert response.status == 409 and (await response.json())["run_status"] == "COMPLETED"
+
+
+async def test_runs_waiting_for_a_job_that_a_reload_removed_fail_instead_of_waiting_forever(start_daemon, tmp_path):
+    path = tmp_path / "jobd.toml"
+    store = f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n'
+    path.write_text(store + '[jobs.old]\nhandler = "sample_jobs:sleepy"\noverlap = "queue"\n'
+                    '[jobs.new]\nhandler = "sample_jobs:noop"\n')
+    h = await start_daemon(config=load_config(path, environ={}))
+    running = await h.trigger("old", {"seconds": 30})
+    waiting = [await h.trigger("old", {"seconds": 30}) for _ in range(2)]
+    await wait_for(lambda: h.daemon.runs.is_running("old"))
+    path.write_text(store + '[jobs.new]\nhandler = "sample_jobs:noop"\n')
+    assert h.daemon.reload()
+    assert [j["name"] for j in (await h.get_json("/api/v1/jobs"))["jobs"]] == ["new"]
+    await h.client.post(f"/api/v1/runs/{running['id']}/cancel")
+    for run in waiting:
+        done = await h.finished(run["id"])
+        assert (done.status, done.error) == (RunStatus.FAILED, "job 'old' is no longer configured")
+    assert (await h.finished((await h.trigger("new"))["id"])).status is RunStatus.COMPLETED
 
 
 async def test_batch_trigger(start_daemon):
