@@ -221,7 +221,7 @@ class Daemon:
             self.log.error("reload_refused", error=str(exc))
             return False
         self.config = dataclasses.replace(self.config, jobs=new.jobs)
-        self.runs.jobs = dict(new.jobs)
+        self.runs.set_jobs(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)
         self.log.info("config_reloaded", jobs=len(new.jobs))

@@ -323,14 +323,24 @@ class RunService:
         self._slots_used[job] -= 1
         if self._slots_used[job] <= 0:
             del self._slots_used[job]
-        waiting = self._waiting.get(job)
-        while waiting:
+        self._admit_waiting(job)
+
+    def _admit_waiting(self, name: str) -> None:
+        """Move runs waiting in the job's line to the queue while it has free slots."""
+        waiting = self._waiting.get(name)
+        job = self.jobs.get(name)
+        while waiting and (job is None or self._slots_used[name] < self.slot_limit(job)):
             run = waiting.popleft()
             if run.status is RunStatus.PENDING:
                 self._schedule(run)
-                break
         if waiting is not None and not waiting:
-            self._waiting.pop(job, None)
+            self._waiting.pop(name, None)
+
+    def set_jobs(self, jobs: Mapping[str, JobConfig]) -> None:
+        """Take a reloaded job set; a job whose limit went up starts what waited for it."""
+        self.jobs = dict(jobs)
+        for name in list(self._waiting):
+            self._admit_waiting(name)
 
     def queued_count(self) -> int:
         return len(self.pending)

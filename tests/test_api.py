@@ -479,6 +479,22 @@ async def test_runs_waiting_for_a_job_that_a_reload_removed_fail_instead_of_wait
     assert (await h.finished((await h.trigger("new"))["id"])).status is RunStatus.COMPLETED
 
 
+async def test_a_reload_that_raises_a_limit_starts_what_waited(start_daemon, tmp_path):
+    path = tmp_path / "jobd.toml"
+    job = f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n[jobs.slow]\nhandler = "sample_jobs:sleepy"\n' \
+          'overlap = "allow"\nmax_concurrency = '
+    path.write_text(job + "1\n")
+    h = await start_daemon(config=load_config(path, environ={}))
+    runs = [await h.trigger("slow", {"seconds": 30}) for _ in range(4)]
+    await wait_for(lambda: h.daemon.pool.busy == 1)
+    path.write_text(job + "3\n")
+    assert h.daemon.reload()
+    await wait_for(lambda: h.daemon.pool.busy == 3)
+    assert [await h.status_of(r["id"]) for r in runs] == [RunStatus.PROCESSING] * 3 + [RunStatus.PENDING]
+    for run in runs:
+        await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+
+
 async def test_batch_trigger(start_daemon):
     h = await start_daemon({"noop": {**NOOP, "overlap": "queue"}}, server={"max_batch_runs": 5})
     response = await h.client.post("/api/v1/jobs/noop/trigger", json={"runs": [{"params": {"i": i}} for i in range(5)]})
