@@ -431,7 +431,8 @@ class RunService:
             run.result = result
         retry = None
         job = self.jobs.get(run.job)
-        if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts and self.accepting:
+        # Also while shutting down: the retry is committed with the failure and runs after the restart.
+        if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts:
             retry = self._retry_run(run, job, delay_s=self.backoff_s(job, run.attempt))
         return self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)
 

@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 import sample_jobs
+import sched_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
 from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
@@ -446,6 +447,22 @@ async def test_while_shutting_down_readiness_and_triggers_are_503(start_daemon):
         response = await h.client.post(path)
         assert response.status == 503 and response.content_type == "application/problem+json"
         assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_a_run_that_fails_during_the_shutdown_grace_keeps_its_retry(start_daemon):
+    sched_jobs.releases.clear()
+    h = await start_daemon({"flaky": {"handler": "sched_jobs:fails_when_released", "retries": 1}})
+    run = await h.trigger("flaky")
+    await wait_for(lambda: h.daemon.runs.is_running("flaky"))
+    draining = asyncio.ensure_future(h.daemon.drain(grace_s=10))
+    await wait_for(lambda: not h.daemon.runs.accepting)
+    sched_jobs.releases[run["id"]].set()  # it fails while jobd waits for it to finish
+    await draining
+    failed = await h.finished(run["id"])
+    assert (failed.status, failed.error) == (RunStatus.FAILED, "RuntimeError: failed on release")
+    [retry] = [r for r in (await h.daemon.store.active_runs()) if r.retry_of == run["id"]]
+    assert (retry.status, retry.triggered_by.value, retry.attempt) == (RunStatus.PENDING, "retry", 2)
+    sched_jobs.releases.clear()
 
 
 async def test_a_finished_run_never_changes_again(start_daemon):
