@@ -134,6 +134,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = configure_logging(level=args.log_level, json=json_logs)
     try:
         return asyncio.run(serve(config, log=log))
+    except ConfigError as exc:  # found only once serving (a socket systemd passed)
+        print(f"jobd: invalid config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except StoreLocked as exc:
         print(f"jobd: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -212,3 +213,34 @@ async def test_a_start_that_fails_after_the_store_opened_still_exits(tmp_path, d
     result = serve_once(config)
     assert result.returncode == 1
     assert "jobd_listening" not in result.stderr
+
+
+@pytest.mark.parametrize(("address", "refused"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_without_tokens_a_socket_from_systemd_must_be_loopback_too(tmp_path, address, refused):
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.listen()
+    # As systemd does it: the socket on fd 3, LISTEN_PID naming the process (exec keeps the pid).
+    launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ.update(LISTEN_FDS='1', "
+                "LISTEN_PID=str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, str(sock.fileno()), "-m", "jobd", "serve", "-c",
+                             str(write_config(tmp_path, ""))], pass_fds=(sock.fileno(),), stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        if refused:
+            assert proc.wait(timeout=30) == 2
+            [line] = proc.stderr.read().splitlines()
+            assert line.startswith("jobd: invalid config: socket activation: '0.0.0.0' is not a loopback address")
+        else:
+            for line in proc.stderr:  # serves on it
+                if '"jobd_listening"' in line:
+                    assert '"socket activation"' in line
+                    break
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        sock.close()
