@@ -134,6 +134,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = configure_logging(level=args.log_level, json=json_logs)
     try:
         return asyncio.run(serve(config, log=log))
+    except ConfigError as exc:  # found only once serving (a socket systemd passed)
+        print(f"jobd: invalid config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except StoreLocked as exc:
         print(f"jobd: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -161,7 +164,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, job in config.jobs.items():
         if job.schedule:
             spec = cronspec.CronSpec.parse(job.schedule, name)
-            fires[name] = [t.isoformat() for t in spec.next_fires(start, ZoneInfo(job.timezone), args.count)]
+            try:
+                fires[name] = [t.isoformat() for t in spec.next_fires(start, ZoneInfo(job.timezone), args.count)]
+            except (ValueError, OverflowError):  # past the end of the calendar (year 9999)
+                print(f"jobd: --from: there are no {args.count} fire times of jobs.{name}.schedule after "
+                      f"{start.isoformat()}", file=sys.stderr)
+                return EXIT_USAGE
     if args.json:
         print(json.dumps({"ok": True, "jobs": {name: {"next": times} for name, times in fires.items()}}, indent=2))
         return EXIT_OK

@@ -204,7 +204,7 @@ def parse_config(
     }
     jobs_table.done()
     top.done()
-    if not auth.enabled and not _is_loopback(server.host):
+    if not auth.enabled and not is_loopback(server.host):
         raise ConfigError(
             f"server.host: {server.host!r} is not a loopback address; "
             "without [auth] tokens jobd serves only 127.0.0.1 / ::1 / localhost"
@@ -304,7 +304,8 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether an address (or localhost) reaches only this machine."""
     if host == "localhost":
         return True
     try:

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from jobd import cronspec
 from jobd.alerts import Alerter
-from jobd.config import Config, ConfigError, JobConfig, load_config
+from jobd.config import Config, ConfigError, JobConfig, is_loopback, load_config
 from jobd.errors import OverlapConflict
 from jobd.events import EventBus
 from jobd.metrics import Metrics
@@ -314,8 +315,10 @@ async def serve(config: Config, *, log: Any = None) -> int:
         loop.add_signal_handler(signum, on_stop_signal, signum.name)
     loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     try:
-        await runner.setup()
         sockets = listen_sockets(daemon.environ)
+        if not config.auth.enabled:
+            _refuse_open_sockets(sockets)  # before anything starts
+        await runner.setup()
         if sockets:
             for sock in sockets:
                 await web.SockSite(runner, sock).start()
@@ -333,6 +336,16 @@ async def serve(config: Config, *, log: Any = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0
+
+
+def _refuse_open_sockets(sockets: list[socket.socket]) -> None:
+    """Without tokens the API is open: like server.host, a socket systemd passes must be local."""
+    for sock in sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(sock.getsockname()[0]):
+            raise ConfigError(
+                f"socket activation: {sock.getsockname()[0]!r} is not a loopback address; "
+                "without [auth] tokens jobd serves only 127.0.0.1 / ::1 / localhost"
+            )
 
 
 def _epoch_ms(when: datetime) -> int:

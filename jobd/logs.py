@@ -9,6 +9,26 @@ from typing import Any, TextIO
 import structlog
 
 
+class _Unfailing:
+    """A log stream whose writes never raise: a closed pipe or a restarted journald (EPIPE), a full
+    disk, must not turn every request into a 500 or keep the daemon from stopping on SIGTERM."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the file was closed
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def configure_logging(*, level: str = "info", json: bool | None = None, stream: TextIO | None = None) -> Any:
     stream = stream or sys.stderr
     if json is None:
@@ -23,7 +43,7 @@ def configure_logging(*, level: str = "info", json: bool | None = None, stream: 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(_Unfailing(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     return structlog.get_logger("jobd")

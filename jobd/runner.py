@@ -40,6 +40,7 @@ MAX_LINE_BYTES = 64 * 1024
 # group (setsid) can hold them open. Wait this long for EOF, then stop reading anyway.
 PIPE_DRAIN_S = 1.0
 MAX_ERROR_DETAIL = 500
+LEFT_BEHIND = "the handler ignored its cancellation and was left behind"
 
 # Variables that belong to the daemon's relation with its service manager; a job that saw
 # them could notify or claim sockets in the daemon's name.
@@ -92,10 +93,11 @@ async def execute(
     """Run `job` once for `run`. Failures of the job come back in the Outcome, never as exceptions.
 
     Cancelling the task that awaits this stops the run (commands: SIGTERM to the process group,
-    SIGKILL after `kill_grace_s`) and then re-raises CancelledError.
+    SIGKILL after `kill_grace_s`; async handlers: cancelled, and left behind after `kill_grace_s`
+    if they ignore it) and then re-raises CancelledError. A timeout stops the run the same way.
     """
     if job.kind == "python":
-        return await _run_handler(job, run, reporter)
+        return await _run_handler(job, run, reporter, grace_s=kill_grace_s)
     return await _run_command(job, run, reporter, kill_grace_s=kill_grace_s, environ=environ)
 
 
@@ -409,7 +411,8 @@ class RunContext:
                                          non-negative ints; only those given change.
         log(*parts)                      one log line, parts joined by spaces like print().
 
-    Async handlers run on the daemon's event loop and are cancelled on timeout or cancellation.
+    Async handlers run on the daemon's event loop and are cancelled on timeout or cancellation; one
+    that ignores its cancellation is left behind after `workers.kill_grace_s` (the run ends anyway).
     Plain functions run in a thread of their own, which cannot be interrupted: a long one should check
     `ctx.cancelled` now and then and return when it becomes True. Reports made after the run
     has ended are dropped.
@@ -484,22 +487,32 @@ class RunContext:
         self._finished = True
 
 
-async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter) -> Outcome:
+async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace_s: float) -> Outcome:
     try:
         handler = job.resolve_handler()
     except ConfigError as exc:
         return Outcome(error=str(exc))
     ctx = RunContext(run, job, reporter, asyncio.get_running_loop())
-    cancelled = True
+    if _is_async(handler):
+        call = asyncio.ensure_future(_call_async(handler, ctx, run.params))
+    else:
+        call = asyncio.ensure_future(_in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}"))
+    cancelled, stopping = True, False
     try:
-        async with asyncio.timeout(job.timeout_s):
-            if _is_async(handler):
-                value, exc = await _call_async(handler, ctx, run.params)
-            else:
-                value, exc = await _in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}")
+        done, _ = await asyncio.wait({call}, timeout=job.timeout_s)
+        if not done:
+            stopping = True
+            error = f"timed out after {format_seconds(job.timeout_s or 0)}"
+            if not await _stop_call(call, grace_s):
+                error += "; " + LEFT_BEHIND
+            return Outcome(timed_out=True, error=error)
+        value, exc = call.result()
         cancelled = False
-    except TimeoutError:
-        return Outcome(timed_out=True, error=f"timed out after {format_seconds(job.timeout_s or 0)}")
+    except asyncio.CancelledError:
+        # Cancelled again while stopping: it is left behind at once.
+        if not stopping and not await _stop_call(call, grace_s):
+            reporter.log(LEFT_BEHIND, "handler")
+        raise
     finally:
         ctx._stop(cancelled=cancelled)
 
@@ -512,6 +525,27 @@ async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter) -> Outco
     except (TypeError, ValueError) as json_exc:
         return Outcome(error=f"result is not JSON serialisable: {json_exc}")
     return Outcome(result=value)
+
+
+async def _stop_call(call: asyncio.Future[Any], grace_s: float) -> bool:
+    """Cancel a handler's call and give it `grace_s` to end; False when it is still running.
+
+    A coroutine that swallows its cancellation cannot be killed like a process; after the grace
+    the run stops waiting for it (as for a thread, which cannot be interrupted at all), so that
+    it does not hold its worker, or a cancel request, forever. Its reports are dropped from then on.
+    """
+    call.cancel()
+    try:
+        await asyncio.wait({call}, timeout=grace_s)
+    finally:
+        if not call.done():
+            call.add_done_callback(_ignore_outcome)
+    return call.done()
+
+
+def _ignore_outcome(call: asyncio.Future[Any]) -> None:
+    if not call.cancelled():
+        call.exception()  # retrieved, so that a late failure is not reported as never retrieved
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

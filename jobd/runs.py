@@ -130,16 +130,7 @@ class RunService:
                 del self._timers[run_id]
                 self._fail_unconfigured(run)
         for name in list(self._waiting):
-            waiting = self._waiting[name]
-            job = self.jobs.get(name)
-            while waiting and (job is None or self._slots_used[name] < self.slot_limit(job)):
-                run = waiting.popleft()
-                if job is None:
-                    self._fail_unconfigured(run)
-                elif run.status is RunStatus.PENDING:
-                    self._schedule(run)
-            if not waiting:
-                self._waiting.pop(name, None)
+            self._admit_waiting(name)
 
     def _fail_unconfigured(self, run: Run) -> None:
         if run.status is RunStatus.PENDING and run.id not in self._finishing:
@@ -340,14 +331,18 @@ class RunService:
         self._slots_used[job] -= 1
         if self._slots_used[job] <= 0:
             del self._slots_used[job]
-        waiting = self._waiting.get(job)
-        while waiting:
+        self._admit_waiting(job)
+
+    def _admit_waiting(self, name: str) -> None:
+        """Move runs waiting in the job's line to the queue while it has free slots."""
+        waiting = self._waiting.get(name)
+        job = self.jobs.get(name)
+        while waiting and (job is None or self._slots_used[name] < self.slot_limit(job)):
             run = waiting.popleft()
             if run.status is RunStatus.PENDING:
                 self._schedule(run)
-                break
         if waiting is not None and not waiting:
-            self._waiting.pop(job, None)
+            self._waiting.pop(name, None)
 
     def queued_count(self) -> int:
         return len(self.pending)
@@ -438,7 +433,7 @@ class RunService:
             run.result = result
         retry = None
         job = self.jobs.get(run.job)
-        # Also while jobd stops: the retry then waits, PENDING in the store, for the next start.
+        # Also while shutting down: the retry is committed with the failure and runs after the restart.
         if status is RunStatus.FAILED and job is not None and run.attempt < run.max_attempts:
             retry = self._retry_run(run, job, delay_s=self.backoff_s(job, run.attempt))
         return self._finish(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=retry)

@@ -35,3 +35,13 @@ started_order: list[Any] = []
 async def record(ctx: Any, params: dict[str, Any]) -> None:
     """Notes the order in which runs start (params["i"])."""
     started_order.append(params.get("i"))
+
+
+async def deaf(ctx: Any, params: dict[str, Any]) -> str:
+    """Ignores its first cancellation (a broken handler); a second one ends it."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        pass
+    await asyncio.sleep(3600)
+    return "never"

@@ -1,4 +1,4 @@
-"""Python handlers for tests/test_scheduling.py (referenced as "sched_jobs:name").
+"""Python handlers that a test releases (referenced as "sched_jobs:name").
 
 Cron fires carry no params, so a test reaches a running handler through `releases`, keyed by run
 id. The test's daemon runs these handlers on the test's own event loop; the test clears the dict.
@@ -26,3 +26,9 @@ async def gated(ctx: Any, params: dict[str, Any]) -> str:
     """Runs until the test sets releases[run_id], then completes."""
     await releases.setdefault(ctx.run_id, asyncio.Event()).wait()
     return "released"
+
+
+async def fails_when_released(ctx: Any, params: dict[str, Any]) -> None:
+    """Runs until the test sets releases[run_id], then fails."""
+    await releases.setdefault(ctx.run_id, asyncio.Event()).wait()
+    raise RuntimeError("failed on release")

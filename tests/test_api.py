@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 
 import pytest
 import sample_jobs
+import sched_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
+from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
+from jobd.config import load_config
 from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
 
 NOOP = {"handler": "sample_jobs:noop"}
@@ -333,6 +337,45 @@ async def test_the_log_of_a_running_run_is_readable_while_it_runs(start_daemon):
     await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
 
 
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_stopping_a_command_run_kills_its_whole_process_group(start_daemon, strays, how):
+    # The script leaves a grandchild that ignores SIGTERM; SIGKILL after the grace ends it too.
+    h = await start_daemon({"tree": {"command": ["/bin/sh", str(SCRIPTS / "grandchild.sh")],
+                                     **({"timeout_s": 1.0} if how == "timeout" else {})}})
+    run = await h.trigger("tree")
+
+    async def pids() -> dict[str, int]:
+        text = await (await h.client.get(f"/api/v1/runs/{run['id']}/log")).text()
+        found = dict(line.split() for line in text.splitlines() if line.startswith(("main ", "grandchild ")))
+        return {name: int(pid) for name, pid in found.items()} if len(found) == 2 else {}
+
+    found = await wait_for(pids)
+    strays.extend(found.values())
+    if how == "cancel":
+        response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+        assert response.status == 200 and (await response.json())["run"]["status"] == "CANCELLED"
+    done = await h.finished(run["id"])
+    assert done.status is (RunStatus.CANCELLED if how == "cancel" else RunStatus.FAILED)
+    if how == "timeout":
+        assert done.error == "timed out after 1s"
+    await wait_gone(*found.values())
+
+
+async def test_a_handler_that_ignores_cancellation_is_left_behind_after_the_kill_grace(start_daemon):
+    h = await start_daemon({"deaf": {"handler": "sample_jobs:deaf", "timeout_s": 0.1, "overlap": "allow"},
+                            "noop": NOOP}, workers={"concurrency": 1, "kill_grace_s": 0.2})
+    timed_out = await h.finished((await h.trigger("deaf"))["id"])
+    assert timed_out.status is RunStatus.FAILED
+    assert timed_out.error == "timed out after 0.1s; the handler ignored its cancellation and was left behind"
+    # Its worker is free again, and a cancel request does not wait for it forever either.
+    assert (await h.finished((await h.trigger("noop"))["id"])).status is RunStatus.COMPLETED
+    h.daemon.runs.jobs["deaf"] = dataclasses.replace(h.daemon.runs.jobs["deaf"], timeout_s=None)
+    run = await h.trigger("deaf")
+    await wait_for(lambda: h.daemon.pool.busy == 1)
+    response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
+    assert response.status == 200 and (await response.json())["run"]["status"] == "CANCELLED"
+
+
 async def test_command_failure_records_exit_code_and_stderr(start_daemon):
     h = await start_daemon({"bad": {"shell": "echo first >&2; echo 'it broke' >&2; exit 3"}})
     run = await h.trigger("bad")
@@ -400,6 +443,22 @@ async def test_while_shutting_down_readiness_and_triggers_are_503(start_daemon):
         assert int(response.headers["Retry-After"]) > 0
 
 
+async def test_a_run_that_fails_during_the_shutdown_grace_keeps_its_retry(start_daemon):
+    sched_jobs.releases.clear()
+    h = await start_daemon({"flaky": {"handler": "sched_jobs:fails_when_released", "retries": 1}})
+    run = await h.trigger("flaky")
+    await wait_for(lambda: h.daemon.runs.is_running("flaky"))
+    draining = asyncio.ensure_future(h.daemon.drain(grace_s=10))
+    await wait_for(lambda: not h.daemon.runs.accepting)
+    sched_jobs.releases[run["id"]].set()  # it fails while jobd waits for it to finish
+    await draining
+    failed = await h.finished(run["id"])
+    assert (failed.status, failed.error) == (RunStatus.FAILED, "RuntimeError: failed on release")
+    [retry] = [r for r in (await h.daemon.store.active_runs()) if r.retry_of == run["id"]]
+    assert (retry.status, retry.triggered_by.value, retry.attempt) == (RunStatus.PENDING, "retry", 2)
+    sched_jobs.releases.clear()
+
+
 async def test_a_finished_run_never_changes_again(start_daemon):
     h = await start_daemon({"noop": NOOP})
     run = await h.trigger("noop")
@@ -410,6 +469,41 @@ async def test_a_finished_run_never_changes_again(start_daemon):
     assert (await h.daemon.store.get_run(run["id"])).to_json() == done.to_json()
     response = await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
     assert response.status == 409 and (await response.json())["run_status"] == "COMPLETED"
+
+
+async def test_runs_waiting_for_a_job_that_a_reload_removed_fail_instead_of_waiting_forever(start_daemon, tmp_path):
+    path = tmp_path / "jobd.toml"
+    store = f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n'
+    path.write_text(store + '[jobs.old]\nhandler = "sample_jobs:sleepy"\noverlap = "queue"\n'
+                    '[jobs.new]\nhandler = "sample_jobs:noop"\n')
+    h = await start_daemon(config=load_config(path, environ={}))
+    running = await h.trigger("old", {"seconds": 30})
+    waiting = [await h.trigger("old", {"seconds": 30}) for _ in range(2)]
+    await wait_for(lambda: h.daemon.runs.is_running("old"))
+    path.write_text(store + '[jobs.new]\nhandler = "sample_jobs:noop"\n')
+    assert h.daemon.reload()
+    assert [j["name"] for j in (await h.get_json("/api/v1/jobs"))["jobs"]] == ["new"]
+    await h.client.post(f"/api/v1/runs/{running['id']}/cancel")
+    for run in waiting:
+        done = await h.finished(run["id"])
+        assert (done.status, done.error) == (RunStatus.FAILED, "job 'old' is no longer configured")
+    assert (await h.finished((await h.trigger("new"))["id"])).status is RunStatus.COMPLETED
+
+
+async def test_a_reload_that_raises_a_limit_starts_what_waited(start_daemon, tmp_path):
+    path = tmp_path / "jobd.toml"
+    job = f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n[jobs.slow]\nhandler = "sample_jobs:sleepy"\n' \
+          'overlap = "allow"\nmax_concurrency = '
+    path.write_text(job + "1\n")
+    h = await start_daemon(config=load_config(path, environ={}))
+    runs = [await h.trigger("slow", {"seconds": 30}) for _ in range(4)]
+    await wait_for(lambda: h.daemon.pool.busy == 1)
+    path.write_text(job + "3\n")
+    assert h.daemon.reload()
+    await wait_for(lambda: h.daemon.pool.busy == 3)
+    assert [await h.status_of(r["id"]) for r in runs] == [RunStatus.PROCESSING] * 3 + [RunStatus.PENDING]
+    for run in runs:
+        await h.client.post(f"/api/v1/runs/{run['id']}/cancel")
 
 
 async def test_batch_trigger(start_daemon):

@@ -138,6 +138,10 @@ def test_check_prints_next_fire_times(tmp_path):
     human = run_cli("check", "-c", str(good))
     assert human.returncode == 0
     assert len([line for line in human.stdout.splitlines() if "T02:30:00" in line]) == 5
+    for args, text in ((["--from", "9999-12-31T00:00:00Z", "--count", "2"], "there are no 2 fire times of"),
+                       (["--from", "yesterday"], "is not an ISO-8601 time"), (["--count", "0"], "--count must be")):
+        odd = run_cli("check", "-c", str(good), *args)
+        assert odd.returncode == 2 and text in odd.stderr and odd.stderr.count("\n") == 1, odd.stderr
 
 
 def accepted_keys(monkeypatch) -> set[tuple[str, str]]:

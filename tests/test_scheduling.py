@@ -212,8 +212,9 @@ async def test_overlap_policies_under_cron_fires(
 async def test_replace_does_not_hold_up_the_scheduler_while_the_old_run_stops(start: StartDaemon) -> None:
     sched_jobs.releases.clear()
     clock = FakeClock(T0)
+    # A long kill grace: the old run is not left behind while the test still waits for it.
     h = await start({"stubborn": {**STUBBORN, "schedule": EVERY_MINUTE, "overlap": "replace"},
-                     "other": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}}, clock=clock)
+                     "other": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}}, clock=clock, workers={"kill_grace_s": 30})
     try:
         await advance_to(clock, minute(1))
         await settle(h, "stubborn", ["PROCESSING"])

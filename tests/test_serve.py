@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -212,3 +214,45 @@ async def test_a_start_that_fails_after_the_store_opened_still_exits(tmp_path, d
     result = serve_once(config)
     assert result.returncode == 1
     assert "jobd_listening" not in result.stderr
+
+
+@pytest.mark.parametrize(("address", "refused"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_without_tokens_a_socket_from_systemd_must_be_loopback_too(tmp_path, address, refused):
+    # As systemd does it: the socket on fd 3, LISTEN_PID naming the process (exec keeps the pid).
+    launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ.update(LISTEN_FDS='1', "
+                "LISTEN_PID=str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+    config = str(write_config(tmp_path, ""))
+    with socket.create_server((address, 0)) as sock, subprocess.Popen(
+        [sys.executable, "-c", launcher, str(sock.fileno()), "-m", "jobd", "serve", "-c", config],
+        pass_fds=(sock.fileno(),), stderr=subprocess.PIPE, text=True,
+    ) as proc:  # leaving the block waits for it and closes its pipe
+        try:
+            if refused:
+                assert proc.wait(timeout=30) == 2
+                [line] = proc.stderr.read().splitlines()
+                assert line.startswith("jobd: invalid config: socket activation: '0.0.0.0' is not a loopback")
+            else:
+                assert any('"jobd_listening"' in line and '"socket activation"' in line for line in proc.stderr)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM if not refused else signal.SIGKILL)
+
+
+async def test_a_log_stream_that_breaks_does_not_break_the_daemon(tmp_path):
+    # stderr is a pipe whose reader goes away, as when journald restarts: every log write then fails.
+    config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\n')
+    with subprocess.Popen([sys.executable, "-m", "jobd", "serve", "-c", str(config), "--log-format", "json"],
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            listening = next(json.loads(line) for line in proc.stderr if '"jobd_listening"' in line)
+            proc.stderr.close()
+            host, port = listening["addresses"][0]
+            async with JobdClient(f"http://{host}:{port}") as client:
+                run = await client.trigger("hello")  # an access log line, run lines: all unwritable
+                assert (await client.wait(run["id"]))["status"] == "COMPLETED"
+                assert (await client.queue())["counts"]["COMPLETED"] == 1
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -25,7 +25,8 @@ PROBLEM_TYPE = "application/problem+json"
 # A caller's id is kept if it is printable ASCII without spaces (UUIDs, base64, "trace/span"): safe to
 # echo in a header and to log; anything else gets an id of our own.
 _REQUEST_ID = re.compile(r"^[!-~]{1,200}$")
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token)=)[^&]*")
+# Query parameters where clients put credentials (jobd reads only ticket; the rest are mistakes to hide).
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token|access_token|api_key|apikey|key)=)[^&]*", re.IGNORECASE)
 
 
 
