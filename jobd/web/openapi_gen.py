@@ -284,8 +284,9 @@ def schemas() -> dict[str, Schema]:
             extra=True,
             description=(
                 "the JSON in each SSE `data:` line; every message also has an `id:` line, and there are no "
-                "`event:` names, so EventSource.onmessage sees them all. status_update: {run_id, job, status, "
-                "progress, message, counts, error, result, updated_at}; log: {run_id, line} (with ?log=1)."
+                "`event:` names, so EventSource.onmessage sees them all. connected: {run_id}; status_update: "
+                "{run_id, job, status, progress, message, counts, error, result, attempt, updated_at}; log: "
+                "{run_id, job, stream, line} (with ?log=1); summary (firehose): {queue, workers, counts}; shutdown."
             ),
         ),
     }
