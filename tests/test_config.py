@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,50 @@ def example_keys() -> set[tuple[str, str]]:
 def test_the_example_documents_every_key(monkeypatch):
     missing = sorted(accepted_keys(monkeypatch) - example_keys())
     assert not missing, f"jobd.toml.example does not show {missing}"
+
+
+def readme_config_rows() -> dict[tuple[str, str], str]:
+    """(table, key) → the default cell, for each row of the README's configuration tables."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        name = re.fullmatch(r"`([a-z_.\[\]]+)`", cells[0]) if line.startswith("| `") else None
+        if name is None:
+            continue
+        table, _, key = name.group(1).rpartition(".")
+        rows[(table.removesuffix(".tokens[]") or "jobs.*", key)] = cells[1]
+    return rows
+
+
+def test_the_readme_documents_every_key_with_its_default(monkeypatch):
+    rows = readme_config_rows()
+    accepted = {key for key in accepted_keys(monkeypatch) if key[0]}
+    assert not sorted(accepted - rows.keys()), "the README's configuration tables lack these keys"
+    assert not sorted(rows.keys() - accepted), "the README documents keys the parser does not take"
+    defaults = parse({"jobs": {"j": {"command": ["true"]}}})
+    token = parse({"auth": {"tokens": [{"name": "x", "token": "0123456789"}]}}).auth.tokens[0]
+    checked = 0
+    for (table, key), cell in rows.items():
+        if table == "jobs.*":
+            owner = defaults.jobs["j"]
+        elif table == "auth" and key not in ("tokens", "ticket_ttl_s"):
+            owner = token
+        else:
+            owner = getattr(defaults, table)
+        literal = re.fullmatch(r"`([^`]+)`", cell)
+        if cell == "none":
+            expected = None
+        elif literal and re.fullmatch(r"[a-z]+\.[a-z_]+", literal.group(1)):  # another key's value
+            section, _, name = literal.group(1).partition(".")
+            expected = getattr(getattr(defaults, section), name)
+        elif literal:
+            expected = tomllib.loads(f"v = {literal.group(1)}")["v"]
+        else:
+            continue  # said in words: required, or taken from the environment
+        actual = getattr(owner, key)
+        actual = list(actual) if isinstance(actual, tuple) else str(actual) if isinstance(actual, Path) else actual
+        assert actual == expected, f"README: {table}.{key} defaults to {cell}, the parser to {actual!r}"
+        checked += 1
+    assert checked >= 40
