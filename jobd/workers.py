@@ -170,12 +170,19 @@ class WorkerPool:
             # are recorded as interrupted.
             _, still = await asyncio.wait(still, timeout=self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25)
         for run_id in list(self._handlers):
-            # A handler that ignores its cancellation is abandoned; the run is recorded all the same.
+            # The runner ends a handler within the kill grace (plus the pipes' drain) even if it ignores
+            # its cancellation; one still here has outlasted that: an async handler blocking the event
+            # loop, or a process that SIGKILL cannot end yet (uninterruptible I/O). Its worker is
+            # cancelled below without recording the run, so it is recorded here, or it would stay
+            # PROCESSING until the next start.
             run = self.runs.active.get(run_id)
             self._handlers.pop(run_id, None)
+            run_log = self._logs.get(run_id)
             if run is not None and run.status is RunStatus.PROCESSING:
-                self.log.warning("run_abandoned", run_id=run_id, job=run.job, reason="handler ignored cancellation")
-                self.runs.interrupt(run, INTERRUPTED + " (its handler did not stop)")
+                self.log.warning("run_abandoned", run_id=run_id, job=run.job, reason="handler outlasted the kill grace")
+                if run_log is not None:
+                    run.log_tail = run_log.tail()
+                self.runs.interrupt(run, INTERRUPTED + " (its handler outlasted the kill grace)")
         for task in self._workers:
             task.cancel()
         for task in self._workers:

@@ -13,8 +13,10 @@ import sched_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
 from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
+from jobd import runner
 from jobd.config import load_config
 from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
+from jobd.workers import INTERRUPTED
 
 NOOP = {"handler": "sample_jobs:noop"}
 SLEEPY = {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 10}
@@ -457,6 +459,24 @@ async def test_a_run_that_fails_during_the_shutdown_grace_keeps_its_retry(start_
     [retry] = [r for r in (await h.daemon.store.active_runs()) if r.retry_of == run["id"]]
     assert (retry.status, retry.triggered_by.value, retry.attempt) == (RunStatus.PENDING, "retry", 2)
     sched_jobs.releases.clear()
+
+
+async def test_a_stop_records_a_run_whose_handler_outlasts_the_kill_grace(start_daemon):
+    # The runner ends every handler within the kill grace, unless it cannot: here an async handler
+    # blocks the event loop once cancelled (a process that SIGKILL cannot end yet, in uninterruptible
+    # I/O, is the other case). Its worker is cancelled with the rest, so the stop records the run.
+    kill_grace = 0.05
+    h = await start_daemon({"stall": {"handler": "sample_jobs:stalls_the_loop_when_cancelled"}},
+                           workers={"kill_grace_s": kill_grace})
+    run = await h.trigger("stall", {"block_s": kill_grace + runner.PIPE_DRAIN_S + 0.5})
+    await wait_for(lambda: h.daemon.pool.live_tail(run["id"]))
+    await h.daemon.drain(grace_s=0)
+    stored = await h.daemon.store.get_run(run["id"])
+    assert stored is not None and stored.status is RunStatus.FAILED
+    assert stored.error == INTERRUPTED + " (its handler outlasted the kill grace)"
+    assert stored.log_tail == "started\n"
+    [retry] = [r for r in await h.daemon.store.active_runs() if r.retry_of == run["id"]]
+    assert (retry.status, retry.triggered_by.value) == (RunStatus.PENDING, "retry")
 
 
 async def test_a_finished_run_never_changes_again(start_daemon):
