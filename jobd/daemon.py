@@ -35,11 +35,11 @@ from jobd.events import EventBus
 from jobd.metrics import Metrics
 from jobd.models import TriggerSource, iso_ms, now_ms
 from jobd.retention import Retention
-from jobd.runs import RunService, Submission
+from jobd.runs import INTERRUPTED, RunService, Submission
 from jobd.scheduler import FireRequest, Scheduler, SystemClock
 from jobd.store import SQLiteStore
 from jobd.systemd import SystemdNotifier, clean_child_environ, listen_sockets
-from jobd.workers import INTERRUPTED, WorkerPool
+from jobd.workers import WorkerPool
 
 # What a stop may take beyond the grace and the kill grace: pipes draining, streams told
 # `shutdown`, the last commit. Past it the process exits anyway (see serve()).
@@ -111,7 +111,7 @@ class Daemon:
             raise
 
     async def _start_parts(self) -> None:
-        await self.runs.load(on_interrupted="interrupted: jobd stopped while the run was in progress (found at start)")
+        await self.runs.load(on_interrupted=INTERRUPTED + " (found at start)")
         await self.alerter.start()
         self.pool.start()
         states = self.runs.job_states

@@ -37,6 +37,8 @@ from jobd.models import (
 from jobd.store import IdempotencyKey, JobState, RunFilter, Store
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+# The error of a run that jobd stopped (or found still PROCESSING after a crash) before it ended.
+INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
 MAX_BACKOFF_S = 24 * 3600.0
 FinishedHook = Callable[[JobConfig, Run, JobState, int], None]
 
@@ -98,7 +100,7 @@ class RunService:
 
     # -- start-up ------------------------------------------------------------------------------
 
-    async def load(self, *, on_interrupted: str = "interrupted: jobd stopped while the run was in progress") -> None:
+    async def load(self, *, on_interrupted: str = INTERRUPTED) -> None:
         """Restore state from the store: job state, totals, and re-queue what was left active."""
         self.job_states = await self.store.job_states()
         self.status_totals = Counter(await self.store.count_by_status())

@@ -17,9 +17,7 @@ import structlog
 
 from jobd import runner
 from jobd.models import Run, RunStatus
-from jobd.runs import RunService, no_longer_configured
-
-INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
+from jobd.runs import INTERRUPTED, RunService, no_longer_configured
 
 
 def log_path(logs_dir: Path, run_id: int) -> Path:
