@@ -79,7 +79,7 @@ class Daemon:
             kill_grace_s=config.workers.kill_grace_s,
             log_tail_bytes=config.workers.log_tail_bytes,
             max_log_bytes=config.workers.max_log_bytes,
-            environ=clean_child_environ(self.environ),
+            environ=self.environ,
             log=self.log.bind(component="workers"),
         )
         self.alerter = Alerter(config.alerts, log=self.log.bind(component="alerts"))

@@ -34,6 +34,7 @@ from typing import IO, Any, Protocol
 
 from jobd.config import ConfigError, JobConfig
 from jobd.models import Run
+from jobd.systemd import clean_child_environ
 
 MAX_LINE_BYTES = 64 * 1024
 # After the process group is gone its pipes reach EOF at once; only a process that left the
@@ -41,12 +42,6 @@ MAX_LINE_BYTES = 64 * 1024
 PIPE_DRAIN_S = 1.0
 MAX_ERROR_DETAIL = 500
 LEFT_BEHIND = "the handler ignored its cancellation and was left behind"
-
-# Variables that belong to the daemon's relation with its service manager; a job that saw
-# them could notify or claim sockets in the daemon's name.
-STRIPPED_ENV = frozenset(
-    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
-)
 COUNT_FIELDS = ("total", "success", "failed", "skipped")
 
 
@@ -103,7 +98,7 @@ async def execute(
 
 def command_env(job: JobConfig, run: Run, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment a command runs with: the daemon's, minus service-manager variables, plus the job's and JOBD_*."""
-    env = {key: value for key, value in environ.items() if key not in STRIPPED_ENV}
+    env = clean_child_environ(environ)
     env.update(job.env)
     env.update(
         JOBD_RUN_ID=str(run.id),
