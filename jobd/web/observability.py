@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
 from jobd.errors import Unauthorized
 from jobd.metrics import CONTENT_TYPE
 from jobd.stats import MAX_DAYS, period, stats_json
 from jobd.web.api import PREFIX, _int_param, json_response
-from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, requires
+from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, requires, secret_matches
 from jobd.web.keys import DAEMON
 
 routes = web.RouteTableDef()
@@ -40,7 +38,7 @@ def check_metrics_access(request: web.Request) -> None:
         return
     presented = presented_token(request)
     if presented is not None:
-        if hmac.compare_digest(presented.encode(), metrics_token.encode()):
+        if secret_matches(presented, metrics_token):
             return
         if auth.enabled and find_token(auth, presented) is not None:
             return
