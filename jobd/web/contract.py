@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from jobd.web.api import PREFIX
+from jobd.web.params import PREFIX
 
 OPENAPI = Path(__file__).with_name("openapi.json")
 STATIC = Path(__file__).resolve().parent.parent / "static"

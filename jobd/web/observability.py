@@ -7,9 +7,10 @@ from aiohttp import web
 from jobd.errors import Unauthorized
 from jobd.metrics import CONTENT_TYPE
 from jobd.stats import MAX_DAYS, period, stats_json
-from jobd.web.api import PREFIX, _int_param, json_response
+from jobd.web.api import json_response
 from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, requires, secret_matches
 from jobd.web.keys import DAEMON
+from jobd.web.params import PREFIX, int_param
 
 routes = web.RouteTableDef()
 
@@ -18,7 +19,7 @@ routes = web.RouteTableDef()
 @requires("read")
 async def stats(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    days = _int_param(request, "days", 30, 1, MAX_DAYS)
+    days = int_param(request, "days", 30, 1, MAX_DAYS)
     job = request.query.get("job") or None
     if job is not None:
         daemon.runs.job(job)  # 404 for a job that is not configured
