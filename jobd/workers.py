@@ -17,12 +17,8 @@ import structlog
 
 from jobd import runner
 from jobd.models import Run, RunStatus
+from jobd.runlog import RunLog, log_path
 from jobd.runs import INTERRUPTED, RunService, no_longer_configured
-
-
-def log_path(logs_dir: Path, run_id: int) -> Path:
-    """Where a run's full log lives; a folder per thousand runs keeps directories small."""
-    return logs_dir / str(run_id // 1000) / f"{run_id}.log"
 
 
 class _Reporter:
@@ -30,7 +26,7 @@ class _Reporter:
 
     __slots__ = ("runs", "run", "run_log")
 
-    def __init__(self, runs: RunService, run: Run, run_log: runner.RunLog) -> None:
+    def __init__(self, runs: RunService, run: Run, run_log: RunLog) -> None:
         self.runs = runs
         self.run = run
         self.run_log = run_log
@@ -74,7 +70,7 @@ class WorkerPool:
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, asyncio.Task[runner.Outcome]] = {}
-        self._logs: dict[int, runner.RunLog] = {}
+        self._logs: dict[int, RunLog] = {}
         self._stopping = False
         self._hurry = asyncio.Event()
 
@@ -118,7 +114,7 @@ class WorkerPool:
         if run.id in self.runs.cancel_requested:
             self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
             return
-        run_log = runner.RunLog(log_path(self.logs_dir, run.id), max_bytes=self.max_log_bytes,
+        run_log = RunLog(log_path(self.logs_dir, run.id), max_bytes=self.max_log_bytes,
                                 tail_bytes=self.log_tail_bytes)
         reporter = _Reporter(self.runs, run, run_log)
         handler = asyncio.create_task(

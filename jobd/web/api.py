@@ -17,7 +17,7 @@ from jobd.web import sse
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, enum_list, int_param, read_json_object, run_id_of, time_param
-from jobd.workers import log_path
+from jobd.runlog import log_path
 
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
