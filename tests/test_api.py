@@ -378,6 +378,18 @@ async def test_a_handler_that_ignores_cancellation_is_left_behind_after_the_kill
     assert response.status == 200 and (await response.json())["run"]["status"] == "CANCELLED"
 
 
+async def test_callers_that_stop_waiting_for_a_run_leave_no_waiter_behind(start_daemon):
+    h = await start_daemon({"slow": SLEEPY})
+    run = await h.daemon.runs.get((await h.trigger("slow", {"seconds": 30}))["id"])
+    for _ in range(3):  # e.g. cancel requests whose clients went away
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await h.daemon.runs.wait_finished(run)
+    assert run.id not in h.daemon.runs._finish_waiters
+    await h.daemon.runs.cancel(run.id)
+    assert run.status is RunStatus.CANCELLED
+
+
 async def test_command_failure_records_exit_code_and_stderr(start_daemon):
     h = await start_daemon({"bad": {"shell": "echo first >&2; echo 'it broke' >&2; exit 3"}})
     run = await h.trigger("bad")
