@@ -22,9 +22,9 @@ import structlog
 
 from jobd.config import RetentionConfig
 from jobd.models import DAY_MS, RunStatus, now_ms
+from jobd.runlog import log_path
 from jobd.runs import IDEMPOTENCY_WINDOW_MS, RunService
 from jobd.store import Store
-from jobd.runlog import log_path
 
 # After each batch: lets queued commits and reads through, and keeps the clean-up's I/O share small.
 BATCH_PAUSE_S = 0.05

@@ -1,7 +1,7 @@
 """The worker pool: N tasks taking runs from the ready queue and running their handlers.
 
 Stopping is staged: idle workers stop at once; busy ones get a grace period to finish; what is
-still running after it is interrupted (process groups terminated, then killed; Python tasks
+busy running after it is interrupted (process groups terminated, then killed; Python tasks
 cancelled) and recorded as such by the run table.
 """
 
@@ -155,14 +155,14 @@ class WorkerPool:
         self._stopping = True
         for task in self._idle:
             task.cancel()
-        still = await self._drain(grace_s)
+        busy = await self._drain(grace_s)
         interrupted = len(self._handlers)
         for handler in list(self._handlers.values()):
             handler.cancel()
-        if still:
+        if busy:
             # Handlers now terminate their process groups (kill grace, then the pipes drain) and
             # are recorded as interrupted.
-            _, still = await asyncio.wait(still, timeout=self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25)
+            _, busy = await asyncio.wait(busy, timeout=self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25)
         for run_id in list(self._handlers):
             # The runner ends a handler within the kill grace (plus the pipes' drain) even if it ignores
             # its cancellation; one still here has outlasted that: an async handler blocking the event
@@ -191,19 +191,19 @@ class WorkerPool:
 
     async def _drain(self, grace_s: float) -> set[asyncio.Task[None]]:
         """Wait for busy workers until they are done, the grace is over, or hurry() is called."""
-        still = {task for task in self._workers if not task.done()}
-        if not still:
-            return still
+        busy = {task for task in self._workers if not task.done()}
+        if not busy:
+            return busy
         hurry = asyncio.create_task(self._hurry.wait())
         try:
             async with asyncio.timeout(grace_s):
-                while still and not self._hurry.is_set():
-                    _, still = await asyncio.wait({*still, hurry}, return_when=asyncio.FIRST_COMPLETED)
-                    still.discard(hurry)
+                while busy and not self._hurry.is_set():
+                    _, busy = await asyncio.wait({*busy, hurry}, return_when=asyncio.FIRST_COMPLETED)
+                    busy.discard(hurry)
         except TimeoutError:
             pass
         finally:
             hurry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hurry
-        return {task for task in still if not task.done()}
+        return {task for task in busy if not task.done()}

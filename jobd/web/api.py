@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest, NotFound
 from jobd.models import RunStatus, TriggerSource, compact_json, iso_ms
+from jobd.runlog import log_path
 from jobd.runs import Submission
 from jobd.store import RunFilter
 from jobd.web import sse
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, enum_list, int_param, read_json_object, run_id_of, time_param
-from jobd.runlog import log_path
 
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
@@ -39,6 +42,13 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
 # -- jobs ------------------------------------------------------------------------------------------
 
 
+def _local_time(epoch_ms: int | None, zone: str) -> str | None:
+    """An instant in the job's time zone, to the second (what an operator reads a schedule in)."""
+    if epoch_ms is None:
+        return None
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=ZoneInfo(zone)).isoformat(timespec="seconds")
+
+
 def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
     runs = daemon.runs
     state = runs.job_state(job.name)
@@ -53,7 +63,7 @@ def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
         "shell": job.shell,
         "handler": job.handler,
         "schedule": job.schedule,
-        "schedule_description": daemon.describe_schedule(job),
+        "schedule_description": cronspec.describe(job.schedule) if job.schedule else None,
         "timezone": job.timezone,
         "overlap": job.overlap,
         "max_concurrency": job.max_concurrency,
@@ -61,7 +71,7 @@ def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
         "retries": job.retries,
         "paused": state.paused,
         "next_run_at": iso_ms(next_at),
-        "next_run_at_local": daemon.local_time(next_at, job.timezone),
+        "next_run_at_local": _local_time(next_at, job.timezone),
         "last_fire_at": iso_ms(state.last_fire_at),
         "skipped_fires": state.skipped_fires,
         "last_skipped_at": iso_ms(state.last_skipped_at),
