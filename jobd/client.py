@@ -38,6 +38,17 @@ class ApiError(Exception):
         self.body = dict(body or {})
 
 
+def _api_error(status: int, reason: str | None, text: str) -> ApiError:
+    """The error for an answer of `status`: from its problem+json body, or from whatever a proxy sent."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    return ApiError(status, str(body.get("title", reason or "")), str(body.get("detail", text[:200])), body)
+
+
 class JobdClient:
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout_s: float = 30.0,
                  session: aiohttp.ClientSession | None = None) -> None:
@@ -78,12 +89,7 @@ class JobdClient:
                                         headers=self.headers(headers)) as response:
             text = await response.text()
             if response.status >= 400:
-                try:
-                    body = json.loads(text)
-                except json.JSONDecodeError:
-                    body = {}
-                raise ApiError(response.status, body.get("title", response.reason or ""),
-                               body.get("detail", text[:200]), body)
+                raise _api_error(response.status, response.reason, text)
             if response.content_type == "application/json":
                 try:
                     return json.loads(text)
@@ -236,13 +242,7 @@ class JobdClient:
                                                  and response.content_type != "text/event-stream"):
                 raise _StreamUnavailable(fall_back=True)
             if response.status in (401, 403):
-                text = await response.text()
-                try:
-                    body = json.loads(text)
-                except json.JSONDecodeError:
-                    body = {}
-                raise ApiError(response.status, body.get("title", response.reason or ""),
-                               body.get("detail", text[:200]), body)
+                raise _api_error(response.status, response.reason, await response.text())
             if response.status != 200:
                 raise _StreamUnavailable()
             parser = SSEParser()

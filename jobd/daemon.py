@@ -22,24 +22,22 @@ import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from aiohttp import web
 
-from jobd import cronspec
 from jobd.alerts import Alerter
-from jobd.config import Config, ConfigError, JobConfig, is_loopback, load_config
+from jobd.config import Config, ConfigError, is_loopback, load_config
 from jobd.errors import OverlapConflict
 from jobd.events import EventBus
 from jobd.metrics import Metrics
 from jobd.models import TriggerSource, iso_ms, now_ms
 from jobd.retention import Retention
-from jobd.runs import RunService, Submission
+from jobd.runs import INTERRUPTED, RunService, Submission
 from jobd.scheduler import FireRequest, Scheduler, SystemClock
 from jobd.store import SQLiteStore
 from jobd.systemd import SystemdNotifier, clean_child_environ, listen_sockets
-from jobd.workers import INTERRUPTED, WorkerPool
+from jobd.workers import WorkerPool
 
 # What a stop may take beyond the grace and the kill grace: pipes draining, streams told
 # `shutdown`, the last commit. Past it the process exits anyway (see serve()).
@@ -79,7 +77,7 @@ class Daemon:
             kill_grace_s=config.workers.kill_grace_s,
             log_tail_bytes=config.workers.log_tail_bytes,
             max_log_bytes=config.workers.max_log_bytes,
-            environ=clean_child_environ(self.environ),
+            environ=self.environ,
             log=self.log.bind(component="workers"),
         )
         self.alerter = Alerter(config.alerts, log=self.log.bind(component="alerts"))
@@ -111,7 +109,7 @@ class Daemon:
             raise
 
     async def _start_parts(self) -> None:
-        await self.runs.load(on_interrupted="interrupted: jobd stopped while the run was in progress (found at start)")
+        await self.runs.load(on_interrupted=INTERRUPTED + " (found at start)")
         await self.alerter.start()
         self.pool.start()
         states = self.runs.job_states
@@ -227,17 +225,6 @@ class Daemon:
         at = self.scheduler.next_run_at(job)
         return None if at is None else round(at.timestamp() * 1000)
 
-    @staticmethod
-    def local_time(epoch_ms: int | None, zone: str) -> str | None:
-        if epoch_ms is None:
-            return None
-        local = datetime.fromtimestamp(epoch_ms / 1000, tz=ZoneInfo(zone))
-        return local.isoformat(timespec="seconds")
-
-    @staticmethod
-    def describe_schedule(job: JobConfig) -> str | None:
-        return cronspec.describe(job.schedule) if job.schedule else None
-
     async def set_paused(self, job: str, paused: bool) -> None:
         state = self.runs.job_state(job)
         state.paused = paused
@@ -319,14 +306,7 @@ async def serve(config: Config, *, log: Any = None) -> int:
         if not config.auth.enabled:
             _refuse_open_sockets(sockets)  # before anything starts
         await runner.setup()
-        if sockets:
-            for sock in sockets:
-                await web.SockSite(runner, sock).start()
-            where = "socket activation"
-        else:
-            site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-            await site.start()
-            where = f"http://{config.server.host}:{config.server.port}"
+        where = await _listen(runner, sockets, config)
         daemon.log.info("jobd_listening", url=where, addresses=[list(a)[:2] for a in runner.addresses])
         daemon.notifier.ready(daemon.status_line())
         await daemon.stop_requested.wait()
@@ -336,6 +316,16 @@ async def serve(config: Config, *, log: Any = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0
+
+
+async def _listen(runner: web.AppRunner, sockets: list[socket.socket], config: Config) -> str:
+    """Serve on the sockets systemd passed, else on server.host:port; returns where, for the log."""
+    if sockets:
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        return "socket activation"
+    await web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True).start()
+    return f"http://{config.server.host}:{config.server.port}"
 
 
 def _refuse_open_sockets(sockets: list[socket.socket]) -> None:

@@ -61,10 +61,6 @@ class OverlapConflict(Conflict):
     slug = "overlap"
 
 
-class PayloadTooLarge(JobdError):
-    status, title, slug = 413, "Payload too large", "payload-too-large"
-
-
 class Unavailable(JobdError):
     status, title, slug = 503, "Service unavailable", "unavailable"
 

@@ -54,13 +54,9 @@ class DaemonCollector(Collector):
 
 
 def open_streams(daemon: Any) -> int:
-    """Open SSE streams, as counted by what the web app registered (Metrics.count_streams); without
-    it, `daemon.streams` if the daemon keeps them, else the event bus's subscribers."""
+    """Open SSE streams, as counted by the web app (Metrics.count_streams); 0 for a daemon without one."""
     counter = daemon.metrics.stream_counter
-    if counter is not None:
-        return int(counter())
-    streams = getattr(daemon, "streams", None)
-    return int(daemon.bus.subscriber_count) if streams is None else len(streams)
+    return 0 if counter is None else int(counter())
 
 
 def route_label(request: web.Request) -> str:

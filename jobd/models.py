@@ -64,6 +64,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+DAY_MS = 86_400_000
 _SECOND_PREFIXES: dict[int, str] = {}
 
 

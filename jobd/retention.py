@@ -21,12 +21,11 @@ from typing import Any
 import structlog
 
 from jobd.config import RetentionConfig
-from jobd.models import RunStatus, now_ms
+from jobd.models import DAY_MS, RunStatus, now_ms
+from jobd.runlog import log_path
 from jobd.runs import IDEMPOTENCY_WINDOW_MS, RunService
 from jobd.store import Store
-from jobd.workers import log_path
 
-DAY_MS = 86_400_000
 # After each batch: lets queued commits and reads through, and keeps the clean-up's I/O share small.
 BATCH_PAUSE_S = 0.05
 KEPT_LONGER = (RunStatus.COMPLETED, RunStatus.PARTIAL, RunStatus.CANCELLED)

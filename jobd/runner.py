@@ -17,7 +17,6 @@ than MAX_LINE_BYTES are split into pieces of that size.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import dataclasses
 import inspect
@@ -29,11 +28,11 @@ import subprocess
 import threading
 import traceback
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import IO, Any, Protocol
 
 from jobd.config import ConfigError, JobConfig
 from jobd.models import Run
+from jobd.systemd import clean_child_environ
 
 MAX_LINE_BYTES = 64 * 1024
 # After the process group is gone its pipes reach EOF at once; only a process that left the
@@ -41,12 +40,6 @@ MAX_LINE_BYTES = 64 * 1024
 PIPE_DRAIN_S = 1.0
 MAX_ERROR_DETAIL = 500
 LEFT_BEHIND = "the handler ignored its cancellation and was left behind"
-
-# Variables that belong to the daemon's relation with its service manager; a job that saw
-# them could notify or claim sockets in the daemon's name.
-STRIPPED_ENV = frozenset(
-    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
-)
 COUNT_FIELDS = ("total", "success", "failed", "skipped")
 
 
@@ -103,7 +96,7 @@ async def execute(
 
 def command_env(job: JobConfig, run: Run, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment a command runs with: the daemon's, minus service-manager variables, plus the job's and JOBD_*."""
-    env = {key: value for key, value in environ.items() if key not in STRIPPED_ENV}
+    env = clean_child_environ(environ)
     env.update(job.env)
     env.update(
         JOBD_RUN_ID=str(run.id),
@@ -604,73 +597,3 @@ def _log_traceback(reporter: RunReporter, exc: BaseException) -> None:
     for chunk in traceback.format_exception(type(exc), exc, handler_frames):
         for line in chunk.rstrip("\n").split("\n"):
             reporter.log(line, "handler")
-
-
-# --- log file -------------------------------------------------------------------------------
-
-
-class RunLog:
-    """A run's log file plus an in-memory tail of its last lines.
-
-    The file is created on the first line, so runs that print nothing leave no file. After
-    `max_bytes` one "... log truncated" line is written and the file gets no more lines; the
-    tail keeps following the output. stderr lines carry a "[stderr] " prefix.
-    """
-
-    def __init__(self, path: Path, *, max_bytes: int, tail_bytes: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.tail_bytes = tail_bytes
-        self.bytes_written = 0
-        self.truncated = False
-        self.write_error: OSError | None = None  # set when the file could not be written
-        self._file: IO[bytes] | None = None
-        self._closed = False
-        self._tail: collections.deque[tuple[str, int]] = collections.deque()  # (text, UTF-8 size)
-        self._tail_size = 0
-
-    def write(self, stream: str, line: str) -> None:
-        text = f"[stderr] {line}\n" if stream == "stderr" else f"{line}\n"
-        data = text.encode("utf-8", errors="replace")
-        self._add_to_tail(text, len(data))
-        if self.truncated or self._closed or self.write_error is not None:
-            return
-        if self.bytes_written + len(data) > self.max_bytes:
-            self.truncated = True
-            data = f"... log truncated at {self.max_bytes} bytes\n".encode()
-        try:
-            if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                # Unbuffered: the API and `tail -f` see each line as soon as the job prints it.
-                self._file = open(self.path, "ab", buffering=0)
-            self._file.write(data)
-        except OSError as exc:
-            self.write_error = exc
-            return
-        if not self.truncated:
-            self.bytes_written += len(data)
-
-    def tail(self) -> str:
-        """The last whole lines of output, at most `tail_bytes` bytes of UTF-8."""
-        return "".join(text for text, _ in self._tail)
-
-    def close(self) -> None:
-        self._closed = True
-        if self._file is not None:
-            file, self._file = self._file, None
-            try:
-                file.close()
-            except OSError as exc:
-                self.write_error = self.write_error or exc
-
-    def _add_to_tail(self, text: str, size: int) -> None:
-        if size > self.tail_bytes:
-            # One line longer than the whole tail: keep its end.
-            text = text.encode("utf-8", errors="replace")[-self.tail_bytes :].decode("utf-8", errors="ignore")
-            size = len(text.encode("utf-8"))
-            self._tail.clear()
-            self._tail_size = 0
-        self._tail.append((text, size))
-        self._tail_size += size
-        while self._tail_size > self.tail_bytes:
-            self._tail_size -= self._tail.popleft()[1]

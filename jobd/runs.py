@@ -37,6 +37,8 @@ from jobd.models import (
 from jobd.store import IdempotencyKey, JobState, RunFilter, Store
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+# The error of a run that jobd stopped (or found still PROCESSING after a crash) before it ended.
+INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
 MAX_BACKOFF_S = 24 * 3600.0
 FinishedHook = Callable[[JobConfig, Run, JobState, int], None]
 
@@ -98,7 +100,7 @@ class RunService:
 
     # -- start-up ------------------------------------------------------------------------------
 
-    async def load(self, *, on_interrupted: str = "interrupted: jobd stopped while the run was in progress") -> None:
+    async def load(self, *, on_interrupted: str = INTERRUPTED) -> None:
         """Restore state from the store: job state, totals, and re-queue what was left active."""
         self.job_states = await self.store.job_states()
         self.status_totals = Counter(await self.store.count_by_status())
@@ -490,11 +492,7 @@ class RunService:
             final.progress = 100.0
         state = self.job_state(run.job)
         previous_failures = state.consecutive_failures
-        if status is RunStatus.FAILED:
-            state.consecutive_failures += 1
-        elif status is not RunStatus.CANCELLED:
-            state.consecutive_failures = 0
-        state.last_run_id = max((retry or run).id, state.last_run_id or 0)  # a newer run may have started meanwhile
+        _count_outcome(state, status, newest_run_id=(retry or run).id)
         rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
@@ -512,17 +510,13 @@ class RunService:
                         self._untrack(retry)
                     self.log.error("finish_not_committed", run_id=run.id, job=run.job,
                                    error=None if result.cancelled() else str(result.exception()))
-                    if not done.done():
-                        done.set_exception(result.exception() or asyncio.CancelledError())
-                        done.exception()  # already logged: callers that never await it stay quiet
+                    _fail_quietly(done, result.exception() or asyncio.CancelledError())
                     return
                 run.assign(final)
                 self._finished(run, status, previous_status, state, previous_failures, retry)
             except Exception as exc:  # keep the run table alive whatever happens in a callback
                 self.log.exception("finish_failed", run_id=run.id, job=run.job)
-                if not done.done():
-                    done.set_exception(exc)
-                    done.exception()
+                _fail_quietly(done, exc)
                 return
             if not done.done():
                 done.set_result(None)
@@ -626,7 +620,15 @@ class RunService:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._finish_waiters[run.id].append(waiter)
-        await waiter
+        try:
+            await waiter
+        finally:
+            # A caller that gave up (a timeout, a client gone) must not leave its waiter until the run ends.
+            waiters = self._finish_waiters.get(run.id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._finish_waiters[run.id]
 
     async def retry(self, run_id: int) -> Run:
         """A new run repeating a finished one (an operator's retry)."""
@@ -673,6 +675,22 @@ class RunService:
             "workers": {"busy": self.processing_count, "total": workers_total},
             "oldest_pending_age_s": None if oldest is None else round((self.clock() - oldest) / 1000, 3),
         }
+
+
+def _count_outcome(state: JobState, status: RunStatus, *, newest_run_id: int) -> None:
+    """A job's failure streak and last run after a run of it ends (a cancellation leaves the streak be)."""
+    if status is RunStatus.FAILED:
+        state.consecutive_failures += 1
+    elif status is not RunStatus.CANCELLED:
+        state.consecutive_failures = 0
+    state.last_run_id = max(newest_run_id, state.last_run_id or 0)  # a newer run may have started meanwhile
+
+
+def _fail_quietly(done: asyncio.Future[None], exc: BaseException) -> None:
+    """Fail a finish's future with an error already logged: callers that never await it stay quiet."""
+    if not done.done():
+        done.set_exception(exc)
+        done.exception()
 
 
 def no_longer_configured(job: str) -> str:

@@ -12,9 +12,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from jobd.models import RunStatus, iso_ms
+from jobd.models import DAY_MS, RunStatus, iso_ms
 from jobd.store.base import JobStats, RunStats
-from jobd.store.migrations import DAY_MS
 
 MAX_DAYS = 366
 

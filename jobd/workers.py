@@ -1,7 +1,7 @@
 """The worker pool: N tasks taking runs from the ready queue and running their handlers.
 
 Stopping is staged: idle workers stop at once; busy ones get a grace period to finish; what is
-still running after it is interrupted (process groups terminated, then killed; Python tasks
+busy running after it is interrupted (process groups terminated, then killed; Python tasks
 cancelled) and recorded as such by the run table.
 """
 
@@ -17,14 +17,8 @@ import structlog
 
 from jobd import runner
 from jobd.models import Run, RunStatus
-from jobd.runs import RunService, no_longer_configured
-
-INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
-
-
-def log_path(logs_dir: Path, run_id: int) -> Path:
-    """Where a run's full log lives; a folder per thousand runs keeps directories small."""
-    return logs_dir / str(run_id // 1000) / f"{run_id}.log"
+from jobd.runlog import RunLog, log_path
+from jobd.runs import INTERRUPTED, RunService, no_longer_configured
 
 
 class _Reporter:
@@ -32,7 +26,7 @@ class _Reporter:
 
     __slots__ = ("runs", "run", "run_log")
 
-    def __init__(self, runs: RunService, run: Run, run_log: runner.RunLog) -> None:
+    def __init__(self, runs: RunService, run: Run, run_log: RunLog) -> None:
         self.runs = runs
         self.run = run
         self.run_log = run_log
@@ -76,7 +70,7 @@ class WorkerPool:
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, asyncio.Task[runner.Outcome]] = {}
-        self._logs: dict[int, runner.RunLog] = {}
+        self._logs: dict[int, RunLog] = {}
         self._stopping = False
         self._hurry = asyncio.Event()
 
@@ -120,7 +114,7 @@ class WorkerPool:
         if run.id in self.runs.cancel_requested:
             self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
             return
-        run_log = runner.RunLog(log_path(self.logs_dir, run.id), max_bytes=self.max_log_bytes,
+        run_log = RunLog(log_path(self.logs_dir, run.id), max_bytes=self.max_log_bytes,
                                 tail_bytes=self.log_tail_bytes)
         reporter = _Reporter(self.runs, run, run_log)
         handler = asyncio.create_task(
@@ -161,21 +155,28 @@ class WorkerPool:
         self._stopping = True
         for task in self._idle:
             task.cancel()
-        still = await self._drain(grace_s)
+        busy = await self._drain(grace_s)
         interrupted = len(self._handlers)
         for handler in list(self._handlers.values()):
             handler.cancel()
-        if still:
+        if busy:
             # Handlers now terminate their process groups (kill grace, then the pipes drain) and
             # are recorded as interrupted.
-            _, still = await asyncio.wait(still, timeout=self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25)
+            _, busy = await asyncio.wait(busy, timeout=self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25)
         for run_id in list(self._handlers):
-            # A handler that ignores its cancellation is abandoned; the run is recorded all the same.
+            # The runner ends a handler within the kill grace (plus the pipes' drain) even if it ignores
+            # its cancellation; one still here has outlasted that: an async handler blocking the event
+            # loop, or a process that SIGKILL cannot end yet (uninterruptible I/O). Its worker is
+            # cancelled below without recording the run, so it is recorded here, or it would stay
+            # PROCESSING until the next start.
             run = self.runs.active.get(run_id)
             self._handlers.pop(run_id, None)
+            run_log = self._logs.get(run_id)
             if run is not None and run.status is RunStatus.PROCESSING:
-                self.log.warning("run_abandoned", run_id=run_id, job=run.job, reason="handler ignored cancellation")
-                self.runs.interrupt(run, INTERRUPTED + " (its handler did not stop)")
+                self.log.warning("run_abandoned", run_id=run_id, job=run.job, reason="handler outlasted the kill grace")
+                if run_log is not None:
+                    run.log_tail = run_log.tail()
+                self.runs.interrupt(run, INTERRUPTED + " (its handler outlasted the kill grace)")
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -190,19 +191,19 @@ class WorkerPool:
 
     async def _drain(self, grace_s: float) -> set[asyncio.Task[None]]:
         """Wait for busy workers until they are done, the grace is over, or hurry() is called."""
-        still = {task for task in self._workers if not task.done()}
-        if not still:
-            return still
+        busy = {task for task in self._workers if not task.done()}
+        if not busy:
+            return busy
         hurry = asyncio.create_task(self._hurry.wait())
         try:
             async with asyncio.timeout(grace_s):
-                while still and not self._hurry.is_set():
-                    _, still = await asyncio.wait({*still, hurry}, return_when=asyncio.FIRST_COMPLETED)
-                    still.discard(hurry)
+                while busy and not self._hurry.is_set():
+                    _, busy = await asyncio.wait({*busy, hurry}, return_when=asyncio.FIRST_COMPLETED)
+                    busy.discard(hurry)
         except TimeoutError:
             pass
         finally:
             hurry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hurry
-        return {task for task in still if not task.done()}
+        return {task for task in busy if not task.done()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 
@@ -45,3 +46,13 @@ async def deaf(ctx: Any, params: dict[str, Any]) -> str:
         pass
     await asyncio.sleep(3600)
     return "never"
+
+
+async def stalls_the_loop_when_cancelled(ctx: Any, params: dict[str, Any]) -> None:
+    """Blocking work in an async handler: once cancelled, it holds the event loop for a while."""
+    ctx.log("started")
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        time.sleep(float(params["block_s"]))
+        raise

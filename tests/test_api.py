@@ -13,8 +13,10 @@ import sched_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
 from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
+from jobd import runner
 from jobd.config import load_config
 from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
+from jobd.runs import INTERRUPTED
 
 NOOP = {"handler": "sample_jobs:noop"}
 SLEEPY = {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 10}
@@ -376,6 +378,18 @@ async def test_a_handler_that_ignores_cancellation_is_left_behind_after_the_kill
     assert response.status == 200 and (await response.json())["run"]["status"] == "CANCELLED"
 
 
+async def test_callers_that_stop_waiting_for_a_run_leave_no_waiter_behind(start_daemon):
+    h = await start_daemon({"slow": SLEEPY})
+    run = await h.daemon.runs.get((await h.trigger("slow", {"seconds": 30}))["id"])
+    for _ in range(3):  # e.g. cancel requests whose clients went away
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await h.daemon.runs.wait_finished(run)
+    assert run.id not in h.daemon.runs._finish_waiters
+    await h.daemon.runs.cancel(run.id)
+    assert run.status is RunStatus.CANCELLED
+
+
 async def test_command_failure_records_exit_code_and_stderr(start_daemon):
     h = await start_daemon({"bad": {"shell": "echo first >&2; echo 'it broke' >&2; exit 3"}})
     run = await h.trigger("bad")
@@ -457,6 +471,24 @@ async def test_a_run_that_fails_during_the_shutdown_grace_keeps_its_retry(start_
     [retry] = [r for r in (await h.daemon.store.active_runs()) if r.retry_of == run["id"]]
     assert (retry.status, retry.triggered_by.value, retry.attempt) == (RunStatus.PENDING, "retry", 2)
     sched_jobs.releases.clear()
+
+
+async def test_a_stop_records_a_run_whose_handler_outlasts_the_kill_grace(start_daemon):
+    # The runner ends every handler within the kill grace, unless it cannot: here an async handler
+    # blocks the event loop once cancelled (a process that SIGKILL cannot end yet, in uninterruptible
+    # I/O, is the other case). Its worker is cancelled with the rest, so the stop records the run.
+    kill_grace = 0.05
+    h = await start_daemon({"stall": {"handler": "sample_jobs:stalls_the_loop_when_cancelled"}},
+                           workers={"kill_grace_s": kill_grace})
+    run = await h.trigger("stall", {"block_s": kill_grace + runner.PIPE_DRAIN_S + 0.5})
+    await wait_for(lambda: h.daemon.pool.live_tail(run["id"]))
+    await h.daemon.drain(grace_s=0)
+    stored = await h.daemon.store.get_run(run["id"])
+    assert stored is not None and stored.status is RunStatus.FAILED
+    assert stored.error == INTERRUPTED + " (its handler outlasted the kill grace)"
+    assert stored.log_tail == "started\n"
+    [retry] = [r for r in await h.daemon.store.active_runs() if r.retry_of == run["id"]]
+    assert (retry.status, retry.triggered_by.value) == (RunStatus.PENDING, "retry")
 
 
 async def test_a_finished_run_never_changes_again(start_daemon):

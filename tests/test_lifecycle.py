@@ -27,7 +27,7 @@ from test_alerts import Receiver, receiver  # noqa: F401  (the fixture, too)
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.retention import DAY_MS
 from jobd.store import IdempotencyKey, JobState, SQLiteStore
-from jobd.workers import log_path
+from jobd.runlog import log_path
 
 TERMINAL = {"COMPLETED", "PARTIAL", "FAILED", "CANCELLED"}
 ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

@@ -12,7 +12,7 @@ from jobd.config import ConfigError, parse_config
 from jobd.models import Run, RunStatus, TriggerSource, now_ms
 from jobd.retention import DAY_MS, Retention
 from jobd.store import RunFilter, SQLiteStore
-from jobd.workers import log_path
+from jobd.runlog import log_path
 
 JOBS = {
     "ok": {"shell": "echo hello from $JOBD_RUN_ID", "overlap": "allow", "max_concurrency": 4},

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from jobd.config import JobConfig
 from jobd.models import Run, RunStatus, TriggerSource
-from jobd.runner import MAX_LINE_BYTES, Outcome, RunLog, execute, format_seconds
+from jobd.runlog import RunLog
+from jobd.runner import MAX_LINE_BYTES, Outcome, execute, format_seconds
 
 SCRIPTS = Path(__file__).parent / "scripts"
 GRACE = 0.3

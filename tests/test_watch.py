@@ -13,6 +13,7 @@ import sys
 
 import aiohttp
 import pytest
+from aiohttp import web
 from conftest import wait_for
 from process import DaemonProcess, free_port
 from ssehelp import NO_TIMEOUT, SSEReader
@@ -227,3 +228,22 @@ def test_progress_view_redraws_a_bar_on_a_terminal():
     assert text.count("\r\x1b[2K") == 2
     assert "[####......]  40.0% copying" in text and "[##########] 100.0%" in text
     assert text.endswith("\nrun 7 nightly: COMPLETED\n")
+
+
+async def test_an_error_that_is_json_but_not_a_problem_object_is_an_api_error(aiohttp_server):
+    # What a proxy in front of jobd may answer: JSON, but a list, not a problem+json object.
+    async def proxy_error(request: web.Request) -> web.Response:
+        status = 401 if request.path.endswith("/events") else 502
+        return web.json_response(["upstream", "unavailable"], status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy_error)
+    server = await aiohttp_server(app)
+    async with JobdClient(str(server.make_url(""))) as client:
+        with pytest.raises(ApiError) as refused:
+            await client.queue()
+        assert (refused.value.status, refused.value.body) == (502, {})
+        assert refused.value.detail == '["upstream", "unavailable"]'
+        with pytest.raises(ApiError) as unauthorized:
+            await anext(client.watch(1))
+        assert unauthorized.value.status == 401

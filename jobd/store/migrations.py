@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import aiosqlite
 
+from jobd.models import DAY_MS
 from jobd.store.base import StoreError
 
 _STATUSES = "'PENDING', 'PROCESSING', 'COMPLETED', 'PARTIAL', 'FAILED', 'CANCELLED'"
 _SOURCES = "'cron', 'api', 'manual', 'retry', 'catchup'"
 _ACTIVE = "'PENDING', 'PROCESSING'"
-DAY_MS = 86_400_000
 
 # The aggregate of finished runs per (job, status, triggered_by), in run_days also per UTC day.
 # What migration 2 is made of: changing any of it means a new migration, never an edit.

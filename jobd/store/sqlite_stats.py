@@ -12,9 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from jobd.models import RunStatus, TriggerSource
+from jobd.models import DAY_MS, RunStatus, TriggerSource
 from jobd.store.base import JobStats, RunStats
-from jobd.store.migrations import DAY_MS
 
 ACTIVE = "'PENDING', 'PROCESSING'"
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from jobd.web import api, contract, observability
-from jobd.web import cors
-from jobd.web import dashboard
-from jobd.web import session
-from jobd.web import sse
-from jobd.web import tickets
+from jobd.web import api, contract, cors, dashboard, observability, session, sse, tickets
 from jobd.web.auth import Authenticator
 from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
@@ -21,7 +15,7 @@ from jobd.web.middleware import make_middleware
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = dashboard.STATIC_DIR
 
 
 def create_app(daemon: Daemon) -> web.Application:

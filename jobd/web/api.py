@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest, NotFound
-from jobd.models import RunStatus, TriggerSource, compact_json, iso_ms, parse_iso_ms
+from jobd.models import RunStatus, TriggerSource, compact_json, iso_ms
+from jobd.runlog import log_path
 from jobd.runs import Submission
 from jobd.store import RunFilter
 from jobd.web import sse
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
-from jobd.workers import log_path
+from jobd.web.params import PREFIX, enum_list, int_param, read_json_object, run_id_of, time_param
 
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
 
-PREFIX = "/api/v1"
 MAX_PAGE = 500
 MAX_IDEMPOTENCY_KEY = 200
-MAX_JSON_DEPTH = 64
 routes = web.RouteTableDef()
 
 
@@ -38,52 +39,14 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
                         content_type="application/json", headers=headers)
 
 
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and objects nest in a parsed JSON value (a scalar is 0)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is not None:
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is {}.
-
-    Only standard JSON is taken: NaN and Infinity would be stored and echoed back as text no JSON
-    parser reads, and a value nested deeper than MAX_JSON_DEPTH could not be written out again.
-    """
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw, parse_constant=_not_json)
-    except RecursionError:
-        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except (UnicodeDecodeError, ValueError) as exc:  # also numbers too long for int()
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    if _depth(body) > MAX_JSON_DEPTH:
-        raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
-    return body
-
-
-def run_id_of(request: web.Request) -> int:
-    raw = request.match_info["run_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True too
-        raise NotFound(f"no run with id {raw!r}", run_id=raw)
-    return int(raw)
-
-
 # -- jobs ------------------------------------------------------------------------------------------
+
+
+def _local_time(epoch_ms: int | None, zone: str) -> str | None:
+    """An instant in the job's time zone, to the second (what an operator reads a schedule in)."""
+    if epoch_ms is None:
+        return None
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=ZoneInfo(zone)).isoformat(timespec="seconds")
 
 
 def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
@@ -100,7 +63,7 @@ def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
         "shell": job.shell,
         "handler": job.handler,
         "schedule": job.schedule,
-        "schedule_description": daemon.describe_schedule(job),
+        "schedule_description": cronspec.describe(job.schedule) if job.schedule else None,
         "timezone": job.timezone,
         "overlap": job.overlap,
         "max_concurrency": job.max_concurrency,
@@ -108,7 +71,7 @@ def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
         "retries": job.retries,
         "paused": state.paused,
         "next_run_at": iso_ms(next_at),
-        "next_run_at_local": daemon.local_time(next_at, job.timezone),
+        "next_run_at_local": _local_time(next_at, job.timezone),
         "last_fire_at": iso_ms(state.last_fire_at),
         "skipped_fires": state.skipped_fires,
         "last_skipped_at": iso_ms(state.last_skipped_at),
@@ -205,48 +168,17 @@ async def resume_job(request: web.Request) -> web.Response:
 # -- runs ------------------------------------------------------------------------------------------
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    text = raw.strip()
-    # ASCII only: int() would also read "５" or "٣", and numbers of thousands of digits.
-    if not (text.isascii() and text.lstrip("+-").isdigit() and len(text) <= 20):
-        raise BadRequest(f"{name} must be an integer from {low} to {high}")
-    value = int(text)
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}")
-    return value
 
-
-def _time_param(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        return parse_iso_ms(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO-8601 time, e.g. 2026-11-23T10:00:00Z") from None
-
-
-def _enum_list(request: web.Request, name: str, kind: type[Any]) -> tuple[Any, ...]:
-    raw = request.query.getall(name, [])
-    values = [part.strip() for item in raw for part in item.split(",") if part.strip()]
-    try:
-        return tuple(kind(value.upper() if kind is RunStatus else value.lower()) for value in values)
-    except ValueError:
-        allowed = ", ".join(member.value for member in kind)
-        raise BadRequest(f"{name} must be one or more of {allowed}") from None
 
 
 def run_filter(request: web.Request) -> RunFilter:
     job = request.query.get("job")
     return RunFilter(
         job=job or None,
-        status=_enum_list(request, "status", RunStatus),
-        triggered_by=_enum_list(request, "triggered_by", TriggerSource),
-        since=_time_param(request, "since"),
-        until=_time_param(request, "until"),
+        status=enum_list(request, "status", RunStatus),
+        triggered_by=enum_list(request, "triggered_by", TriggerSource),
+        since=time_param(request, "since"),
+        until=time_param(request, "until"),
     )
 
 
@@ -273,8 +205,8 @@ def cursor_param(request: web.Request) -> int | None:
 async def list_runs(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     where = run_filter(request)
-    limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
-    offset = _int_param(request, "offset", 0, 0, 10**12)
+    limit = int_param(request, "limit", 50, 1, MAX_PAGE)
+    offset = int_param(request, "offset", 0, 0, 10**12)
     before = cursor_param(request)
     page = where if before is None else dataclasses.replace(where, before_id=before)
     # One run more than asked tells whether another page follows, with or without a cursor.

@@ -47,13 +47,17 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def secret_matches(presented: str, secret: str) -> bool:
+    """A constant-time comparison of digests, so that not even the secret's length shows."""
+    return hmac.compare_digest(_digest(presented), _digest(secret))
+
+
 def find_token(config: AuthConfig, presented: str) -> Token | None:
     """Compare against every token so the time taken does not tell which one nearly matched.
     Digests are compared, not the texts, so that it does not tell a token's length either."""
     found = None
-    given = _digest(presented)
     for token in config.tokens:
-        if hmac.compare_digest(_digest(token.token), given):
+        if secret_matches(presented, token.token):
             found = token
     return found
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from jobd.web.api import PREFIX
+from jobd.web.dashboard import STATIC_DIR
+from jobd.web.params import PREFIX
 
 OPENAPI = Path(__file__).with_name("openapi.json")
-STATIC = Path(__file__).resolve().parent.parent / "static"
 DOCS_PAGE = "api-docs.html"  # its script and style sheet are served from /static/ with the dashboard's
 # The page runs only its own script and style, and talks only to this server.
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; base-uri 'none'"
@@ -29,5 +29,5 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/docs")
 async def docs_page(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC / DOCS_PAGE, headers={"Content-Type": "text/html; charset=utf-8",
+    return web.FileResponse(STATIC_DIR / DOCS_PAGE, headers={"Content-Type": "text/html; charset=utf-8",
                                                          "Content-Security-Policy": CSP})

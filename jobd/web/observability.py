@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
 from jobd.errors import Unauthorized
 from jobd.metrics import CONTENT_TYPE
 from jobd.stats import MAX_DAYS, period, stats_json
-from jobd.web.api import PREFIX, _int_param, json_response
-from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, requires
+from jobd.web.api import json_response
+from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, requires, secret_matches
 from jobd.web.keys import DAEMON
+from jobd.web.params import PREFIX, int_param
 
 routes = web.RouteTableDef()
 
@@ -20,7 +19,7 @@ routes = web.RouteTableDef()
 @requires("read")
 async def stats(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    days = _int_param(request, "days", 30, 1, MAX_DAYS)
+    days = int_param(request, "days", 30, 1, MAX_DAYS)
     job = request.query.get("job") or None
     if job is not None:
         daemon.runs.job(job)  # 404 for a job that is not configured
@@ -40,7 +39,7 @@ def check_metrics_access(request: web.Request) -> None:
         return
     presented = presented_token(request)
     if presented is not None:
-        if hmac.compare_digest(presented.encode(), metrics_token.encode()):
+        if secret_matches(presented, metrics_token):
             return
         if auth.enabled and find_token(auth, presented) is not None:
             return

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from jobd.errors import BadRequest, NotFound, RunNotFound, Unavailable
+from jobd.errors import BadRequest, RunNotFound, Unavailable
 from jobd.events import Event, SubscriberOverflow, Subscriber, SubscriptionClosed, encode_frame
 from jobd.models import TERMINAL_STATUSES, Run, RunStatus
 from jobd.runs import status_update
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON, REQUEST_ID
+from jobd.web.params import PREFIX, list_param, run_id_of
 
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
 
-PREFIX = "/api/v1"
 HEARTBEAT = b": ping\n\n"
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
 RUN_TYPES = frozenset({"status_update", "log"})
@@ -175,19 +175,8 @@ def last_event_id(request: web.Request) -> int | None:
     return int(raw) if raw.isdigit() and len(raw) <= 20 else None
 
 
-def _run_id(request: web.Request) -> int:
-    raw = request.match_info["run_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True too
-        raise NotFound(f"no run with id {raw!r}", run_id=raw)
-    return int(raw)
-
-
-def _list(request: web.Request, name: str) -> list[str]:
-    return [part.strip() for item in request.query.getall(name, []) for part in item.split(",") if part.strip()]
-
-
 def _statuses(request: web.Request) -> frozenset[str]:
-    values = [value.upper() for value in _list(request, "status")]
+    values = [value.upper() for value in list_param(request, "status")]
     allowed = {status.value for status in RunStatus}
     for value in values:
         if value not in allowed:
@@ -319,7 +308,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     """One run: connected, its current state, every change; ends after the terminal state."""
     daemon = request.app[DAEMON]
     streams = request.app[STREAMS]
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     wants_logs = _flag(request.query.get("log"))
     resume_from = last_event_id(request)
     stream = streams.open(request)
@@ -369,7 +358,7 @@ async def firehose(request: web.Request) -> web.StreamResponse:
     """Every run's events, filtered by `job` and `status`, plus `summary` messages."""
     daemon = request.app[DAEMON]
     streams = request.app[STREAMS]
-    jobs = frozenset(_list(request, "job"))
+    jobs = frozenset(list_param(request, "job"))
     statuses = _statuses(request)
     wants_logs = _flag(request.query.get("log"))
     resume_from = last_event_id(request)

@@ -21,11 +21,11 @@ from aiohttp import web
 
 from jobd.errors import BadRequest, Unauthorized
 from jobd.models import iso_ms, now_ms
-from jobd.web.api import json_response, read_json_object
+from jobd.web.api import json_response
 from jobd.web.auth import check_scope, requires
 from jobd.web.keys import TOKEN
+from jobd.web.params import PREFIX, read_json_object
 
-PREFIX = "/api/v1"
 # The streams a ticket can be minted for, and the scope each needs.
 STREAM_PATHS = ((re.compile(r"^/api/v1/runs/[0-9]{1,18}/events$"), "read"),
                 (re.compile(r"^/api/v1/events$"), "admin"))
