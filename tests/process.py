@@ -20,6 +20,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a daemon's job commands, each leading its own group)."""
+    children = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent's pid
+            children.append(int(entry.name))
+    return children
+
+
 class DaemonProcess:
     def __init__(self, config_path: Path, *, env: dict[str, str] | None = None,
                  listen: socket.socket | None = None) -> None:
@@ -95,8 +111,16 @@ class DaemonProcess:
 
     async def cleanup(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
+            # Jobs run in process groups of their own, which outlive a killed daemon: end them too,
+            # so that a test that failed half way leaves nothing running.
+            groups = child_pids(self.proc.pid)
             self.proc.kill()
             await self.proc.wait()
+            for pgid in groups:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         if self._reader is not None:
             self._reader.cancel()
             try:
