@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="the JSON file (default bench/results/results[-quick].json)")
     parser.add_argument("--profile", action="store_true",
                         help="sample each daemon with py-spy into bench/results/profiles/ and print a summary")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"],
+                        help="the daemons' log level (default warning: at info each request and run logs a line)")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' folders (stores, logs) and say where")
     args = parser.parse_args(argv)
     args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
@@ -61,7 +63,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         for repeat in range(args.repeat):
             try:
                 context = Context(args.quick, workdir / f"{name}-{repeat + 1}", name=name,
-                                  profile_dir=RESULTS / "profiles" if args.profile else None)
+                                  profile_dir=RESULTS / "profiles" if args.profile else None,
+                                  log_level=args.log_level)
                 repeats.append(await scenario(context))
             except Exception as exc:  # one broken scenario must not hide the others' figures
                 failures[name] = f"{type(exc).__name__}: {exc}"

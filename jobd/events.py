@@ -4,6 +4,10 @@ Every event is encoded to its Server-Sent Events frame once, at publish time; su
 references to the same bytes. Publishing never awaits: each subscriber has a bounded buffer, a
 progress-only update replaces the one still waiting for the same run (latest wins), and a
 subscriber that is still full is cut off rather than allowed to grow or slow the others.
+
+A subscriber can also have a `sink`: while nothing is queued for it, each event is first offered
+to the sink, which may take it at once (the SSE layer writes it to a client that keeps up, with no
+task to wake); what the sink refuses is queued as usual, so the order never changes.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ class SubscriptionClosed(Exception):
     """The bus was shut down or the subscription closed."""
 
 
+# A consumer waiting in get() has taken everything before; what is published before it gets to
+# run again is one burst (a batch trigger, the finishes of one group commit), not lag. Such a burst
+# may exceed the buffer up to this many times before the subscriber is cut off.
+BURST_FACTOR = 10
+
+
 def encode_frame(event_id: int | None, data: dict[str, Any]) -> bytes:
     body = compact_json(data)
     head = f"id: {event_id}\n" if event_id is not None else ""
@@ -50,7 +60,7 @@ class Subscriber:
     """One consumer's bounded view of the bus."""
 
     __slots__ = ("bus", "run_id", "accepts", "capacity", "_entries", "_live", "_by_run",
-                 "_waiter", "_poked", "overflowed", "closed", "delivered", "wants_logs")
+                 "_waiter", "_poked", "overflowed", "closed", "delivered", "wants_logs", "sink")
 
     def __init__(
         self,
@@ -66,8 +76,9 @@ class Subscriber:
         self.accepts = accepts
         self.capacity = capacity
         self.wants_logs = wants_logs
-        # Entries are one-item lists so a coalesced event can be blanked in place.
-        self._entries: deque[list[Event | None]] = deque()
+        # Entries are one-item lists so a coalesced event can be blanked in place. The deque is
+        # made when first needed: most subscribers never queue anything (see `sink`).
+        self._entries: deque[list[Event | None]] | None = None
         self._live = 0
         self._by_run: dict[int, list[Event | None]] = {}
         self._waiter: asyncio.Future[None] | None = None
@@ -75,10 +86,14 @@ class Subscriber:
         self.overflowed = False
         self.closed = False
         self.delivered = 0
+        self.sink: Callable[[Event], bool] | None = None
 
     def offer(self, event: Event) -> bool:
         """Queue an event without waiting; False when this subscriber has to be cut off."""
         if self.closed:
+            return True
+        if self.sink is not None and not self._live and self.sink(event):
+            self.delivered += 1
             return True
         if event.coalescible and event.run_id is not None:
             stale = self._by_run.get(event.run_id)
@@ -86,14 +101,16 @@ class Subscriber:
                 stale[0] = None
                 self._live -= 1
                 self.bus.coalesced += 1
-        if self._live >= self.capacity:
+        if self._live >= self.capacity and (self._waiter is None or self._live >= BURST_FACTOR * self.capacity):
             self.overflowed = True
-            self._entries.clear()
+            self._entries = None
             self._by_run.clear()
             self._live = 0
             self._wake()
             return False
         entry: list[Event | None] = [event]
+        if self._entries is None:
+            self._entries = deque()
         self._entries.append(entry)
         self._live += 1
         if event.run_id is not None:

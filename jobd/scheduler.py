@@ -174,9 +174,8 @@ class Scheduler:
     async def run(self) -> None:
         """Fire jobs until cancelled. Never returns otherwise; a failing fire is logged."""
         pending, self._pending_catchup = self._pending_catchup, []
-        for request in pending:
-            if request.job in self._plans and request.job not in self._paused:
-                await self._issue(request)
+        await self._issue_all([request for request in pending
+                               if request.job in self._plans and request.job not in self._paused])
         while True:
             self._wake.clear()
             self._loop_iterations += 1
@@ -242,6 +241,7 @@ class Scheduler:
         return max(0.0, min(self._max_sleep_s, wait))
 
     async def _fire_due(self, now: datetime) -> None:
+        due: list[tuple[_Plan, str, datetime]] = []
         while self._heap and self._heap[0][0] <= now:
             _, seq, name, nominal = heapq.heappop(self._heap)
             self._heap_pops += 1
@@ -249,7 +249,9 @@ class Scheduler:
             if plan is None:
                 continue
             plan.entry = plan.next_fire = None
-            await self._issue(FireRequest(name, nominal, catchup=False))
+            due.append((plan, name, nominal))
+        await self._issue_all([FireRequest(name, nominal, catchup=False) for _, name, nominal in due])
+        for plan, name, nominal in due:
             # The callback may have paused, removed or rescheduled the job meanwhile.
             if self._plans.get(name) is not plan or plan.entry is not None or name in self._paused:
                 continue
@@ -270,6 +272,14 @@ class Scheduler:
             self._schedule_after(name, now)
         else:
             self._push(plan, name, following)
+
+    async def _issue_all(self, requests: list[FireRequest]) -> None:
+        """Fires due at the same time go out together (in order), not one after the other: each
+        waits for its run's commit, and together they share one group commit."""
+        if len(requests) == 1:
+            await self._issue(requests[0])
+        elif requests:
+            await asyncio.gather(*(self._issue(request) for request in requests))
 
     async def _issue(self, request: FireRequest) -> None:
         try:

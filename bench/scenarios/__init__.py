@@ -22,6 +22,7 @@ class Context:
     workdir: Path
     name: str = "scenario"
     profile_dir: Path | None = None  # --profile: py-spy output goes here
+    log_level: str = "warning"
 
     def size(self, full: float, quick: float) -> Any:
         """The workload: `full` as the issue asks, `quick` for a smoke run only."""
@@ -31,7 +32,7 @@ class Context:
         """The daemon under test, in its own folder (and profiled with --profile)."""
         name = f"{self.name}-{tag}" if tag else self.name
         profile = self.profile_dir / f"{name}.txt" if self.profile_dir is not None else None
-        return JobdProcess(self.workdir / (tag or "jobd"), jobs, profile=profile, **options)
+        return JobdProcess(self.workdir / (tag or "jobd"), jobs, profile=profile, log_level=self.log_level, **options)
 
 
 Scenario = Callable[[Context], Awaitable[list[Figure]]]
