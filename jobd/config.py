@@ -8,6 +8,7 @@ Unknown keys are refused so that a misspelt option never goes unnoticed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import ipaddress
 import os
@@ -488,6 +489,7 @@ def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig,
     return job
 
 
+@functools.lru_cache(maxsize=4096)  # every run of a job resolves its handler: import it once
 def _import_handler(spec: str, key: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

@@ -13,7 +13,6 @@ task to wake); what the sink refuses is queued as usual, so the order never chan
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -23,17 +22,32 @@ import structlog
 from jobd.models import compact_json
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    id: int
-    type: str
-    run_id: int | None
-    job: str | None
-    status: str | None
-    data: dict[str, Any]
-    frame: bytes
-    # A progress-only update: a later one for the same run makes this one redundant.
-    coalescible: bool = False
+    """One published event. Its SSE frame is encoded when first asked for, then kept: once per
+    event at most, and not at all for an event no stream takes (and none replays)."""
+
+    __slots__ = ("id", "type", "run_id", "job", "status", "data", "coalescible", "_frame")
+
+    def __init__(self, id: int, type: str, run_id: int | None, job: str | None, status: str | None,
+                 data: dict[str, Any], coalescible: bool = False) -> None:
+        self.id = id
+        self.type = type
+        self.run_id = run_id
+        self.job = job
+        self.status = status
+        self.data = data
+        # A progress-only update: a later one for the same run makes this one redundant.
+        self.coalescible = coalescible
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = encode_frame(self.id, self.data)
+        return self._frame
+
+    def __repr__(self) -> str:
+        return f"Event({self.id}, {self.type!r}, run_id={self.run_id})"
 
 
 class SubscriberOverflow(Exception):
@@ -274,7 +288,7 @@ class EventBus:
         event_id = self._next_id
         self._next_id += 1
         payload = {"type": type_, **data}
-        event = Event(event_id, type_, run_id, job, status, payload, encode_frame(event_id, payload), coalescible)
+        event = Event(event_id, type_, run_id, job, status, payload, coalescible)
         if replayable:
             if len(self._ring) == self._ring.maxlen:
                 self._evicted_up_to = self._ring[0].id

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -28,7 +29,6 @@ import subprocess
 import threading
 import traceback
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import IO, Any, Protocol
 
 from jobd.config import ConfigError, JobConfig
@@ -507,12 +507,17 @@ async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter) -> Outco
         message = str(exc)
         return Outcome(error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
     try:
-        json.dumps(value, allow_nan=False)
+        if value is not None:
+            _strict_json(value)
     except (TypeError, ValueError) as json_exc:
         return Outcome(error=f"result is not JSON serialisable: {json_exc}")
     return Outcome(result=value)
 
 
+_strict_json = json.JSONEncoder(allow_nan=False).encode  # one encoder, not one per json.dumps() call
+
+
+@functools.lru_cache(maxsize=4096)  # inspected once per handler, not once per run
 def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
@@ -551,7 +556,7 @@ class RunLog:
     tail keeps following the output. stderr lines carry a "[stderr] " prefix.
     """
 
-    def __init__(self, path: Path, *, max_bytes: int, tail_bytes: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, tail_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.tail_bytes = tail_bytes
@@ -574,7 +579,7 @@ class RunLog:
             data = f"... log truncated at {self.max_bytes} bytes\n".encode()
         try:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 self._file = open(self.path, "ab")
             self._file.write(data)
         except OSError as exc:

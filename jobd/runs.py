@@ -238,7 +238,7 @@ class RunService:
         for run in runs:
             self._track(run)
         try:
-            await self.store.write(runs, job_states=[dataclasses.replace(s) for s in job_states], keys=keys)
+            await self.store.write(runs, job_states=[s.copy() for s in job_states], keys=keys)
         except BaseException:
             for run in runs:
                 self._count(run, -1)
@@ -469,7 +469,7 @@ class RunService:
         rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
-        committed = self.store.submit(rows, job_states=[dataclasses.replace(state)])
+        committed = self.store.submit(rows, job_states=[state.copy()])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def on_commit(result: asyncio.Future[None]) -> None:
@@ -517,21 +517,21 @@ class RunService:
                 waiter.set_result(None)
         if previous_status is RunStatus.PENDING:
             self._drop_waiting(run)
-        log = self.log.bind(run_id=run.id, job=run.job)
-        log.info("run_finished", status=status.value, duration_ms=run.duration_ms, error=run.error)
+        self.log.info("run_finished", run_id=run.id, job=run.job, status=status.value, duration_ms=run.duration_ms,
+                      error=run.error)
         if retry is not None:
             self.status_totals[RunStatus.PENDING] += 1
             self._publish(retry)
             self._schedule(retry)
-            log.info("run_retry_scheduled", retry_run_id=retry.id, attempt=retry.attempt,
-                     run_after=retry.run_after)
+            self.log.info("run_retry_scheduled", run_id=run.id, job=run.job, retry_run_id=retry.id,
+                          attempt=retry.attempt, run_after=retry.run_after)
         job = self.jobs.get(run.job)
         if job is not None:
             for hook in self.finished_hooks:
                 try:
                     hook(job, run, state, previous_failures)
                 except Exception:  # a hook (metrics, alerts) must never fail a run
-                    log.exception("finished_hook_failed")
+                    self.log.exception("finished_hook_failed", run_id=run.id, job=run.job)
 
     def _drop_waiting(self, run: Run) -> None:
         waiting = self._waiting.get(run.job)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
 
 def log_path(logs_dir: Path, run_id: int) -> Path:
     """Where a run's full log lives; a folder per thousand runs keeps directories small."""
-    return logs_dir / str(run_id // 1000) / f"{run_id}.log"
+    return Path(log_file(str(logs_dir), run_id))
+
+
+def log_file(logs_dir: str, run_id: int) -> str:
+    """log_path() as a string, for every run: a Path costs more than the rest of a no-op run's start."""
+    return f"{logs_dir}{os.sep}{run_id // 1000}{os.sep}{run_id}.log"
 
 
 class _Reporter:
@@ -68,6 +74,7 @@ class WorkerPool:
         self.runs = runs
         self.concurrency = concurrency
         self.logs_dir = logs_dir
+        self._logs_dir = str(logs_dir)
         self.kill_grace_s = kill_grace_s
         self.log_tail_bytes = log_tail_bytes
         self.max_log_bytes = max_log_bytes
@@ -120,7 +127,7 @@ class WorkerPool:
         if run.id in self.runs.cancel_requested:
             self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
             return
-        run_log = runner.RunLog(log_path(self.logs_dir, run.id), max_bytes=self.max_log_bytes,
+        run_log = runner.RunLog(log_file(self._logs_dir, run.id), max_bytes=self.max_log_bytes,
                                 tail_bytes=self.log_tail_bytes)
         reporter = _Reporter(self.runs, run, run_log)
         handler = asyncio.create_task(
