@@ -104,10 +104,12 @@ class Scheduler:
         now = clock.now()
         for name, config in jobs.items():
             self._add_plan(name, config)
-        self._catchup = self._compute_catchup(now)
+        self._catchup, upcoming = self._compute_catchup(now)
         self._pending_catchup = list(self._catchup)
-        for name in self._plans:
-            if name not in self._paused:
+        for name, plan in self._plans.items():
+            if name in upcoming:
+                self._push(plan, name, upcoming[name])
+            elif name not in self._paused:
                 self._schedule_from(name, now)
 
     # -- public API ---------------------------------------------------------------------
@@ -308,11 +310,18 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _compute_catchup(self, now: datetime) -> list[FireRequest]:
+    def _compute_catchup(self, now: datetime) -> tuple[list[FireRequest], dict[str, datetime]]:
+        """The catch-up fires; and the next fire of each job that missed none, found on the way
+        (the first fire after its last is still to come), which spares start-up a second search."""
         requests = []
+        upcoming: dict[str, datetime] = {}
         for name, plan in self._plans.items():
             last = self._last.get(name)
             if last is None or name in self._paused or last >= now:
+                continue
+            first = plan.spec.next_after(last, plan.tz).astimezone(_UTC)
+            if first > now:
+                upcoming[name] = first
                 continue
             newest = plan.spec.newest_in(last, now, plan.tz)
             if newest is None:
@@ -326,4 +335,4 @@ class Scheduler:
                     "scheduler.misfire_skipped", job=name, newest_missed=newest.isoformat(),
                     age_s=round(age, 3), policy=plan.config.misfire,
                 )
-        return requests
+        return requests, upcoming

@@ -97,7 +97,7 @@ def _summary(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def _rollup_answers(f: RunFilter) -> bool:
-    """Whether run_totals (plus the active runs) can answer for this filter: no time bounds."""
+    """Whether the rollups (plus the active runs) can answer for this filter: no time bounds."""
     return f.since is None and f.until is None
 
 
@@ -367,8 +367,10 @@ class SQLiteStore:
         return _summary(rows[0])
 
     async def _rollup_summary(self, where: RunFilter) -> dict[str, Any]:
-        """Finished runs from run_totals, active ones from runs, read in one statement (one snapshot).
-        Active runs are found by status: by job, SQLite would walk every run the job ever had."""
+        """Finished runs from a rollup (one job's from run_totals, every job's from run_days_all, a few
+        rows a day), active ones from runs, read in one statement (one snapshot). Active runs are
+        found by status: by job, SQLite would walk every run the job ever had."""
+        rollup = "run_totals" if where.job is not None else "run_days_all"
         finished, args = _where(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
         statuses = tuple(status for status in (RunStatus.PENDING, RunStatus.PROCESSING)
                          if not where.status or status in where.status)
@@ -385,7 +387,7 @@ class SQLiteStore:
             "SUM(items_total), SUM(items_success), SUM(items_failed), SUM(items_skipped), "
             "SUM(timed), SUM(duration_sum) FROM ("
             "SELECT status, runs, timed, duration_sum, items_total, items_success, items_failed, items_skipped "
-            f"FROM run_totals{finished}{active_rows})",
+            f"FROM {rollup}{finished}{active_rows})",
             [*args, *(active_args if statuses else ())],
         )
         return _summary(rows[0])
@@ -409,7 +411,7 @@ class SQLiteStore:
 
     async def count_by_status(self) -> dict[RunStatus, int]:
         rows = await self._fetchall(
-            "SELECT status, SUM(runs) FROM run_totals GROUP BY status UNION ALL "
+            "SELECT status, SUM(runs) FROM run_days_all GROUP BY status UNION ALL "
             f"SELECT status, COUNT(*) FROM runs INDEXED BY runs_status WHERE status IN ({ACTIVE}) GROUP BY status"
         )
         counts = {status: 0 for status in RunStatus}
