@@ -91,6 +91,7 @@ class Metrics:
         # labels() validates and locks on every call; a finished run needs the same few children.
         self._finished_by: dict[tuple[str, str], Any] = {}
         self._duration_of: dict[str, Any] = {}
+        self._requests_by: dict[tuple[str, str, int], Any] = {}
 
     def count_streams(self, counter: Callable[[], int]) -> None:
         """Where open SSE streams are counted (the streams live in the web app, not the daemon)."""
@@ -112,29 +113,16 @@ class Metrics:
                 and run.started_at is not None and not never_started(run)):
             self.fire_lag.observe(max(0, run.started_at - run.scheduled_for) / 1000)
 
-    def middleware(self) -> Callable[..., Any]:
-        counted: dict[tuple[str, str, int], Any] = {}  # labels() validates and locks on every call
-
-        def count(request: web.Request, status: int) -> None:
-            key = (request.method, route_label(request), status)
-            child = counted.get(key)
-            if child is None:
-                child = self.http_requests.labels(key[0], key[1], str(status))
-                if len(counted) < 1000:  # clients choose the method: keep the cache bounded
-                    counted[key] = child
-            child.inc()
-
-        @web.middleware
-        async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                count(request, exc.status)
-                raise
-            count(request, response.status)
-            return response
-
-        return count_requests
+    async def count_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        """An `on_response_prepare` handler: every answer is counted as it starts (an error mapped to
+        problem+json, a stream), with no middleware frame held for as long as a stream is open."""
+        key = (request.method, route_label(request), response.status)
+        child = self._requests_by.get(key)
+        if child is None:
+            child = self.http_requests.labels(key[0], key[1], str(key[2]))
+            if len(self._requests_by) < 1000:  # clients choose the method: keep the cache bounded
+                self._requests_by[key] = child
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/v1"
 HEARTBEAT = b": ping\n\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk, as aiohttp's writer frames what a chunked response writes."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+HEARTBEAT_CHUNK = _chunk(HEARTBEAT)
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
 RUN_TYPES = frozenset({"status_update", "log"})
 FIREHOSE_TYPES = frozenset({"status_update", "log", "summary"})
@@ -104,11 +112,26 @@ class Stream:
         transport = self._transport
         if not batch or transport is None or transport.is_closing():
             return
-        data = batch[0].frame if len(batch) == 1 else b"".join(event.frame for event in batch)
-        if self._chunked:  # the HTTP/1.1 chunk that aiohttp's writer would have made of it
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        transport.write(data)
+        if len(batch) == 1:  # the usual case, the same bytes for every stream (see Streams.framed)
+            assert self._registry is not None
+            transport.write(self._registry.framed(batch[0], self._chunked))
+        else:
+            transport.write(_chunk(b"".join(event.frame for event in batch)) if self._chunked
+                            else b"".join(event.frame for event in batch))
         self.position = batch[-1].id
+        self.last_write = now
+
+    def heartbeat(self, now: float) -> None:
+        """Written at once to a client that keeps up; otherwise the stream's task sends it in turn."""
+        transport = self._transport
+        if self.sub is None:
+            return
+        if (transport is None or transport.is_closing() or self.sub.pending() or self._batch
+                or self.writing_since is not None or self.ending is not None
+                or transport.get_write_buffer_size() > DIRECT_LIMIT):
+            self.sub.poke()
+            return
+        transport.write(HEARTBEAT_CHUNK if self._chunked else HEARTBEAT)
         self.last_write = now
 
     def end(self, reason: str) -> None:
@@ -142,6 +165,7 @@ class Streams:
         self.closing = False
         self._open: set[Stream] = set()
         self._unflushed: list[Stream] = []
+        self._last_chunk: tuple[Event | None, bytes] = (None, b"")
         self._nonempty = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -160,6 +184,14 @@ class Streams:
         self._nonempty.set()
         self._empty.clear()
         return stream
+
+    def framed(self, event: Event, chunked: bool) -> bytes:
+        """The bytes that carry one event on a stream: every stream it goes to gets the same object."""
+        if not chunked:
+            return event.frame
+        if self._last_chunk[0] is not event:
+            self._last_chunk = (event, _chunk(event.frame))
+        return self._last_chunk[1]
 
     def to_flush(self, stream: Stream) -> None:
         """`stream` has events for its connection: written, with every other's, once the publisher is done."""
@@ -193,8 +225,8 @@ class Streams:
                 if (stream.sub is not None and stream.sub.closed) or now - stream.writing_since >= stuck_after:
                     self.log.warning("stream_cut_off", path=stream.request.path, reason="client not reading")
                     stream.abort()
-            elif stream.sub is not None and now - stream.last_write >= self.heartbeat_s:
-                stream.sub.poke()
+            elif now - stream.last_write >= self.heartbeat_s:
+                stream.heartbeat(now)
 
     async def run_ticker(self) -> None:
         period = min(self.heartbeat_s, 1.0)
