@@ -36,34 +36,42 @@ RUN_COLUMNS = (
 # SQLite the upkeep of the indexes on them at every transition.
 _IMMUTABLE = frozenset({"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for",
                         "created_at", "retry_of"})
-_UPSERT_JOB_STATE = (
-    "INSERT INTO job_state (job, paused, last_fire_at, skipped_fires, last_skipped_at, "
-    "consecutive_failures, last_run_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT(job) DO UPDATE SET paused = excluded.paused, last_fire_at = excluded.last_fire_at, "
-    "skipped_fires = excluded.skipped_fires, last_skipped_at = excluded.last_skipped_at, "
-    "consecutive_failures = excluded.consecutive_failures, last_run_id = excluded.last_run_id"
-)
-# The same upsert for a whole group commit in one statement: the rows go in as one JSON array.
-# executemany() would bind each row while holding the GIL and release it around each row's step,
-# handing the GIL back and forth with the event loop once per row; this way SQLite's thread
-# takes the GIL once, and the loop and SQLite really run side by side. The JSON functions are
-# part of SQLite since 3.38 (and of most builds long before).
-_UPSERT_RUNS = (
-    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(RUN_COLUMNS)))
-    + " FROM json_each(?) WHERE true ON CONFLICT(id) DO UPDATE SET "  # WHERE: SQLite's upsert syntax
-    + ", ".join(f"{col} = excluded.{col}" for col in RUN_COLUMNS if col not in _IMMUTABLE)
-)
+JOB_STATE_COLUMNS = ("job", "paused", "last_fire_at", "skipped_fires", "last_skipped_at", "consecutive_failures",
+                     "last_run_id")
+
+
+def _upserts(table: str, columns: Sequence[str], key: str, keep: Iterable[str] = ()) -> tuple[str, str]:
+    """(the upsert of one row, the same for a JSON array of rows) into `table`; on conflict with
+    `key`, every column but those in `keep` takes the new value.
+
+    A group commit uses the second: one statement, so SQLite's thread takes the GIL once per
+    batch. executemany() binds each row holding the GIL and releases it around each row's step,
+    trading it with the event loop once per row, and neither then runs at full speed. The JSON
+    functions are part of SQLite since 3.38 (and of most builds long before).
+    """
+    names = ", ".join(columns)
+    update = ", ".join(f"{col} = excluded.{col}" for col in columns if col != key and col not in keep)
+    conflict = f"ON CONFLICT({key}) DO UPDATE SET {update}"
+    extract = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(columns)))
+    return (f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}",
+            # WHERE true: SQLite's upsert grammar needs it after a SELECT.
+            f"INSERT INTO {table} ({names}) SELECT {extract} FROM json_each(?) WHERE true {conflict}")
+
+
+_UPSERT_RUN = _upserts("runs", RUN_COLUMNS, "id", _IMMUTABLE)
+_UPSERT_JOB_STATE = _upserts("job_state", JOB_STATE_COLUMNS, "job")
 # UTF-8 as it is (SQLite copies it), and no NaN: it would not be JSON.
 _rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-# json_extract() cuts a string at an escaped NUL; the rare batch holding one is bound row by row.
-_UPSERT_RUN_ROW = (
-    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "
-    "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{col} = excluded.{col}" for col in RUN_COLUMNS if col not in _IMMUTABLE)
-)
 _INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
 _LAZY_FLUSH_S = 1.0
+
+
+async def _upsert(db: aiosqlite.Connection, statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
+    payload = _rows_json(rows)
+    if "\\u0000" in payload:  # json_extract() would cut a string at a NUL: bind these row by row
+        await db.executemany(statements[0], rows)
+    else:
+        await db.execute(statements[1], (payload,))
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -304,13 +312,9 @@ class SQLiteStore:
             return
         async with self._transaction() as db:
             if run_rows:
-                payload = _rows_json(run_rows)
-                if "\\u0000" in payload:
-                    await db.executemany(_UPSERT_RUN_ROW, run_rows)
-                else:
-                    await db.execute(_UPSERT_RUNS, (payload,))
+                await _upsert(db, _UPSERT_RUN, run_rows)
             if state_rows:
-                await db.executemany(_UPSERT_JOB_STATE, state_rows)
+                await _upsert(db, _UPSERT_JOB_STATE, state_rows)
             if key_rows:
                 await db.executemany(_INSERT_KEY, key_rows)
         self.commits += 1
