@@ -9,10 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.holder import raise_nofile_limit
 from bench.machine import describe, filesystem, header
 from bench.report import Figure, merge, table, write_json
 from bench.scenarios import Context, registry
+from jobd.daemon import raise_open_files_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_nofile_limit(30_000)
+    raise_open_files_limit(30_000)
     if args.keep:
         workdir = Path(tempfile.mkdtemp(prefix="jobd-bench-"))
         print(f"daemon folders kept in {workdir}", file=sys.stderr)

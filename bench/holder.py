@@ -22,7 +22,6 @@ import asyncio
 import json
 import math
 import re
-import resource
 import select
 import socket
 import sys
@@ -30,20 +29,12 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from jobd.daemon import raise_open_files_limit
+
 RUN_EVENT = re.compile(rb'"type":"status_update","run_id":(\d+)')
 CONNECTED = b'"type":"connected"'
 OPENING_AT_ONCE = 64  # streams connecting at once
 PER_PROCESS = 5000
-
-
-def raise_nofile_limit(wanted: int) -> int:
-    """Raise the soft limit on open files towards `wanted` (at most the hard limit); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
 
 
 def emit(message: dict[str, object]) -> None:
@@ -157,7 +148,7 @@ def main() -> None:
     parser.add_argument("--path", required=True)
     parser.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
-    raise_nofile_limit(args.count + 256)
+    raise_open_files_limit(args.count + 256)
     where = urlsplit(args.url)
     host, port = where.hostname or "127.0.0.1", where.port or 80
     request = (f"GET {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"

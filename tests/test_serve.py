@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from process import DaemonProcess
 
 from jobd.client import JobdClient
+from jobd.daemon import raise_open_files_limit
 
 
 def write_config(tmp_path, jobs: str, extra: str = "") -> object:
@@ -115,3 +117,16 @@ async def test_sigterm_is_a_clean_exit(tmp_path, daemons):
     await daemon.start()
     daemon.signal(signal.SIGTERM)
     assert await daemon.wait() == 0
+
+
+def test_serve_raises_its_soft_open_files_limit_as_far_as_the_hard_one():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert raise_open_files_limit(512) == (512, hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (512, hard)
+        assert raise_open_files_limit(100) == (512, hard)  # never lowered
+        if hard != resource.RLIM_INFINITY:
+            assert raise_open_files_limit(hard + 1000) == (hard, hard)  # never past the hard limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
