@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sample each daemon with py-spy into bench/results/profiles/ and print a summary")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"],
                         help="the daemons' log level (default warning: at info each request and run logs a line)")
+    parser.add_argument("--synchronous", default="normal", choices=["normal", "full"],
+                        help="the daemons' store.synchronous (default normal, jobd's default)")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' folders (stores, logs) and say where")
     args = parser.parse_args(argv)
     args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
@@ -51,7 +53,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     mode = "quick" if args.quick else "full"
     machine = describe()
     machine["store_filesystem"] = filesystem(workdir)
-    print(header(machine, mode=mode), flush=True)
+    settings = f"--log-level {args.log_level}, store.synchronous = {args.synchronous!r}, JSON logs to a file"
+    print(header(machine, mode=mode, settings=settings), flush=True)
     figures: list[Figure] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -64,7 +67,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             try:
                 context = Context(args.quick, workdir / f"{name}-{repeat + 1}", name=name,
                                   profile_dir=RESULTS / "profiles" if args.profile else None,
-                                  log_level=args.log_level)
+                                  log_level=args.log_level, synchronous=args.synchronous)
                 repeats.append(await scenario(context))
             except Exception as exc:  # one broken scenario must not hide the others' figures
                 failures[name] = f"{type(exc).__name__}: {exc}"
@@ -81,7 +84,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"FAILED {name}: {reason}")
     output = args.output or RESULTS / ("results-quick.json" if args.quick else "results.json")
     write_json(output, machine, figures, quick=args.quick,
-               extra={"repeat": args.repeat, "scenario_seconds": timings, "failures": failures})
+               extra={"repeat": args.repeat, "log_level": args.log_level, "synchronous": args.synchronous,
+                      "scenario_seconds": timings, "failures": failures})
     print(f"\nwritten to {output}")
     return 1 if failures else 0
 

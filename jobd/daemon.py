@@ -234,10 +234,9 @@ async def serve(config: Config, *, log: Any = None) -> int:
 
     daemon = Daemon(config, log=log)
     # The streams, plus room for the store, job processes' pipes and the API's other clients.
-    wanted = config.server.max_streams + 1024
-    soft, hard = raise_open_files_limit(wanted)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        daemon.log.warning("open_files_limit_low", limit=soft, hard_limit=hard, wanted=wanted,
+    soft, hard = raise_open_files_limit(config.server.max_streams + 1024)
+    if soft != resource.RLIM_INFINITY and soft < config.server.max_streams:
+        daemon.log.warning("open_files_limit_low", limit=soft, hard_limit=hard, max_streams=config.server.max_streams,
                            hint="raise LimitNOFILE= (systemd) or ulimit -Hn, or lower server.max_streams")
     app = create_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
