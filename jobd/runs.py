@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import random
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -70,6 +70,7 @@ class RunService:
         self.queue: asyncio.Queue[Run] = asyncio.Queue()
         self.job_states: dict[str, JobState] = {}
         self.last_runs: dict[str, Run] = {}
+        self._last_read: set[str] = set()  # jobs whose last run before this start has been looked for
         self.status_totals: Counter[RunStatus] = Counter()
         self.accepting = True
         self.finished_hooks: list[FinishedHook] = []
@@ -100,9 +101,6 @@ class RunService:
         """Restore state from the store: job state, totals, and re-queue what was left active."""
         self.job_states = await self.store.job_states()
         self.status_totals = Counter(await self.store.count_by_status())
-        last_ids = [s.last_run_id for s in self.job_states.values() if s.last_run_id is not None]
-        for run in await self.store.get_runs(last_ids):
-            self.last_runs[run.job] = run
         for run in await self.store.active_runs():
             job = self.jobs.get(run.job)
             if job is None:
@@ -114,6 +112,22 @@ class RunService:
             else:
                 self._track(run)
                 self._schedule(run)
+
+    async def last_runs_of(self, names: Iterable[str]) -> dict[str, Run]:
+        """The latest run of each of these jobs that has one. Kept in memory from the run's creation
+        on; what came before this start is read from the store when first asked for, rather than
+        for every job at start (10,000 jobs: a tenth of a second)."""
+        wanted = list(names)
+        unread = {}
+        for name in wanted:
+            state = self.job_states.get(name)
+            if name not in self.last_runs and name not in self._last_read and state and state.last_run_id:
+                unread[state.last_run_id] = name
+        if unread:
+            for run in await self.store.get_runs(list(unread)):
+                self.last_runs.setdefault(run.job, run)  # one created meanwhile is newer
+            self._last_read.update(unread.values())  # also those whose last run retention deleted
+        return {name: self.last_runs[name] for name in wanted if name in self.last_runs}
 
     # -- creating runs ---------------------------------------------------------------------------
 
