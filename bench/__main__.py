@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench.machine import describe, filesystem, header
-from bench.report import Figure, merge, table, write_json
+from bench.report import Figure, markdown, merge, table, write_json
 from bench.scenarios import Context, registry
 from jobd.daemon import raise_open_files_limit
 
@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the daemons' log level (default warning: at info each request and run logs a line)")
     parser.add_argument("--synchronous", default="normal", choices=["normal", "full"],
                         help="the daemons' store.synchronous (default normal, jobd's default)")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (the README's)")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' folders (stores, logs) and say where")
     args = parser.parse_args(argv)
     args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
@@ -80,6 +81,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"  {name}: {timings[name]} s", file=sys.stderr, flush=True)
     print()
     print(table(figures, quick=args.quick))
+    if args.markdown:
+        print()
+        print(markdown(figures, quick=args.quick))
     for name, reason in failures.items():
         print(f"FAILED {name}: {reason}")
     output = args.output or RESULTS / ("results-quick.json" if args.quick else "results.json")

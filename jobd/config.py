@@ -433,6 +433,9 @@ def _metrics(t: _Table) -> MetricsConfig:
     return config
 
 
+_JOB_DEFAULTS = JobConfig(name="defaults")  # one, not one per job: 10,000 jobs are parsed at start
+
+
 def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig, base_dir: Path) -> JobConfig:
     if not JOB_NAME.match(name):
         raise ConfigError(
@@ -461,7 +464,7 @@ def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig,
             cronspec.CronSpec.parse(schedule, name)
         except ValueError as exc:
             raise ConfigError(f"{t.key('schedule')}: {schedule!r} is not a valid cron expression ({exc})") from None
-    d = JobConfig(name=name)
+    d = _JOB_DEFAULTS
     job = JobConfig(
         name=name,
         command=command,

@@ -121,6 +121,15 @@ class Stream:
         self.position = batch[-1].id
         self.last_write = now
 
+    def detach(self) -> None:
+        """The response is ending: what the publisher took is written, and nothing after it (a
+        keep-alive connection goes on to the client's next request)."""
+        if self._batch:
+            self.flush(asyncio.get_running_loop().time())
+        self._transport = None
+        if self.sub is not None:
+            self.sub.sink = None
+
     def heartbeat(self, now: float) -> None:
         """Written at once to a client that keeps up; otherwise the stream's task sends it in turn."""
         transport = self._transport
@@ -414,7 +423,10 @@ async def _serve(request: web.Request, stream: Stream, opening: list[bytes], pos
         stream.position = position
         if not finished:
             stream.write_directly(response, until_terminal=until_terminal)
-            await _pump(stream, response, until_terminal=until_terminal)
+            try:
+                await _pump(stream, response, until_terminal=until_terminal)
+            finally:
+                stream.detach()
     except SubscriberOverflow:
         streams.log.warning("stream_cut_off", path=request.path, reason="subscriber buffer overflow")
         stream.abort()
