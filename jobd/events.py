@@ -1,7 +1,7 @@
 """The in-memory event bus: global ids, a replay ring, bounded subscribers.
 
-Every event is encoded to its Server-Sent Events frame once, at publish time; subscribers hold
-references to the same bytes. Publishing never awaits: each subscriber has a bounded buffer, a
+Every event is encoded to its Server-Sent Events frame at most once, when a stream first needs
+it; subscribers hold references to the same bytes. Publishing never awaits: each subscriber has a bounded buffer, a
 progress-only update replaces the one still waiting for the same run (latest wins), and a
 subscriber that is still full is cut off rather than allowed to grow or slow the others.
 
