@@ -245,7 +245,9 @@ class SQLiteStore:
         job_states: Iterable[JobState] = (),
         keys: Iterable[IdempotencyKey] = (),
     ) -> None:
-        await asyncio.shield(self.submit(runs, job_states, keys))
+        # The waiter is this call's own: a cancelled caller cancels only it (the writer skips it),
+        # and the rows are committed all the same.
+        await self.submit(runs, job_states, keys)
 
     def submit(
         self,
