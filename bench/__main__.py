@@ -9,10 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.holder import raise_nofile_limit
 from bench.machine import describe, filesystem, header
-from bench.report import Figure, merge, table, write_json
+from bench.report import Figure, markdown, merge, table, write_json
 from bench.scenarios import Context, registry
+from jobd.daemon import raise_open_files_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="the JSON file (default bench/results/results[-quick].json)")
     parser.add_argument("--profile", action="store_true",
                         help="sample each daemon with py-spy into bench/results/profiles/ and print a summary")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"],
+                        help="the daemons' log level (default warning: at info each request and run logs a line)")
+    parser.add_argument("--synchronous", default="normal", choices=["normal", "full"],
+                        help="the daemons' store.synchronous (default normal, jobd's default)")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (the README's)")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' folders (stores, logs) and say where")
     args = parser.parse_args(argv)
     args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
@@ -49,7 +54,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     mode = "quick" if args.quick else "full"
     machine = describe()
     machine["store_filesystem"] = filesystem(workdir)
-    print(header(machine, mode=mode), flush=True)
+    settings = f"--log-level {args.log_level}, store.synchronous = {args.synchronous!r}, JSON logs to a file"
+    print(header(machine, mode=mode, settings=settings), flush=True)
     figures: list[Figure] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -61,7 +67,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         for repeat in range(args.repeat):
             try:
                 context = Context(args.quick, workdir / f"{name}-{repeat + 1}", name=name,
-                                  profile_dir=RESULTS / "profiles" if args.profile else None)
+                                  profile_dir=RESULTS / "profiles" if args.profile else None,
+                                  log_level=args.log_level, synchronous=args.synchronous)
                 repeats.append(await scenario(context))
             except Exception as exc:  # one broken scenario must not hide the others' figures
                 failures[name] = f"{type(exc).__name__}: {exc}"
@@ -74,18 +81,22 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"  {name}: {timings[name]} s", file=sys.stderr, flush=True)
     print()
     print(table(figures, quick=args.quick))
+    if args.markdown:
+        print()
+        print(markdown(figures, quick=args.quick))
     for name, reason in failures.items():
         print(f"FAILED {name}: {reason}")
     output = args.output or RESULTS / ("results-quick.json" if args.quick else "results.json")
     write_json(output, machine, figures, quick=args.quick,
-               extra={"repeat": args.repeat, "scenario_seconds": timings, "failures": failures})
+               extra={"repeat": args.repeat, "log_level": args.log_level, "synchronous": args.synchronous,
+                      "scenario_seconds": timings, "failures": failures})
     print(f"\nwritten to {output}")
     return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_nofile_limit(30_000)
+    raise_open_files_limit(30_000)
     if args.keep:
         workdir = Path(tempfile.mkdtemp(prefix="jobd-bench-"))
         print(f"daemon folders kept in {workdir}", file=sys.stderr)

@@ -93,6 +93,7 @@ class JobdProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_config(merged, jobs))
         self.proc: asyncio.subprocess.Process | None = None
+        self._notify: socket.socket | None = None
         self.url = f"http://127.0.0.1:{merged['server']['port']}"
         self.startup_s = 0.0
 
@@ -116,7 +117,8 @@ class JobdProcess:
         """Spawn the daemon and wait for READY=1; returns the seconds that took."""
         notify_path = self.workdir / "notify.sock"
         notify_path.unlink(missing_ok=True)
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # Kept open while the daemon runs: it also says STOPPING, and warns when nobody listens.
+        self._notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         notify.setblocking(False)
         env = {key: value for key, value in os.environ.items()
@@ -146,8 +148,9 @@ class JobdProcess:
             finally:
                 exited.cancel()
             self.startup_s = time.perf_counter() - started
-        finally:
+        except BaseException:
             notify.close()
+            raise
         if self.profile is not None:
             self.profiler = await profiling.start(self.pid, self.profile)
         return self.startup_s
@@ -180,15 +183,19 @@ class JobdProcess:
         return int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * PAGE_SIZE
 
     async def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            async with asyncio.timeout(timeout):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+            if self.proc is not None and self.proc.returncode is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self.proc.wait()
+                except TimeoutError:
+                    self.proc.kill()
+                    await self.proc.wait()
+        finally:
+            if self._notify is not None:
+                self._notify.close()
+                self._notify = None
         if self.profiler is not None:
             await self.profiler.wait()  # it writes its output once the daemon is gone
             self.profiler = None

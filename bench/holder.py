@@ -2,8 +2,9 @@
 
     python -m bench.holder --url http://127.0.0.1:PORT --path '/api/v1/events?...' --count 5000
 
-Each stream is a bare asyncio Protocol on a raw socket (a few KB each, where an aiohttp client
-response costs tens), so one process can hold thousands. It speaks JSON lines on stdout:
+Each stream is a raw socket read by a bare epoll loop (a few KB each, where an aiohttp client
+response costs tens, and a few microseconds per event), so one process holds thousands. It speaks
+JSON lines on stdout:
 
     {"ready": 5000, "open_s": 1.9}                 every stream has its `connected` message
     {"run": 42, "first": T0, "all": T1}            run 42's status_update reached the first / the
@@ -19,28 +20,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import math
-import resource
+import re
+import select
+import socket
 import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from jobd.daemon import raise_open_files_limit
+
 RUN_EVENT = re.compile(rb'"type":"status_update","run_id":(\d+)')
 CONNECTED = b'"type":"connected"'
-OPENING_AT_ONCE = 64
+OPENING_AT_ONCE = 64  # streams connecting at once
 PER_PROCESS = 5000
-
-
-def raise_nofile_limit(wanted: int) -> int:
-    """Raise the soft limit on open files towards `wanted` (at most the hard limit); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
 
 
 def emit(message: dict[str, object]) -> None:
@@ -48,119 +42,125 @@ def emit(message: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
+class _Stream:
+    __slots__ = ("sock", "state", "partial")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.state = "head"  # head → opening → ready
+        self.partial = b""
+
+
 class Holder:
-    def __init__(self, count: int) -> None:
+    """The streams of one process, read by a bare epoll loop: a recv() and a few comparisons per
+    stream and event, so that the client's share of a delivery time stays small."""
+
+    def __init__(self, address: tuple[str, int], request: bytes, count: int) -> None:
+        self.address = address
+        self.request = request
         self.count = count
+        self.poll = select.epoll()
+        self.streams: dict[int, _Stream] = {}
         self.ready = 0
-        self.all_ready = asyncio.Event()
-        self.failed = asyncio.Event()
         self.seen: dict[int, list[float]] = {}  # run id → [streams reached, first arrival]
-        self.streams: list[Stream] = []
+        self.failed = False
 
-    def stream_ready(self) -> None:
-        self.ready += 1
-        if self.ready == self.count:
-            self.all_ready.set()
-
-    def arrived(self, run_id: int, now: float) -> None:
-        entry = self.seen.get(run_id)
-        if entry is None:
-            entry = self.seen[run_id] = [0, now]
-        entry[0] += 1
-        if entry[0] == self.count:
-            emit({"run": run_id, "first": entry[1], "all": now})
+    def open_one(self) -> None:
+        sock = socket.create_connection(self.address)
+        sock.sendall(self.request)
+        sock.setblocking(False)
+        self.streams[sock.fileno()] = _Stream(sock)
+        self.poll.register(sock.fileno(), select.EPOLLIN)
 
     def fail(self, reason: str) -> None:
-        if not self.failed.is_set():
+        if not self.failed:
+            self.failed = True
             emit({"error": reason})
-            self.failed.set()
 
-
-class Stream(asyncio.Protocol):
-    __slots__ = ("holder", "request", "transport", "partial", "state")
-
-    def __init__(self, holder: Holder, request: bytes) -> None:
-        self.holder = holder
-        self.request = request
-        self.transport: asyncio.Transport | None = None
-        self.partial = b""
-        self.state = "head"  # head → opening → ready
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
-        if self.state == "head":
+    def received(self, stream: _Stream, data: bytes, now: float) -> None:
+        if not data:
+            self.fail("a stream was closed by the daemon")
+            return
+        if stream.state == "head":
             if not data.startswith(b"HTTP/1.1 200"):
-                status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
-                self.holder.fail(f"stream refused: {status_line}")
+                self.fail("stream refused: " + data.split(b"\r\n", 1)[0].decode(errors="replace"))
                 return
-            self.state = "opening"
-        buffer = self.partial + data if self.partial else data
+            stream.state = "opening"
+        buffer = stream.partial + data if stream.partial else data
         end = buffer.rfind(b"\n\n")
         if end < 0:
-            self.partial = buffer
+            stream.partial = buffer
             return
-        complete, self.partial = buffer[:end], buffer[end + 2:]
-        if self.state == "opening":
-            if CONNECTED not in complete:
-                return
-            self.state = "ready"
-            self.holder.stream_ready()
-            return  # the opening snapshot and summary are not what is measured
+        complete, stream.partial = buffer[:end], buffer[end + 2:]
+        if stream.state == "opening":
+            if CONNECTED in complete:
+                stream.state = "ready"  # the opening snapshot and summary are not what is measured
+                self.ready += 1
+            return
         for match in RUN_EVENT.finditer(complete):
-            self.holder.arrived(int(match.group(1)), now)
+            run_id = int(match.group(1))
+            entry = self.seen.get(run_id)
+            if entry is None:
+                entry = self.seen[run_id] = [0, now]
+            entry[0] += 1
+            if entry[0] == self.count:
+                emit({"run": run_id, "first": entry[1], "all": now})
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.holder.fail(f"a stream closed: {exc or 'by the daemon'}")
+    def serve(self, stdin: int) -> None:
+        """Open the streams (a few dozen at a time, so the daemon's accept queue never overflows),
+        report when all are ready, then read until stdin closes."""
+        started = time.monotonic()
+        self.poll.register(stdin, select.EPOLLIN)
+        opened = 0
+        while not self.failed:
+            while opened < self.count and opened - self.ready < OPENING_AT_ONCE:
+                self.open_one()
+                opened += 1
+            events = self.poll.poll(1.0)
+            now = time.monotonic()
+            for fd, _ in events:
+                if fd == stdin:
+                    return
+                stream = self.streams[fd]
+                try:
+                    data = stream.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self.fail(f"a stream failed: {exc}")
+                    break
+                was_ready = stream.state == "ready"
+                self.received(stream, data, now)
+                if not was_ready and stream.state == "ready" and self.ready == self.count:
+                    emit({"ready": self.count, "open_s": round(now - started, 3)})
+        # Failed: wait for the parent to close stdin, reading nothing more.
+        select.select([stdin], [], [])
+
+    def close(self) -> None:
+        for stream in self.streams.values():
+            stream.sock.close()
+        self.poll.close()
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--path", required=True)
     parser.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
-    raise_nofile_limit(args.count + 256)
+    raise_open_files_limit(args.count + 256)
     where = urlsplit(args.url)
     host, port = where.hostname or "127.0.0.1", where.port or 80
     request = (f"GET {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
                "Cache-Control: no-cache\r\n\r\n").encode()
-    holder = Holder(args.count)
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(OPENING_AT_ONCE)
-
-    async def open_one() -> None:
-        async with gate:
-            stream = Stream(holder, request)
-            await loop.create_connection(lambda: stream, host, port)
-            holder.streams.append(stream)
-
-    started = time.monotonic()
-    opening = asyncio.gather(*(open_one() for _ in range(args.count)))
+    holder = Holder((host, port), request, args.count)
     try:
-        await opening
+        holder.serve(sys.stdin.fileno())
     except OSError as exc:
         holder.fail(f"cannot open a stream: {exc}")
-    ready = asyncio.ensure_future(holder.all_ready.wait())
-    failed = asyncio.ensure_future(holder.failed.wait())
-    await asyncio.wait({ready, failed}, return_when=asyncio.FIRST_COMPLETED)
-    if holder.all_ready.is_set() and not holder.failed.is_set():
-        emit({"ready": holder.ready, "open_s": round(time.monotonic() - started, 3)})
-    # Until the parent closes our stdin (or it goes away).
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    await stdin.read()
-    holder.failed.set()  # closing streams now is no failure: stay quiet
-    for stream in holder.streams:
-        if stream.transport is not None:
-            stream.transport.close()
-    ready.cancel()
-    failed.cancel()
+        select.select([sys.stdin.fileno()], [], [])
+    finally:
+        holder.close()
 
 
 class HolderGroup:
@@ -251,4 +251,4 @@ class HolderGroup:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

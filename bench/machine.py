@@ -54,10 +54,10 @@ def describe() -> dict[str, Any]:
     }
 
 
-def header(machine: dict[str, Any], *, mode: str) -> str:
+def header(machine: dict[str, Any], *, mode: str, settings: str) -> str:
     load = " ".join(f"{value:.2f}" for value in machine["load_average"])
     return (
-        f"jobd benchmark, {mode} mode, {machine['when']}\n"
+        f"jobd benchmark, {mode} mode, {machine['when']}; daemons: {settings}\n"
         f"machine: {machine['cores']} cores ({machine['cpu']}), {machine['system']}, "
         f"Python {machine['python']}, SQLite {machine['sqlite']}, aiohttp {machine['aiohttp']}\n"
         f"jobd {machine['jobd']} at {machine['commit']}; store on {machine.get('store_filesystem', '?')}; "

@@ -120,6 +120,19 @@ def table(figures: Sequence[Figure], *, quick: bool) -> str:
     return "\n".join(lines)
 
 
+def markdown(figures: Sequence[Figure], *, quick: bool) -> str:
+    """The table as Markdown rows (for the README), with the range of the samples when repeated."""
+    rows = ["| figure | measured | target | |", "|---|---|---|---|"]
+    for figure in figures:
+        measured = format_number(figure.value, figure.unit)
+        if len(figure.samples) > 1:
+            low, high = min(figure.samples), max(figure.samples)
+            measured += f" ({format_number(low, figure.unit).split()[0]}–{format_number(high, figure.unit).split()[0]})"
+        rows.append(f"| {figure.label} | {measured} | {format_target(figure.target, figure.unit)} | "
+                    f"{figure.verdict(quick)} |")
+    return "\n".join(rows)
+
+
 def spread(figure: Figure) -> float:
     """Half the range of the samples, in % of their median: how noisy the figure was."""
     median = figure.value

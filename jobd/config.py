@@ -8,6 +8,7 @@ Unknown keys are refused so that a misspelt option never goes unnoticed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import ipaddress
 import math
@@ -450,6 +451,9 @@ def _metrics(t: _Table) -> MetricsConfig:
     return config
 
 
+_JOB_DEFAULTS = JobConfig(name="defaults")  # one, not one per job: 10,000 jobs are parsed at start
+
+
 def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig, base_dir: Path) -> JobConfig:
     if not JOB_NAME.match(name):
         raise ConfigError(
@@ -478,7 +482,7 @@ def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig,
             cronspec.CronSpec.parse(schedule, name)
         except ValueError as exc:
             raise ConfigError(f"{t.key('schedule')}: {schedule!r} is not a valid cron expression ({exc})") from None
-    d = JobConfig(name=name)
+    d = _JOB_DEFAULTS
     job = JobConfig(
         name=name,
         command=command,
@@ -506,6 +510,7 @@ def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig,
     return job
 
 
+@functools.lru_cache(maxsize=4096)  # every run of a job resolves its handler: import it once
 def _import_handler(spec: str, key: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

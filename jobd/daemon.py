@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import resource
 import signal
 import socket
 import sys
@@ -261,6 +262,18 @@ class Daemon:
         return True
 
 
+def raise_open_files_limit(wanted: int) -> tuple[int, int]:
+    """Raise the soft limit on open files towards `wanted`, as far as the hard limit allows; returns
+    (soft, hard). Every SSE stream holds a descriptor, and a shell's default soft limit (1024) is
+    far below server.max_streams; the hard limit is usually much higher."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft, hard
+
+
 async def serve(config: Config, *, log: Any = None) -> int:
     """Run jobd until SIGTERM/SIGINT; returns the process exit code.
 
@@ -274,6 +287,11 @@ async def serve(config: Config, *, log: Any = None) -> int:
     daemon = Daemon(config, log=log)
     for key in set(os.environ) - set(clean_child_environ(os.environ)):
         del os.environ[key]  # the daemon has its copy; Python handlers' own subprocesses must not see them
+    # The streams, plus room for the store, job processes' pipes and the API's other clients.
+    soft, hard = raise_open_files_limit(config.server.max_streams + 1024)
+    if soft != resource.RLIM_INFINITY and soft < config.server.max_streams:
+        daemon.log.warning("open_files_limit_low", limit=soft, hard_limit=hard, max_streams=config.server.max_streams,
+                           hint="raise LimitNOFILE= (systemd) or ulimit -Hn, or lower server.max_streams")
     app = create_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     loop = asyncio.get_running_loop()

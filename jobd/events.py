@@ -1,15 +1,18 @@
 """The in-memory event bus: global ids, a replay ring, bounded subscribers.
 
-Every event is encoded to its Server-Sent Events frame once, at publish time; subscribers hold
-references to the same bytes. Publishing never awaits: each subscriber has a bounded buffer, a
+Every event is encoded to its Server-Sent Events frame at most once, when a stream first needs
+it; subscribers hold references to the same bytes. Publishing never awaits: each subscriber has a bounded buffer, a
 progress-only update replaces the one still waiting for the same run (latest wins), and a
 subscriber that is still full is cut off rather than allowed to grow or slow the others.
+
+A subscriber can also have a `sink`: while nothing is queued for it, each event is first offered
+to the sink, which may take it at once (the SSE layer writes it to a client that keeps up, with no
+task to wake); what the sink refuses is queued as usual, so the order never changes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -19,17 +22,32 @@ import structlog
 from jobd.models import compact_json
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    id: int
-    type: str
-    run_id: int | None
-    job: str | None
-    status: str | None
-    data: dict[str, Any]
-    frame: bytes
-    # A progress-only update: a later one for the same run makes this one redundant.
-    coalescible: bool = False
+    """One published event. Its SSE frame is encoded when first asked for, then kept: once per
+    event at most, and not at all for an event no stream takes (and none replays)."""
+
+    __slots__ = ("id", "type", "run_id", "job", "status", "data", "coalescible", "_frame")
+
+    def __init__(self, id: int, type: str, run_id: int | None, job: str | None, status: str | None,
+                 data: dict[str, Any], coalescible: bool = False) -> None:
+        self.id = id
+        self.type = type
+        self.run_id = run_id
+        self.job = job
+        self.status = status
+        self.data = data
+        # A progress-only update: a later one for the same run makes this one redundant.
+        self.coalescible = coalescible
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = encode_frame(self.id, self.data)
+        return self._frame
+
+    def __repr__(self) -> str:
+        return f"Event({self.id}, {self.type!r}, run_id={self.run_id})"
 
 
 class SubscriberOverflow(Exception):
@@ -38,6 +56,12 @@ class SubscriberOverflow(Exception):
 
 class SubscriptionClosed(Exception):
     """The bus was shut down or the subscription closed."""
+
+
+# A consumer waiting in get() has taken everything before; what is published before it gets to
+# run again is one burst (a batch trigger, the finishes of one group commit), not lag. Such a burst
+# may exceed the buffer up to this many times before the subscriber is cut off.
+BURST_FACTOR = 10
 
 
 def encode_frame(event_id: int | None, data: dict[str, Any]) -> bytes:
@@ -50,7 +74,7 @@ class Subscriber:
     """One consumer's bounded view of the bus."""
 
     __slots__ = ("bus", "run_id", "accepts", "capacity", "_entries", "_live", "_by_run",
-                 "_waiter", "_poked", "overflowed", "closed", "delivered", "wants_logs")
+                 "_waiter", "_poked", "overflowed", "closed", "delivered", "wants_logs", "sink")
 
     def __init__(
         self,
@@ -66,8 +90,9 @@ class Subscriber:
         self.accepts = accepts
         self.capacity = capacity
         self.wants_logs = wants_logs
-        # Entries are one-item lists so a coalesced event can be blanked in place.
-        self._entries: deque[list[Event | None]] = deque()
+        # Entries are one-item lists so a coalesced event can be blanked in place. The deque is
+        # made when first needed: most subscribers never queue anything (see `sink`).
+        self._entries: deque[list[Event | None]] | None = None
         self._live = 0
         self._by_run: dict[int, list[Event | None]] = {}
         self._waiter: asyncio.Future[None] | None = None
@@ -75,10 +100,14 @@ class Subscriber:
         self.overflowed = False
         self.closed = False
         self.delivered = 0
+        self.sink: Callable[[Event], bool] | None = None
 
     def offer(self, event: Event) -> bool:
         """Queue an event without waiting; False when this subscriber has to be cut off."""
         if self.closed:
+            return True
+        if self.sink is not None and not self._live and self.sink(event):
+            self.delivered += 1
             return True
         if event.coalescible and event.run_id is not None:
             stale = self._by_run.get(event.run_id)
@@ -86,14 +115,16 @@ class Subscriber:
                 stale[0] = None
                 self._live -= 1
                 self.bus.coalesced += 1
-        if self._live >= self.capacity:
+        if self._live >= self.capacity and (self._waiter is None or self._live >= BURST_FACTOR * self.capacity):
             self.overflowed = True
-            self._entries.clear()
+            self._entries = None
             self._by_run.clear()
             self._live = 0
             self._wake()
             return False
         entry: list[Event | None] = [event]
+        if self._entries is None:
+            self._entries = deque()
         self._entries.append(entry)
         self._live += 1
         if event.run_id is not None:
@@ -257,7 +288,7 @@ class EventBus:
         event_id = self._next_id
         self._next_id += 1
         payload = {"type": type_, **data}
-        event = Event(event_id, type_, run_id, job, status, payload, encode_frame(event_id, payload), coalescible)
+        event = Event(event_id, type_, run_id, job, status, payload, coalescible)
         if replayable:
             if len(self._ring) == self._ring.maxlen:
                 self._evicted_up_to = self._ring[0].id

@@ -79,6 +79,10 @@ class Metrics:
                                      ["method", "route", "status"], registry=self.registry)
         self.stream_counter: Callable[[], int] | None = None
         self.registry.register(DaemonCollector(daemon))
+        # labels() validates and locks on every call; a finished run needs the same few children.
+        self._finished_by: dict[tuple[str, str], Any] = {}
+        self._duration_of: dict[str, Any] = {}
+        self._requests_by: dict[tuple[str, str, int], Any] = {}
 
     def count_streams(self, counter: Callable[[], int]) -> None:
         """Where open SSE streams are counted (the streams live in the web app, not the daemon)."""
@@ -86,24 +90,29 @@ class Metrics:
 
     def run_finished(self, job: JobConfig, run: Run, state: JobState, previous_failures: int) -> None:
         """A RunService finished hook."""
-        self.runs_finished.labels(run.job, run.status.value).inc()
+        key = (run.job, run.status.value)
+        finished = self._finished_by.get(key)
+        if finished is None:
+            finished = self._finished_by[key] = self.runs_finished.labels(*key)
+        finished.inc()
         if run.duration_ms is not None:
-            self.run_duration.labels(run.job).observe(run.duration_ms / 1000)
+            duration = self._duration_of.get(run.job)
+            if duration is None:
+                duration = self._duration_of[run.job] = self.run_duration.labels(run.job)
+            duration.observe(run.duration_ms / 1000)
         if run.triggered_by is TriggerSource.CRON and run.scheduled_for is not None and run.started_at is not None:
             self.fire_lag.observe(max(0, run.started_at - run.scheduled_for) / 1000)
 
-    def middleware(self) -> Callable[..., Any]:
-        @web.middleware
-        async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                self.http_requests.labels(request.method, route_label(request), str(exc.status)).inc()
-                raise
-            self.http_requests.labels(request.method, route_label(request), str(response.status)).inc()
-            return response
-
-        return count_requests
+    async def count_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        """An `on_response_prepare` handler: every answer is counted as it starts (an error mapped to
+        problem+json, a stream), with no middleware frame held for as long as a stream is open."""
+        key = (request.method, route_label(request), response.status)
+        child = self._requests_by.get(key)
+        if child is None:
+            child = self.http_requests.labels(key[0], key[1], str(key[2]))
+            if len(self._requests_by) < 1000:  # clients choose the method: keep the cache bounded
+                self._requests_by[key] = child
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

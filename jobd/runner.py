@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -514,7 +515,8 @@ async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace
         message = str(exc)
         return Outcome(error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
     try:
-        json.dumps(value, allow_nan=False)
+        if value is not None:
+            _strict_json(value)
     except (TypeError, ValueError) as json_exc:
         return Outcome(error=f"result is not JSON serialisable: {json_exc}")
     return Outcome(result=value)
@@ -541,6 +543,10 @@ def _ignore_outcome(call: asyncio.Future[Any]) -> None:
         call.exception()  # retrieved, so that a late failure is not reported as never retrieved
 
 
+_strict_json = json.JSONEncoder(allow_nan=False).encode  # one encoder, not one per json.dumps() call
+
+
+@functools.lru_cache(maxsize=4096)  # inspected once per handler, not once per run
 def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 

@@ -104,10 +104,12 @@ class Scheduler:
         now = clock.now()
         for name, config in jobs.items():
             self._add_plan(name, config)
-        self._catchup = self._compute_catchup(now)
+        self._catchup, upcoming = self._compute_catchup(now)
         self._pending_catchup = list(self._catchup)
-        for name in self._plans:
-            if name not in self._paused:
+        for name, plan in self._plans.items():
+            if name in upcoming:
+                self._push(plan, name, upcoming[name])
+            elif name not in self._paused:
                 self._schedule_from(name, now)
 
     # -- public API ---------------------------------------------------------------------
@@ -174,9 +176,8 @@ class Scheduler:
     async def run(self) -> None:
         """Fire jobs until cancelled. Never returns otherwise; a failing fire is logged."""
         pending, self._pending_catchup = self._pending_catchup, []
-        for request in pending:
-            if request.job in self._plans and request.job not in self._paused:
-                await self._issue(request)
+        await self._issue_all([request for request in pending
+                               if request.job in self._plans and request.job not in self._paused])
         while True:
             self._wake.clear()
             self._loop_iterations += 1
@@ -242,6 +243,7 @@ class Scheduler:
         return max(0.0, min(self._max_sleep_s, wait))
 
     async def _fire_due(self, now: datetime) -> None:
+        due: list[tuple[_Plan, str, datetime]] = []
         while self._heap and self._heap[0][0] <= now:
             _, seq, name, nominal = heapq.heappop(self._heap)
             self._heap_pops += 1
@@ -249,7 +251,9 @@ class Scheduler:
             if plan is None:
                 continue
             plan.entry = plan.next_fire = None
-            await self._issue(FireRequest(name, nominal, catchup=False))
+            due.append((plan, name, nominal))
+        await self._issue_all([FireRequest(name, nominal, catchup=False) for _, name, nominal in due])
+        for plan, name, nominal in due:
             # The callback may have paused, removed or rescheduled the job meanwhile.
             if self._plans.get(name) is not plan or plan.entry is not None or name in self._paused:
                 continue
@@ -270,6 +274,14 @@ class Scheduler:
             self._schedule_after(name, now)
         else:
             self._push(plan, name, following)
+
+    async def _issue_all(self, requests: list[FireRequest]) -> None:
+        """Fires due at the same time go out together (in order), not one after the other: each
+        waits for its run's commit, and together they share one group commit."""
+        if len(requests) == 1:
+            await self._issue(requests[0])
+        elif requests:
+            await asyncio.gather(*(self._issue(request) for request in requests))
 
     async def _issue(self, request: FireRequest) -> None:
         try:
@@ -298,11 +310,18 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _compute_catchup(self, now: datetime) -> list[FireRequest]:
+    def _compute_catchup(self, now: datetime) -> tuple[list[FireRequest], dict[str, datetime]]:
+        """The catch-up fires; and the next fire of each job that missed none, found on the way
+        (the first fire after its last is still to come), which spares start-up a second search."""
         requests = []
+        upcoming: dict[str, datetime] = {}
         for name, plan in self._plans.items():
             last = self._last.get(name)
             if last is None or name in self._paused or last >= now:
+                continue
+            first = plan.spec.next_after(last, plan.tz).astimezone(_UTC)
+            if first > now:
+                upcoming[name] = first
                 continue
             newest = plan.spec.newest_in(last, now, plan.tz)
             if newest is None:
@@ -316,4 +335,4 @@ class Scheduler:
                     "scheduler.misfire_skipped", job=name, newest_missed=newest.isoformat(),
                     age_s=round(age, 3), policy=plan.config.misfire,
                 )
-        return requests
+        return requests, upcoming

@@ -38,8 +38,11 @@ def average_ms(timed: int, duration_sum_ms: int) -> float | None:
     return round(duration_sum_ms / timed, 1) if timed else None
 
 
+_STATUS_NAMES = [(status, status.value) for status in RunStatus]  # iterating the enum costs, per job
+
+
 def _statuses(by_status: dict[RunStatus, int]) -> dict[str, int]:
-    return {status.value: by_status[status] for status in RunStatus}
+    return {name: by_status[status] for status, name in _STATUS_NAMES}
 
 
 def job_stats_json(name: str, stats: JobStats) -> dict[str, Any]:

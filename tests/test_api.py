@@ -414,6 +414,27 @@ async def test_pause_and_resume(start_daemon):
     assert jobs[0]["name"] == "tick" and jobs[0]["last_run"]["id"] == run["id"]
 
 
+async def test_a_jobs_last_run_is_shown_after_a_restart(start_daemon, make_config):
+    config = make_config({"tick": NOOP, "other": NOOP, "never": NOOP})
+    first = await start_daemon(config=config)
+    older = await first.trigger("tick")
+    await first.finished(older["id"])
+    last = await first.trigger("tick")
+    other = await first.trigger("other")
+    for run in (last, other):
+        await first.finished(run["id"])
+    await first.client.close()  # stops that daemon: the store is free for the next one
+    h = await start_daemon(config=config)
+    # Read from the store when first asked for, not at start.
+    assert h.daemon.runs.last_runs == {}
+    jobs = {job["name"]: job for job in (await h.get_json("/api/v1/jobs"))["jobs"]}
+    assert (jobs["tick"]["last_run"]["id"], jobs["other"]["last_run"]["id"]) == (last["id"], other["id"])
+    assert jobs["never"]["last_run"] is None
+    newer = await h.trigger("tick")
+    assert (await h.get_json("/api/v1/jobs/tick"))["job"]["last_run"]["id"] == newer["id"]
+    assert (await h.get_json("/api/v1/runs/last?job=other"))["run"]["id"] == other["id"]
+
+
 async def test_queue_and_health(start_daemon):
     h = await start_daemon({"slow": SLEEPY, "noop": NOOP}, workers={"concurrency": 1})
     empty = await h.get_json("/api/v1/queue")

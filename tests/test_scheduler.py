@@ -13,6 +13,7 @@ import pytest
 from jobd.config import JobConfig
 from jobd.cronspec import CronSpec
 from jobd.scheduler import FireRequest, Scheduler
+from tests.conftest import wait_for
 from tests.fakeclock import DEADLINE_S, FakeClock
 
 UTC = timezone.utc
@@ -324,6 +325,28 @@ async def test_a_failing_fire_callback_does_not_kill_the_loop() -> None:
     assert scheduler.fire_count == 4
     assert scheduler.last_fire("j") == at(4)
     assert log.events("exception") == ["scheduler.fire_failed", "scheduler.fire_failed"]
+
+
+async def test_fires_due_together_are_issued_together() -> None:
+    # A fire waits for its run's commit; fires due at the same instant must not wait for each other.
+    gate = asyncio.Event()
+    issued: list[str] = []
+
+    async def slow_fire(request: FireRequest) -> None:
+        issued.append(request.job)
+        await gate.wait()
+
+    clock = FakeClock(T0)
+    scheduler = Scheduler(jobs(*(job(f"j{i}", "* * * * *") for i in range(3))), slow_fire, clock=clock,
+                          log=LogRecorder(), max_sleep_s=LONG)
+    async with running(scheduler):
+        await clock.sleeping()
+        clock.set(at(1))
+        await wait_for(lambda: len(issued) == 3)  # all three before any has finished
+        assert issued == ["j0", "j1", "j2"] and scheduler.fire_count == 0
+        gate.set()
+        await wait_for(lambda: scheduler.fire_count == 3)
+    assert [scheduler.next_run_at(f"j{i}") for i in range(3)] == [at(2)] * 3
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import ast
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -17,6 +18,7 @@ import pytest
 from process import DaemonProcess
 
 from jobd.client import JobdClient
+from jobd.daemon import raise_open_files_limit
 
 
 def write_config(tmp_path, jobs: str, extra: str = "") -> object:
@@ -256,3 +258,14 @@ async def test_a_log_stream_that_breaks_does_not_break_the_daemon(tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+def test_serve_raises_its_soft_open_files_limit_as_far_as_the_hard_one():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert raise_open_files_limit(512) == (512, hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (512, hard)
+        assert raise_open_files_limit(100) == (512, hard)  # never lowered
+        if hard != resource.RLIM_INFINITY:
+            assert raise_open_files_limit(hard + 1000) == (hard, hard)  # never past the hard limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -328,6 +328,46 @@ async def test_firehose_filters_and_summary(serve):
     only_noop.close()
 
 
+async def test_a_batch_larger_than_the_buffer_reaches_a_firehose_that_keeps_up(serve):
+    # 30 runs at once publish 30 PENDING updates before the stream's task can run: a burst, not lag.
+    s = await serve(events={"subscriber_buffer": 8}, server={"max_batch_runs": 30},
+                    jobs={"noop": {**NOOP, "overlap": "allow", "max_concurrency": 30}})
+    response, stream = await s.open("/api/v1/events?job=noop")
+    await stream.until(lambda m: m.type == "summary")
+    async with s.session.post("/api/v1/jobs/noop/trigger", json={"runs": [{}] * 30}) as answer:
+        assert answer.status == 202
+        ids = [run["id"] for run in (await answer.json())["runs"]]
+    seen = await stream.until(lambda m: m.type == "status_update" and m.data["status"] == "COMPLETED"
+                              and m.data["run_id"] == ids[-1])
+    pending = [m.data["run_id"] for m in seen if m.type == "status_update" and m.data["status"] == "PENDING"]
+    assert pending == ids  # every one, in order
+    assert s.daemon.bus.dropped == 0
+    response.close()
+
+
+async def test_an_http_1_0_stream_is_not_chunked(serve):
+    s = await serve()
+    reader, writer = await asyncio.open_connection(*s.runner.addresses[0][:2])
+    writer.write(b"GET /api/v1/events?job=noop HTTP/1.0\r\nHost: x\r\n\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+        await reader.readuntil(b'"type":"summary"')
+        await reader.readuntil(b"\n\n")
+        run = await s.trigger("noop")
+        body = b""
+        async with asyncio.timeout(10):
+            while b'"status":"COMPLETED"' not in body:
+                body += await reader.read(65536)
+        # Plain SSE lines, no chunk sizes between them: written as they are, by the publisher.
+        messages = [m for m in body.split(b"\n\n") if m.strip(b"\n")]
+        assert all(m.lstrip(b"\n").startswith((b"id: ", b"data: ")) for m in messages), body
+        assert f'"run_id":{run["id"]}'.encode() in body
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def test_firehose_snapshot_lists_active_runs_and_needs_admin(serve):
     tokens = [{"name": "reader", "token": "read-token-1", "scope": "read"},
               {"name": "boss", "token": "admin-token-1", "scope": "admin"}]

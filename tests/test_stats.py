@@ -84,11 +84,16 @@ async def test_run_stats_match_the_generated_history(store):
     assert (stats.timed, stats.duration_sum_ms, stats.p95_ms) == (want["timed"], want["duration_sum"], want["p95"])
     assert stats.days == want["days"]
     assert set(stats.jobs) == set(JOBS)
-    for name, job_stats in stats.jobs.items():
-        mine = expected(runs, first, last, name)
-        assert job_stats.by_status == mine["by_status"], name
-        assert (job_stats.timed, job_stats.duration_sum_ms, job_stats.p95_ms) == (
-            mine["timed"], mine["duration_sum"], mine["p95"]), name
+    # Each job's figures are read from the period's rows, or from the totals less the rows outside
+    # it when the period holds most of the history: both ways give the same figures.
+    for first_day, last_day in ((first, last), (TODAY - 59, TODAY), (TODAY - 50, TODAY - 2), (TODAY - 3, TODAY - 3)):
+        period = await store.run_stats(first_day=first_day, last_day=last_day)
+        for name, job_stats in period.jobs.items():
+            mine = expected(runs, first_day, last_day, name)
+            assert job_stats.by_status == mine["by_status"], (name, first_day, last_day)
+            assert (job_stats.timed, job_stats.duration_sum_ms, job_stats.p95_ms) == (
+                mine["timed"], mine["duration_sum"], mine["p95"]), (name, first_day, last_day)
+        assert set(period.jobs) == {r.job for r in runs if first_day <= r.created_at // DAY_MS <= last_day}
     one = await store.run_stats(first_day=first, last_day=last, job="beta")
     mine = expected(runs, first, last, "beta")
     assert (one.by_status, one.p95_ms, one.days, one.jobs) == (mine["by_status"], mine["p95"], mine["days"], {})
@@ -149,7 +154,8 @@ async def test_migration_2_rolls_up_an_existing_store(tmp_path, store):
     db = sqlite3.connect(path)
     db.executescript("DROP TRIGGER runs_rollup_insert; DROP TRIGGER runs_rollup_finish; "
                      "DROP TRIGGER runs_rollup_delete; DROP TABLE run_days; DROP TABLE run_totals; "
-                     "DROP INDEX runs_duration; DROP INDEX runs_job_duration; PRAGMA user_version = 1;")
+                     "DROP INDEX runs_duration; DROP INDEX runs_job_duration; " + DROP_MIGRATION_3 +
+                     "PRAGMA user_version = 1;")
     db.close()
     await store.open()
     version = (await store._fetchall("PRAGMA user_version"))[0][0]
@@ -158,6 +164,26 @@ async def test_migration_2_rolls_up_an_existing_store(tmp_path, store):
     want = expected(runs, TODAY - 4, TODAY)
     assert (stats.by_status, stats.p95_ms, stats.days) == (want["by_status"], want["p95"], want["days"])
     assert await store.summarize_runs(RunFilter()) == summary_of(runs)
+
+
+async def test_migration_3_sums_the_jobs_of_an_existing_store(tmp_path, store):
+    runs = generate_runs(500, now_ms=NOW, days=5, jobs=JOBS, seed=13)
+    await insert_runs(store, runs)
+    await store.close()
+    db = sqlite3.connect(tmp_path / "jobd.db")
+    db.executescript(DROP_MIGRATION_3 + "PRAGMA user_version = 2;")  # a version-2 store
+    db.close()
+    await store.open()
+    assert (await store._fetchall("PRAGMA user_version"))[0][0] == len(MIGRATIONS) >= 3
+    by_day = Counter(run.created_at // DAY_MS for run in runs if run.status.terminal)
+    rows = await store._fetchall("SELECT day, SUM(runs) FROM run_days_all GROUP BY day")
+    assert dict(rows) == dict(by_day)
+    assert await store.summarize_runs(RunFilter()) == summary_of(runs)
+    assert await store.count_by_status() == {s: sum(r.status is s for r in runs) for s in RunStatus}
+
+
+DROP_MIGRATION_3 = ("DROP TRIGGER runs_rollup_all_insert; DROP TRIGGER runs_rollup_all_finish; "
+                    "DROP TRIGGER runs_rollup_all_delete; DROP TABLE run_days_all; ")
 
 
 # -- through the API ---------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ import inspect
 import sqlite3
 import sys
 
+import pytest
 from conftest import wait_for
 
-from jobd.models import Run, RunStatus, TriggerSource, now_ms
+from jobd.models import Counts, Run, RunStatus, TriggerSource, now_ms
 from jobd.store import SQLiteStore, Store
 from jobd.store.migrations import MIGRATIONS
 
@@ -73,3 +74,32 @@ async def test_progress_ticks_do_not_each_open_a_transaction(start_daemon):
     assert done.message == f"step {ticks - 1}"
     # Create, start and finish, plus at most a lazy flush a second: nowhere near one per tick.
     assert h.daemon.store.commits - before < 20
+
+
+TRICKY = ['quote " backslash \\ slash / \\u0041', "tab\tnew\nline\r\x1f\x7f", "émoji 😀 and 漢字", "", "x" * 70_000]
+
+
+@pytest.mark.parametrize("texts", [TRICKY, ["a NUL \x00 inside", *TRICKY]], ids=["one-statement", "with-nul"])
+async def test_runs_come_back_as_written_whatever_their_text(tmp_path, texts):
+    # A group commit's rows go in as one JSON document, or row by row when a text holds a NUL.
+    store = SQLiteStore(tmp_path / "jobd.db")
+    await store.open()
+    try:
+        runs = [
+            Run(id=store.allocate_run_id(), job=f"job-{index}", status=RunStatus.PROCESSING,
+                triggered_by=TriggerSource.API, created_at=1_790_000_000_123 + index,
+                params={"text": text, "n": 2**62, "f": 0.1 + 0.2, "nested": [None, True, {"a": []}]},
+                progress=100 / 3, message=text, started_at=1_790_000_000_200, log_tail=text,
+                counts=Counts(total=None, success=3, failed=0, skipped=2**40), result={"text": text},
+                updated_at=1_790_000_000_300)
+            for index, text in enumerate(texts)
+        ]
+        await store.write(runs)
+        assert await store.get_runs([run.id for run in runs]) == runs
+        finished = [run.copy() for run in runs]
+        for run in finished:  # the same rows again, as an upsert: the terminal state of each
+            run.status, run.finished_at, run.error, run.exit_code = RunStatus.FAILED, 1_790_000_001_000, run.message, -9
+        await store.write(finished)
+        assert await store.get_runs([run.id for run in runs]) == finished
+    finally:
+        await store.close()

@@ -128,12 +128,13 @@ async def test_watch_falls_back_to_polling_when_streams_are_unavailable(tmp_path
     assert requests_to(daemon, f"/api/v1/runs/{run['id']}")  # polled
 
 
-async def jobd_cli(*args: str) -> tuple[int, str]:
+async def jobd_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "jobd", *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+                                                stderr=asyncio.subprocess.STDOUT,
+                                                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(30):
-            out, _ = await proc.communicate()
+            out, _ = await proc.communicate(stdin)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -179,13 +180,20 @@ async def test_wait_and_the_cli_exit_codes(tmp_path, daemons):
             jobd_cli("watch", str(broken["id"]), "--url", url),
             asyncio.to_thread(jobd_on_a_terminal, "trigger", "quick", "--wait", "--url", url),
             jobd_cli("watch", "1", "--url", f"http://127.0.0.1:{free_port()}"),
+            jobd_cli("trigger", "quick", "--stdin", "--json", "--url", url, stdin=b'{"n": 1}\n\n{"n": 2}\n{"n": 3}\n'),
+            jobd_cli("trigger", "quick", "--stdin", "--url", url, stdin=b'{"n": 1}\nnot json\n'),
         )
-        (ok, ok_out), (failed, failed_out), (on_tty, tty_out), (unreachable, unreachable_out) = results
+        ((ok, ok_out), (failed, failed_out), (on_tty, tty_out), (unreachable, unreachable_out),
+         (batch, batch_out), (bad, bad_out)) = results
         assert (ok, failed, on_tty, unreachable) == (0, 1, 0, 3), results
         assert "cannot reach" in unreachable_out
         # On a terminal: a bar redrawn in place with the message, then how it ended on a line of its own.
         assert "\r\x1b[2K" in tty_out and "] " in tty_out and "% half way" in tty_out, tty_out
         assert tty_out.replace("\r\n", "\n").rstrip().endswith(": COMPLETED"), tty_out
+        # Params as JSON lines on stdin: one run each, in one batch trigger; a bad line stops it all.
+        assert batch == 0, batch_out
+        assert [run["params"] for run in json.loads(batch_out)["runs"]] == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert bad == 2 and "Expecting value" in bad_out
         # Piped: plain lines, no carriage returns; progress with its message, then how it ended.
         assert "\r" not in ok_out
         assert "50% half way" in ok_out

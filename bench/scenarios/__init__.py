@@ -22,6 +22,8 @@ class Context:
     workdir: Path
     name: str = "scenario"
     profile_dir: Path | None = None  # --profile: py-spy output goes here
+    log_level: str = "warning"
+    synchronous: str = "normal"  # store.synchronous of every daemon
 
     def size(self, full: float, quick: float) -> Any:
         """The workload: `full` as the issue asks, `quick` for a smoke run only."""
@@ -31,7 +33,10 @@ class Context:
         """The daemon under test, in its own folder (and profiled with --profile)."""
         name = f"{self.name}-{tag}" if tag else self.name
         profile = self.profile_dir / f"{name}.txt" if self.profile_dir is not None else None
-        return JobdProcess(self.workdir / (tag or "jobd"), jobs, profile=profile, **options)
+        sections = dict(options.pop("sections", {}))
+        sections["store"] = {"synchronous": self.synchronous, **sections.get("store", {})}
+        return JobdProcess(self.workdir / (tag or "jobd"), jobs, profile=profile, log_level=self.log_level,
+                           sections=sections, **options)
 
 
 Scenario = Callable[[Context], Awaitable[list[Figure]]]

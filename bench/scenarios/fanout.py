@@ -18,9 +18,10 @@ import time
 import aiohttp
 
 from bench.daemon import noop_job
-from bench.holder import HolderGroup, raise_nofile_limit
+from bench.holder import HolderGroup
 from bench.report import Figure, at_most, percentile
 from bench.scenarios import Context, own_cpu_s
+from jobd.daemon import raise_open_files_limit
 
 STREAM_PATH = "/api/v1/events?job=bench&status=PENDING"
 KB = 1024
@@ -73,7 +74,7 @@ async def _one(ctx: Context, streams: int, events: int, figures: list[Figure], *
 
 
 async def fanout(ctx: Context) -> list[Figure]:
-    raise_nofile_limit(ctx.size(10_000, 500) + 1024)
+    raise_open_files_limit(ctx.size(10_000, 500) + 1024)
     events = ctx.size(20, 5)
     figures: list[Figure] = []
     await _one(ctx, ctx.size(1_000, 100), events, figures, target=False)

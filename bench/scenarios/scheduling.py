@@ -19,9 +19,10 @@ from typing import Any
 import aiohttp
 
 from bench.daemon import noop_job
-from bench.holder import HolderGroup, raise_nofile_limit
+from bench.holder import HolderGroup
 from bench.report import Figure, at_most, percentile
 from bench.scenarios import Context
+from jobd.daemon import raise_open_files_limit
 from jobd.models import parse_iso_ms
 
 
@@ -67,7 +68,7 @@ async def idle_cpu(ctx: Context) -> list[Figure]:
     jobs = ctx.size(10_000, 1_000)
     streams = ctx.size(1_000, 100)
     window_s = ctx.size(30, 5)
-    raise_nofile_limit(streams + 1024)
+    raise_open_files_limit(streams + 1024)
     minute = (datetime.now(timezone.utc).minute + 30) % 60
     config = {f"hourly-{i:05d}": noop_job(schedule=f"{minute} * * * *") for i in range(jobs)}
     async with ctx.jobd(config) as jobd, HolderGroup(jobd.url, "/api/v1/events", streams):

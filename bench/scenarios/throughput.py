@@ -72,6 +72,7 @@ async def _measure(ctx: Context, job: dict[str, Any], *, runs: int, per_request:
         "runs": runs, "requests": len(bodies), "clients": min(clients, len(bodies)), "workers": concurrency,
         "elapsed_s": round(elapsed, 3), "accepted_per_s": round(runs / (all_accepted - started)),
         "daemon_cores": round(daemon_cpu / elapsed, 2), "loadgen_cores": round(loadgen_cpu / elapsed, 2),
+        "daemon_cpu_us_per_run": round(daemon_cpu / runs * 1e6),
         "daemon_warnings": warnings[:5],
     }
     return [Figure(key, label, "runs/s", [runs / elapsed], at_least(target) if target else None, notes=notes)]

@@ -39,6 +39,10 @@ class JobState:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def copy(self) -> JobState:
+        return JobState(self.job, self.paused, self.last_fire_at, self.skipped_fires, self.last_skipped_at,
+                        self.consecutive_failures, self.last_run_id)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IdempotencyKey:

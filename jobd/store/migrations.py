@@ -12,9 +12,9 @@ _SOURCES = "'cron', 'api', 'manual', 'retry', 'catchup'"
 _ACTIVE = "'PENDING', 'PROCESSING'"
 
 # The aggregate of finished runs per (job, status, triggered_by), in run_days also per UTC day.
-# What migration 2 is made of: changing any of it means a new migration, never an edit.
-_ROLLUP_COLUMNS = """job TEXT NOT NULL,
-        status TEXT NOT NULL,
+# What migrations 2 and 3 are made of (down to _all_jobs_remove): changing any of it means a new
+# migration, never an edit.
+_KEY_AND_MEASURES = """status TEXT NOT NULL,
         triggered_by TEXT NOT NULL,
         runs INTEGER NOT NULL,
         timed INTEGER NOT NULL,
@@ -23,6 +23,8 @@ _ROLLUP_COLUMNS = """job TEXT NOT NULL,
         items_success INTEGER NOT NULL,
         items_failed INTEGER NOT NULL,
         items_skipped INTEGER NOT NULL"""
+_ROLLUP_COLUMNS = f"""job TEXT NOT NULL,
+        {_KEY_AND_MEASURES}"""
 _ROLLUP_AGGREGATES = (
     "job, status, triggered_by, COUNT(*), COUNT(duration_ms), COALESCE(SUM(duration_ms), 0), "
     "COALESCE(SUM(counts_total), 0), SUM(counts_success), SUM(counts_failed), SUM(counts_skipped)"
@@ -30,24 +32,15 @@ _ROLLUP_AGGREGATES = (
 _SUMMED = ("runs", "timed", "duration_sum", "items_total", "items_success", "items_failed", "items_skipped")
 
 
-def _rollup_values(row: str) -> str:
-    return (f"{row}.job, {row}.status, {row}.triggered_by, 1, {row}.duration_ms IS NOT NULL, "
-            f"COALESCE({row}.duration_ms, 0), COALESCE({row}.counts_total, 0), {row}.counts_success, "
-            f"{row}.counts_failed, {row}.counts_skipped")
+def _measures(row: str) -> str:
+    """What one finished run adds to a rollup row, in the order of the summed columns."""
+    return (f"1, {row}.duration_ms IS NOT NULL, COALESCE({row}.duration_ms, 0), COALESCE({row}.counts_total, 0), "
+            f"{row}.counts_success, {row}.counts_failed, {row}.counts_skipped")
 
 
-def _rollup_add(row: str) -> str:
-    add = ", ".join(f"{col} = {col} + excluded.{col}" for col in _SUMMED)
+def _subtract(row: str) -> str:
+    """Taking one run out of a rollup row."""
     return (
-        f"INSERT INTO run_days VALUES ({row}.created_at / {DAY_MS}, {_rollup_values(row)}) "
-        f"ON CONFLICT DO UPDATE SET {add}; "
-        f"INSERT INTO run_totals VALUES ({_rollup_values(row)}) ON CONFLICT DO UPDATE SET {add};"
-    )
-
-
-def _rollup_remove(row: str) -> str:
-    key = f"job = {row}.job AND status = {row}.status AND triggered_by = {row}.triggered_by"
-    subtract = (
         f"runs = runs - 1, timed = timed - ({row}.duration_ms IS NOT NULL), "
         f"duration_sum = duration_sum - COALESCE({row}.duration_ms, 0), "
         f"items_total = items_total - COALESCE({row}.counts_total, 0), "
@@ -55,11 +48,40 @@ def _rollup_remove(row: str) -> str:
         f"items_failed = items_failed - {row}.counts_failed, "
         f"items_skipped = items_skipped - {row}.counts_skipped"
     )
+
+
+_ADD = ", ".join(f"{col} = {col} + excluded.{col}" for col in _SUMMED)
+
+
+def _rollup_values(row: str) -> str:
+    return f"{row}.job, {row}.status, {row}.triggered_by, {_measures(row)}"
+
+
+def _rollup_add(row: str) -> str:
+    return (
+        f"INSERT INTO run_days VALUES ({row}.created_at / {DAY_MS}, {_rollup_values(row)}) "
+        f"ON CONFLICT DO UPDATE SET {_ADD}; "
+        f"INSERT INTO run_totals VALUES ({_rollup_values(row)}) ON CONFLICT DO UPDATE SET {_ADD};"
+    )
+
+
+def _rollup_remove(row: str) -> str:
+    key = f"job = {row}.job AND status = {row}.status AND triggered_by = {row}.triggered_by"
     day_key = f"day = {row}.created_at / {DAY_MS} AND {key}"
     return (
-        f"UPDATE run_days SET {subtract} WHERE {day_key}; DELETE FROM run_days WHERE {day_key} AND runs = 0; "
-        f"UPDATE run_totals SET {subtract} WHERE {key}; DELETE FROM run_totals WHERE {key} AND runs = 0;"
+        f"UPDATE run_days SET {_subtract(row)} WHERE {day_key}; DELETE FROM run_days WHERE {day_key} AND runs = 0; "
+        f"UPDATE run_totals SET {_subtract(row)} WHERE {key}; DELETE FROM run_totals WHERE {key} AND runs = 0;"
     )
+
+
+def _all_jobs_add(row: str) -> str:
+    return (f"INSERT INTO run_days_all VALUES ({row}.created_at / {DAY_MS}, {row}.status, {row}.triggered_by, "
+            f"{_measures(row)}) ON CONFLICT DO UPDATE SET {_ADD};")
+
+
+def _all_jobs_remove(row: str) -> str:
+    key = f"day = {row}.created_at / {DAY_MS} AND status = {row}.status AND triggered_by = {row}.triggered_by"
+    return f"UPDATE run_days_all SET {_subtract(row)} WHERE {key}; DELETE FROM run_days_all WHERE {key} AND runs = 0;"
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -142,6 +164,26 @@ MIGRATIONS: tuple[str, ...] = (
     WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_rollup_remove("old")} END;
     CREATE INDEX runs_duration ON runs (duration_ms, created_at) WHERE duration_ms IS NOT NULL;
     CREATE INDEX runs_job_duration ON runs (job, duration_ms, created_at) WHERE duration_ms IS NOT NULL;
+    """,
+    # 3: the finished runs of all jobs together, by UTC day. Unfiltered summaries and the totals and
+    # timeline of the statistics read a few rows per day from it however many jobs there are:
+    # run_days has a row per job and day, nearly one per run when there are thousands of jobs.
+    # Kept by triggers of its own beside those of migration 2. Like migration 2, frozen once written.
+    f"""
+    CREATE TABLE run_days_all (
+        day INTEGER NOT NULL,
+        {_KEY_AND_MEASURES},
+        PRIMARY KEY (day, status, triggered_by)
+    ) WITHOUT ROWID;
+    INSERT INTO run_days_all
+        SELECT day, status, triggered_by, {", ".join(f"SUM({col})" for col in _SUMMED)} FROM run_days
+        GROUP BY day, status, triggered_by;
+    CREATE TRIGGER runs_rollup_all_insert AFTER INSERT ON runs
+    WHEN new.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_add("new")} END;
+    CREATE TRIGGER runs_rollup_all_finish AFTER UPDATE OF status ON runs
+    WHEN old.status IN ({_ACTIVE}) AND new.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_add("new")} END;
+    CREATE TRIGGER runs_rollup_all_delete AFTER DELETE ON runs
+    WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_remove("old")} END;
     """,
 )
 

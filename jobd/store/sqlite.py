@@ -37,20 +37,42 @@ RUN_COLUMNS = (
 # SQLite the upkeep of the indexes on them at every transition.
 _IMMUTABLE = frozenset({"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for",
                         "created_at", "retry_of"})
-_UPSERT_RUN = (
-    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "
-    "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{col} = excluded.{col}" for col in RUN_COLUMNS if col not in _IMMUTABLE)
-)
-_UPSERT_JOB_STATE = (
-    "INSERT INTO job_state (job, paused, last_fire_at, skipped_fires, last_skipped_at, "
-    "consecutive_failures, last_run_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT(job) DO UPDATE SET paused = excluded.paused, last_fire_at = excluded.last_fire_at, "
-    "skipped_fires = excluded.skipped_fires, last_skipped_at = excluded.last_skipped_at, "
-    "consecutive_failures = excluded.consecutive_failures, last_run_id = excluded.last_run_id"
-)
+JOB_STATE_COLUMNS = ("job", "paused", "last_fire_at", "skipped_fires", "last_skipped_at", "consecutive_failures",
+                     "last_run_id")
+
+
+def _upserts(table: str, columns: Sequence[str], key: str, keep: Iterable[str] = ()) -> tuple[str, str]:
+    """(the upsert of one row, the same for a JSON array of rows) into `table`; on conflict with
+    `key`, every column but those in `keep` takes the new value.
+
+    A group commit uses the second: one statement, so SQLite's thread takes the GIL once per
+    batch. executemany() binds each row holding the GIL and releases it around each row's step,
+    trading it with the event loop once per row, and neither then runs at full speed. The JSON
+    functions are part of SQLite since 3.38 (and of most builds long before).
+    """
+    names = ", ".join(columns)
+    update = ", ".join(f"{col} = excluded.{col}" for col in columns if col != key and col not in keep)
+    conflict = f"ON CONFLICT({key}) DO UPDATE SET {update}"
+    extract = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(columns)))
+    return (f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}",
+            # WHERE true: SQLite's upsert grammar needs it after a SELECT.
+            f"INSERT INTO {table} ({names}) SELECT {extract} FROM json_each(?) WHERE true {conflict}")
+
+
+_UPSERT_RUN = _upserts("runs", RUN_COLUMNS, "id", _IMMUTABLE)
+_UPSERT_JOB_STATE = _upserts("job_state", JOB_STATE_COLUMNS, "job")
+# UTF-8 as it is (SQLite copies it), and no NaN: it would not be JSON.
+_rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
 _LAZY_FLUSH_S = 1.0
+
+
+async def _upsert(db: aiosqlite.Connection, statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
+    payload = _rows_json(rows)
+    if "\\u0000" in payload:  # json_extract() would cut a string at a NUL: bind these row by row
+        await db.executemany(statements[0], rows)
+    else:
+        await db.execute(statements[1], (payload,))
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -98,7 +120,7 @@ def _summary(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def _rollup_answers(f: RunFilter) -> bool:
-    """Whether run_totals (plus the active runs) can answer for this filter: no time bounds."""
+    """Whether the rollups (plus the active runs) can answer for this filter: no time bounds."""
     return f.since is None and f.until is None
 
 
@@ -228,7 +250,9 @@ class SQLiteStore:
         job_states: Iterable[JobState] = (),
         keys: Iterable[IdempotencyKey] = (),
     ) -> None:
-        await asyncio.shield(self.submit(runs, job_states, keys))
+        # The waiter is this call's own: a cancelled caller cancels only it (the writer skips it),
+        # and the rows are committed all the same.
+        await self.submit(runs, job_states, keys)
 
     def submit(
         self,
@@ -295,9 +319,9 @@ class SQLiteStore:
             return
         async with self._transaction() as db:
             if run_rows:
-                await db.executemany(_UPSERT_RUN, run_rows)
+                await _upsert(db, _UPSERT_RUN, run_rows)
             if state_rows:
-                await db.executemany(_UPSERT_JOB_STATE, state_rows)
+                await _upsert(db, _UPSERT_JOB_STATE, state_rows)
             if key_rows:
                 await db.executemany(_INSERT_KEY, key_rows)
         self.commits += 1
@@ -372,8 +396,10 @@ class SQLiteStore:
         return _summary(rows[0])
 
     async def _rollup_summary(self, where: RunFilter) -> dict[str, Any]:
-        """Finished runs from run_totals, active ones from runs, read in one statement (one snapshot).
-        Active runs are found by status: by job, SQLite would walk every run the job ever had."""
+        """Finished runs from a rollup (one job's from run_totals, every job's from run_days_all, a few
+        rows a day), active ones from runs, read in one statement (one snapshot). Active runs are
+        found by status: by job, SQLite would walk every run the job ever had."""
+        rollup = "run_totals" if where.job is not None else "run_days_all"
         finished, args = _where(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
         statuses = tuple(status for status in (RunStatus.PENDING, RunStatus.PROCESSING)
                          if not where.status or status in where.status)
@@ -390,7 +416,7 @@ class SQLiteStore:
             "SUM(items_total), SUM(items_success), SUM(items_failed), SUM(items_skipped), "
             "SUM(timed), SUM(duration_sum) FROM ("
             "SELECT status, runs, timed, duration_sum, items_total, items_success, items_failed, items_skipped "
-            f"FROM run_totals{finished}{active_rows})",
+            f"FROM {rollup}{finished}{active_rows})",
             [*args, *(active_args if statuses else ())],
         )
         return _summary(rows[0])
@@ -414,7 +440,7 @@ class SQLiteStore:
 
     async def count_by_status(self) -> dict[RunStatus, int]:
         rows = await self._fetchall(
-            "SELECT status, SUM(runs) FROM run_totals GROUP BY status UNION ALL "
+            "SELECT status, SUM(runs) FROM run_days_all GROUP BY status UNION ALL "
             f"SELECT status, COUNT(*) FROM runs INDEXED BY runs_status WHERE status IN ({ACTIVE}) GROUP BY status"
         )
         counts = {status: 0 for status in RunStatus}

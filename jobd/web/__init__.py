@@ -23,11 +23,11 @@ def create_app(daemon: Daemon) -> web.Application:
     ticketer = tickets.Tickets(daemon.config.auth.ticket_ttl_s)
     auth = Authenticator(daemon.config.auth, ticket_check=ticketer.check)
     app = web.Application(
-        middlewares=[daemon.metrics.middleware(), make_middleware(daemon.log.bind(component="access")),
-                     auth.middleware()],
+        middlewares=[make_middleware(daemon.log.bind(component="access")), auth.middleware()],
         client_max_size=daemon.config.server.max_body_bytes,
     )
     app[DAEMON] = daemon
+    app.on_response_prepare.append(daemon.metrics.count_response)
     app.add_routes(api.routes)
     app.add_routes(observability.routes)
     app.add_routes(contract.routes)

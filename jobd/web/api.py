@@ -13,7 +13,7 @@ from aiohttp import web
 from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest, NotFound
-from jobd.models import RunStatus, TriggerSource, compact_json, iso_ms
+from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms, parse_iso_ms
 from jobd.runlog import log_path
 from jobd.runs import Submission
 from jobd.store import RunFilter
@@ -49,11 +49,10 @@ def _local_time(epoch_ms: int | None, zone: str) -> str | None:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=ZoneInfo(zone)).isoformat(timespec="seconds")
 
 
-def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
+def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]:
     runs = daemon.runs
     state = runs.job_state(job.name)
     next_at = daemon.next_run_at(job.name)
-    last = runs.last_runs.get(job.name)
     active = runs.active_of(job.name)
     return {
         "name": job.name,
@@ -88,14 +87,20 @@ def job_json(daemon: Daemon, job: JobConfig) -> dict[str, Any]:
 @requires("read")
 async def list_jobs(request: web.Request) -> web.Response:
     daemon = _daemon(request)
-    return json_response({"jobs": [job_json(daemon, job) for job in daemon.runs.jobs.values()]})
+    last = await daemon.runs.last_runs_of(daemon.runs.jobs)
+    return json_response({"jobs": [job_json(daemon, job, last.get(job.name)) for job in daemon.runs.jobs.values()]})
 
 
 @routes.get(PREFIX + "/jobs/{name}")
 @requires("read")
 async def get_job(request: web.Request) -> web.Response:
     daemon = _daemon(request)
-    return json_response({"job": job_json(daemon, daemon.runs.job(request.match_info["name"]))})
+    return await _job_answer(daemon, daemon.runs.job(request.match_info["name"]))
+
+
+async def _job_answer(daemon: Daemon, job: JobConfig) -> web.Response:
+    last = await daemon.runs.last_runs_of([job.name])
+    return json_response({"job": job_json(daemon, job, last.get(job.name))})
 
 
 def _params(value: Any, where: str) -> dict[str, Any]:
@@ -153,7 +158,7 @@ async def pause_job(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     job = daemon.runs.job(request.match_info["name"])
     await daemon.set_paused(job.name, True)
-    return json_response({"job": job_json(daemon, job)})
+    return await _job_answer(daemon, job)
 
 
 @routes.post(PREFIX + "/jobs/{name}/resume")
@@ -162,7 +167,7 @@ async def resume_job(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     job = daemon.runs.job(request.match_info["name"])
     await daemon.set_paused(job.name, False)
-    return json_response({"job": job_json(daemon, job)})
+    return await _job_answer(daemon, job)
 
 
 # -- runs ------------------------------------------------------------------------------------------
@@ -229,7 +234,7 @@ async def last_run(request: web.Request) -> web.Response:
     job = request.query.get("job")
     if not job:
         raise BadRequest("the job query parameter is required, e.g. /api/v1/runs/last?job=nightly")
-    run = daemon.runs.last_runs.get(job) or await daemon.store.last_run(job)
+    run = (await daemon.runs.last_runs_of([job])).get(job) or await daemon.store.last_run(job)
     if run is None:
         raise NotFound(f"job {job!r} has no runs yet", job=job)
     run = daemon.runs.active.get(run.id, run)
