@@ -229,7 +229,7 @@ handler = "life_jobs:systemd_env"
         async with http.post(f"{url}/api/v1/jobs/gated_cmd/trigger") as response:
             assert response.status == 503 and response.content_type == "application/problem+json"
             assert int(response.headers["Retry-After"]) > 0 and "shutting down" in (await response.json())["detail"]
-        assert (await api.get(f"/api/v1/runs?job=stuck_cmd"))["pagination"]["total"] == 2
+        assert (await api.get("/api/v1/runs?job=stuck_cmd"))["pagination"]["total"] == 2
         assert (await api.run(stuck_cmd["id"]))["status"] == "PROCESSING"
         # Runs that end within the grace end normally; a failure still gets its retry (for later).
         gate.touch()

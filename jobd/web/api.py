@@ -13,7 +13,7 @@ from aiohttp import web
 from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest, NotFound
-from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms, parse_iso_ms
+from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
 from jobd.runlog import log_path
 from jobd.runs import Submission
 from jobd.store import RunFilter
