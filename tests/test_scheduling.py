@@ -22,6 +22,7 @@ import pytest
 import sched_jobs
 from conftest import Harness, wait_for
 from process import DaemonProcess
+from ssehelp import SSEReader
 
 from jobd.config import Config, load_config
 from jobd.cronspec import CronSpec
@@ -322,6 +323,44 @@ async def test_skipped_fires_are_counted_and_published_under_load(start: StartDa
     assert {j["last_skipped_at"] for j in jobs} == {iso(minute(4))}
     stored = await h.daemon.store.job_states()
     assert {stored[f"j{i:02d}"].skipped_fires for i in range(count)} == {3}
+
+
+
+async def test_a_skipped_fire_is_sent_on_the_firehose_and_replayed(start: StartDaemon) -> None:
+    clock = FakeClock(T0)
+    h = await start({"slow": {**SLEEPY, "schedule": EVERY_MINUTE}, "other": NOOP}, clock=clock)
+    queries = ("", "?job=slow", "?job=other", "?status=FAILED", "?job=other&status=PENDING")
+    streams = {query: SSEReader(await h.client.get(f"/api/v1/events{query}")) for query in queries}
+    for stream in streams.values():
+        await stream.until(lambda m: m.type == "summary")
+    await advance_to(clock, minute(1))
+    [run] = await runs_of(h, "job=slow")
+    await advance_to(clock, minute(2))  # the run of minute 1 is still going: skipped
+    expected = {"type": "fire_skipped", "job": "slow", "scheduled_for": iso(minute(2)),
+                "skipped_at": iso(minute(2)), "skipped_fires": 1, "active_run_ids": [run["id"]]}
+    skips = {}
+    for query in ("", "?job=slow", "?status=FAILED"):
+        skip = (await streams[query].until(lambda m: m.type == "fire_skipped"))[-1]
+        assert {k: v for k, v in skip.data.items() if k != "reason"} == expected, query
+        assert f"already has run {run['id']}" in skip.data["reason"]
+        skips[query] = skip
+    assert len({skip.id for skip in skips.values()}) == 1
+    # Streams for another job see the next event of theirs and no skip before it.
+    other = await h.trigger("other")
+    for query in ("?job=other", "?job=other&status=PENDING"):
+        seen = await streams[query].until(lambda m: m.type == "status_update" and m.data["run_id"] == other["id"]
+                                          or m.type == "fire_skipped")
+        assert seen[-1].type == "status_update", query
+    # Replayed after a reconnect, once, with its own id.
+    skip = skips[""]
+    response = await h.client.get("/api/v1/events", headers={"Last-Event-ID": str(skip.id - 1)})
+    replay = SSEReader(response)
+    opening = await replay.until(lambda m: m.type == "summary")
+    assert [(m.id, m.data) for m in opening if m.type == "fire_skipped"] == [(skip.id, skip.data)]
+    response.close()
+    for stream in streams.values():
+        stream.response.close()
+    await cancel(h, run["id"])
 
 
 # -- pause, failures ----------------------------------------------------------------------------------

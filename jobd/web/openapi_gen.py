@@ -280,13 +280,16 @@ def schemas() -> dict[str, Schema]:
                          "description": "optional endpoints this daemon serves"},
         }),
         "StreamMessage": obj(
-            {"type": {"type": "string", "enum": ["connected", "status_update", "log", "summary", "shutdown"]}},
+            {"type": {"type": "string", "enum": ["connected", "status_update", "log", "summary", "fire_skipped",
+                                                 "shutdown"]}},
             extra=True,
             description=(
                 "the JSON in each SSE `data:` line; every message also has an `id:` line, and there are no "
                 "`event:` names, so EventSource.onmessage sees them all. connected: {run_id}; status_update: "
                 "{run_id, job, status, progress, message, counts, error, result, attempt, updated_at}; log: "
-                "{run_id, job, stream, line} (with ?log=1); summary (firehose): {queue, workers, counts}; shutdown."
+                "{run_id, job, stream, line} (with ?log=1); summary (firehose): {queue, workers, counts}; "
+                "fire_skipped (firehose): {job, scheduled_for, skipped_at, skipped_fires, active_run_ids, reason}, "
+                "a cron fire the overlap policy skipped; shutdown."
             ),
         ),
     }
@@ -421,9 +424,11 @@ def paths() -> dict[str, Schema]:
             responses={"200": stream, "204": stream_done, "404": not_found_run, "503": too_many_streams})},
         V1 + "/events": {"get": operation(
             "Every run's live stream, with summaries", tag="streams", scope="admin", operation_id="allEvents",
-            description="The current state of every active run, then every change, and `summary` messages.",
+            description=("The current state of every active run, then every change, `summary` messages, and a "
+                         "`fire_skipped` message for each cron fire the overlap policy skips."),
             parameters=(query("job", STR, "comma-separated jobs"),
-                        query("status", STR, f"comma-separated statuses: {', '.join(STATUSES)}"),
+                        query("status", STR, f"comma-separated statuses: {', '.join(STATUSES)}; run events only "
+                                             "(summary and fire_skipped have no status and pass)"),
                         *STREAM_PARAMS),
             responses={"200": stream, "400": bad_request, "503": too_many_streams})},
         V1 + "/tickets": {"post": operation(

@@ -2,8 +2,8 @@
 
 Wire format, so that a plain EventSource with `onmessage` works: the stream opens with a `retry:`
 hint; every message is an `id:` line and a `data:` line holding one JSON object whose `type` says
-what it is (connected, status_update, log, summary, shutdown); no `event:` names; comment lines
-are heartbeats.
+what it is (connected, status_update, log, summary, fire_skipped, shutdown); no `event:` names;
+comment lines are heartbeats.
 
 A handler subscribes to the bus *before* it reads the current state, with no await in between,
 so no event can fall between the snapshot (or the replay) and the live stream. Frames are
@@ -50,7 +50,7 @@ def _chunk(data: bytes) -> bytes:
 HEARTBEAT_CHUNK = _chunk(HEARTBEAT)
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
 RUN_TYPES = frozenset({"status_update", "log"})
-FIREHOSE_TYPES = frozenset({"status_update", "log", "summary"})
+FIREHOSE_TYPES = frozenset({"status_update", "log", "summary", "fire_skipped"})
 # How long a closing stream may take to say goodbye before its connection is cut.
 SHUTDOWN_TIMEOUT_S = 2.0
 NOTHING: frozenset[str] = frozenset()  # one empty filter for every stream that has none
@@ -497,6 +497,8 @@ def _firehose_filter(jobs: frozenset[str], statuses: frozenset[str]) -> Callable
             return False
         if event.type == "summary":
             return True
+        if event.type == "fire_skipped":  # about a job, not a run: there is no status to filter on
+            return not jobs or event.job in jobs
         return (not jobs or event.job in jobs) and (not statuses or event.status in statuses)
 
     return accepts
@@ -530,7 +532,7 @@ def _firehose_opening(request: web.Request, stream: Stream) -> tuple[list[bytes]
 @routes.get(PREFIX + "/events", allow_head=False)
 @requires("admin")
 async def firehose(request: web.Request) -> web.StreamResponse:
-    """Every run's events, filtered by `job` and `status`, plus `summary` messages."""
+    """Every run's events, filtered by `job` and `status`, plus `summary` and `fire_skipped` messages."""
     streams = request.app[STREAMS]
     stream = streams.open(request)
     try:
