@@ -472,6 +472,40 @@ async def test_token_prompt_and_buttons_follow_the_scope(browser: Browser, start
     assert [url for url in urls if "/api/v1/events?ticket=" in url]
 
 
+async def test_the_jobs_page_counts_skipped_fires_live(browser: Browser, tmp_path: Path) -> None:
+    path = tmp_path / "skips.toml"
+    path.write_text("""
+[server]
+host = "127.0.0.1"
+port = 0
+[store]
+path = "state/jobd.db"
+[workers]
+shutdown_grace_s = 0.5
+kill_grace_s = 0.5
+[jobs.busy]
+description = "Fires every second; its one run lasts 40 s, so the fires after the first are skipped"
+command = ["sleep", "40"]
+schedule = "* * * * * *"
+""")
+    daemon = DaemonProcess(path)
+    try:
+        await daemon.start()
+        page = await browser.new_page()
+        await page.goto(f"{daemon.url}/#/jobs")
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        skipped = page.locator('article[data-job="busy"] .skipped')
+        await expect(skipped).to_contain_text("(overlap skip), last", timeout=WAIT_MS)
+        shown = int(await skipped.get_attribute("data-count") or "0")
+        # Live, the page reloads a job only on an event: the next skips come as fire_skipped messages.
+        await page.wait_for_function(
+            "n => Number(document.querySelector('article[data-job=\"busy\"] .skipped').dataset.count) > n",
+            arg=shown, timeout=WAIT_MS)
+        await shot(page, "jobs-skipped")
+    finally:
+        await daemon.cleanup()
+
+
 async def test_jobd_js_follows_a_run_in_chromium_across_a_restart(
         browser: Browser, start_jobd: Callable[..., Any]) -> None:
     """/static/jobd.js with a browser's own EventSource: a token (tickets), `shutdown`, a new daemon."""

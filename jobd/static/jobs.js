@@ -37,6 +37,7 @@ export function jobsView(ctx) {
         fact("Next run", nextRun(job)),
         fact("Last run", lastRun(job)),
         fact("Failures", failures(job)),
+        job.skipped_fires ? fact("Skipped", skipped(job)) : null,
         job.active_runs.length ? fact("Active", job.active_runs.map((id) => h("a", { href: `#/runs/${id}` }, `#${id}`)).flatMap((a, i) => (i ? [", ", a] : [a]))) : null),
       actions(job));
   }
@@ -69,6 +70,13 @@ export function jobsView(ctx) {
   function failures(job) {
     const text = `${job.consecutive_failures} in a row (alert at ${job.alert_after_failures})`;
     return h("span", { class: job.failing ? "failures failing" : job.consecutive_failures ? "failures" : "muted" }, text);
+  }
+
+  // Fires the overlap policy skipped because a run was still in progress.
+  function skipped(job) {
+    const fires = job.skipped_fires === 1 ? "1 fire" : `${job.skipped_fires} fires`;
+    return h("span", { class: "skipped", dataset: { count: String(job.skipped_fires) } },
+      `${fires} (overlap ${job.overlap}), last `, timeEl(job.last_skipped_at));
   }
 
   function actions(job) {
@@ -128,9 +136,14 @@ export function jobsView(ctx) {
     }
   }
 
-  // Progress ticks do not change a card; a run changing state does (last run, running, failures).
+  // Progress ticks do not change a card; a run changing state does (last run, running, failures),
+  // and so does a skipped fire (the skip count).
   const statusOf = new Map();
   function onEvent(message) {
+    if (message.type === "fire_skipped") {
+      refreshSoon();
+      return;
+    }
     if (message.type !== "status_update" || statusOf.get(message.run_id) === message.status) return;
     statusOf.set(message.run_id, message.status);
     refreshSoon();
