@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--param", "-p", action="append", default=[], metavar="K=V",
                          help="a parameter; K:=JSON for a non-string value (repeatable)")
     trigger.add_argument("--stdin", action="store_true", help="read one JSON object of params per line: one run each")
+    trigger.add_argument("--batch-size", type=int, default=1000, metavar="N",
+                         help="with --stdin: at most N runs per request (default %(default)s; "
+                              "fewer if the server's max_batch_runs is lower)")
     trigger.add_argument("--idempotency-key")
     trigger.add_argument("--overlap", choices=["skip", "buffer_one", "queue", "allow", "replace"])
     trigger.add_argument("--wait", action="store_true",
@@ -230,11 +233,30 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def _read_params_lines(lines: TextIO) -> list[dict[str, Any]]:
+    """`--stdin`: one JSON object of params per line; blank lines are skipped."""
+    batch = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            params = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"--stdin line {number} is not JSON ({exc})") from None
+        if not isinstance(params, dict):
+            raise ValueError(f"--stdin line {number} is not a JSON object of params")
+        batch.append(params)
+    return batch
+
+
 def cmd_trigger(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        print("jobd: --batch-size must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     try:
         params = _parse_params(args.param)
-        batch = [json.loads(line) for line in sys.stdin if line.strip()] if args.stdin else None
-    except (ValueError, json.JSONDecodeError) as exc:
+        batch = _read_params_lines(sys.stdin) if args.stdin else None
+    except ValueError as exc:
         print(f"jobd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.wait and batch is not None:
@@ -243,10 +265,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
     async def action(client: JobdClient) -> int:
         if batch is not None:
-            runs = []
-            for start in range(0, len(batch), 1000):
-                runs += await client.trigger_many(args.job, batch[start:start + 1000], triggered_by="manual",
-                                                  overlap=args.overlap)
+            runs = await client.trigger_batched(args.job, batch, batch_size=args.batch_size, triggered_by="manual",
+                                                overlap=args.overlap)
             _emit(args, {"runs": runs}, lambda: _print_runs(runs))
             return EXIT_OK
         run = await client.trigger(args.job, params, idempotency_key=args.idempotency_key, overlap=args.overlap,

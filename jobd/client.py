@@ -121,6 +121,28 @@ class JobdClient:
             body["overlap"] = overlap
         return (await self.request("POST", _job_path(job, "trigger"), json_body=body))["runs"]
 
+    async def trigger_batched(self, job: str, params: Sequence[Mapping[str, Any]], *, batch_size: int = 1000,
+                              triggered_by: str = "api", overlap: str | None = None) -> list[dict[str, Any]]:
+        """One run per item of `params`, at most `batch_size` to a request, and never more than the server
+        takes: a batch it refuses as too large is sent again in pieces of the size its answer names."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        runs: list[dict[str, Any]] = []
+        start = 0
+        while start < len(params):
+            chunk = params[start:start + batch_size]
+            try:
+                runs += await self.trigger_many(job, chunk, triggered_by=triggered_by, overlap=overlap)
+            except ApiError as exc:
+                limit = exc.body.get("max_batch_runs")
+                # The batch was refused whole, before any run of it was made: safe to send again.
+                if exc.status != 400 or not isinstance(limit, int) or not 0 < limit < len(chunk):
+                    raise
+                batch_size = limit
+                continue
+            start += len(chunk)
+        return runs
+
     async def pause(self, job: str) -> dict[str, Any]:
         return (await self.request("POST", _job_path(job, "pause")))["job"]
 

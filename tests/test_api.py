@@ -569,6 +569,9 @@ async def test_batch_trigger(start_daemon):
         assert (await h.finished(run["id"])).status is RunStatus.COMPLETED
     response = await h.client.post("/api/v1/jobs/noop/trigger", json={"runs": [{}] * 6})
     assert response.status == 400
+    problem = await response.json()
+    assert (problem["max_batch_runs"], problem["type"]) == (5, "urn:jobd:problem:bad-request")  # what a client splits by
+    assert (await h.get_json("/api/v1/runs?job=noop"))["pagination"]["total"] == 5  # refused whole
 
 
 async def test_request_id_is_echoed(start_daemon):

@@ -15,16 +15,17 @@ import sys
 
 import aiohttp
 import pytest
+from conftest import wait_for
 from process import DaemonProcess
 
 from jobd.client import JobdClient
 from jobd.daemon import raise_open_files_limit
 
 
-def write_config(tmp_path, jobs: str, extra: str = "") -> object:
+def write_config(tmp_path, jobs: str, extra: str = "", server: str = "") -> object:
     path = tmp_path / "jobd.toml"
     path.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = 0\n[store]\npath = "state/jobd.db"\n'
+        f'[server]\nhost = "127.0.0.1"\nport = 0\n{server}\n[store]\npath = "state/jobd.db"\n'
         f"[workers]\nshutdown_grace_s = 2\nkill_grace_s = 0.5\n{extra}\n{jobs}"
     )
     return path
@@ -125,15 +126,30 @@ def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
 
 async def test_cli_against_a_real_daemon(tmp_path, daemons):
     config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n',
-                          extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" }]\n')
+                          extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" }]\n',
+                          server="max_batch_runs = 3")
     daemon = daemons(config)
     url = await daemon.start()
 
-    def cli(*args, env=None, stdout=subprocess.PIPE):
+    def cli(*args, env=None, stdout=subprocess.PIPE, stdin=None):
         # The address and the token come from the environment, as in a script.
         env = {**os.environ, "JOBD_URL": url, "JOBD_TOKEN": "ci-token-123", **(env or {})}
         return subprocess.run([sys.executable, "-m", "jobd", *args], stdout=stdout, stderr=subprocess.PIPE,
-                              text=True, timeout=30, env=env)
+                              text=True, timeout=30, env=env, input=stdin)
+
+    seen_requests = 0
+
+    async def batch_requests(count: int) -> list[int]:
+        """The statuses of the next `count` trigger requests of hello, from the daemon's access log."""
+        nonlocal seen_requests
+
+        def logged() -> list[dict]:
+            return [r for r in daemon.events("request") if r["path"] == "/api/v1/jobs/hello/trigger"]
+
+        await wait_for(lambda: len(logged()) >= seen_requests + count)
+        new = logged()[seen_requests:]
+        seen_requests += len(new)
+        return [r["status"] for r in new]
 
     out = cli("trigger", "hello", "--param", "a=1", "--param", "n:=2", "--json")
     assert out.returncode == 0, out.stderr
@@ -148,6 +164,23 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
     assert status.returncode == 0 and "hello" in status.stdout and "workers" in status.stdout
     snapshot = json.loads(cli("status", "--json").stdout)
     assert set(snapshot) == {"queue", "jobs"} and snapshot["jobs"][0]["name"] == "hello"
+    await batch_requests(1)  # the trigger above
+    # 10 lines against server.max_batch_runs = 3: the first request is refused whole and names the
+    # limit; the runs then go 3 to a request, in order.
+    lines = "".join(json.dumps({"n": n}) + "\n" for n in range(10))
+    out = cli("trigger", "hello", "--stdin", "--json", stdin=lines)
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(out.stdout)["runs"]
+    assert [r["params"] for r in runs] == [{"n": n} for n in range(10)]
+    assert len({r["id"] for r in runs}) == 10
+    assert await batch_requests(5) == [400, 202, 202, 202, 202]
+    out = cli("trigger", "hello", "--stdin", "--batch-size", "2", stdin=lines)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 11, out.stderr  # a header and 10 rows
+    assert await batch_requests(5) == [202] * 5
+    for bad, message in ((["--batch-size", "0"], "jobd: --batch-size must be at least 1\n"),
+                         ([], "jobd: --stdin line 2 is not a JSON object of params\n")):
+        refused = cli("trigger", "hello", "--stdin", *bad, stdin='{"n": 1}\n[1]\n')
+        assert (refused.returncode, refused.stderr) == (2, message)
     missing = cli("trigger", "nope")
     assert missing.returncode == 1 and "404" in missing.stderr
     assert "no job named 'a/b'" in cli("trigger", "a/b").stderr  # one path segment, whatever is typed

@@ -159,7 +159,8 @@ def schemas() -> dict[str, Schema]:
             {"type": STR, "title": STR, "status": {"type": "integer", "minimum": 400, "maximum": 599},
              "detail": STR},
             extra=True,
-            description="RFC 9457 problem details; some problems add fields (job, run_id, request_id, ...)",
+            description=("RFC 9457 problem details; some problems add fields (job, run_id, request_id, "
+                         "max_batch_runs, ...)"),
         ),
         "RunStatus": {"type": "string", "enum": STATUSES},
         "TriggerSource": {"type": "string", "enum": SOURCES},
@@ -370,7 +371,8 @@ def paths() -> dict[str, Schema]:
                 "202": json_content({"oneOf": [ref("RunAnswer"), obj({"runs": {"type": "array",
                                                                               "items": ref("Run")}})]},
                                     "the run ({run}), or the batch's runs ({runs})"),
-                "400": bad_request,
+                "400": problem("the body is not valid; a batch over server.max_batch_runs says the limit in "
+                               "max_batch_runs, so that a client can send it again in smaller pieces"),
                 "404": not_found_job,
                 "409": problem("the overlap policy refused the run"),
                 "413": problem("the body is over server.max_body_bytes"),
