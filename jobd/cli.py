@@ -181,7 +181,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not job.schedule:
             print(f"\n{name}: no schedule (manual triggers only)")
             continue
-        print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule)}) in {job.timezone}")
+        print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule, name)}) in {job.timezone}")
         for when in fires[name]:
             print(f"  {when}")
     return EXIT_OK

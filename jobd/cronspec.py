@@ -43,6 +43,7 @@ _SECOND = timedelta(seconds=1)
 _PROBE = timedelta(hours=12)
 _RANDOM_PART = re.compile(r"r(\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 _HASH_PART = re.compile(r"h(\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
+_STEP_TO_END = re.compile(r"(\d+)-59/(\d+)")  # `H/15` in the minute field hashes to e.g. `6-59/15`
 _REFERENCE = datetime(2000, 1, 1)
 
 
@@ -153,13 +154,23 @@ class CronSpec:
             instant, inclusive = change, True
 
 
-def describe(expr: str) -> str:
-    """A short English description of common cron forms; other forms are returned as written."""
+def describe(expr: str, hash_key: str | None = None) -> str:
+    """A short English description of common cron forms; other forms are returned as written.
+
+    `H` fields are described by the values they hash to for `hash_key` (the job's name), as the
+    scheduler fires them; a form with them that has no words is returned with those values in.
+    Without a hash key they stay as written.
+    """
     text = " ".join(expr.split())
     alias = ALIASES.get(text.lower())
     parts = (alias or text).split()
+    if hash_key is not None and any(_HASH_PART.fullmatch(part) for part in parts):
+        text = _resolve_hashes(parts, hash_key)
+        parts = text.split()
     if len(parts) == 6:
         if parts[:5] == ["*"] * 5:
+            if parts[5].isdigit() and int(parts[5]) < 60:
+                return f"every minute at second {int(parts[5])}"
             return _every(parts[5], "second") or text
         return text
     if len(parts) != 5:
@@ -305,11 +316,16 @@ def _first_instant(wall: datetime, tz: ZoneInfo) -> datetime:
 
 
 def _every(field: str, unit: str) -> str | None:
+    """Words for `*`, `*/N` and `A-59/N` in the minute or the seconds field."""
     if field == "*":
         return f"every {unit}"
     if field.startswith("*/") and field[2:].isdigit():
         step = int(field[2:])
         return f"every {unit}" if step == 1 else f"every {step} {unit}s"
+    stepped = _STEP_TO_END.fullmatch(field)
+    if stepped is not None and 0 < int(stepped[2]) and int(stepped[1]) < 60:
+        start, step = int(stepped[1]), int(stepped[2])
+        return f"every {unit} from {unit} {start}" if step == 1 else f"every {step} {unit}s from {unit} {start}"
     return None
 
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -139,10 +140,20 @@ def test_check_prints_next_fire_times(tmp_path):
     human = run_cli("check", "-c", str(good))
     assert human.returncode == 0
     assert len([line for line in human.stdout.splitlines() if "T02:30:00" in line]) == 5
+    assert "nightly: 30 2 * * * (at 02:30 every day) in Europe/Skopje" in human.stdout
     for args, text in ((["--from", "9999-12-31T00:00:00Z", "--count", "2"], "there are no 2 fire times of"),
                        (["--from", "yesterday"], "is not an ISO-8601 time"), (["--count", "0"], "--count must be")):
         odd = run_cli("check", "-c", str(good), *args)
         assert odd.returncode == 2 and text in odd.stderr and odd.stderr.count("\n") == 1, odd.stderr
+
+
+def test_check_describes_an_h_schedule_by_the_minute_it_fires_at(tmp_path):
+    config = tmp_path / "spread.toml"
+    config.write_text('[jobs.spread]\ncommand = ["true"]\nschedule = "H * * * *"\ntimezone = "UTC"\n')
+    fires = json.loads(run_cli("check", "-c", str(config), "--json").stdout)["jobs"]["spread"]["next"]
+    [minute] = {datetime.fromisoformat(fire).minute for fire in fires}
+    human = run_cli("check", "-c", str(config))
+    assert f"spread: H * * * * (hourly at minute {minute}) in UTC" in human.stdout, human.stdout
 
 
 def accepted_keys(monkeypatch) -> set[tuple[str, str]]:

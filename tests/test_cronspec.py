@@ -348,6 +348,34 @@ def test_describe(expr: str, text: str) -> None:
     assert describe(expr) == text
 
 
+@pytest.mark.parametrize(
+    ("expr", "text"),
+    [
+        ("H * * * *", "hourly at minute 6"),
+        ("h * * * *", "hourly at minute 6"),
+        ("H/15 * * * *", "every 15 minutes from minute 6"),
+        ("H H * * *", "at 21:06 every day"),
+        ("0 H * * *", "at 21:00 every day"),
+        ("H H(0-5) * * 1-5", "at 03:06 every Monday to Friday"),
+        ("* * * * * H", "every minute at second 50"),
+        ("H 1-3 * * *", "6 1-3 * * *"),  # no words for it: the minute it fires at, as an expression
+        ("H(0-29)/10 * * * *", "6-29/10 * * * *"),
+        ("30 2 * * *", "at 02:30 every day"),  # nothing to hash
+    ],
+)
+def test_describe_an_h_field_by_its_value_for_the_job(expr: str, text: str) -> None:
+    assert describe(expr, "nightly") == text
+
+
+@pytest.mark.parametrize("job", ["nightly", "backup", "report-7"])
+def test_the_described_hash_is_the_one_that_fires(job: str) -> None:
+    for expr, unit in (("H * * * *", "minute"), ("* * * * * H", "second")):
+        fires = CronSpec.parse(expr, job).next_fires(datetime(2026, 1, 1, tzinfo=UTC), ZoneInfo("UTC"), 3)
+        [value] = {getattr(fire, unit) for fire in fires}
+        assert describe(expr, job) == ("hourly at minute" if unit == "minute" else "every minute at second") + \
+            f" {value}"
+
+
 ZONES = ["UTC", SKOPJE, NEW_YORK, LORD_HOWE, "Europe/London", "America/Sao_Paulo"]
 REAL_TIME = ["0 * * * *", "*/15 * * * *", "0 */2 * * *", "*/7 1-3 * * *", "* * * * * */13", "H/10 * * * *"]
 WALL_CLOCK = ["30 2 * * *", "0 1,2,3 * * *", "45 1 * * 0", "H H * * *"]

@@ -138,7 +138,7 @@ async def test_the_job_shows_its_schedule_and_next_run_in_its_zone(start: StartD
     # that night, so the daily 02:30 job fires at the end of the gap, 03:00 CEST.
     clock = FakeClock(datetime(2026, 3, 29, 0, 59, 50, tzinfo=UTC))
     h = await start({"nightly": {**NOOP, "schedule": "30 2 * * *", "timezone": "Europe/Skopje"},
-                     "by-hand": NOOP}, clock=clock)
+                     "by-hand": NOOP, "spread": {**NOOP, "schedule": "H * * * *"}}, clock=clock)
     job = await job_of(h, "nightly")
     assert {key: job[key] for key in ("schedule", "timezone", "next_run_at", "next_run_at_local", "last_fire_at",
                                       "paused", "skipped_fires", "is_running")} == {
@@ -152,8 +152,13 @@ async def test_the_job_shows_its_schedule_and_next_run_in_its_zone(start: StartD
     job = await job_of(h, "nightly")
     assert job["last_fire_at"] == "2026-03-29T01:00:00.000Z"
     assert (job["next_run_at"], job["next_run_at_local"]) == ("2026-03-30T00:30:00.000Z", "2026-03-30T02:30:00+02:00")
+    assert job["schedule_description"] == "at 02:30 every day"
     manual = await job_of(h, "by-hand")
     assert (manual["schedule"], manual["next_run_at"], manual["next_run_at_local"]) == (None, None, None)
+    # An H field is described by the value it hashes to for this job: the minute the scheduler fires at.
+    spread = await job_of(h, "spread")
+    fires_at = datetime.fromisoformat(spread["next_run_at"].replace("Z", "+00:00"))
+    assert spread["schedule_description"] == f"hourly at minute {fires_at.minute}"
 
 
 # -- overlap ----------------------------------------------------------------------------------------

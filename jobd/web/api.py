@@ -62,7 +62,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "shell": job.shell,
         "handler": job.handler,
         "schedule": job.schedule,
-        "schedule_description": cronspec.describe(job.schedule) if job.schedule else None,
+        "schedule_description": cronspec.describe(job.schedule, job.name) if job.schedule else None,
         "timezone": job.timezone,
         "overlap": job.overlap,
         "max_concurrency": job.max_concurrency,

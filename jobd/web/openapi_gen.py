@@ -177,7 +177,9 @@ def schemas() -> dict[str, Schema]:
             "shell": nullable(STR),
             "handler": nullable(STR),
             "schedule": nullable(STR),
-            "schedule_description": nullable(STR),
+            "schedule_description": nullable({"type": "string", "description": (
+                "the schedule in words, e.g. 'at 02:30 every day'; an H field is described by its value for this "
+                "job ('hourly at minute 6'); a form with no words is the expression, H values filled in")}),
             "timezone": STR,
             "overlap": {"type": "string", "enum": list(OVERLAP_POLICIES)},
             "max_concurrency": {"type": "integer", "minimum": 1},
