@@ -342,8 +342,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         def human() -> None:
             w = queue["workers"]
-            print(f"workers {w['busy']}/{w['total']} busy, {queue['pending']} pending, "
-                  f"oldest pending {queue['oldest_pending_age_s'] or 0}s")
+            age = queue["oldest_pending_age_s"]
+            waiting = (f"{queue['pending']} pending, oldest pending {age}s" if queue["pending"] and age is not None
+                       else "none pending")
+            print(f"workers {w['busy']}/{w['total']} busy, {waiting}")
             rows = [[j["name"], j["schedule"] or "-", "paused" if j["paused"] else ("running" if j["is_running"] else "idle"),
                      j["next_run_at"] or "-", (j["last_run"] or {}).get("status", "-"), str(j["consecutive_failures"])]
                     for j in jobs]

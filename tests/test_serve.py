@@ -6,6 +6,7 @@ import ast
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -125,7 +126,8 @@ def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
 
 
 async def test_cli_against_a_real_daemon(tmp_path, daemons):
-    config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n',
+    config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n'
+                                    '[jobs.slow]\ncommand = ["sleep", "30"]\noverlap = "queue"\n',
                           extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" }]\n',
                           server="max_batch_runs = 3")
     daemon = daemons(config)
@@ -160,10 +162,24 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
     assert table.stdout.splitlines()[1].split()[:2] == [str(run["id"]), "hello"]
     page = json.loads(cli("runs", "--job", "hello", "--json").stdout)
     assert [r["id"] for r in page["runs"]] == [run["id"]] and page["pagination"]["total"] == 1
-    status = cli("status")
-    assert status.returncode == 0 and "hello" in status.stdout and "workers" in status.stdout
-    snapshot = json.loads(cli("status", "--json").stdout)
-    assert set(snapshot) == {"queue", "jobs"} and snapshot["jobs"][0]["name"] == "hello"
+    async with JobdClient(url, token="ci-token-123") as client:
+        async def pending(count: int) -> bool:
+            return (await client.queue())["pending"] == count
+
+        await wait_for(lambda: pending(0))
+        status = cli("status")
+        assert status.returncode == 0 and "hello" in status.stdout, status.stderr
+        assert re.fullmatch(r"workers 0/4 busy, none pending", status.stdout.splitlines()[0])
+        snapshot = json.loads(cli("status", "--json").stdout)
+        assert set(snapshot) == {"queue", "jobs"} and snapshot["jobs"][0]["name"] == "hello"
+        assert (snapshot["queue"]["pending"], snapshot["queue"]["oldest_pending_age_s"]) == (0, None)
+        # One slow run going and one waiting behind it (overlap = "queue").
+        slow = [json.loads(cli("trigger", "slow", "--json").stdout)["run"]["id"] for _ in range(2)]
+        await wait_for(lambda: pending(1))
+        busy = cli("status").stdout.splitlines()[0]
+        assert re.fullmatch(r"workers 1/4 busy, 1 pending, oldest pending \d+(\.\d+)?s", busy), busy
+        for run_id in reversed(slow):
+            assert cli("cancel", str(run_id)).returncode == 0
     await batch_requests(1)  # the trigger above
     # 10 lines against server.max_batch_runs = 3: the first request is refused whole and names the
     # limit; the runs then go 3 to a request, in order.
