@@ -312,7 +312,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     async def action(client: JobdClient) -> int:
-        sys.stdout.write(await client.log(args.run_id))
+        log = await client.log(args.run_id)
+        if args.json:
+            print(json.dumps({"run_id": args.run_id, "log": log}, indent=2))
+        else:
+            sys.stdout.write(log)
         return EXIT_OK
 
     return _run_client(args, action)

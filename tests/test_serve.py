@@ -173,6 +173,11 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
         snapshot = json.loads(cli("status", "--json").stdout)
         assert set(snapshot) == {"queue", "jobs"} and snapshot["jobs"][0]["name"] == "hello"
         assert (snapshot["queue"]["pending"], snapshot["queue"]["oldest_pending_age_s"]) == (0, None)
+        # The whole log as it is, or in JSON for scripts.
+        assert (await client.wait(run["id"]))["status"] == "COMPLETED"
+        log = cli("log", str(run["id"]))
+        assert log.returncode == 0 and "hi\n" in log.stdout, log.stderr
+        assert json.loads(cli("log", str(run["id"]), "--json").stdout) == {"run_id": run["id"], "log": log.stdout}
         # One slow run going and one waiting behind it (overlap = "queue").
         slow = [json.loads(cli("trigger", "slow", "--json").stdout)["run"]["id"] for _ in range(2)]
         await wait_for(lambda: pending(1))
