@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -57,6 +58,23 @@ class InvalidTransition(Exception):
 
 # One encoder for every compact JSON text jobd writes: json.dumps() with options builds a new one per call.
 compact_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is too large for a JSON number")
+    return value
+
+
+def loads_standard(text: str | bytes) -> Any:
+    """json.loads() of standard JSON only: NaN, Infinity and numbers that overflow to infinity
+    (1e999) raise ValueError, since they would be written back as text no JSON parser reads."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
 
 
 def now_ms() -> int:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol
 
 from jobd.config import ConfigError, JobConfig
-from jobd.models import Run
+from jobd.models import Run, loads_standard
 from jobd.systemd import clean_child_environ
 
 MAX_LINE_BYTES = 64 * 1024
@@ -365,7 +365,7 @@ class _CommandOutput:
 
     def _result(self, text: str) -> bool:
         try:
-            value = json.loads(text, parse_constant=_reject_constant)
+            value = loads_standard(text)
         except ValueError:
             return False
         self.result = value
@@ -376,10 +376,6 @@ class _CommandOutput:
 def _is_count(text: str) -> bool:
     # ASCII digits only, and small enough for a 64-bit column.
     return text.isascii() and text.isdigit() and len(text) <= 18
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _shorten(text: str) -> str:

@@ -79,6 +79,7 @@ async def test_malformed_json_and_wrong_types_are_400(start_daemon):
     hostile = (
         b"{not json", b"[1, 2]", json.dumps({"params": [1]}).encode(), json.dumps({"bogus": 1}).encode(),
         b'{"params": {"x": NaN}}', b'{"params": {"x": Infinity}}', b'{"params": {"x": -Infinity}}',
+        b'{"params": {"x": 1e999}}', b'{"params": {"x": [-1e400]}}',  # overflow to infinity
         b'{"params": {"x": ' + b"9" * 5000 + b"}}",  # longer than int() takes
         b'{"params": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",  # deeper than the parser goes
         b'{"params": {"x": ' + b"[" * 100 + b"]" * 100 + b"}}",  # parses, but deeper than the limit

@@ -152,6 +152,8 @@ async def test_protocol_lines_go_to_the_reporter() -> None:
     "::result::",
     "::result::{not json",
     "::result::NaN",
+    "::result::1e999",
+    '::result::{"x": -1e400}',
     "::unknown::1",
     ":: progress::1",
 ])

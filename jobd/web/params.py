@@ -6,13 +6,12 @@ one with the same problem (400, or 404 for an id that cannot name a run).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from jobd.errors import BadRequest, NotFound
-from jobd.models import RunStatus, parse_iso_ms
+from jobd.models import RunStatus, loads_standard, parse_iso_ms
 
 # Every API path starts with it.
 PREFIX = "/api/v1"
@@ -64,10 +63,6 @@ def enum_list(request: web.Request, name: str, kind: type[Any]) -> tuple[Any, ..
         raise BadRequest(f"{name} must be one or more of {allowed}") from None
 
 
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _depth(value: Any) -> int:
     """How deeply lists and objects nest in a parsed JSON value (a scalar is 0)."""
     deepest, stack = 0, [(value, 1)]
@@ -90,7 +85,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_not_json)
+        body = loads_standard(raw)
     except RecursionError:
         raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as exc:  # also numbers too long for int()
