@@ -297,10 +297,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         run = await client.get_run(args.run_id)
 
         def human() -> None:
-            for key in ("id", "job", "status", "progress", "message", "triggered_by", "attempt", "created_at",
-                        "started_at", "finished_at", "duration_ms", "counts", "result", "error", "exit_code",
-                        "retry_of"):
-                print(f"{key:>13}: {run.get(key)}")
+            for key in ("id", "job", "status", "progress", "message", "triggered_by", "params", "attempt",
+                        "created_at", "started_at", "finished_at", "duration_ms", "counts", "result", "error",
+                        "exit_code", "retry_of"):
+                value = run.get(key)
+                # JSON values as JSON (null, "quotes"), not as Python writes them.
+                shown = "-" if value is None else value if isinstance(value, str) else json.dumps(value)
+                print(f"{key:>13}: {shown}")
             if run.get("log_tail"):
                 print("\n" + run["log_tail"].rstrip("\n"))
 

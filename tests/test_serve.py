@@ -128,7 +128,8 @@ def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
 async def test_cli_against_a_real_daemon(tmp_path, daemons):
     config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n'
                                     '[jobs.slow]\ncommand = ["sleep", "30"]\noverlap = "queue"\n',
-                          extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" }]\n',
+                          extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" },\n'
+                                '          { name = "ops", token = "ops-token-123", scope = "admin" }]\n',
                           server="max_batch_runs = 3")
     daemon = daemons(config)
     url = await daemon.start()
@@ -178,6 +179,24 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
         log = cli("log", str(run["id"]))
         assert log.returncode == 0 and "hi\n" in log.stdout, log.stderr
         assert json.loads(cli("log", str(run["id"]), "--json").stdout) == {"run_id": run["id"], "log": log.stdout}
+        # One run, readable: JSON values as JSON, nothing as "-", then the log tail.
+        shown = cli("show", str(run["id"]))
+        assert shown.returncode == 0, shown.stderr
+        fields = dict(line.strip().split(": ", 1) for line in shown.stdout.split("\n\n")[0].splitlines())
+        assert fields["params"] == '{"a": "1", "n": 2}' and fields["status"] == "COMPLETED"
+        assert fields["counts"] == '{"total": null, "success": 0, "failed": 0, "skipped": 0}'
+        assert (fields["error"], fields["retry_of"], fields["exit_code"]) == ("-", "-", "0")
+        assert shown.stdout.endswith("\nhi\n")
+        assert json.loads(cli("show", str(run["id"]), "--json").stdout)["run"]["id"] == run["id"]
+        again = cli("retry", str(run["id"]), "--json")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["run"]["retry_of"] == run["id"]
+        # Pause and resume need an admin token; a trigger token gets the 403 on stderr.
+        assert cli("pause", "hello").stderr.startswith("jobd: 403 ")
+        admin = {"JOBD_TOKEN": "ops-token-123"}
+        assert cli("pause", "hello", env=admin).stdout == "hello: paused\n"
+        assert json.loads(cli("resume", "hello", "--json", env=admin).stdout)["job"]["paused"] is False
+        await wait_for(lambda: pending(0))
         # One slow run going and one waiting behind it (overlap = "queue").
         slow = [json.loads(cli("trigger", "slow", "--json").stdout)["run"]["id"] for _ in range(2)]
         await wait_for(lambda: pending(1))
