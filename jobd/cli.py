@@ -196,8 +196,12 @@ def _parse_instant(text: str) -> datetime:
 
 
 def _run_client(args: argparse.Namespace, action: Callable[[JobdClient], Any]) -> int:
-    url = urllib.parse.urlsplit(args.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    try:
+        url = urllib.parse.urlsplit(args.url)
+        valid = url.scheme in ("http", "https") and bool(url.hostname) and (url.port or 0) >= 0
+    except ValueError:  # an unclosed [IPv6 address; .port: a port out of range
+        valid = False
+    if not valid:
         print(f"jobd: --url {args.url!r} is not an http:// or https:// address", file=sys.stderr)
         return EXIT_USAGE
 

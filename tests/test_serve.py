@@ -118,7 +118,8 @@ async def test_pending_runs_survive_a_restart(tmp_path, daemons):
 
 def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
     for url, code, text in (("http://127.0.0.1:9", 3, "cannot reach"), ("garbage", 2, "is not an http"),
-                            ("http://", 2, "is not an http")):
+                            ("http://", 2, "is not an http"), ("http://[bad", 2, "is not an http"),
+                            ("http://127.0.0.1:99999", 2, "is not an http")):
         result = subprocess.run([sys.executable, "-m", "jobd", "runs", "--url", url],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == code and text in result.stderr, result.stderr
