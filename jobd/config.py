@@ -468,6 +468,10 @@ def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig,
         raise ConfigError(f"{t.path}: a job needs exactly one of command, shell or handler (found {what})")
     if command is not None and not command:
         raise ConfigError(f"{t.key('command')}: must not be empty")
+    if command and not command[0]:
+        raise ConfigError(f"{t.key('command')}: the program (its first item) must not be empty")
+    if shell is not None and not shell.strip():
+        raise ConfigError(f"{t.key('shell')}: must not be empty")
     env = t.get("env", (dict,), {}, "a table of strings")
     for key, value in env.items():
         if not isinstance(value, str):

@@ -71,6 +71,9 @@ def parse(raw, environ=None):
         ({"auth": {"tokens": [{"name": "x", "token": "0123456789", "note": "y"}]}}, "auth.tokens[0].note: unknown key"),
         ({"server": {"host": "192.168.1.10"}}, "server.host: '192.168.1.10' is not a loopback address"),
         ({"server": {"host": "::"}}, "server.host: '::' is not a loopback address"),
+        ({"jobs": {"a": {"shell": ""}}}, "jobs.a.shell: must not be empty"),
+        ({"jobs": {"a": {"shell": "  \n"}}}, "jobs.a.shell: must not be empty"),
+        ({"jobs": {"a": {"command": ["", "x"]}}}, "jobs.a.command: the program (its first item) must not be empty"),
     ],
 )
 def test_invalid_config_is_refused_naming_the_key(raw, message):
