@@ -315,13 +315,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# What a browser sends as Origin: scheme://host[:port], nothing after it (not even a "/").
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
+def _origins(t: _Table) -> tuple[str, ...]:
+    origins = t.strings("cors_origins")
+    for i, origin in enumerate(origins):
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"{t.key('cors_origins')}[{i}]: {origin!r} is not an origin: write it as a browser "
+                              "sends it, e.g. 'https://app.example.com' (no path, no trailing /), or '*'")
+    return origins
+
+
 def _server(t: _Table) -> ServerConfig:
     d = ServerConfig()
     config = ServerConfig(
         host=t.string("host", d.host),
         port=t.integer("port", d.port, minimum=0, maximum=65535),
         max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes, minimum=1024),
-        cors_origins=t.strings("cors_origins"),
+        cors_origins=_origins(t),
         max_streams=t.integer("max_streams", d.max_streams, minimum=1),
         sse_heartbeat_s=t.number("sse_heartbeat_s", d.sse_heartbeat_s, minimum=0.05),
         sse_retry_ms=t.integer("sse_retry_ms", d.sse_retry_ms, minimum=0),

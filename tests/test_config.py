@@ -74,6 +74,10 @@ def parse(raw, environ=None):
         ({"jobs": {"a": {"shell": ""}}}, "jobs.a.shell: must not be empty"),
         ({"jobs": {"a": {"shell": "  \n"}}}, "jobs.a.shell: must not be empty"),
         ({"jobs": {"a": {"command": ["", "x"]}}}, "jobs.a.command: the program (its first item) must not be empty"),
+        ({"server": {"cors_origins": ["https://app.example.com/"]}},
+         "server.cors_origins[0]: 'https://app.example.com/' is not an origin"),
+        ({"server": {"cors_origins": ["*", "app.example.com"]}}, "server.cors_origins[1]: 'app.example.com' is not"),
+        ({"server": {"cors_origins": ["ftp://x"]}}, "server.cors_origins[0]: 'ftp://x' is not an origin"),
     ],
 )
 def test_invalid_config_is_refused_naming_the_key(raw, message):
