@@ -342,8 +342,10 @@ async def _listen(runner: web.AppRunner, sockets: list[socket.socket], config: C
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         return "socket activation"
-    await web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True).start()
-    return f"http://{config.server.host}:{config.server.port}"
+    host, port = config.server.host, config.server.port
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    port = port or runner.addresses[0][1]  # port = 0: the one the system picked
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _refuse_open_sockets(sockets: list[socket.socket]) -> None:

@@ -51,6 +51,7 @@ async def test_serve_trigger_get_list_cancel_like_curl(tmp_path, daemons):
                                     '[jobs.slow]\ncommand = ["sleep", "30"]\n')
     daemon = daemons(config)
     url = await daemon.start()
+    assert daemon.events("jobd_listening")[0]["url"] == url  # the port picked for port = 0, not ":0"
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{url}/api/v1/jobs/hello/trigger", json={"params": {"who": "world"}},
                              headers={"X-Request-ID": "deploy-42.a"}) as response:
@@ -114,6 +115,19 @@ async def test_pending_runs_survive_a_restart(tmp_path, daemons):
         for run_id in [r["id"] for r in runs[1:]] + [replacement["id"]]:
             await client.cancel(run_id)
     assert await second.stop() == 0
+
+
+async def test_the_listening_url_of_an_ipv6_host_has_brackets(tmp_path, daemons):
+    config = write_config(tmp_path, "")
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', 'host = "::1"'))
+    daemon = daemons(config)
+    await daemon.start()
+    [listening] = daemon.events("jobd_listening")
+    port = listening["addresses"][0][1]
+    assert listening["url"] == f"http://[::1]:{port}"
+    async with JobdClient(listening["url"]) as client:
+        assert (await client.queue())["pending"] == 0
+    assert await daemon.stop() == 0
 
 
 def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
