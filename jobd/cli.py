@@ -254,17 +254,22 @@ def _read_params_lines(lines: TextIO) -> list[dict[str, Any]]:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
+    misuse = None
     if args.batch_size < 1:
-        print("jobd: --batch-size must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+        misuse = "--batch-size must be at least 1"
+    elif args.stdin and args.wait:
+        misuse = "--wait follows one run; it cannot be used with --stdin"
+    elif args.stdin and args.param:
+        misuse = "--param cannot be used with --stdin: each line is a run's params"
+    elif args.stdin and args.idempotency_key is not None:
+        misuse = "--idempotency-key is for a single run; it cannot be used with --stdin"
     try:
+        if misuse is not None:  # said before stdin is read
+            raise ValueError(misuse)
         params = _parse_params(args.param)
         batch = _read_params_lines(sys.stdin) if args.stdin else None
-    except ValueError as exc:
+    except ValueError as exc:  # one line, as for any usage error
         print(f"jobd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.wait and batch is not None:
-        print("jobd: --wait follows one run; it cannot be used with --stdin", file=sys.stderr)
         return EXIT_USAGE
 
     async def action(client: JobdClient) -> int:

@@ -233,7 +233,10 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 11, out.stderr  # a header and 10 rows
     assert await batch_requests(5) == [202] * 5
     for bad, message in ((["--batch-size", "0"], "jobd: --batch-size must be at least 1\n"),
-                         ([], "jobd: --stdin line 2 is not a JSON object of params\n")):
+                         ([], "jobd: --stdin line 2 is not a JSON object of params\n"),
+                         (["-p", "a=1"], "jobd: --param cannot be used with --stdin: each line is a run's params\n"),
+                         (["--idempotency-key", "k"], "jobd: --idempotency-key is for a single run; "
+                                                       "it cannot be used with --stdin\n")):
         refused = cli("trigger", "hello", "--stdin", *bad, stdin='{"n": 1}\n[1]\n')
         assert (refused.returncode, refused.stderr) == (2, message)
     missing = cli("trigger", "nope")
