@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import re
 
@@ -98,6 +99,22 @@ async def test_malformed_json_and_wrong_types_are_400(start_daemon):
         response = await h.client.get(f"/api/v1/runs?{query}")
         assert response.status == 400, query
         assert response.content_type == "application/problem+json"
+
+
+async def test_a_body_that_does_not_decode_is_400(start_daemon):
+    # aiohttp inflates a compressed body as it is read; one that does not inflate is the caller's error.
+    h = await start_daemon({"noop": NOOP})
+    for encoding in ("gzip", "deflate"):
+        response = await h.client.post("/api/v1/jobs/noop/trigger", data=b"not compressed at all",
+                                       headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+        assert response.status == 400, encoding
+        assert response.content_type == "application/problem+json"
+        assert "Content-Encoding" in (await response.json())["detail"]
+    response = await h.client.post("/api/v1/tickets", data=b"\x1f\x8b garbage", headers={"Content-Encoding": "gzip"})
+    assert response.status == 400
+    response = await h.client.post("/api/v1/jobs/noop/trigger", data=gzip.compress(b'{"params": {"z": 1}}'),
+                                   headers={"Content-Encoding": "gzip"})
+    assert response.status == 202 and (await response.json())["run"]["params"] == {"z": 1}
 
 
 async def test_body_over_limit_is_413(start_daemon):

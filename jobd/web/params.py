@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from jobd.errors import BadRequest, NotFound
 from jobd.models import RunStatus, loads_standard, parse_iso_ms
@@ -75,13 +76,25 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+class _UndecodableBody(BadRequest):
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is {}.
 
     Only standard JSON is taken: NaN and Infinity would be stored and echoed back as text no JSON
     parser reads, and a value nested deeper than MAX_JSON_DEPTH could not be written out again.
     """
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except RequestPayloadError:  # a Content-Encoding (gzip, deflate, ...) the bytes do not decode with
+        # What is left of the body cannot be read: the connection ends after the answer, and aiohttp
+        # is not left to drain it (it would hit the same error again).
+        request.content.feed_eof()
+        request.protocol.close()
+        raise _UndecodableBody("the body does not decode with its Content-Encoding") from None
     if not raw.strip():
         return {}
     try:
