@@ -29,6 +29,20 @@ class _Unfailing:
             pass
 
 
+class _ToStructlog(logging.Handler):
+    """Lines of the standard logging module (aiohttp refusing bytes that are not HTTP, asyncio)
+    go out like jobd's own: one JSON object a line, with the logger's name as `logger`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            extra: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                extra["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **extra)
+        except Exception:  # a line that cannot be written is dropped, as for jobd's own lines
+            pass
+
+
 def configure_logging(*, level: str = "info", json: bool | None = None, stream: TextIO | None = None) -> Any:
     stream = stream or sys.stderr
     if json is None:
@@ -46,4 +60,9 @@ def configure_logging(*, level: str = "info", json: bool | None = None, stream: 
         logger_factory=structlog.PrintLoggerFactory(_Unfailing(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(max(logging.getLevelName(level.upper()), logging.WARNING))  # their info is noise
     return structlog.get_logger("jobd")

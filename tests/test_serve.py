@@ -93,6 +93,25 @@ for stream in (io.StringIO(), Terminal()):
     assert not terminal.startswith("{") and "run_finished" in terminal and "run_id=7" in terminal
 
 
+async def test_what_aiohttp_logs_is_json_lines_too(tmp_path, daemons):
+    # Bytes that are not a request jobd can serve are refused by aiohttp's parser, which logs them
+    # through the standard logging module: those lines are JSON like the rest, not bare tracebacks.
+    daemon = daemons(write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\n'))
+    url = await daemon.start()
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /api/v1/jobs/hello/trigger HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\n"
+                 b"Content-Length: 2\r\n\r\n{}")
+    assert b" 400 " in await reader.readline()
+    writer.close()
+    await wait_for(lambda: any(line.get("logger", "").startswith("aiohttp") for line in daemon.lines))
+    assert await daemon.stop() == 0
+    assert [line for line in daemon.lines if line["event"] == "raw"] == []
+    [refused] = [line for line in daemon.lines if line.get("logger", "").startswith("aiohttp")]
+    assert refused["level"] in ("error", "warning") and "timestamp" in refused
+    assert "ContentEncodingError" in refused.get("exception", "")
+
+
 async def test_pending_runs_survive_a_restart(tmp_path, daemons):
     config = write_config(tmp_path, '[jobs.wait]\ncommand = ["sleep", "30"]\noverlap = "queue"\n',
                           extra="")
