@@ -72,6 +72,13 @@ async def test_finished_run_sends_connected_final_state_and_ends(serve):
     # The plain JSON view is unchanged.
     async with s.session.get(f"/api/v1/runs/{run['id']}") as response:
         assert response.content_type == "application/json"
+    # An id that is not one (digits of other scripts, a superscript) is ignored: the stream starts afresh.
+    for junk in ("%C2%B2", "%D9%A3", "-1", "1e5", "9" * 30):
+        for path in (f"/api/v1/runs/{run['id']}/events", "/api/v1/events"):
+            response, stream = await s.open(f"{path}?last_event_id={junk}")
+            assert response.status == 200, (path, junk)
+            assert (await stream.next()).type == "connected"
+            response.close()
 
 
 async def test_unknown_run_is_404_before_any_stream(serve):

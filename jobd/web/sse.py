@@ -280,7 +280,7 @@ def last_event_id(request: web.Request) -> int | None:
     """Last-Event-ID (or `?last_event_id=` for clients that cannot set headers); junk is ignored."""
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
     raw = raw.strip()
-    return int(raw) if raw.isdigit() and len(raw) <= 20 else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else None  # "²" is a digit to isdigit()
 
 
 def _names(request: web.Request, name: str) -> frozenset[str]:
