@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 TOKENS = {
@@ -40,6 +42,19 @@ async def test_missing_and_invalid_tokens_are_401(h):
     ):
         await expect_problem(response, 401)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_a_token_that_is_not_utf8_is_401(h):
+    # Header bytes that do not decode as UTF-8 reach jobd as surrogates: still just a wrong token.
+    server = h.client.server
+    for header in (b"Authorization: Bearer \xb2\xff-token", b"X-API-Key: \xb2\xff-token"):
+        for path in (b"/api/v1/jobs", b"/metrics"):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 401 "), (header, path, answer[:200])
+            assert b"application/problem+json" in answer
 
 
 async def test_health_is_public(h):

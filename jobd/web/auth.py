@@ -44,7 +44,8 @@ def presented_token(request: web.Request) -> str | None:
 
 
 def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    # surrogateescape: header bytes that are not UTF-8 come from aiohttp as surrogates, and are a wrong token
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def secret_matches(presented: str, secret: str) -> bool:
