@@ -165,6 +165,15 @@ async def test_idempotency_key_returns_the_same_run(start_daemon):
     assert other["id"] != first["id"]
     page = await h.get_json("/api/v1/runs?job=noop")
     assert page["pagination"]["total"] == 2
+    # Any UTF-8 text is a key; bytes that are not UTF-8 are a 400, as the header's own problem.
+    assert (await h.trigger("noop", headers={"Idempotency-Key": "café-1"}))["id"] > other["id"]
+    server = h.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"POST /api/v1/jobs/noop/trigger HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                 b"Idempotency-Key: \xb2\xff\r\nContent-Length: 0\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Idempotency-Key" in answer, answer[:300]
 
 
 async def test_an_idempotency_key_holds_for_24_hours_per_job(start_daemon):

@@ -129,6 +129,11 @@ async def trigger_job(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if key is not None and not key.isascii():
+        try:
+            key.encode()  # bytes that were not UTF-8 come from aiohttp as surrogates, which no store takes
+        except UnicodeEncodeError:
+            raise BadRequest("Idempotency-Key must be UTF-8 text") from None
     if "runs" in body:
         if "params" in body:
             raise BadRequest("give either params or runs, not both")
