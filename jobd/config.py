@@ -254,6 +254,8 @@ class _Table:
 
     def string(self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> Any:
         value = self.get(name, (str,), default, "a string")
+        if value is not None:
+            self._no_nul(name, value)
         if choices and value is not None and value not in choices:
             raise ConfigError(f"{self.key(name)}: {value!r} is not one of {', '.join(choices)}")
         return value
@@ -286,7 +288,13 @@ class _Table:
         for item in value:
             if not isinstance(item, str):
                 raise ConfigError(f"{self.key(name)}: must be a list of strings, found {_type_name(item)}")
+            self._no_nul(name, item)
         return tuple(value)
+
+    def _no_nul(self, name: str, value: str) -> None:
+        # No path, argument or environment value can hold one: the run would fail at its start.
+        if "\0" in value:
+            raise ConfigError(f"{self.key(name)}: must not contain a NUL character")
 
     def table(self, name: str) -> _Table:
         self.used.add(name)
@@ -487,8 +495,12 @@ def _job(name: str, t: _Table, scheduler: SchedulerConfig, alerts: AlertsConfig,
         raise ConfigError(f"{t.key('shell')}: must not be empty")
     env = t.get("env", (dict,), {}, "a table of strings")
     for key, value in env.items():
+        if not key or "=" in key or "\0" in key:
+            raise ConfigError(f"{t.key('env')}: {key!r} is not a valid name for an environment variable")
         if not isinstance(value, str):
             raise ConfigError(f"{t.key('env')}.{key}: must be a string, not {_type_name(value)}")
+        if "\0" in value:
+            raise ConfigError(f"{t.key('env')}.{key}: must not contain a NUL character")
     cwd = t.string("cwd")
     if cwd is not None and not Path(cwd).is_absolute():
         cwd = str((base_dir / cwd).resolve())
