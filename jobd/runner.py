@@ -217,17 +217,37 @@ class _Pipe:
 
 
 async def _read_lines(reader: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
+    carry = b""  # the start of a character that a piece of a long line cut in two
     while True:
         try:
             raw = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:  # EOF; the last line may lack its newline
-            if exc.partial:
-                on_line(_decode(exc.partial))
+            if carry or exc.partial:
+                on_line(_decode(carry + exc.partial))
             return
         except asyncio.LimitOverrunError:
-            # No newline within the limit: hand on one piece; the rest follows as further lines.
-            raw = await reader.read(MAX_LINE_BYTES)
+            # No newline within the limit: hand on one piece, ending between characters; the rest
+            # follows as further lines.
+            piece = carry + await reader.read(MAX_LINE_BYTES)
+            cut = _whole_characters(piece)
+            carry = piece[cut:]
+            on_line(piece[:cut].decode("utf-8", errors="replace"))
+            continue
+        if carry:
+            raw, carry = carry + raw, b""
         on_line(_decode(raw))
+
+
+def _whole_characters(data: bytes) -> int:
+    """Where `data` stops holding whole UTF-8 characters: its length, or the start of a last
+    character whose remaining bytes have not been read yet."""
+    start = len(data) - 1
+    while start >= max(0, len(data) - 4) and data[start] & 0xC0 == 0x80:  # continuation bytes
+        start -= 1
+    if start < 0 or data[start] < 0xC0:
+        return len(data)
+    needed = 2 if data[start] < 0xE0 else 3 if data[start] < 0xF0 else 4
+    return start if len(data) - start < needed else len(data)
 
 
 def _decode(raw: bytes) -> str:

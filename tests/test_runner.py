@@ -177,6 +177,20 @@ async def test_long_lines_are_split_into_bounded_pieces() -> None:
     assert "".join(pieces[:-1]) == "a" * size
 
 
+async def test_long_lines_are_split_between_characters() -> None:
+    # A piece ends where a character ends, so a long line of UTF-8 text is kept as it was written.
+    text = "a" + "é" * MAX_LINE_BYTES
+    tail = "€" * (MAX_LINE_BYTES // 2)
+    write = f"import sys; sys.stdout.write('a' + 'é' * {MAX_LINE_BYTES} + '\\n' + '€' * {MAX_LINE_BYTES // 2})"
+    outcome, rec = await run_job(JobConfig(name="t", command=(sys.executable, "-c", write)))
+
+    pieces = rec.lines("stdout")
+    assert outcome.error is None
+    assert "\ufffd" not in "".join(pieces)
+    assert all(len(piece.encode()) <= MAX_LINE_BYTES + 3 for piece in pieces)  # a character carried over at most
+    assert "".join(pieces) == text + tail
+
+
 async def test_last_line_without_newline_is_kept() -> None:
     outcome, rec = await run_job(shell("printf 'no newline'; printf 'err' >&2"))
 
