@@ -447,7 +447,8 @@ class RunContext:
         value = float(percent)
         if math.isnan(value):
             raise ValueError("progress: percent is NaN")
-        self._post(self._reporter.progress, min(100.0, max(0.0, value)), None if message is None else str(message))
+        text = None if message is None else _utf8(str(message))
+        self._post(self._reporter.progress, min(100.0, max(0.0, value)), text)
 
     def counts(
         self,
@@ -467,7 +468,7 @@ class RunContext:
         self._post(self._send_counts, given)
 
     def log(self, *parts: object) -> None:
-        text = " ".join(str(part) for part in parts)
+        text = _utf8(" ".join(str(part) for part in parts))
         self._post(self._send_lines, text.splitlines() or [""])
 
     def _send_counts(self, values: dict[str, int]) -> None:
@@ -528,7 +529,7 @@ async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace
 
     if exc is not None:
         _log_traceback(reporter, exc)
-        message = str(exc)
+        message = _utf8(str(exc))
         return Outcome(error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
     try:
         if value is not None:
@@ -617,5 +618,17 @@ async def _in_daemon_thread(fn: Callable[..., Any], *args: Any, name: str) -> An
 def _log_traceback(reporter: RunReporter, exc: BaseException) -> None:
     handler_frames = exc.__traceback__.tb_next if exc.__traceback__ else None  # skip _call_*
     for chunk in traceback.format_exception(type(exc), exc, handler_frames):
-        for line in chunk.rstrip("\n").split("\n"):
+        for line in _utf8(chunk).rstrip("\n").split("\n"):
             reporter.log(line, "handler")
+
+
+def _utf8(text: str) -> str:
+    """A handler's text as UTF-8 can hold it: a lone surrogate, which the store cannot take (the
+    run's end could not be committed), is written as its escape, \\udcff."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text

@@ -21,6 +21,14 @@ async def fails(ctx: Any, params: dict[str, Any]) -> None:
     raise ValueError(params.get("message", "boom"))
 
 
+async def surrogates(ctx: Any, params: dict[str, Any]) -> None:
+    # Python strings may hold lone surrogates, which UTF-8 (the store, the log file) cannot.
+    ctx.progress(10, "step \udcff")
+    ctx.log("lone \ud800 here")
+    if params.get("fail"):
+        raise ValueError("bad \udcff")
+
+
 async def partial(ctx: Any, params: dict[str, Any]) -> None:
     ctx.counts(total=3, success=2, failed=1)
 

@@ -117,6 +117,17 @@ async def test_a_body_that_does_not_decode_is_400(start_daemon):
     assert response.status == 202 and (await response.json())["run"]["params"] == {"z": 1}
 
 
+async def test_a_handler_reporting_lone_surrogates_still_finishes(start_daemon):
+    # Text no UTF-8 can hold reaches the store escaped, so the run's end is committed as usual.
+    h = await start_daemon({"odd": {"handler": "sample_jobs:surrogates", "overlap": "allow"}})
+    done = await h.finished((await h.trigger("odd"))["id"], timeout=5)
+    assert (done.status, done.message) == (RunStatus.COMPLETED, "step \\udcff")
+    assert done.log_tail == "lone \\ud800 here\n"
+    failed = await h.finished((await h.trigger("odd", {"fail": True}))["id"], timeout=5)
+    assert (failed.status, failed.error) == (RunStatus.FAILED, "ValueError: bad \\udcff")
+    assert "ValueError: bad \\udcff" in (await (await h.client.get(f"/api/v1/runs/{failed.id}/log")).text())
+
+
 async def test_body_over_limit_is_413(start_daemon):
     h = await start_daemon({"noop": NOOP}, server={"max_body_bytes": 2048})
     response = await h.client.post("/api/v1/jobs/noop/trigger", data=b'{"params": {"x": "' + b"a" * 5000 + b'"}}')
