@@ -36,6 +36,7 @@ from jobd.models import Run, loads_standard
 from jobd.systemd import clean_child_environ
 
 MAX_LINE_BYTES = 64 * 1024
+MAX_COUNT = 10**18 - 1  # counts fit a 64-bit column: 18 digits, from a command or a handler
 # After the process group is gone its pipes reach EOF at once; only a process that left the
 # group (setsid) can hold them open. Wait this long for EOF, then stop reading anyway.
 PIPE_DRAIN_S = 1.0
@@ -394,7 +395,7 @@ class _CommandOutput:
 
 
 def _is_count(text: str) -> bool:
-    # ASCII digits only, and small enough for a 64-bit column.
+    # ASCII digits only, and small enough for a 64-bit column (at most MAX_COUNT).
     return text.isascii() and text.isdigit() and len(text) <= 18
 
 
@@ -463,8 +464,8 @@ class RunContext:
             if value is not None
         }
         for name, value in given.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"counts: {name} must be a non-negative integer, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+                raise ValueError(f"counts: {name} must be an integer from 0 to {MAX_COUNT}, not {value!r}")
         self._post(self._send_counts, given)
 
     def log(self, *parts: object) -> None:

@@ -53,6 +53,10 @@ def bad_counts(ctx: Any, params: dict[str, Any]) -> None:
     ctx.counts(success=-1)
 
 
+def huge_counts(ctx: Any, params: dict[str, Any]) -> None:
+    ctx.counts(total=10**30)  # more than a 64-bit column holds
+
+
 def return_object(ctx: Any, params: dict[str, Any]) -> Any:
     return {"when": object()}
 

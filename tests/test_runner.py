@@ -428,7 +428,10 @@ async def test_handler_calling_sys_exit_only_fails_the_run() -> None:
 async def test_invalid_report_from_handler_fails_the_run() -> None:
     outcome, rec = await run_job(handler_job("bad_counts"))
 
-    assert outcome.error == "ValueError: counts: success must be a non-negative integer, not -1"
+    assert outcome.error == "ValueError: counts: success must be an integer from 0 to 999999999999999999, not -1"
+    assert rec.of("counts") == []
+    outcome, rec = await run_job(handler_job("huge_counts"))
+    assert outcome.error == f"ValueError: counts: total must be an integer from 0 to 999999999999999999, not {10**30}"
     assert rec.of("counts") == []
 
 
