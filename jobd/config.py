@@ -392,8 +392,13 @@ def _auth(t: _Table, environ: Mapping[str, str]) -> AuthConfig:
             literal = environ.get(env_name)
             if not literal:
                 raise ConfigError(f"{item.key('token_env')}: environment variable {env_name} is not set")
+        key = item.key("token" if env_name is None else "token_env")
         if len(literal) < 8:
-            raise ConfigError(f"{item.key('token')}: too short (at least 8 characters)")
+            raise ConfigError(f"{key}: too short (at least 8 characters)")
+        _sendable(key, literal)
+        for other_index, other in enumerate(tokens):
+            if other.token == literal:
+                raise ConfigError(f"{key}: the same secret as {t.key('tokens')}[{other_index}] ({other.name!r})")
         item.done()
         tokens.append(Token(name=name, token=literal, scope=scope))
     names = [token.name for token in tokens]
@@ -466,8 +471,16 @@ def _retention(t: _Table) -> RetentionConfig:
     return config
 
 
+def _sendable(key: str, secret: str) -> None:
+    # Clients' Bearer and X-API-Key values are read without the white space around them.
+    if secret != secret.strip():
+        raise ConfigError(f"{key}: must not start or end with white space (no client could send it)")
+
+
 def _metrics(t: _Table) -> MetricsConfig:
     config = MetricsConfig(token=t.string("token"))
+    if config.token is not None:
+        _sendable(t.key("token"), config.token)
     t.done()
     return config
 

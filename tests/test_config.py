@@ -72,6 +72,13 @@ def parse(raw, environ=None):
         ({"server": {"host": "192.168.1.10"}}, "server.host: '192.168.1.10' is not a loopback address"),
         ({"server": {"host": "::"}}, "server.host: '::' is not a loopback address"),
         ({"jobs": {"a": {"shell": ""}}}, "jobs.a.shell: must not be empty"),
+        # Two names for one secret: which scope would it have? A secret that could never be sent.
+        ({"auth": {"tokens": [{"name": "x", "token": "0123456789", "scope": "read"},
+                              {"name": "y", "token": "0123456789", "scope": "admin"}]}},
+         "auth.tokens[1].token: the same secret as auth.tokens[0] ('x')"),
+        ({"auth": {"tokens": [{"name": "x", "token": "0123456789 "}]}},
+         "auth.tokens[0].token: must not start or end with white space"),
+        ({"metrics": {"token": " 0123456789"}}, "metrics.token: must not start or end with white space"),
         # What the system cannot take (a NUL, an environment name with "="): refused here, not at the first run.
         ({"jobs": {"a": {"command": ["true"], "cwd": "a\0b"}}}, "jobs.a.cwd: must not contain a NUL character"),
         ({"jobs": {"a": {"command": ["echo", "a\0b"]}}}, "jobs.a.command: must not contain a NUL character"),
