@@ -559,7 +559,7 @@ def _import_handler(spec: str, key: str) -> Callable[..., Any]:
         raise ConfigError(f"{key}: {spec!r} must look like 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code is a config error
+    except (Exception, SystemExit) as exc:  # any import-time failure of user code is a config error
         raise ConfigError(f"{key}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     target: Any = module
     for part in attr.split("."):

@@ -141,6 +141,15 @@ def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "jobd", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
+def test_a_handler_module_that_exits_at_import_is_a_config_error(tmp_path):
+    # sys.exit() in a handler's module must not end `jobd check` (or a daemon re-reading its config).
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "jobd.toml").write_text('[jobs.a]\nhandler = "exits_at_import:run"\n')
+    result = run_cli("check", "-c", "jobd.toml", cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.stderr == "jobd: invalid config: jobs.a.handler: cannot import 'exits_at_import': SystemExit: 3\n"
+
+
 def test_check_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[jobs.nightly]\ncommand = ["true"]\nschedule = "61 * * * *"\n')
