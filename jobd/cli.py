@@ -20,6 +20,7 @@ import aiohttp
 from jobd import __version__, cronspec
 from jobd.client import DEFAULT_URL, TERMINAL_STATUSES, ApiError, JobdClient
 from jobd.config import Config, ConfigError, load_config
+from jobd.models import loads_standard
 from jobd.store import StoreError, StoreLocked
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -229,7 +230,7 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--param {pair!r}: expected K=V or K:=JSON")
         if key.endswith(":"):
             try:
-                params[key[:-1]] = json.loads(value)
+                params[key[:-1]] = loads_standard(value)  # no NaN or 1e999: the server would refuse them
             except ValueError as exc:
                 raise ValueError(f"--param {pair!r}: the value after := is not JSON ({exc})") from None
         else:
@@ -244,7 +245,7 @@ def _read_params_lines(lines: TextIO) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            params = json.loads(line)
+            params = loads_standard(line)
         except ValueError as exc:
             raise ValueError(f"--stdin line {number} is not JSON ({exc})") from None
         if not isinstance(params, dict):

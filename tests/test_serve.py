@@ -149,6 +149,14 @@ async def test_the_listening_url_of_an_ipv6_host_has_brackets(tmp_path, daemons)
     assert await daemon.stop() == 0
 
 
+def test_params_that_are_not_standard_json_are_refused_by_the_cli(tmp_path):
+    # NaN and 1e999 parse in Python, but no server (and no JSON reader) takes them.
+    for args, stdin in ((["-p", "x:=NaN"], None), (["-p", "x:=1e999"], None), (["--stdin"], '{"x": Infinity}\n')):
+        argv = [sys.executable, "-m", "jobd", "trigger", "hello", "--url", "http://127.0.0.1:9", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, input=stdin)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (args, result.stderr)
+
+
 def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
     for url, code, text in (("http://127.0.0.1:9", 3, "cannot reach"), ("garbage", 2, "is not an http"),
                             ("http://", 2, "is not an http"), ("http://[bad", 2, "is not an http"),
