@@ -319,6 +319,13 @@ def test_serve_refuses_a_store_it_cannot_open_with_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("jobd: cannot start: ")
     assert "not a database" in result.stderr and "Traceback" not in result.stderr
+    # One SQLite cannot even open: a folder where the file should be.
+    (state / "jobd.db").unlink()
+    (state / "jobd.db").mkdir()
+    result = serve_once(write_config(tmp_path, ""))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("jobd: cannot start: ")
+    assert "cannot open the store" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 async def test_a_start_that_fails_after_the_store_opened_still_exits(tmp_path, daemons):

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,19 @@ _UPSERT_JOB_STATE = _upserts("job_state", JOB_STATE_COLUMNS, "job")
 _rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
 _LAZY_FLUSH_S = 1.0
+
+
+async def _connect(path: Path, **kwargs: Any) -> aiosqlite.Connection:
+    connection = aiosqlite.connect(path, **kwargs)
+    try:
+        return await connection
+    except BaseException:
+        # A connect that fails stops aiosqlite's thread without waiting for it; a thread still
+        # running when the loop closes dies with a traceback. Wait for it here.
+        thread = connection if isinstance(connection, threading.Thread) else getattr(connection, "_thread", None)
+        if isinstance(thread, threading.Thread) and thread.is_alive():
+            await asyncio.to_thread(thread.join, 5.0)
+        raise
 
 
 async def _upsert(db: aiosqlite.Connection, statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
@@ -176,12 +190,12 @@ class SQLiteStore:
         try:
             # The writer keeps sqlite3's implicit transactions: the first write of a batch begins
             # one and commit() ends it, two hops to the database thread per batch instead of four.
-            self._writer = await aiosqlite.connect(self.path)
+            self._writer = await _connect(self.path)
             await self._writer.execute("PRAGMA journal_mode = WAL")
             await self._writer.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             await self._writer.execute("PRAGMA busy_timeout = 5000")
             await migrate(self._writer)
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader = await _connect(self.path, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout = 5000")
             await self._reader.execute("PRAGMA query_only = 1")
             async with self._writer.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
