@@ -321,7 +321,7 @@ class SSEParser:
                 self._data.append(value)
             elif name == "id":
                 self._id = value
-            elif name == "retry" and value.isdigit():
+            elif name == "retry" and value.isascii() and value.isdigit():
                 self.retry_ms = int(value)
         del self._buffer[:start]
         return messages

@@ -221,6 +221,8 @@ def test_sse_parser_handles_split_chunks_and_comments():
         messages += parser.feed(stream[index:index + 1])
     assert messages == [("7", '{"type":"connected"}'), ("8", '{"a":\n1}')]
     assert parser.retry_ms == 1500
+    # The spec's retry is ASCII digits; anything else (a superscript two is a digit to isdigit()) is ignored.
+    assert parser.feed("retry: ²\nretry: 1e3\n\n".encode()) == [] and parser.retry_ms == 1500
 
 
 def test_progress_view_redraws_a_bar_on_a_terminal():
