@@ -37,6 +37,7 @@ from jobd.retention import Retention
 from jobd.runs import INTERRUPTED, RunService, Submission
 from jobd.scheduler import FireRequest, Scheduler, SystemClock
 from jobd.store import SQLiteStore
+from jobd.leftovers import STORE_VARIABLE, find_leftovers, stop_leftovers, store_marker
 from jobd.systemd import SystemdNotifier, clean_child_environ, listen_sockets
 from jobd.workers import WorkerPool
 
@@ -78,7 +79,8 @@ class Daemon:
             kill_grace_s=config.workers.kill_grace_s,
             log_tail_bytes=config.workers.log_tail_bytes,
             max_log_bytes=config.workers.max_log_bytes,
-            environ=self.environ,
+            # Marks every command as this store's, so that a later start can find what a killed daemon left.
+            environ={**self.environ, STORE_VARIABLE: store_marker(config.store.path)},
             log=self.log.bind(component="workers"),
         )
         self.alerter = Alerter(config.alerts, log=self.log.bind(component="alerts"))
@@ -109,7 +111,15 @@ class Daemon:
             await self.close()
             raise
 
+    async def _stop_leftovers(self) -> None:
+        """Stop the commands a killed daemon of this store left running, before their runs are retried."""
+        pids = find_leftovers(self.config.store.path)
+        if pids:
+            killed = await stop_leftovers(pids, self.config.workers.kill_grace_s)
+            self.log.warning("leftover_processes_stopped", pids=pids, killed=killed)
+
     async def _start_parts(self) -> None:
+        await self._stop_leftovers()
         await self.runs.load(on_interrupted=INTERRUPTED + " (found at start)")
         await self.alerter.start()
         self.pool.start()

@@ -487,3 +487,58 @@ overlap = "queue"
                      key=lambda run: run["id"])
     starts = [run["started_at"] for run in ordered]
     assert starts == sorted(starts)
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a leftover's parent is init, which reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+async def test_sigkill_leftovers_are_stopped_before_the_retry(tmp_path: Path, daemons: Any):
+    """A killed daemon's command (and its child) lives on; the next start stops it, SIGKILL for one
+    that ignores SIGTERM, before the run's retry starts, so the two never run side by side."""
+    pidfile = tmp_path / "pids"
+    config = write_config(
+        tmp_path / "jobd.toml", workers="concurrency = 2\nkill_grace_s = 0.5",
+        jobs=f"""
+[jobs.stubborn]
+shell = '''
+if [ "$JOBD_ATTEMPT" = 1 ]; then
+  trap '' TERM
+  sleep 300 &
+  echo $$ $! > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}
+  wait
+fi
+'''
+""")
+    pids: list[int] = []
+    try:
+        first = daemons(config)
+        url = await first.start()
+        async with aiohttp.ClientSession() as http:
+            run = await Api(http, url).trigger("stubborn")
+            pids = [int(pid) for pid in (await wait_for(pidfile.exists) and pidfile.read_text().split())]
+        await first.kill()
+        assert all(alive(pid) for pid in pids)  # outliving the daemon, ignoring SIGTERM
+
+        second = daemons(config)
+        url = await second.start()
+        [stopped] = second.events("leftover_processes_stopped")
+        assert sorted(stopped["pids"]) == sorted(pids) and sorted(stopped["killed"]) == sorted(pids)
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, url)
+            [retry] = [r for r in (await api.get("/api/v1/runs?job=stubborn"))["runs"] if r["retry_of"] == run["id"]]
+            assert (await api.finished(retry["id"]))["status"] == "COMPLETED"
+        await wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10)
+        assert await second.stop() == 0
+        no_tracebacks(second)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
