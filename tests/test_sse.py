@@ -472,6 +472,17 @@ async def test_tickets_open_only_their_stream(serve):
     expired, _ = s.app[TICKETS].mint(path, "read", ttl_s=-1)
     async with s.session.get(f"{path}?ticket={expired}") as refused:
         assert refused.status == 401 and "expired" in (await refused.json())["detail"]
+    # A ticket for the run's own path opens it as a stream, as EventSource asks for it, and nothing else.
+    status, body = await mint(s, f"/api/v1/runs/{run['id']}", "read-token-1")
+    assert status == 201, body
+    view = f"/api/v1/runs/{run['id']}?ticket={body['ticket']}"
+    response, stream = await s.open(view, headers={"Accept": "text/event-stream"})
+    assert response.status == 200
+    assert [m.type for m in await stream.rest()] == ["connected", "status_update"]
+    async with s.session.get(view) as refused:  # the JSON view
+        assert refused.status == 401
+    async with s.session.get(f"{path}?ticket={body['ticket']}") as refused:
+        assert refused.status == 401
     # The access log never shows a ticket.
     logged = [call.kwargs["path"] for call in cap.calls if call.kwargs.get("event") == "request"]
     assert any("ticket=[redacted]" in p for p in logged)
@@ -483,7 +494,7 @@ async def test_tickets_carry_the_tokens_scope(serve):
     assert (await mint(s, "/api/v1/events", "read-token-1"))[0] == 403
     assert (await mint(s, "/api/v1/events", None))[0] == 401
     assert (await mint(s, "/api/v1/jobs", "admin-token-1"))[0] == 400
-    assert (await mint(s, "/api/v1/runs/1", "admin-token-1"))[0] == 400
+    assert (await mint(s, "/api/v1/runs/1/log", "admin-token-1"))[0] == 400
     status, body = await mint(s, "/api/v1/events?job=noop", "admin-token-1")
     assert status == 201 and body["stream"] == "/api/v1/events"
     response, stream = await s.open(f"/api/v1/events?job=noop&ticket={body['ticket']}")
