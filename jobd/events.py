@@ -155,33 +155,45 @@ class Subscriber:
             return event
         return None
 
+    def poll(self) -> Event | asyncio.Future[None] | None:
+        """`get()` without a coroutine of its own: the next event, None when poked, or (nothing
+        queued) a future to await before polling again. An open stream waits on it directly, so
+        it holds one coroutine frame fewer for as long as it is open.
+
+        Raises when cut off or closed (events queued before a close are still handed out first).
+        """
+        self._waiter = None  # the consumer is running again: whatever comes next is a new burst
+        if self.overflowed:
+            raise SubscriberOverflow()
+        event = self.get_nowait()
+        if event is not None:
+            return event
+        if self.closed:
+            raise SubscriptionClosed()
+        if self._poked:
+            self._poked = False
+            return None
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event; None when `timeout` passes or `poke()` is called first.
 
         Raises when cut off or closed (events queued before a close are still handed out first).
         """
-        while True:
-            if self.overflowed:
-                raise SubscriberOverflow()
-            event = self.get_nowait()
-            if event is not None:
-                return event
-            if self.closed:
-                raise SubscriptionClosed()
-            if self._poked:
-                self._poked = False
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
+        try:
+            while isinstance(polled := self.poll(), asyncio.Future):
                 if timeout is None:
-                    await self._waiter
+                    await polled
                 else:
-                    async with asyncio.timeout(timeout):
-                        await self._waiter
-            except TimeoutError:
-                return None
-            finally:
-                self._waiter = None
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await polled
+                    except TimeoutError:
+                        return None
+            return polled
+        finally:
+            self._waiter = None
 
     def poke(self) -> None:
         """Make a waiting (or the next) `get()` return None without an event.
