@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import random
 import resource
@@ -337,6 +338,10 @@ async def serve(config: Config, *, log: Any = None) -> int:
         where = await _listen(runner, sockets, config)
         daemon.log.info("jobd_listening", url=where, addresses=[list(a)[:2] for a in runner.addresses])
         daemon.notifier.ready(daemon.status_line())
+        # What start-up made (modules, the config, the jobs' schedules) lives as long as the
+        # process: out of the collector's sight, a full collection no longer walks it (~35 ms with
+        # 200 jobs, a pause that landed on cron fires and on event deliveries).
+        gc.freeze()
         await daemon.stop_requested.wait()
         await daemon.drain()
     finally:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -155,33 +155,45 @@ class Subscriber:
             return event
         return None
 
+    def poll(self) -> Event | asyncio.Future[None] | None:
+        """`get()` without a coroutine of its own: the next event, None when poked, or (nothing
+        queued) a future to await before polling again. An open stream waits on it directly, so
+        it holds one coroutine frame fewer for as long as it is open.
+
+        Raises when cut off or closed (events queued before a close are still handed out first).
+        """
+        self._waiter = None  # the consumer is running again: whatever comes next is a new burst
+        if self.overflowed:
+            raise SubscriberOverflow()
+        event = self.get_nowait()
+        if event is not None:
+            return event
+        if self.closed:
+            raise SubscriptionClosed()
+        if self._poked:
+            self._poked = False
+            return None
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event; None when `timeout` passes or `poke()` is called first.
 
         Raises when cut off or closed (events queued before a close are still handed out first).
         """
-        while True:
-            if self.overflowed:
-                raise SubscriberOverflow()
-            event = self.get_nowait()
-            if event is not None:
-                return event
-            if self.closed:
-                raise SubscriptionClosed()
-            if self._poked:
-                self._poked = False
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
+        try:
+            while isinstance(polled := self.poll(), asyncio.Future):
                 if timeout is None:
-                    await self._waiter
+                    await polled
                 else:
-                    async with asyncio.timeout(timeout):
-                        await self._waiter
-            except TimeoutError:
-                return None
-            finally:
-                self._waiter = None
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await polled
+                    except TimeoutError:
+                        return None
+            return polled
+        finally:
+            self._waiter = None
 
     def poke(self) -> None:
         """Make a waiting (or the next) `get()` return None without an event.
@@ -208,7 +220,10 @@ class EventBus:
         # from an earlier process is recognised as "before this ring" rather than "in the future".
         self._next_id = first_id
         self._by_run: dict[int, set[Subscriber]] = {}
-        self._firehose: set[Subscriber] = set()
+        # Firehose subscribers by (filter, wants_logs): streams opened with the same filters share
+        # one function (see the SSE layer), so an event is tested once per group, not per stream.
+        self._firehose: dict[tuple[Callable[[Event], bool] | None, bool], set[Subscriber]] = {}
+        self._firehose_count = 0
         self._log_listeners: dict[int, int] = {}
         self._evicted_up_to = first_id - 1
         # In-process observers called on every publish (e.g. the firehose summary); must not block.
@@ -225,11 +240,11 @@ class EventBus:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._firehose) + sum(len(subs) for subs in self._by_run.values())
+        return self._firehose_count + sum(len(subs) for subs in self._by_run.values())
 
     @property
     def firehose_count(self) -> int:
-        return len(self._firehose)
+        return self._firehose_count
 
     def subscribe(
         self,
@@ -246,7 +261,8 @@ class EventBus:
             sub.closed = True
             return sub
         if run_id is None:
-            self._firehose.add(sub)
+            self._firehose.setdefault((accepts, wants_logs), set()).add(sub)
+            self._firehose_count += 1
         else:
             self._by_run.setdefault(run_id, set()).add(sub)
         if wants_logs and run_id is not None:
@@ -255,11 +271,17 @@ class EventBus:
 
     def wants_logs(self, run_id: int) -> bool:
         """Whether anyone listens for this run's log lines (else they are not published)."""
-        return run_id in self._log_listeners or any(s.wants_logs for s in self._firehose)
+        return run_id in self._log_listeners or any(wants for _, wants in self._firehose)
 
     def _remove(self, sub: Subscriber) -> None:
         if sub.run_id is None:
-            self._firehose.discard(sub)
+            key = (sub.accepts, sub.wants_logs)
+            group = self._firehose.get(key)
+            if group is not None and sub in group:
+                group.remove(sub)
+                self._firehose_count -= 1
+                if not group:
+                    del self._firehose[key]
             return
         subs = self._by_run.get(sub.run_id)
         if subs is not None:
@@ -294,23 +316,27 @@ class EventBus:
                 self._evicted_up_to = self._ring[0].id
             self._ring.append(event)
         self.published += 1
-        targets: list[Subscriber] = []
-        if run_id is not None:
-            targets.extend(self._by_run.get(run_id, ()))
-        targets.extend(self._firehose)
+        if run_id is not None and run_id in self._by_run:
+            self._offer(event, [sub for sub in self._by_run[run_id] if (type_ != "log" or sub.wants_logs)
+                                and (sub.accepts is None or sub.accepts(event))])
+        for (accepts, wants_logs), group in list(self._firehose.items()):
+            if type_ == "log" and not wants_logs:
+                continue
+            if accepts is not None and not accepts(event):
+                continue
+            self._offer(event, tuple(group))
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def _offer(self, event: Event, targets: Sequence[Subscriber]) -> None:
+        """Hand `event` to these subscribers (a copy of their set: one cut off leaves it meanwhile)."""
         for sub in targets:
-            if type_ == "log" and not sub.wants_logs:
-                continue
-            if sub.accepts is not None and not sub.accepts(event):
-                continue
             if not sub.offer(event):
                 self.dropped += 1
                 self.log.warning("subscriber_overflow", run_id=sub.run_id, capacity=sub.capacity)
                 sub.close()
                 sub.overflowed = True
-        for listener in self.listeners:
-            listener(event)
-        return event
 
     def since(self, last_id: int) -> list[Event] | None:
         """Events after `last_id` still in the ring; None when some of them have left it."""
@@ -324,5 +350,6 @@ class EventBus:
     def close_all(self) -> None:
         """Shutdown: every subscriber is woken and told the stream is over."""
         self.closed = True
-        for sub in [*self._firehose, *(s for subs in self._by_run.values() for s in subs)]:
+        for sub in [*(s for group in self._firehose.values() for s in group),
+                    *(s for subs in self._by_run.values() for s in subs)]:
             sub.close()

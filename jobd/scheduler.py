@@ -33,7 +33,16 @@ class Clock(Protocol):
         """The current time, aware, in UTC."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    async def sleep(self, seconds: float, *, exact: bool = False) -> None:
+        """Sleep for `seconds`; `exact`: a fire is due at the end, so wake on time, not late."""
+        ...
+
+
+# A timer wakes late: epoll counts whole milliseconds, rounded up, and the kernel lets a wait of
+# t overrun by t/1000 (timer slack: 1 ms for a 1 s sleep); a busy VM adds more. An exact sleep
+# ends each wait that much early and yields to the loop for its last ~1.5 ms.
+_SLACK_S = 0.0015
+_SLACK_FRACTION = 0.002
 
 
 class SystemClock:
@@ -42,8 +51,15 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(_UTC)
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def sleep(self, seconds: float, *, exact: bool = False) -> None:
+        if not exact:
+            await asyncio.sleep(seconds)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            early = left - _SLACK_S - left * _SLACK_FRACTION
+            await asyncio.sleep(early if early > 0 else 0)
 
 
 @dataclasses.dataclass(slots=True)
@@ -182,7 +198,7 @@ class Scheduler:
             self._wake.clear()
             self._loop_iterations += 1
             await self._fire_due(self._clock.now())
-            await self._sleep(self._delay())
+            await self._sleep(*self._delay())
 
     # -- internals ----------------------------------------------------------------------
 
@@ -232,15 +248,18 @@ class Scheduler:
         self._heap = [item for item in self._heap if self._live(item[2], item[1])]
         heapq.heapify(self._heap)
 
-    def _delay(self) -> float | None:
-        """Seconds until the earliest live fire, capped at max_sleep_s; None when idle."""
+    def _delay(self) -> tuple[float | None, bool]:
+        """Seconds until the earliest live fire, capped at max_sleep_s (None when idle), and
+        whether that fire is due at the end of them."""
         while self._heap and self._live(self._heap[0][2], self._heap[0][1]) is None:
             heapq.heappop(self._heap)
             self._heap_pops += 1
         if not self._heap:
-            return None
+            return None, False
         wait = (self._heap[0][0] - self._clock.now()).total_seconds()
-        return max(0.0, min(self._max_sleep_s, wait))
+        if wait > self._max_sleep_s:
+            return self._max_sleep_s, False
+        return max(0.0, wait), True
 
     async def _fire_due(self, now: datetime) -> None:
         due: list[tuple[_Plan, str, datetime]] = []
@@ -293,7 +312,7 @@ class Scheduler:
         self._fire_count += 1
         self._last[request.job] = request.scheduled_for
 
-    async def _sleep(self, delay: float | None) -> None:
+    async def _sleep(self, delay: float | None, exact: bool = False) -> None:
         """Sleep for `delay` (None: until woken), returning early when woken."""
         if self._wake.is_set():
             return
@@ -302,7 +321,7 @@ class Scheduler:
             return
         tasks = {asyncio.ensure_future(self._wake.wait())}
         if delay is not None:
-            tasks.add(asyncio.ensure_future(self._clock.sleep(delay)))
+            tasks.add(asyncio.ensure_future(self._clock.sleep(delay, exact=exact)))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

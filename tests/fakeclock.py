@@ -27,8 +27,8 @@ class FakeClock:
     def now(self) -> datetime:
         return self._now
 
-    async def sleep(self, seconds: float) -> None:
-        """Return once the fake time has been moved to now + seconds or later."""
+    async def sleep(self, seconds: float, *, exact: bool = False) -> None:
+        """Return once the fake time has been moved to now + seconds or later (always exactly)."""
         self.sleep_calls.append(seconds)
         sleeper = Sleeper(len(self.sleep_calls), self._now + timedelta(seconds=seconds),
                           asyncio.get_running_loop().create_future())

@@ -58,6 +58,7 @@ def registry() -> dict[str, tuple[str, Scenario]]:
         "latency": ("3. trigger → PROCESSING / COMPLETED on an idle daemon, 500 sequential runs", latency.idle),
         "fanout": ("4. one event to 1,000 and 10,000 idle firehose streams", fanout.fanout),
         "scheduler": ("5. fire lag of 200 jobs on a seconds schedule, 30 s", scheduling.fire_lag),
+        "scheduler-one": ("5. fire lag of one job alone on a seconds schedule, 20 s", scheduling.fire_lag_one),
         "idle": ("5. idle CPU with 10,000 hourly jobs and 1,000 idle streams, 30 s", scheduling.idle_cpu),
         "history": ("6. GET /runs, GET /stats, start-up with 1,000,000 runs and 10,000 jobs", history.history),
     }

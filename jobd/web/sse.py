@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import functools
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -81,7 +83,7 @@ class Stream:
         self._batch: list[Event] = []  # taken by the sink, written at the end of this loop iteration
         self._batch_bytes = 0
 
-    def write_directly(self, response: web.StreamResponse, *, until_terminal: bool) -> None:
+    def write_directly(self, *, chunked: bool, until_terminal: bool) -> None:
         """From now on (the opening is out) events for a client that keeps up bypass the queue."""
         assert self.sub is not None and self._registry is not None
         transport = self.request.transport
@@ -89,7 +91,7 @@ class Stream:
             return
         self._transport = transport
         # aiohttp frames an HTTP/1.1 stream in chunks; its direct writes must be framed the same.
-        self._chunked = response.headers.get("Transfer-Encoding") == "chunked"
+        self._chunked = chunked
         self._until_terminal = until_terminal
         self.sub.sink = self._take
 
@@ -175,6 +177,8 @@ class Streams:
         self._open: set[Stream] = set()
         self._unflushed: list[Stream] = []
         self._last_chunk: tuple[Event | None, bytes] = (None, b"")
+        self._filters: weakref.WeakValueDictionary[tuple[frozenset[str], frozenset[str]], Callable[[Event], bool]] = (
+            weakref.WeakValueDictionary())
         self._nonempty = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -193,6 +197,15 @@ class Streams:
         self._nonempty.set()
         self._empty.clear()
         return stream
+
+    def firehose_filter(self, jobs: frozenset[str], statuses: frozenset[str]) -> Callable[[Event], bool]:
+        """What a firehose with these `job` and `status` filters takes: one function (and one copy of
+        its sets) for all the streams open with the same filters, rather than ~0.6 KB each."""
+        key = (jobs, statuses)
+        accepts = self._filters.get(key)
+        if accepts is None:
+            accepts = self._filters[key] = _firehose_filter(jobs, statuses)
+        return accepts
 
     def framed(self, event: Event, chunked: bool) -> bytes:
         """The bytes that carry one event on a stream: every stream it goes to gets the same object."""
@@ -369,61 +382,6 @@ async def _start(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pump(stream: Stream, response: web.StreamResponse, *, until_terminal: bool) -> None:
-    """Write the subscription's events until the run ends, the stream is ended or the client goes."""
-    sub = stream.sub
-    assert sub is not None
-    while True:
-        try:
-            event = await sub.get()
-        except SubscriptionClosed:
-            if stream.ending != "gone":
-                await stream.write(shutdown_frame(stream.position), response)
-            return
-        if event is None:
-            if stream.ending is None:
-                await stream.write(HEARTBEAT, response)
-            continue
-        chunks = [event.frame]
-        last = event
-        done = until_terminal and _ends_run(event)
-        while not done and (more := sub.get_nowait()) is not None:
-            chunks.append(more.frame)
-            last = more
-            done = until_terminal and _ends_run(more)
-        await stream.write(b"".join(chunks) if len(chunks) > 1 else chunks[0], response)
-        stream.position = last.id
-        if done:
-            return
-
-
-async def _serve(request: web.Request, stream: Stream, opening: list[bytes], position: int,
-                 *, until_terminal: bool, finished: bool) -> web.StreamResponse:
-    streams = request.app[STREAMS]
-    response = await _start(request)
-    try:
-        retry = request.app[DAEMON].config.server.sse_retry_ms
-        data = f"retry: {retry}\n\n".encode() + b"".join(opening)
-        # The handlers' frames live as long as the stream: let go of the opening (a firehose's may
-        # hold the state of every active run).
-        opening.clear()
-        await stream.write(data, response)
-        del data
-        stream.position = position
-        if not finished:
-            stream.write_directly(response, until_terminal=until_terminal)
-            try:
-                await _pump(stream, response, until_terminal=until_terminal)
-            finally:
-                stream.detach()
-    except SubscriberOverflow:
-        streams.log.warning("stream_cut_off", path=request.path, reason="subscriber buffer overflow")
-        stream.abort()
-    except ConnectionError:
-        stream.ending = stream.ending or "gone"
-    return response
-
-
 async def _run_stream_opening(request: web.Request, stream: Stream) -> tuple[list[bytes], int, bool] | web.Response:
     """Subscribe to the run, then (opening frames, the id they bring the client to, finished);
     or the answer when there is nothing to stream."""
@@ -468,22 +426,6 @@ async def _run_stream_opening(request: web.Request, stream: Stream) -> tuple[lis
     return opening, position, finished
 
 
-@routes.get(PREFIX + "/runs/{run_id}/events", allow_head=False)
-@requires("read")
-async def run_events(request: web.Request) -> web.StreamResponse:
-    """One run: connected, its current state, every change; ends after the terminal state."""
-    streams = request.app[STREAMS]
-    stream = streams.open(request)
-    try:
-        opened = await _run_stream_opening(request, stream)
-        if isinstance(opened, web.Response):
-            return opened
-        opening, position, finished = opened
-        return await _serve(request, stream, opening, position, until_terminal=True, finished=finished)
-    finally:
-        streams.close(stream)
-
-
 def _firehose_types(event: Event) -> bool:
     return event.type in FIREHOSE_TYPES
 
@@ -511,7 +453,7 @@ def _firehose_opening(request: web.Request, stream: Stream) -> tuple[list[bytes]
     statuses = _statuses(request)
     wants_logs = _flag(request.query.get("log"))
     resume_from = last_event_id(request)
-    accepts = _firehose_filter(jobs, statuses)
+    accepts = request.app[STREAMS].firehose_filter(jobs, statuses)
     bus = daemon.bus
     stream.sub = bus.subscribe(accepts=accepts, wants_logs=wants_logs)
     position = bus.last_id
@@ -529,17 +471,88 @@ def _firehose_opening(request: web.Request, stream: Stream) -> tuple[list[bytes]
     return opening, position
 
 
-@routes.get(PREFIX + "/events", allow_head=False)
-@requires("admin")
-async def firehose(request: web.Request) -> web.StreamResponse:
-    """Every run's events, filtered by `job` and `status`, plus `summary` and `fire_skipped` messages."""
+Opening = Callable[[web.Request, Stream], Awaitable["tuple[list[bytes], int, bool] | web.Response"]]
+
+
+async def _stream(request: web.Request, *, opening: Opening, until_terminal: bool) -> web.StreamResponse:
+    """An open stream, from subscribing to its end, in one coroutine: every frame of a handler
+    chain lives as long as its stream, so the handlers are this function with their opening
+    bound (functools.partial) and events are awaited on the subscriber's future directly."""
     streams = request.app[STREAMS]
     stream = streams.open(request)
     try:
-        opening, position = _firehose_opening(request, stream)
-        return await _serve(request, stream, opening, position, until_terminal=False, finished=False)
+        opened = await opening(request, stream)
+        if isinstance(opened, web.Response):
+            return opened
+        frames, position, finished = opened
+        del opened
+        response = await _start(request)
+        # The headers are on their way (serialized when prepared): the dict of them is ~0.8 KB
+        # that would otherwise stay for as long as the stream.
+        chunked = response.headers.get("Transfer-Encoding") == "chunked"
+        response.headers.clear()
+        try:
+            retry = request.app[DAEMON].config.server.sse_retry_ms
+            # The opening is let go of once written (a firehose's may hold every active run's state).
+            data = f"retry: {retry}\n\n".encode() + b"".join(frames)
+            del frames
+            await stream.write(data, response)
+            del data
+            stream.position = position
+            if finished:
+                return response
+            sub = stream.sub
+            assert sub is not None
+            stream.write_directly(chunked=chunked, until_terminal=until_terminal)
+            try:
+                while True:
+                    try:
+                        event = sub.poll()
+                        while isinstance(event, asyncio.Future):
+                            await event
+                            event = sub.poll()
+                    except SubscriptionClosed:
+                        if stream.ending != "gone":
+                            await stream.write(shutdown_frame(stream.position), response)
+                        return response
+                    if event is None:  # poked: a heartbeat is due
+                        if stream.ending is None:
+                            await stream.write(HEARTBEAT, response)
+                        continue
+                    chunks = [event.frame]
+                    last = event
+                    done = until_terminal and _ends_run(event)
+                    while not done and (more := sub.get_nowait()) is not None:
+                        chunks.append(more.frame)
+                        last = more
+                        done = until_terminal and _ends_run(more)
+                    await stream.write(b"".join(chunks) if len(chunks) > 1 else chunks[0], response)
+                    stream.position = last.id
+                    del chunks
+                    if done:
+                        return response
+            finally:
+                stream.detach()
+        except SubscriberOverflow:
+            streams.log.warning("stream_cut_off", path=request.path, reason="subscriber buffer overflow")
+            stream.abort()
+        except ConnectionError:
+            stream.ending = stream.ending or "gone"
+        return response
     finally:
         streams.close(stream)
+
+
+async def _firehose_opening_async(request: web.Request, stream: Stream) -> tuple[list[bytes], int, bool]:
+    return (*_firehose_opening(request, stream), False)
+
+
+# One run: connected, its current state, every change; ends after the terminal state.
+run_events = requires("read")(functools.partial(_stream, opening=_run_stream_opening, until_terminal=True))
+routes.get(PREFIX + "/runs/{run_id}/events", allow_head=False)(run_events)
+# Every run's events, filtered by `job` and `status`, plus `summary` and `fire_skipped` messages.
+firehose = requires("admin")(functools.partial(_stream, opening=_firehose_opening_async, until_terminal=False))
+routes.get(PREFIX + "/events", allow_head=False)(firehose)
 
 
 # -- the firehose summary ------------------------------------------------------------------------------
