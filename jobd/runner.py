@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import errno
 import functools
 import inspect
 import json
@@ -316,6 +317,8 @@ def _spawn_error(exc: OSError | ValueError, program: str, cwd: str | None) -> st
         return f"cannot start {program}: working directory {cwd}: {reason}"
     if isinstance(exc, FileNotFoundError):
         return f"cannot start {program}: command not found"
+    if exc.errno == errno.E2BIG:
+        return f"cannot start {program}: argument list too long (the params, as JOBD_PARAMS, may be at most 128 KiB)"
     return f"cannot start {program}: {reason}"
 
 

@@ -271,6 +271,14 @@ async def test_command_not_found() -> None:
     assert rec.calls == []
 
 
+async def test_params_too_big_for_the_environment() -> None:
+    outcome, rec = await run_job(shell("true"), make_run(params={"blob": "x" * 200_000}))
+
+    assert outcome == Outcome(error="cannot start /bin/sh: argument list too long "
+                                    "(the params, as JOBD_PARAMS, may be at most 128 KiB)")
+    assert rec.calls == []
+
+
 async def test_command_not_executable(tmp_path: Path) -> None:
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\necho hi\n")
