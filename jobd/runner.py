@@ -499,6 +499,28 @@ class RunContext:
         self._finished = True
 
 
+async def ended(task: asyncio.Future[Any], timeout: float | None = None) -> bool:
+    """Wait until `task` is done, whatever its outcome (True), or for `timeout` seconds (False);
+    being cancelled leaves the task running. What asyncio.wait({task}, timeout=...) does, at a
+    fraction of its cost per run: that checks each argument for being a coroutine (through an ABC
+    for a task), copies the set, and registers and removes a callback of its own."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[bool] = loop.create_future()
+    task.add_done_callback(functools.partial(_settle, waiter, True))
+    if timeout is None:
+        return await waiter
+    timer = loop.call_later(timeout, _settle, waiter, False, None)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool, _: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
+
+
 async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace_s: float) -> Outcome:
     try:
         handler = job.resolve_handler()
@@ -511,8 +533,7 @@ async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace
         call = asyncio.ensure_future(_in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}"))
     cancelled, stopping = True, False
     try:
-        done, _ = await asyncio.wait({call}, timeout=job.timeout_s)
-        if not done:
+        if not await ended(call, job.timeout_s):
             stopping = True
             error = f"timed out after {format_seconds(job.timeout_s or 0)}"
             if not await _stop_call(call, grace_s):
@@ -549,7 +570,7 @@ async def _stop_call(call: asyncio.Future[Any], grace_s: float) -> bool:
     """
     call.cancel()
     try:
-        await asyncio.wait({call}, timeout=grace_s)
+        await ended(call, grace_s)
     finally:
         if not call.done():
             call.add_done_callback(_ignore_outcome)

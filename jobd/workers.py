@@ -21,19 +21,6 @@ from jobd.runlog import RunLog, log_file
 from jobd.runs import INTERRUPTED, RunService, no_longer_configured
 
 
-def _ended(task: asyncio.Task[Any]) -> asyncio.Future[None]:
-    """Done when `task` is, whatever its outcome; cancelling the wait leaves the task running.
-    What asyncio.wait({task}) does, at a third of its cost per run."""
-    ended = asyncio.get_running_loop().create_future()
-
-    def done(_: asyncio.Task[Any]) -> None:
-        if not ended.done():
-            ended.set_result(None)
-
-    task.add_done_callback(done)
-    return ended
-
-
 class _Reporter:
     """What a handler reports, forwarded to the run table and the run's log."""
 
@@ -139,7 +126,7 @@ class WorkerPool:
         self._logs[run.id] = run_log
         self.runs.attach_task(run, handler)
         try:
-            await _ended(handler)
+            await runner.ended(handler)
         finally:
             self._handlers.pop(run.id, None)
             self._logs.pop(run.id, None)
