@@ -74,7 +74,16 @@ def _finite_float(text: str) -> float:
 def loads_standard(text: str | bytes) -> Any:
     """json.loads() of standard JSON only: NaN, Infinity and numbers that overflow to infinity
     (1e999) raise ValueError, since they would be written back as text no JSON parser reads."""
-    return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    # What json.loads() does, with one decoder for every call (json.loads() with an option
+    # builds one per call: 2.7 against 0.9 us for a small body).
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    elif text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _standard_decode(text)
+
+
+_standard_decode = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite_float).decode
 
 
 def now_ms() -> int:
