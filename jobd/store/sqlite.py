@@ -16,8 +16,9 @@ import fcntl
 import json
 import os
 import sqlite3
+import sys
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ _UPSERT_JOB_STATE = _upserts("job_state", JOB_STATE_COLUMNS, "job")
 _rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
 _LAZY_FLUSH_S = 1.0
+CommitCallback = Callable[[Exception | None], None]
 
 
 async def _connect(path: Path, **kwargs: Any) -> aiosqlite.Connection:
@@ -162,6 +164,24 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+def _settle_all(waiters: list[asyncio.Future[None] | CommitCallback], error: Exception | None) -> None:
+    """In the order the rows were handed in: futures get their result (their callbacks and
+    awaiting tasks run soon), callbacks are called now."""
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future):
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+            continue
+        try:
+            waiter(error)
+        except Exception:
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a commit callback failed", "exception": sys.exc_info()[1]})
+
+
 class SQLiteStore:
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         self.path = Path(path)
@@ -174,7 +194,7 @@ class SQLiteStore:
         self._pending_states: dict[str, JobState] = {}
         self._pending_keys: list[IdempotencyKey] = []
         self._lazy_runs: dict[int, Run] = {}
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None] | CommitCallback] = []
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._lazy_task: asyncio.Task[None] | None = None
@@ -275,16 +295,32 @@ class SQLiteStore:
         keys: Iterable[IdempotencyKey] = (),
     ) -> asyncio.Future[None]:
         """Hand rows to the writer without waiting; the future is done once they are committed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._hand_in(runs, job_states, keys, waiter)
+        return waiter
+
+    def submit_then(
+        self,
+        then: CommitCallback,
+        runs: Iterable[Run] = (),
+        job_states: Iterable[JobState] = (),
+        keys: Iterable[IdempotencyKey] = (),
+    ) -> None:
+        """submit(), with `then(None)` called once the rows are committed (`then(error)` if that
+        failed), by the writer itself: no future, and no trip through the event loop's queue, per
+        transition. `then` must not raise or block; what it raises is logged and dropped."""
+        self._hand_in(runs, job_states, keys, then)
+
+    def _hand_in(self, runs: Iterable[Run], job_states: Iterable[JobState], keys: Iterable[IdempotencyKey],
+                 waiter: asyncio.Future[None] | CommitCallback) -> None:
         for run in runs:
             self._lazy_runs.pop(run.id, None)
             self._pending_runs[run.id] = run
         for state in job_states:
             self._pending_states[state.job] = state
         self._pending_keys.extend(keys)
-        waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._wake.set()
-        return waiter
 
     def write_lazy(self, run: Run) -> None:
         if run.id not in self._pending_runs:
@@ -310,13 +346,9 @@ class SQLiteStore:
             try:
                 await self._commit(runs.values(), states.values(), keys)
             except Exception as exc:  # fail the waiters; the loop itself must survive
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
+                _settle_all(waiters, exc)
                 continue
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            _settle_all(waiters, None)
 
     async def _commit(
         self, runs: Iterable[Run], states: Iterable[JobState], keys: list[IdempotencyKey]
