@@ -99,7 +99,7 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
     c = run.counts
     return (
         run.id, run.job, run.status.value, run.progress, run.message, run.triggered_by.value,
-        compact_json(run.params), run.attempt, run.max_attempts,
+        compact_json(run.params) if run.params else "{}", run.attempt, run.max_attempts,
         run.scheduled_for, run.run_after, run.created_at, run.started_at, run.finished_at,
         run.duration_ms, c.total, c.success, c.failed, c.skipped, _json_or_none(run.result),
         run.error, run.exit_code, run.retry_of, run.log_tail, run.updated_at,
