@@ -526,11 +526,13 @@ async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace
         handler = job.resolve_handler()
     except ConfigError as exc:
         return Outcome(error=str(exc))
-    ctx = RunContext(run, job, reporter, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    ctx = RunContext(run, job, reporter, loop)
+    # loop.create_task(): ensure_future() first works out what it was given, ~1 us a run.
     if _is_async(handler):
-        call = asyncio.ensure_future(_call_async(handler, ctx, run.params))
+        call = loop.create_task(_call_async(handler, ctx, run.params))
     else:
-        call = asyncio.ensure_future(_in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}"))
+        call = loop.create_task(_in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}"))
     cancelled, stopping = True, False
     try:
         if not await ended(call, job.timeout_s):
