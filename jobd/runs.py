@@ -406,6 +406,11 @@ class RunService:
         """The task running the handler: what `cancel()` stops."""
         self._tasks[run.id] = task
 
+    def detach_task(self, run: Run, task: asyncio.Task[Any]) -> None:
+        """The handler has ended: `task` (a worker's, which goes on to other runs) is not the run's any more."""
+        if self._tasks.get(run.id) is task:
+            del self._tasks[run.id]
+
     def report_progress(self, run: Run, percent: float, message: str | None) -> None:
         run.progress = max(0.0, min(100.0, float(percent)))
         if message is not None:
