@@ -37,8 +37,11 @@ def _daemon(request: web.Request) -> Daemon:
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=compact_json(data).encode(), status=status,
-                        content_type="application/json", headers=headers)
+    return json_text_response(compact_json(data), status=status, headers=headers)
+
+
+def json_text_response(text: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=text.encode(), status=status, content_type="application/json", headers=headers)
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -155,10 +158,11 @@ async def trigger_job(request: web.Request) -> web.Response:
                 raise BadRequest(f"runs[{index}] must be an object with only 'params'")
             submissions.append(Submission(_params(item.get("params"), f"runs[{index}].params")))
         runs = await daemon.runs.submit(job.name, submissions, triggered_by=source, overlap=overlap)
-        return json_response({"runs": [run.to_json() for run in runs]}, status=202)
+        return json_text_response('{"runs":[' + ",".join([run.to_json_text() for run in runs]) + "]}", status=202)
     submission = Submission(_params(body.get("params"), "params"), idempotency_key=key)
     [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
-    return json_response({"run": run.to_json()}, status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"})
+    return json_text_response('{"run":' + run.to_json_text() + "}", status=202,
+                              headers={"Location": f"{PREFIX}/runs/{run.id}"})
 
 
 @routes.post(PREFIX + "/jobs/{name}/pause")
