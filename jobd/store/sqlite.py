@@ -13,14 +13,15 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -28,6 +29,7 @@ from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
 from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked
 from jobd.store.migrations import migrate
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
+from jobd.store.sqlite_writer import WriterThread
 
 RUN_COLUMNS = (
     "id", "job", "status", "progress", "message", "triggered_by", "params", "attempt",
@@ -68,6 +70,7 @@ _rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_n
 _INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
 _LAZY_FLUSH_S = 1.0
 CommitCallback = Callable[[Exception | None], None]
+T = TypeVar("T")
 
 
 async def _connect(path: Path, **kwargs: Any) -> aiosqlite.Connection:
@@ -83,12 +86,23 @@ async def _connect(path: Path, **kwargs: Any) -> aiosqlite.Connection:
         raise
 
 
-async def _upsert(db: aiosqlite.Connection, statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
+# A statement for the writer's thread: SQL, its parameters, and whether they are many rows.
+Statement = tuple[str, Sequence[Any], bool]
+
+
+def _upsert(statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> Statement:
     payload = _rows_json(rows)
     if "\\u0000" in payload:  # json_extract() would cut a string at a NUL: bind these row by row
-        await db.executemany(statements[0], rows)
-    else:
-        await db.execute(statements[1], (payload,))
+        return statements[0], rows, True
+    return statements[1], (payload,), False
+
+
+def _execute_all(statements: list[Statement], conn: sqlite3.Connection) -> None:
+    for sql, args, many in statements:
+        if many:
+            conn.executemany(sql, args)
+        else:
+            conn.execute(sql, args)
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -186,8 +200,9 @@ class SQLiteStore:
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         self.path = Path(path)
         self.synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: WriterThread | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._setup: aiosqlite.Connection | None = None  # while open() migrates
         self._lock_file: int | None = None
         self._next_id = 1
         self._pending_runs: dict[int, Run] = {}
@@ -208,19 +223,21 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
-            # The writer keeps sqlite3's implicit transactions: the first write of a batch begins
-            # one and commit() ends it, two hops to the database thread per batch instead of four.
-            self._writer = await _connect(self.path)
-            await self._writer.execute("PRAGMA journal_mode = WAL")
-            await self._writer.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            await self._writer.execute("PRAGMA busy_timeout = 5000")
-            await migrate(self._writer)
+            # Migrations on a connection of their own, closed before the writer's thread takes over.
+            setup = self._setup = await _connect(self.path)
+            await setup.execute("PRAGMA journal_mode = WAL")
+            await setup.execute("PRAGMA busy_timeout = 5000")
+            await migrate(setup)
+            async with setup.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
+                row = await cur.fetchone()
+            self._next_id = int(row[0]) + 1 if row else 1
+            self._setup = None
+            await setup.close()
+            self._writer = WriterThread(self.path, synchronous=self.synchronous)
+            await self._writer.open()
             self._reader = await _connect(self.path, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout = 5000")
             await self._reader.execute("PRAGMA query_only = 1")
-            async with self._writer.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
-                row = await cur.fetchone()
-            self._next_id = int(row[0]) + 1 if row else 1
         except BaseException as exc:
             await self._close_connections()
             self._release_lock()
@@ -245,10 +262,10 @@ class SQLiteStore:
         self._release_lock()
 
     async def _close_connections(self) -> None:
-        for conn in (self._reader, self._writer):
+        for conn in (self._reader, self._setup, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._reader = self._setup = self._writer = None
 
     def _acquire_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -363,27 +380,21 @@ class SQLiteStore:
         key_rows = [(k.job, k.key, k.run_id, k.created_at) for k in keys]
         if not (run_rows or state_rows or key_rows):
             return
-        async with self._transaction() as db:
-            if run_rows:
-                await _upsert(db, _UPSERT_RUN, run_rows)
-            if state_rows:
-                await _upsert(db, _UPSERT_JOB_STATE, state_rows)
-            if key_rows:
-                await db.executemany(_INSERT_KEY, key_rows)
+        statements: list[Statement] = []
+        if run_rows:
+            statements.append(_upsert(_UPSERT_RUN, run_rows))
+        if state_rows:
+            statements.append(_upsert(_UPSERT_JOB_STATE, state_rows))
+        if key_rows:
+            statements.append((_INSERT_KEY, key_rows, True))
+        await self._transaction(functools.partial(_execute_all, statements))
         self.commits += 1
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """One transaction on the writer's thread, one at a time (group commits, retention)."""
         assert self._writer is not None
-        db = self._writer
         async with self._write_lock:
-            try:
-                yield db
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await db.rollback()
-                raise
-            await db.commit()
+            return await self._writer.transaction(work)
 
     async def _lazy_loop(self) -> None:
         while True:
@@ -535,17 +546,18 @@ class SQLiteStore:
             if not kept and finished_at < cutoffs.get(RunStatus(status), -1)
         ]
         if doomed:
-            async with self._transaction() as db:
-                await db.executemany("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id, _ in doomed])
+            await self._transaction(functools.partial(
+                _execute_all, [("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id, _ in doomed], True)]))
         cursor = (int(rows[-1][2]), int(rows[-1][0])) if len(rows) == limit else None
         return DeletedRuns(doomed, cursor)
 
     async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int:
         """Delete up to `limit` keys created before `created_before`; returns how many went."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM idempotency WHERE rowid IN "
-                "(SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
+        def delete(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
                 (created_before, limit),
             )
             return max(0, cursor.rowcount)
+
+        return await self._transaction(delete)
