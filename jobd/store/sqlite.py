@@ -223,21 +223,23 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
-            # Migrations on a connection of their own, closed before the writer's thread takes over.
+            # Migrations on a connection of their own, closed once the writer's thread has taken
+            # over (not before: closing the last connection would checkpoint the WAL at start).
             setup = self._setup = await _connect(self.path)
             await setup.execute("PRAGMA journal_mode = WAL")
+            await setup.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             await setup.execute("PRAGMA busy_timeout = 5000")
             await migrate(setup)
             async with setup.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
                 row = await cur.fetchone()
             self._next_id = int(row[0]) + 1 if row else 1
-            self._setup = None
-            await setup.close()
             self._writer = WriterThread(self.path, synchronous=self.synchronous)
             await self._writer.open()
             self._reader = await _connect(self.path, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout = 5000")
             await self._reader.execute("PRAGMA query_only = 1")
+            self._setup = None
+            await setup.close()
         except BaseException as exc:
             await self._close_connections()
             self._release_lock()
