@@ -338,10 +338,7 @@ async def serve(config: Config, *, log: Any = None) -> int:
         where = await _listen(runner, sockets, config)
         daemon.log.info("jobd_listening", url=where, addresses=[list(a)[:2] for a in runner.addresses])
         daemon.notifier.ready(daemon.status_line())
-        # What start-up made (modules, the config, the jobs' schedules) lives as long as the
-        # process: out of the collector's sight, a full collection no longer walks it (~35 ms with
-        # 200 jobs, a pause that landed on cron fires and on event deliveries).
-        gc.freeze()
+        tune_gc()
         await daemon.stop_requested.wait()
         await daemon.drain()
     finally:
@@ -349,6 +346,23 @@ async def serve(config: Config, *, log: Any = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path once start-up is over.
+
+    A run leaves next to no cyclic garbage, but a burst keeps thousands of runs (and their futures
+    and tasks) alive at once, and with the default thresholds the collector walked all of them again
+    and again (a full collection of the heap, ~80 ms, every 2,400 runs): a third of the loop's time
+    in a batch.
+    What start-up made (modules, the config, the jobs' schedules, the app) lives as long as the
+    process and is moved out of its sight for good: a full collection no longer walks it (~35 ms with
+    200 jobs, a pause that landed on cron fires and on event deliveries; a freeze takes no time, a
+    collection first would add to the start-up). Young collections come less often, and a full one
+    after 100 rather than 10 of the middle generation.
+    """
+    gc.freeze()
+    gc.set_threshold(2000, 10, 100)
 
 
 async def _listen(runner: web.AppRunner, sockets: list[socket.socket], config: Config) -> str:

@@ -502,20 +502,43 @@ class RunContext:
         self._finished = True
 
 
+async def ended(task: asyncio.Future[Any], timeout: float | None = None) -> bool:
+    """Wait until `task` is done, whatever its outcome (True), or for `timeout` seconds (False);
+    being cancelled leaves the task running. What asyncio.wait({task}, timeout=...) does, at a
+    fraction of its cost per run: that checks each argument for being a coroutine (through an ABC
+    for a task), copies the set, and registers and removes a callback of its own."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[bool] = loop.create_future()
+    task.add_done_callback(functools.partial(_settle, waiter, True))
+    if timeout is None:
+        return await waiter
+    timer = loop.call_later(timeout, _settle, waiter, False, None)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool, _: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
+
+
 async def _run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace_s: float) -> Outcome:
     try:
         handler = job.resolve_handler()
     except ConfigError as exc:
         return Outcome(error=str(exc))
-    ctx = RunContext(run, job, reporter, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    ctx = RunContext(run, job, reporter, loop)
+    # loop.create_task(): ensure_future() first works out what it was given, ~1 us a run.
     if _is_async(handler):
-        call = asyncio.ensure_future(_call_async(handler, ctx, run.params))
+        call = loop.create_task(_call_async(handler, ctx, run.params))
     else:
-        call = asyncio.ensure_future(_in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}"))
+        call = loop.create_task(_in_daemon_thread(_call_sync, handler, ctx, run.params, name=f"run-{run.id}"))
     cancelled, stopping = True, False
     try:
-        done, _ = await asyncio.wait({call}, timeout=job.timeout_s)
-        if not done:
+        if not await ended(call, job.timeout_s):
             stopping = True
             error = f"timed out after {format_seconds(job.timeout_s or 0)}"
             if not await _stop_call(call, grace_s):
@@ -552,7 +575,7 @@ async def _stop_call(call: asyncio.Future[Any], grace_s: float) -> bool:
     """
     call.cancel()
     try:
-        await asyncio.wait({call}, timeout=grace_s)
+        await ended(call, grace_s)
     finally:
         if not call.done():
             call.add_done_callback(_ignore_outcome)

@@ -391,12 +391,11 @@ class RunService:
         run.started_at = run.updated_at
         announcement = status_update(run)
         self._unannounced[run.id] = False
-        committed = self.store.submit([run])
-        committed.add_done_callback(lambda f: self._announce_start(run, announcement, f))
+        self.store.submit_then(lambda error: self._announce_start(run, announcement, error), [run])
 
-    def _announce_start(self, run: Run, announcement: dict[str, Any], committed: asyncio.Future[None]) -> None:
+    def _announce_start(self, run: Run, announcement: dict[str, Any], error: Exception | None) -> None:
         changed_since = self._unannounced.pop(run.id, False)
-        if committed.cancelled() or committed.exception() is not None:
+        if error is not None:
             self.log.error("start_not_committed", run_id=run.id, job=run.job)
             return
         self.bus.publish("status_update", announcement, run_id=run.id, job=run.job, status="PROCESSING")
@@ -406,6 +405,11 @@ class RunService:
     def attach_task(self, run: Run, task: asyncio.Task[Any]) -> None:
         """The task running the handler: what `cancel()` stops."""
         self._tasks[run.id] = task
+
+    def detach_task(self, run: Run, task: asyncio.Task[Any]) -> None:
+        """The handler has ended: `task` (a worker's, which goes on to other runs) is not the run's any more."""
+        if self._tasks.get(run.id) is task:
+            del self._tasks[run.id]
 
     def report_progress(self, run: Run, percent: float, message: str | None) -> None:
         run.progress = max(0.0, min(100.0, float(percent)))
@@ -512,21 +516,19 @@ class RunService:
         rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
-        committed = self.store.submit(rows, job_states=[state.copy()])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        def on_commit(result: asyncio.Future[None]) -> None:
+        def on_commit(error: Exception | None) -> None:
             self._finishing.discard(run.id)
             if not self._finishing:
                 self._settled.set()
             try:
-                if result.cancelled() or result.exception() is not None:
+                if error is not None:
                     if retry is not None:
                         self._count(retry, -1)
                         self._untrack(retry)
-                    self.log.error("finish_not_committed", run_id=run.id, job=run.job,
-                                   error=None if result.cancelled() else str(result.exception()))
-                    _fail_quietly(done, result.exception() or asyncio.CancelledError())
+                    self.log.error("finish_not_committed", run_id=run.id, job=run.job, error=str(error))
+                    _fail_quietly(done, error)
                     return
                 run.assign(final)
                 self._finished(run, status, previous_status, state, previous_failures, retry)
@@ -537,7 +539,7 @@ class RunService:
             if not done.done():
                 done.set_result(None)
 
-        committed.add_done_callback(on_commit)
+        self.store.submit_then(on_commit, rows, job_states=[state.copy()])
         return done
 
     def _finished(

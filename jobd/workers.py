@@ -16,22 +16,12 @@ from typing import Any
 import structlog
 
 from jobd import runner
+from jobd.config import JobConfig
 from jobd.models import Run, RunStatus
 from jobd.runlog import RunLog, log_file
 from jobd.runs import INTERRUPTED, RunService, no_longer_configured
 
-
-def _ended(task: asyncio.Task[Any]) -> asyncio.Future[None]:
-    """Done when `task` is, whatever its outcome; cancelling the wait leaves the task running.
-    What asyncio.wait({task}) does, at a third of its cost per run."""
-    ended = asyncio.get_running_loop().create_future()
-
-    def done(_: asyncio.Task[Any]) -> None:
-        if not ended.done():
-            ended.set_result(None)
-
-    task.add_done_callback(done)
-    return ended
+OUTLASTED = INTERRUPTED + " (its handler outlasted the kill grace)"
 
 
 class _Reporter:
@@ -83,9 +73,10 @@ class WorkerPool:
         self.log = log or structlog.get_logger("jobd.workers")
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
-        self._handlers: dict[int, asyncio.Task[runner.Outcome]] = {}
+        self._handlers: dict[int, asyncio.Task[Any]] = {}  # a run's task, or its worker's (see _run_here)
         self._logs: dict[int, RunLog] = {}
         self._stopping = False
+        self._give_up_at: float | None = None  # loop time when a stop stops waiting for interrupted runs
         self._hurry = asyncio.Event()
 
     @property
@@ -131,28 +122,28 @@ class WorkerPool:
         run_log = RunLog(log_file(self._logs_dir, run.id), max_bytes=self.max_log_bytes,
                                 tail_bytes=self.log_tail_bytes)
         reporter = _Reporter(self.runs, run, run_log)
-        handler = asyncio.create_task(
-            runner.execute(job, run, reporter, kill_grace_s=self.kill_grace_s, environ=self.environ),
-            name=f"run-{run.id}",
-        )
-        self._handlers[run.id] = handler
         self._logs[run.id] = run_log
-        self.runs.attach_task(run, handler)
         try:
-            await _ended(handler)
+            if job.kind == "python":
+                outcome = await self._run_here(job, run, reporter)
+            else:
+                outcome = await self._run_in_task(job, run, reporter)
         finally:
             self._handlers.pop(run.id, None)
             self._logs.pop(run.id, None)
             run_log.close()
         tail = run_log.tail()
-        if handler.cancelled():
-            if run.id in self.runs.cancel_requested:
+        if outcome is None:  # stopped before its end
+            if self._outlasted():
+                # What stop() records for a run still here at its deadline; one that, ended in the
+                # same moment, reached this worker first is recorded the same way.
+                self._abandoned(run, tail)
+            elif run.id in self.runs.cancel_requested:
                 self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled", log_tail=tail)
             else:
                 run.log_tail = tail
                 self.runs.interrupt(run, INTERRUPTED)
             return
-        outcome = handler.result()
         if outcome.error is None:
             status = RunStatus.PARTIAL if run.counts.failed > 0 else RunStatus.COMPLETED
         else:
@@ -160,6 +151,38 @@ class WorkerPool:
         # The worker moves on at once; the run leaves the table when its commit is done.
         self.runs.finish(run, status, error=outcome.error, exit_code=outcome.exit_code,
                                result=outcome.result, log_tail=tail)
+
+    async def _run_in_task(self, job: JobConfig, run: Run, reporter: _Reporter) -> runner.Outcome | None:
+        """A command runs in a task of its own, which a stop may leave behind (a process SIGKILL
+        cannot end yet) while this worker is stopped. None when it was cancelled."""
+        handler = asyncio.create_task(
+            runner.execute(job, run, reporter, kill_grace_s=self.kill_grace_s, environ=self.environ),
+            name=f"run-{run.id}",
+        )
+        self._handlers[run.id] = handler
+        self.runs.attach_task(run, handler)
+        await runner.ended(handler)
+        return None if handler.cancelled() else handler.result()
+
+    async def _run_here(self, job: JobConfig, run: Run, reporter: _Reporter) -> runner.Outcome | None:
+        """A Python handler already runs in a task of its own, the one a stop leaves behind if it
+        ignores its cancellation; the runner's steps around it always end within the kill grace,
+        so they run in this worker's task, which is what stopping the run cancels: a task fewer
+        per run. None when it was cancelled."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._handlers[run.id] = me
+        self.runs.attach_task(run, me)
+        try:
+            return await runner.execute(job, run, reporter, kill_grace_s=self.kill_grace_s, environ=self.environ)
+        except asyncio.CancelledError:
+            if run.id not in self._handlers:  # stop() gave up on the run and is now stopping this worker
+                raise
+            while me.uncancel() > 0:  # the run's cancellation, not the worker's: it goes on
+                pass
+            return None
+        finally:
+            self.runs.detach_task(run, me)
 
     async def stop(self, grace_s: float) -> int:
         """Stop taking runs, let busy workers finish for up to `grace_s`, then interrupt the rest.
@@ -173,10 +196,12 @@ class WorkerPool:
         interrupted = len(self._handlers)
         for handler in list(self._handlers.values()):
             handler.cancel()
+        wait_s = self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25
+        self._give_up_at = asyncio.get_running_loop().time() + wait_s
         if busy:
             # Handlers now terminate their process groups (kill grace, then the pipes drain) and
             # are recorded as interrupted.
-            _, busy = await asyncio.wait(busy, timeout=self.kill_grace_s + runner.PIPE_DRAIN_S + 0.25)
+            _, busy = await asyncio.wait(busy, timeout=wait_s)
         for run_id in list(self._handlers):
             # The runner ends a handler within the kill grace (plus the pipes' drain) even if it ignores
             # its cancellation; one still here has outlasted that: an async handler blocking the event
@@ -187,10 +212,7 @@ class WorkerPool:
             self._handlers.pop(run_id, None)
             run_log = self._logs.get(run_id)
             if run is not None and run.status is RunStatus.PROCESSING:
-                self.log.warning("run_abandoned", run_id=run_id, job=run.job, reason="handler outlasted the kill grace")
-                if run_log is not None:
-                    run.log_tail = run_log.tail()
-                self.runs.interrupt(run, INTERRUPTED + " (its handler outlasted the kill grace)")
+                self._abandoned(run, run_log.tail() if run_log is not None else None)
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -198,6 +220,16 @@ class WorkerPool:
                 await task
         self._workers.clear()
         return interrupted
+
+    def _abandoned(self, run: Run, tail: str | None) -> None:
+        self.log.warning("run_abandoned", run_id=run.id, job=run.job, reason="handler outlasted the kill grace")
+        if tail is not None:
+            run.log_tail = tail
+        self.runs.interrupt(run, OUTLASTED)
+
+    def _outlasted(self) -> bool:
+        """Whether a stop has waited for the interrupted runs as long as it does (see stop())."""
+        return self._give_up_at is not None and asyncio.get_running_loop().time() >= self._give_up_at
 
     def hurry(self) -> None:
         """Cut the grace period short (a second stop signal)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from jobd.models import Run, RunStatus, TriggerSource
@@ -131,6 +131,14 @@ class Store(Protocol):
         job_states: Iterable[JobState] = (),
         keys: Iterable[IdempotencyKey] = (),
     ) -> asyncio.Future[None]: ...
+
+    def submit_then(
+        self,
+        then: Callable[[Exception | None], None],
+        runs: Iterable[Run] = (),
+        job_states: Iterable[JobState] = (),
+        keys: Iterable[IdempotencyKey] = (),
+    ) -> None: ...
 
     def write_lazy(self, run: Run) -> None: ...
 

@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import sqlite3
+import sys
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -27,6 +29,7 @@ from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
 from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked
 from jobd.store.migrations import migrate
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
+from jobd.store.sqlite_writer import WriterThread
 
 RUN_COLUMNS = (
     "id", "job", "status", "progress", "message", "triggered_by", "params", "attempt",
@@ -66,6 +69,8 @@ _UPSERT_JOB_STATE = _upserts("job_state", JOB_STATE_COLUMNS, "job")
 _rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
 _LAZY_FLUSH_S = 1.0
+CommitCallback = Callable[[Exception | None], None]
+T = TypeVar("T")
 
 
 async def _connect(path: Path, **kwargs: Any) -> aiosqlite.Connection:
@@ -81,12 +86,23 @@ async def _connect(path: Path, **kwargs: Any) -> aiosqlite.Connection:
         raise
 
 
-async def _upsert(db: aiosqlite.Connection, statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
+# A statement for the writer's thread: SQL, its parameters, and whether they are many rows.
+Statement = tuple[str, Sequence[Any], bool]
+
+
+def _upsert(statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> Statement:
     payload = _rows_json(rows)
     if "\\u0000" in payload:  # json_extract() would cut a string at a NUL: bind these row by row
-        await db.executemany(statements[0], rows)
-    else:
-        await db.execute(statements[1], (payload,))
+        return statements[0], rows, True
+    return statements[1], (payload,), False
+
+
+def _execute_all(statements: list[Statement], conn: sqlite3.Connection) -> None:
+    for sql, args, many in statements:
+        if many:
+            conn.executemany(sql, args)
+        else:
+            conn.execute(sql, args)
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -97,7 +113,7 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
     c = run.counts
     return (
         run.id, run.job, run.status.value, run.progress, run.message, run.triggered_by.value,
-        compact_json(run.params), run.attempt, run.max_attempts,
+        compact_json(run.params) if run.params else "{}", run.attempt, run.max_attempts,
         run.scheduled_for, run.run_after, run.created_at, run.started_at, run.finished_at,
         run.duration_ms, c.total, c.success, c.failed, c.skipped, _json_or_none(run.result),
         run.error, run.exit_code, run.retry_of, run.log_tail, run.updated_at,
@@ -162,19 +178,38 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+def _settle_all(waiters: list[asyncio.Future[None] | CommitCallback], error: Exception | None) -> None:
+    """In the order the rows were handed in: futures get their result (their callbacks and
+    awaiting tasks run soon), callbacks are called now."""
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future):
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+            continue
+        try:
+            waiter(error)
+        except Exception:
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a commit callback failed", "exception": sys.exc_info()[1]})
+
+
 class SQLiteStore:
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         self.path = Path(path)
         self.synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: WriterThread | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._setup: aiosqlite.Connection | None = None  # while open() migrates
         self._lock_file: int | None = None
         self._next_id = 1
         self._pending_runs: dict[int, Run] = {}
         self._pending_states: dict[str, JobState] = {}
         self._pending_keys: list[IdempotencyKey] = []
         self._lazy_runs: dict[int, Run] = {}
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None] | CommitCallback] = []
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._lazy_task: asyncio.Task[None] | None = None
@@ -188,19 +223,23 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
-            # The writer keeps sqlite3's implicit transactions: the first write of a batch begins
-            # one and commit() ends it, two hops to the database thread per batch instead of four.
-            self._writer = await _connect(self.path)
-            await self._writer.execute("PRAGMA journal_mode = WAL")
-            await self._writer.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            await self._writer.execute("PRAGMA busy_timeout = 5000")
-            await migrate(self._writer)
+            # Migrations on a connection of their own, closed once the writer's thread has taken
+            # over (not before: closing the last connection would checkpoint the WAL at start).
+            setup = self._setup = await _connect(self.path)
+            await setup.execute("PRAGMA journal_mode = WAL")
+            await setup.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            await setup.execute("PRAGMA busy_timeout = 5000")
+            await migrate(setup)
+            async with setup.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
+                row = await cur.fetchone()
+            self._next_id = int(row[0]) + 1 if row else 1
+            self._writer = WriterThread(self.path, synchronous=self.synchronous)
+            await self._writer.open()
             self._reader = await _connect(self.path, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout = 5000")
             await self._reader.execute("PRAGMA query_only = 1")
-            async with self._writer.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
-                row = await cur.fetchone()
-            self._next_id = int(row[0]) + 1 if row else 1
+            self._setup = None
+            await setup.close()
         except BaseException as exc:
             await self._close_connections()
             self._release_lock()
@@ -225,10 +264,10 @@ class SQLiteStore:
         self._release_lock()
 
     async def _close_connections(self) -> None:
-        for conn in (self._reader, self._writer):
+        for conn in (self._reader, self._setup, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._reader = self._setup = self._writer = None
 
     def _acquire_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -275,16 +314,32 @@ class SQLiteStore:
         keys: Iterable[IdempotencyKey] = (),
     ) -> asyncio.Future[None]:
         """Hand rows to the writer without waiting; the future is done once they are committed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._hand_in(runs, job_states, keys, waiter)
+        return waiter
+
+    def submit_then(
+        self,
+        then: CommitCallback,
+        runs: Iterable[Run] = (),
+        job_states: Iterable[JobState] = (),
+        keys: Iterable[IdempotencyKey] = (),
+    ) -> None:
+        """submit(), with `then(None)` called once the rows are committed (`then(error)` if that
+        failed), by the writer itself: no future, and no trip through the event loop's queue, per
+        transition. `then` must not raise or block; what it raises is logged and dropped."""
+        self._hand_in(runs, job_states, keys, then)
+
+    def _hand_in(self, runs: Iterable[Run], job_states: Iterable[JobState], keys: Iterable[IdempotencyKey],
+                 waiter: asyncio.Future[None] | CommitCallback) -> None:
         for run in runs:
             self._lazy_runs.pop(run.id, None)
             self._pending_runs[run.id] = run
         for state in job_states:
             self._pending_states[state.job] = state
         self._pending_keys.extend(keys)
-        waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._wake.set()
-        return waiter
 
     def write_lazy(self, run: Run) -> None:
         if run.id not in self._pending_runs:
@@ -310,13 +365,9 @@ class SQLiteStore:
             try:
                 await self._commit(runs.values(), states.values(), keys)
             except Exception as exc:  # fail the waiters; the loop itself must survive
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
+                _settle_all(waiters, exc)
                 continue
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            _settle_all(waiters, None)
 
     async def _commit(
         self, runs: Iterable[Run], states: Iterable[JobState], keys: list[IdempotencyKey]
@@ -331,27 +382,21 @@ class SQLiteStore:
         key_rows = [(k.job, k.key, k.run_id, k.created_at) for k in keys]
         if not (run_rows or state_rows or key_rows):
             return
-        async with self._transaction() as db:
-            if run_rows:
-                await _upsert(db, _UPSERT_RUN, run_rows)
-            if state_rows:
-                await _upsert(db, _UPSERT_JOB_STATE, state_rows)
-            if key_rows:
-                await db.executemany(_INSERT_KEY, key_rows)
+        statements: list[Statement] = []
+        if run_rows:
+            statements.append(_upsert(_UPSERT_RUN, run_rows))
+        if state_rows:
+            statements.append(_upsert(_UPSERT_JOB_STATE, state_rows))
+        if key_rows:
+            statements.append((_INSERT_KEY, key_rows, True))
+        await self._transaction(functools.partial(_execute_all, statements))
         self.commits += 1
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """One transaction on the writer's thread, one at a time (group commits, retention)."""
         assert self._writer is not None
-        db = self._writer
         async with self._write_lock:
-            try:
-                yield db
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await db.rollback()
-                raise
-            await db.commit()
+            return await self._writer.transaction(work)
 
     async def _lazy_loop(self) -> None:
         while True:
@@ -503,17 +548,18 @@ class SQLiteStore:
             if not kept and finished_at < cutoffs.get(RunStatus(status), -1)
         ]
         if doomed:
-            async with self._transaction() as db:
-                await db.executemany("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id, _ in doomed])
+            await self._transaction(functools.partial(
+                _execute_all, [("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id, _ in doomed], True)]))
         cursor = (int(rows[-1][2]), int(rows[-1][0])) if len(rows) == limit else None
         return DeletedRuns(doomed, cursor)
 
     async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int:
         """Delete up to `limit` keys created before `created_before`; returns how many went."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM idempotency WHERE rowid IN "
-                "(SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
+        def delete(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",
                 (created_before, limit),
             )
             return max(0, cursor.rowcount)
+
+        return await self._transaction(delete)

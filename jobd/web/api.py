@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 MAX_PAGE = 500
 MAX_IDEMPOTENCY_KEY = 200
+_TRIGGER_FIELDS = frozenset({"params", "runs", "overlap", "triggered_by"})
+_TRIGGER_SOURCES = {"api": TriggerSource.API, "manual": TriggerSource.MANUAL}
 routes = web.RouteTableDef()
 
 
@@ -35,8 +37,11 @@ def _daemon(request: web.Request) -> Daemon:
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=compact_json(data).encode(), status=status,
-                        content_type="application/json", headers=headers)
+    return json_text_response(compact_json(data), status=status, headers=headers)
+
+
+def json_text_response(text: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=text.encode(), status=status, content_type="application/json", headers=headers)
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -117,14 +122,15 @@ async def trigger_job(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     job = daemon.runs.job(request.match_info["name"])
     body = await read_json_object(request)
-    unknown = sorted(set(body) - {"params", "runs", "overlap", "triggered_by"})
-    if unknown:
+    if not _TRIGGER_FIELDS.issuperset(body):
+        unknown = sorted(set(body) - _TRIGGER_FIELDS)
         raise BadRequest(f"unknown field {unknown[0]!r} (expected params, runs, overlap, triggered_by)")
     overlap = body.get("overlap")
     if overlap is not None and overlap not in OVERLAP_POLICIES:
         raise BadRequest(f"overlap must be one of {', '.join(OVERLAP_POLICIES)}")
-    source = body.get("triggered_by", "api")
-    if source not in ("api", "manual"):
+    given = body.get("triggered_by", "api")
+    source = _TRIGGER_SOURCES.get(given) if isinstance(given, str) else None
+    if source is None:
         raise BadRequest("triggered_by must be 'api' or 'manual'")
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
@@ -151,11 +157,12 @@ async def trigger_job(request: web.Request) -> web.Response:
             if not isinstance(item, dict) or set(item) - {"params"}:
                 raise BadRequest(f"runs[{index}] must be an object with only 'params'")
             submissions.append(Submission(_params(item.get("params"), f"runs[{index}].params")))
-        runs = await daemon.runs.submit(job.name, submissions, triggered_by=TriggerSource(source), overlap=overlap)
-        return json_response({"runs": [run.to_json() for run in runs]}, status=202)
+        runs = await daemon.runs.submit(job.name, submissions, triggered_by=source, overlap=overlap)
+        return json_text_response('{"runs":[' + ",".join([run.to_json_text() for run in runs]) + "]}", status=202)
     submission = Submission(_params(body.get("params"), "params"), idempotency_key=key)
-    [run] = await daemon.runs.submit(job.name, [submission], triggered_by=TriggerSource(source), overlap=overlap)
-    return json_response({"run": run.to_json()}, status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"})
+    [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
+    return json_text_response('{"run":' + run.to_json_text() + "}", status=202,
+                              headers={"Location": f"{PREFIX}/runs/{run.id}"})
 
 
 @routes.post(PREFIX + "/jobs/{name}/pause")

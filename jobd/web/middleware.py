@@ -1,4 +1,4 @@
-"""Request middleware: request ids, the access log, and problem+json for every error.
+"""Request middleware: request ids, authentication, the access log, and problem+json for every error.
 
 All errors leave through `problem()`: domain errors map to their status, aiohttp's own HTTP
 errors (unknown route, wrong method, body too large) keep theirs, and anything unexpected is a
@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -52,7 +53,9 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def make_middleware(log: Any = None) -> Any:
+def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | None = None) -> Any:
+    """The one middleware of jobd's own: request ids, `check` (authentication) before the handler,
+    problem+json for errors, the access log. One frame per request rather than one per concern."""
     access_log = log or structlog.get_logger("jobd.access")
     # Request ids: a random per-process prefix and a counter; cheaper than uuid4 per request.
     prefix = uuid.uuid4().hex[:20]
@@ -65,6 +68,8 @@ def make_middleware(log: Any = None) -> Any:
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{prefix}{next(counter):012x}"
         request[REQUEST_ID] = request_id
         try:
+            if check is not None:
+                check(request)
             response = await handler(request)
         except JobdError as exc:
             response = problem(exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers(),
