@@ -37,6 +37,8 @@ from jobd.models import (
 from jobd.store import IdempotencyKey, JobState, RunFilter, Store
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+FINISH_RETRY_FIRST_S = 0.5  # a terminal state the store refused is written again after this, doubling
+FINISH_RETRY_MAX_S = 30.0
 # The error of a run that jobd stopped (or found still PROCESSING after a crash) before it ended.
 INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
 MAX_BACKOFF_S = 24 * 3600.0
@@ -516,20 +518,37 @@ class RunService:
         rows = [final] if retry is None else [final, retry]
         if retry is not None:
             self._track(retry)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        attempts = 0
 
-        def on_commit(error: Exception | None) -> None:
+        def submit() -> None:
+            try:
+                self.store.submit_then(on_commit, rows, job_states=[state.copy()])
+            except Exception as exc:  # the store has closed: the next start finds the run interrupted
+                settle()
+                self.log.error("finish_abandoned", run_id=run.id, job=run.job, error=str(exc))
+                _fail_quietly(done, exc)
+
+        def settle() -> None:
             self._finishing.discard(run.id)
             if not self._finishing:
                 self._settled.set()
+
+        def on_commit(error: Exception | None) -> None:
+            nonlocal attempts
+            if error is not None:
+                # The run has ended; the store must say so once it can write again (a full disk
+                # freed, a lock released). Until then it shows its last committed state.
+                attempts += 1
+                delay = min(FINISH_RETRY_MAX_S, FINISH_RETRY_FIRST_S * 2 ** (attempts - 1))
+                self.log.error("finish_not_committed", run_id=run.id, job=run.job, error=str(error),
+                               attempt=attempts, retry_in_s=delay)
+                loop.call_later(delay, submit)
+                _fail_quietly(done, error)  # whoever waits (a cancel request) hears of it now
+                return
+            settle()
             try:
-                if error is not None:
-                    if retry is not None:
-                        self._count(retry, -1)
-                        self._untrack(retry)
-                    self.log.error("finish_not_committed", run_id=run.id, job=run.job, error=str(error))
-                    _fail_quietly(done, error)
-                    return
                 run.assign(final)
                 self._finished(run, status, previous_status, state, previous_failures, retry)
             except Exception as exc:  # keep the run table alive whatever happens in a callback
@@ -539,7 +558,7 @@ class RunService:
             if not done.done():
                 done.set_result(None)
 
-        self.store.submit_then(on_commit, rows, job_states=[state.copy()])
+        submit()
         return done
 
     def _finished(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import uuid
 from typing import Any
 
@@ -521,4 +522,33 @@ async def test_firehose_summary_at_most_once_per_interval(serve):
     # Every change woke the publisher; only the first one was allowed through.
     assert len(published) == 1, published
     assert len([m for m in stream.messages if m.type == "summary"]) == 2
+    response.close()
+
+
+async def test_a_terminal_state_the_store_refuses_is_written_again_and_only_then_announced(serve):
+    """Another connection holds the store's write lock while a run ends: the commit fails after
+    the busy timeout, the run still shows PROCESSING, and once the lock is gone the retry commits
+    it and the stream gets COMPLETED."""
+    cap = structlog.testing.CapturingLogger()
+    s = await serve(log=structlog.wrap_logger(cap, processors=[]))
+    run_id, steps = await s.stepper()
+    response, stream = await s.open(f"/api/v1/runs/{run_id}/events")
+    assert [(await stream.next()).type for _ in range(2)] == ["connected", "status_update"]
+
+    blocker = sqlite3.connect(s.daemon.config.store.path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        steps.put_nowait(None)  # the handler returns; its COMPLETED cannot be written
+        refused = await wait_for(lambda: [call.kwargs for call in cap.calls
+                                          if call.kwargs.get("event") == "finish_not_committed"], timeout=20)
+        assert refused[0]["run_id"] == run_id and "locked" in refused[0]["error"]
+        async with s.session.get(f"/api/v1/runs/{run_id}") as shown:
+            assert (await shown.json())["run"]["status"] == "PROCESSING"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    message = await asyncio.wait_for(stream.next(), 20)
+    assert (message.type, message.data["status"]) == ("status_update", "COMPLETED")
+    async with s.session.get(f"/api/v1/runs/{run_id}") as shown:
+        assert (await shown.json())["run"]["status"] == "COMPLETED"
     response.close()
