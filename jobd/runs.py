@@ -537,9 +537,17 @@ class RunService:
 
         def on_commit(error: Exception | None) -> None:
             nonlocal attempts
+            if error is not None and not self.store.is_transient(error):
+                # Rows SQLite cannot take (no known input now): retrying would fail every batch
+                # they joined. The next start finds the run interrupted.
+                settle()
+                self.log.error("finish_not_committed", run_id=run.id, job=run.job, error=repr(error), retry_in_s=None)
+                _fail_quietly(done, error)
+                return
             if error is not None:
                 # The run has ended; the store must say so once it can write again (a full disk
-                # freed, a lock released). Until then it shows its last committed state.
+                # freed, a lock released, an I/O error gone). Until then it shows its last
+                # committed state.
                 attempts += 1
                 delay = min(FINISH_RETRY_MAX_S, FINISH_RETRY_FIRST_S * 2 ** (attempts - 1))
                 self.log.error("finish_not_committed", run_id=run.id, job=run.job, error=str(error),

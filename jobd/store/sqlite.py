@@ -341,6 +341,10 @@ class SQLiteStore:
         self._waiters.append(waiter)
         self._wake.set()
 
+    def is_transient(self, error: Exception) -> bool:
+        # SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR and their kind; bad rows raise other errors.
+        return isinstance(error, sqlite3.OperationalError)
+
     def write_lazy(self, run: Run) -> None:
         if run.id not in self._pending_runs:
             self._lazy_runs[run.id] = run
