@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 import re
+import sqlite3
 
 import pytest
 import sample_jobs
@@ -37,6 +38,24 @@ async def test_trigger_runs_to_completed_and_is_stored(start_daemon):
     assert body["run"]["progress"] == 100
     assert body["run"]["duration_ms"] is not None
     assert body["run"]["created_at"].endswith("Z")
+
+
+async def test_a_trigger_the_store_cannot_commit_is_503_and_leaves_nothing(start_daemon):
+    """Another connection holds the store's write lock past the busy timeout: the trigger is a
+    retryable 503 problem, nothing is queued, and the same trigger succeeds once the lock is gone."""
+    h = await start_daemon({"noop": NOOP})
+    blocker = sqlite3.connect(h.daemon.config.store.path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        refused = await h.trigger("noop", expect=503)
+        assert refused["type"] == "urn:jobd:problem:store-unavailable" and "locked" in refused["detail"]
+    finally:
+        blocker.rollback()
+        blocker.close()
+    queue = await h.get_json("/api/v1/queue")
+    assert (queue["pending"], queue["processing"], sum(queue["counts"].values())) == (0, 0, 0)
+    done = await h.finished((await h.trigger("noop"))["id"])
+    assert done.status is RunStatus.COMPLETED
 
 
 ISO_MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
