@@ -64,7 +64,8 @@ class Daemon:
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock or SystemClock()
         self.log = log or structlog.get_logger("jobd")
-        self.store = SQLiteStore(config.store.path, synchronous=config.store.synchronous)
+        self.store = SQLiteStore(config.store.path, synchronous=config.store.synchronous,
+                                 log=self.log.bind(component="store"))
         self.bus = EventBus(
             ring_size=config.events.ring_size,
             subscriber_buffer=config.events.subscriber_buffer,

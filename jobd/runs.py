@@ -34,7 +34,7 @@ from jobd.models import (
     iso_ms,
     now_ms,
 )
-from jobd.store import IdempotencyKey, JobState, RunFilter, Store
+from jobd.store import IdempotencyKey, JobState, RunFilter, Store, StoreUnavailable
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 FINISH_RETRY_FIRST_S = 0.5  # a terminal state the store refused is written again after this, doubling
@@ -537,7 +537,7 @@ class RunService:
 
         def on_commit(error: Exception | None) -> None:
             nonlocal attempts
-            if error is not None and not self.store.is_transient(error):
+            if error is not None and not isinstance(error, StoreUnavailable):
                 # Rows SQLite cannot take (no known input now): retrying would fail every batch
                 # they joined. The next start finds the run interrupted.
                 settle()

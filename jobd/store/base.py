@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from jobd.errors import Unavailable
 from jobd.models import Run, RunStatus, TriggerSource
 
 
@@ -22,6 +23,13 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another jobd process holds this store."""
+
+
+class StoreUnavailable(Unavailable):
+    """A write failed for a reason that may pass (a lock held too long, a full disk, an I/O error):
+    the same request may succeed later. Rows the database refuses raise other errors."""
+
+    slug = "store-unavailable"
 
 
 @dataclasses.dataclass(slots=True)
@@ -141,11 +149,6 @@ class Store(Protocol):
     ) -> None: ...
 
     def write_lazy(self, run: Run) -> None: ...
-
-    def is_transient(self, error: Exception) -> bool:
-        """Whether a failed commit may succeed if tried again (a lock, a full disk, an I/O error),
-        as opposed to rows the database will never take."""
-        ...
 
     async def flush(self) -> None: ...
 

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import structlog
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
-from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked
+from jobd.store.base import (DeletedRuns, IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked,
+                             StoreUnavailable)
 from jobd.store.migrations import migrate
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
 from jobd.store.sqlite_writer import WriterThread
@@ -197,9 +199,10 @@ def _settle_all(waiters: list[asyncio.Future[None] | CommitCallback], error: Exc
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "normal", log: Any = None) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
+        self.log = log or structlog.get_logger("jobd.store")
         self._writer: WriterThread | None = None
         self._reader: aiosqlite.Connection | None = None
         self._setup: aiosqlite.Connection | None = None  # while open() migrates
@@ -341,10 +344,6 @@ class SQLiteStore:
         self._waiters.append(waiter)
         self._wake.set()
 
-    def is_transient(self, error: Exception) -> bool:
-        # SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR and their kind; bad rows raise other errors.
-        return isinstance(error, sqlite3.OperationalError)
-
     def write_lazy(self, run: Run) -> None:
         if run.id not in self._pending_runs:
             self._lazy_runs[run.id] = run
@@ -369,6 +368,7 @@ class SQLiteStore:
             try:
                 await self._commit(runs.values(), states.values(), keys)
             except Exception as exc:  # fail the waiters; the loop itself must survive
+                self.log.error("commit_failed", error=str(exc), runs=len(runs), waiters=len(waiters))
                 _settle_all(waiters, exc)
                 continue
             _settle_all(waiters, None)
@@ -400,7 +400,10 @@ class SQLiteStore:
         """One transaction on the writer's thread, one at a time (group commits, retention)."""
         assert self._writer is not None
         async with self._write_lock:
-            return await self._writer.transaction(work)
+            try:
+                return await self._writer.transaction(work)
+            except sqlite3.OperationalError as exc:  # SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR and their kind
+                raise StoreUnavailable(f"the store cannot be used now ({exc}); try again") from exc
 
     async def _lazy_loop(self) -> None:
         while True:

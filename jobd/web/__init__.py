@@ -23,8 +23,7 @@ def create_app(daemon: Daemon) -> web.Application:
     ticketer = tickets.Tickets(daemon.config.auth.ticket_ttl_s)
     auth = Authenticator(daemon.config.auth, ticket_check=ticketer.check)
     app = web.Application(
-        middlewares=[make_middleware(daemon.log.bind(component="access"), check=auth.check,
-                                     transient=daemon.store.is_transient)],
+        middlewares=[make_middleware(daemon.log.bind(component="access"), check=auth.check)],
         client_max_size=daemon.config.server.max_body_bytes,
     )
     app[DAEMON] = daemon

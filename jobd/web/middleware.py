@@ -2,8 +2,7 @@
 
 All errors leave through `problem()`: domain errors map to their status, aiohttp's own HTTP
 errors (unknown route, wrong method, body too large) keep theirs, and anything unexpected is a
-generic 500 whose traceback goes to the log only, unless the store says it is a passing state of
-its own (a lock, a full disk): that is a 503 with Retry-After, since the same request may succeed.
+generic 500 whose traceback goes to the log only.
 """
 
 from __future__ import annotations
@@ -54,11 +53,9 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | None = None,
-                    transient: Callable[[Exception], bool] | None = None) -> Any:
+def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | None = None) -> Any:
     """The one middleware of jobd's own: request ids, `check` (authentication) before the handler,
-    problem+json for errors, the access log. One frame per request rather than one per concern.
-    `transient` tells the store's passing failures (503) from the unexpected (500)."""
+    problem+json for errors, the access log. One frame per request rather than one per concern."""
     access_log = log or structlog.get_logger("jobd.access")
     # Request ids: a random per-process prefix and a counter; cheaper than uuid4 per request.
     prefix = uuid.uuid4().hex[:20]
@@ -83,18 +80,11 @@ def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | N
             detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
             headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
             response = problem(exc.status, exc.reason, detail, slug=_slug(exc.reason), headers=headers)
-        except Exception as exc:
-            if transient is not None and transient(exc):
-                access_log.error("store_unavailable", request_id=request_id, method=request.method,
-                                 path=redact(request.path_qs), error=str(exc))
-                response = problem(503, "Service unavailable", f"the store cannot be used now ({exc}); try again",
-                                   slug="store-unavailable", headers={"Retry-After": "5"},
-                                   extra={"request_id": request_id})
-            else:
-                access_log.exception("request_failed", request_id=request_id, method=request.method,
-                                     path=redact(request.path_qs))
-                response = problem(500, "Internal error", "an unexpected error occurred; see the jobd log",
-                                   slug="internal-error", extra={"request_id": request_id})
+        except Exception:
+            access_log.exception("request_failed", request_id=request_id, method=request.method,
+                                 path=redact(request.path_qs))
+            response = problem(500, "Internal error", "an unexpected error occurred; see the jobd log",
+                               slug="internal-error", extra={"request_id": request_id})
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
         if not access_log.is_enabled_for(logging.INFO):
