@@ -180,17 +180,17 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
-def _settle_all(waiters: list[asyncio.Future[None] | CommitCallback], error: Exception | None) -> None:
-    """In the order the rows were handed in: futures get their result (their callbacks and
-    awaiting tasks run soon), callbacks are called now."""
+def _settle_future(future: asyncio.Future[None], error: Exception | None) -> None:
+    if not future.done():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+def _settle_all(waiters: list[CommitCallback], error: Exception | None) -> None:
+    """Call each, in the order the rows were handed in."""
     for waiter in waiters:
-        if isinstance(waiter, asyncio.Future):
-            if not waiter.done():
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
-            continue
         try:
             waiter(error)
         except Exception:
@@ -212,7 +212,7 @@ class SQLiteStore:
         self._pending_states: dict[str, JobState] = {}
         self._pending_keys: list[IdempotencyKey] = []
         self._lazy_runs: dict[int, Run] = {}
-        self._waiters: list[asyncio.Future[None] | CommitCallback] = []
+        self._waiters: list[CommitCallback] = []
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._lazy_task: asyncio.Task[None] | None = None
@@ -317,9 +317,9 @@ class SQLiteStore:
         keys: Iterable[IdempotencyKey] = (),
     ) -> asyncio.Future[None]:
         """Hand rows to the writer without waiting; the future is done once they are committed."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._hand_in(runs, job_states, keys, waiter)
-        return waiter
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.submit_then(functools.partial(_settle_future, future), runs, job_states, keys)
+        return future
 
     def submit_then(
         self,
@@ -331,17 +331,13 @@ class SQLiteStore:
         """submit(), with `then(None)` called once the rows are committed (`then(error)` if that
         failed), by the writer itself: no future, and no trip through the event loop's queue, per
         transition. `then` must not raise or block; what it raises is logged and dropped."""
-        self._hand_in(runs, job_states, keys, then)
-
-    def _hand_in(self, runs: Iterable[Run], job_states: Iterable[JobState], keys: Iterable[IdempotencyKey],
-                 waiter: asyncio.Future[None] | CommitCallback) -> None:
         for run in runs:
             self._lazy_runs.pop(run.id, None)
             self._pending_runs[run.id] = run
         for state in job_states:
             self._pending_states[state.job] = state
         self._pending_keys.extend(keys)
-        self._waiters.append(waiter)
+        self._waiters.append(then)
         self._wake.set()
 
     def write_lazy(self, run: Run) -> None:
