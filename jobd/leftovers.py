@@ -73,20 +73,24 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+def _stat(pid: int, proc: Path) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first, then the parent's pid)."""
+    try:
+        return Path(proc, str(pid), "stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _alive(pid: int, proc: Path) -> bool:
     """Running, not a zombie waiting for init to reap it."""
-    try:
-        stat = Path(proc, str(pid), "stat").read_bytes()
-    except OSError:
-        return False
-    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
+    fields = _stat(pid, proc)
+    return fields is not None and fields[0] != b"Z"
 
 
 def _ancestors(pid: int, proc: Path) -> Iterable[int]:
     while pid > 1:
         yield pid
-        try:
-            stat = Path(proc, str(pid), "stat").read_bytes()
-        except OSError:
+        fields = _stat(pid, proc)
+        if fields is None:
             return
-        pid = int(stat.rsplit(b")", 1)[1].split()[1])
+        pid = int(fields[1])
