@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= jobd.toml.example
 
-.PHONY: run test bench bench-quick check clean
+.PHONY: run test lint bench bench-quick check clean
 
 $(BIN)/jobd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ run: $(BIN)/jobd
 check: $(BIN)/jobd
 	$(BIN)/jobd check -c $(CONFIG)
 
-test: $(BIN)/jobd
+lint: $(BIN)/jobd
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(BIN)/jobd lint
 	bash scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
 

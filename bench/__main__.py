@@ -20,22 +20,47 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scenarios = registry()
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="jobd's benchmark suite (see README, Performance).",
+        prog="python -m bench",
+        description="jobd's benchmark suite (see README, Performance).",
         epilog="scenarios: " + "; ".join(f"{name}: {title}" for name, (title, _) in scenarios.items()),
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run with reduced counts (its figures are not comparable with the targets)")
-    parser.add_argument("--only", action="append", default=[], metavar="SCENARIO",
-                        help="run only this scenario (repeatable, or comma-separated)")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="run each scenario N times and report the median of each figure")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run with reduced counts (its figures are not comparable with the targets)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENARIO",
+        help="run only this scenario (repeatable, or comma-separated)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each scenario N times and report the median of each figure",
+    )
     parser.add_argument("--output", type=Path, help="the JSON file (default bench/results/results[-quick].json)")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample each daemon with py-spy into bench/results/profiles/ and print a summary")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"],
-                        help="the daemons' log level (default warning: at info each request and run logs a line)")
-    parser.add_argument("--synchronous", default="normal", choices=["normal", "full"],
-                        help="the daemons' store.synchronous (default normal, jobd's default)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample each daemon with py-spy into bench/results/profiles/ and print a summary",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning"],
+        help="the daemons' log level (default warning: at info each request and run logs a line)",
+    )
+    parser.add_argument(
+        "--synchronous",
+        default="normal",
+        choices=["normal", "full"],
+        help="the daemons' store.synchronous (default normal, jobd's default)",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (the README's)")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' folders (stores, logs) and say where")
     args = parser.parse_args(argv)
@@ -66,9 +91,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         repeats = []
         for repeat in range(args.repeat):
             try:
-                context = Context(args.quick, workdir / f"{name}-{repeat + 1}", name=name,
-                                  profile_dir=RESULTS / "profiles" if args.profile else None,
-                                  log_level=args.log_level, synchronous=args.synchronous)
+                context = Context(
+                    args.quick,
+                    workdir / f"{name}-{repeat + 1}",
+                    name=name,
+                    profile_dir=RESULTS / "profiles" if args.profile else None,
+                    log_level=args.log_level,
+                    synchronous=args.synchronous,
+                )
                 repeats.append(await scenario(context))
             except Exception as exc:  # one broken scenario must not hide the others' figures
                 failures[name] = f"{type(exc).__name__}: {exc}"
@@ -87,9 +117,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     for name, reason in failures.items():
         print(f"FAILED {name}: {reason}")
     output = args.output or RESULTS / ("results-quick.json" if args.quick else "results.json")
-    write_json(output, machine, figures, quick=args.quick,
-               extra={"repeat": args.repeat, "log_level": args.log_level, "synchronous": args.synchronous,
-                      "scenario_seconds": timings, "failures": failures})
+    write_json(
+        output,
+        machine,
+        figures,
+        quick=args.quick,
+        extra={
+            "repeat": args.repeat,
+            "log_level": args.log_level,
+            "synchronous": args.synchronous,
+            "scenario_seconds": timings,
+            "failures": failures,
+        },
+    )
     print(f"\nwritten to {output}")
     return 1 if failures else 0
 

@@ -121,17 +121,32 @@ class JobdProcess:
         self._notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         notify.setblocking(False)
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("PYTHONDEV", "PYTHONASYNCIODEBUG", "PYTHONTRACEMALLOC"))}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("PYTHONDEV", "PYTHONASYNCIODEBUG", "PYTHONTRACEMALLOC"))
+        }
         env.update(NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(REPO))
         loop = asyncio.get_running_loop()
         try:
             with open(self.log_path, "ab") as log:
                 started = time.perf_counter()
                 self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "jobd", "serve", "-c", str(self.config_path),
-                    "--log-format", "json", "--log-level", self.log_level,
-                    stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO, env=env,
+                    sys.executable,
+                    "-m",
+                    "jobd",
+                    "serve",
+                    "-c",
+                    str(self.config_path),
+                    "--log-format",
+                    "json",
+                    "--log-level",
+                    self.log_level,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=REPO,
+                    env=env,
                 )
             exited = asyncio.ensure_future(self.proc.wait())
             try:
@@ -141,8 +156,10 @@ class JobdProcess:
                         await asyncio.wait({received, exited}, return_when=asyncio.FIRST_COMPLETED)
                         if not received.done():
                             received.cancel()
-                            raise RuntimeError(f"jobd exited with {self.proc.returncode} before it was ready; "
-                                               f"see {self.log_path}:\n{self.log_tail()}")
+                            raise RuntimeError(
+                                f"jobd exited with {self.proc.returncode} before it was ready; "
+                                f"see {self.log_path}:\n{self.log_tail()}"
+                            )
                         if b"READY=1" in received.result().split(b"\n"):
                             break
             finally:

@@ -23,33 +23,49 @@ from jobd.store.migrations import DAY_MS, MIGRATIONS
 from jobd.store.sqlite import RUN_COLUMNS, run_to_row
 
 STATUS_WEIGHTS = {RunStatus.COMPLETED: 70, RunStatus.PARTIAL: 8, RunStatus.FAILED: 16, RunStatus.CANCELLED: 6}
-SOURCE_WEIGHTS = {TriggerSource.CRON: 50, TriggerSource.API: 25, TriggerSource.MANUAL: 10,
-                  TriggerSource.RETRY: 10, TriggerSource.CATCHUP: 5}
+SOURCE_WEIGHTS = {
+    TriggerSource.CRON: 50,
+    TriggerSource.API: 25,
+    TriggerSource.MANUAL: 10,
+    TriggerSource.RETRY: 10,
+    TriggerSource.CATCHUP: 5,
+}
 CHUNK = 50_000
 
 
-def generate(count: int, *, now_ms: int, days: int, jobs: Sequence[str], seed: int = 1) -> Iterator[list[tuple[Any, ...]]]:
+def generate(
+    count: int, *, now_ms: int, days: int, jobs: Sequence[str], seed: int = 1
+) -> Iterator[list[tuple[Any, ...]]]:
     """Store rows of `count` finished runs, oldest first (ids 1..count), in chunks."""
     rng = random.Random(seed)
     created = sorted(now_ms - rng.randrange(days * DAY_MS) for _ in range(count))
     statuses, status_weights = list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values())
     sources, source_weights = list(SOURCE_WEIGHTS), list(SOURCE_WEIGHTS.values())
     for start in range(0, count, CHUNK):
-        chunk = created[start:start + CHUNK]
+        chunk = created[start : start + CHUNK]
         status_of = rng.choices(statuses, status_weights, k=len(chunk))
         source_of = rng.choices(sources, source_weights, k=len(chunk))
         rows = []
         for offset, at in enumerate(chunk):
             started = at + rng.randrange(0, 2000)
             duration = rng.choice((rng.randrange(0, 50), rng.randrange(0, 5000), rng.randrange(0, 300_000), 1000))
-            run = Run(id=start + offset + 1, job=rng.choice(jobs), status=status_of[offset],
-                      triggered_by=source_of[offset], created_at=at, updated_at=started + duration,
-                      started_at=started, finished_at=started + duration, progress=100.0)
+            run = Run(
+                id=start + offset + 1,
+                job=rng.choice(jobs),
+                status=status_of[offset],
+                triggered_by=source_of[offset],
+                created_at=at,
+                updated_at=started + duration,
+                started_at=started,
+                finished_at=started + duration,
+                progress=100.0,
+            )
             if rng.random() < 0.7:
                 total = rng.randrange(0, 100)
                 failed = rng.randrange(0, 5)
-                run.counts = Counts(total=total, success=max(0, total - failed), failed=failed,
-                                    skipped=rng.randrange(0, 3))
+                run.counts = Counts(
+                    total=total, success=max(0, total - failed), failed=failed, skipped=rng.randrange(0, 3)
+                )
             rows.append(run_to_row(run))
         yield rows
 
@@ -91,5 +107,8 @@ def build(path: Path, *, runs: int, jobs: Sequence[str], days: int, now_ms: int)
     finally:
         conn.close()
     done = time.perf_counter()
-    return {"insert_s": round(inserted - started, 1), "migrations_s": round(done - inserted, 1),
-            "size_mb": round(path.stat().st_size / 1e6)}
+    return {
+        "insert_s": round(inserted - started, 1),
+        "migrations_s": round(done - inserted, 1),
+        "size_mb": round(path.stat().st_size / 1e6),
+    }

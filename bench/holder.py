@@ -43,7 +43,7 @@ def emit(message: dict[str, object]) -> None:
 
 
 class _Stream:
-    __slots__ = ("sock", "state", "partial")
+    __slots__ = ("partial", "sock", "state")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -91,7 +91,7 @@ class Holder:
         if end < 0:
             stream.partial = buffer
             return
-        complete, stream.partial = buffer[:end], buffer[end + 2:]
+        complete, stream.partial = buffer[:end], buffer[end + 2 :]
         if stream.state == "opening":
             if CONNECTED in complete:
                 stream.state = "ready"  # the opening snapshot and summary are not what is measured
@@ -151,8 +151,10 @@ def main() -> None:
     raise_open_files_limit(args.count + 256)
     where = urlsplit(args.url)
     host, port = where.hostname or "127.0.0.1", where.port or 80
-    request = (f"GET {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
-               "Cache-Control: no-cache\r\n\r\n").encode()
+    request = (
+        f"GET {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+        "Cache-Control: no-cache\r\n\r\n"
+    ).encode()
     holder = Holder((host, port), request, args.count)
     try:
         holder.serve(sys.stdin.fileno())
@@ -193,8 +195,17 @@ class HolderGroup:
     async def start(self, timeout: float = 180.0) -> None:
         for index, count in enumerate(self.counts):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.holder", "--url", self.url, "--path", self.path, "--count", str(count),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "bench.holder",
+                "--url",
+                self.url,
+                "--path",
+                self.path,
+                "--count",
+                str(count),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
             )
             self.procs.append(proc)
             self._readers.append(asyncio.create_task(self._read(index, proc)))

@@ -21,9 +21,11 @@ RATE_HZ = 200
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 _THREAD = re.compile(r"^thread \(\d+\): ")
 # The frames under everything (the interpreter, the event loop, the threads): no news in "total".
-_PLUMBING = re.compile(r"^(<module>|_run_module_as_main|_run_code|main|cmd_serve|run|Runner\.run|"
-                       r"BaseEventLoop\.(run_forever|run_until_complete|_run_once)|Handle\._run|"
-                       r"Thread\.(run|_bootstrap|_bootstrap_inner)) ")
+_PLUMBING = re.compile(
+    r"^(<module>|_run_module_as_main|_run_code|main|cmd_serve|run|Runner\.run|"
+    r"BaseEventLoop\.(run_forever|run_until_complete|_run_once)|Handle\._run|"
+    r"Thread\.(run|_bootstrap|_bootstrap_inner)) "
+)
 
 
 def py_spy() -> str:
@@ -37,8 +39,19 @@ async def start(pid: int, output: Path) -> asyncio.subprocess.Process:
     """Sample `pid` until it exits (the collapsed stacks are written then)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     return await asyncio.create_subprocess_exec(
-        py_spy(), "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw", "--threads",
-        "--output", str(output), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        py_spy(),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        str(RATE_HZ),
+        "--format",
+        "raw",
+        "--threads",
+        "--output",
+        str(output),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
 
@@ -50,7 +63,7 @@ def _short(frame: str) -> str:
     path = match["file"]
     for marker in ("site-packages/", "/lib/python3", "jobd/"):
         if marker in path:
-            path = path[path.index(marker) + len(marker):]
+            path = path[path.index(marker) + len(marker) :]
             break
     return f"{match['name']} ({path.split('/python3.11/')[-1]})"
 

@@ -62,10 +62,15 @@ class Figure:
 
     def to_json(self, quick: bool) -> dict[str, Any]:
         return {
-            "key": self.key, "scenario": self.scenario, "label": self.label, "unit": self.unit,
-            "value": self.value, "samples": self.samples,
+            "key": self.key,
+            "scenario": self.scenario,
+            "label": self.label,
+            "unit": self.unit,
+            "value": self.value,
+            "samples": self.samples,
             "target": None if self.target is None else {"op": self.target.op, "value": self.target.value},
-            "verdict": self.verdict(quick) or None, "notes": self.notes,
+            "verdict": self.verdict(quick) or None,
+            "notes": self.notes,
         }
 
 
@@ -113,8 +118,12 @@ def table(figures: Sequence[Figure], *, quick: bool) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) if i < 3 else cell
-                               for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        lines.append(
+            "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width) if i < 3 else cell
+                for i, (cell, width) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
@@ -128,8 +137,9 @@ def markdown(figures: Sequence[Figure], *, quick: bool) -> str:
         if len(figure.samples) > 1:
             low, high = min(figure.samples), max(figure.samples)
             measured += f" ({format_number(low, figure.unit).split()[0]}–{format_number(high, figure.unit).split()[0]})"
-        rows.append(f"| {figure.label} | {measured} | {format_target(figure.target, figure.unit)} | "
-                    f"{figure.verdict(quick)} |")
+        rows.append(
+            f"| {figure.label} | {measured} | {format_target(figure.target, figure.unit)} | {figure.verdict(quick)} |"
+        )
     return "\n".join(rows)
 
 
@@ -141,9 +151,14 @@ def spread(figure: Figure) -> float:
     return (max(figure.samples) - min(figure.samples)) / 2 / abs(median) * 100
 
 
-def write_json(path: Path, machine: dict[str, Any], figures: Sequence[Figure], *, quick: bool,
-               extra: dict[str, Any]) -> None:
+def write_json(
+    path: Path, machine: dict[str, Any], figures: Sequence[Figure], *, quick: bool, extra: dict[str, Any]
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"machine": machine, "mode": "quick" if quick else "full", **extra,
-                "figures": [figure.to_json(quick) for figure in figures]}
+    document = {
+        "machine": machine,
+        "mode": "quick" if quick else "full",
+        **extra,
+        "figures": [figure.to_json(quick) for figure in figures],
+    }
     path.write_text(json.dumps(document, indent=2) + "\n")

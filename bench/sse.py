@@ -53,8 +53,9 @@ class Firehose:
 
     async def __aenter__(self) -> Firehose:
         self._task = asyncio.create_task(self._read())
-        done, _ = await asyncio.wait({self._task, asyncio.ensure_future(self._connected.wait())},
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {self._task, asyncio.ensure_future(self._connected.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
         if self._task in done:
             self._task.result()  # raises what went wrong
             raise RuntimeError("the firehose ended before it connected")
@@ -69,8 +70,9 @@ class Firehose:
             pass
 
     async def _read(self) -> None:
-        async with self.session.get(f"{self.url}/api/v1/events", params=self.filters,
-                                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:
+        async with self.session.get(
+            f"{self.url}/api/v1/events", params=self.filters, timeout=aiohttp.ClientTimeout(total=None, sock_read=None)
+        ) as response:
             if response.status != 200:
                 raise RuntimeError(f"firehose: {response.status} {await response.text()}")
             async for arrived, data in messages(response):

@@ -92,7 +92,9 @@ class Alerter:
         if consecutive_failures == 1:
             text = f"jobd: job {job.name!r} failed ({describe_failure(run)})"
         else:
-            text = f"jobd: job {job.name!r} failed {consecutive_failures} times in a row (last: {describe_failure(run)})"
+            text = (
+                f"jobd: job {job.name!r} failed {consecutive_failures} times in a row (last: {describe_failure(run)})"
+            )
         self._log.error(
             "job_alert",
             job=job.name,
@@ -101,14 +103,16 @@ class Alerter:
             error=run.error,
             exit_code=run.exit_code,
         )
-        self._send({
-            "kind": "failure",
-            "job": job.name,
-            "run_id": run.id,
-            "error": run.error,
-            "consecutive_failures": consecutive_failures,
-            "text": text,
-        })
+        self._send(
+            {
+                "kind": "failure",
+                "job": job.name,
+                "run_id": run.id,
+                "error": run.error,
+                "consecutive_failures": consecutive_failures,
+                "text": text,
+            }
+        )
 
     def _recovery(self, job: JobConfig, run: Run, previous_failures: int) -> None:
         status = run.status.value.lower()
@@ -116,14 +120,16 @@ class Alerter:
         self._log.warning(
             "job_recovered", job=job.name, run_id=run.id, status=status, previous_failures=previous_failures
         )
-        self._send({
-            "kind": "recovery",
-            "job": job.name,
-            "run_id": run.id,
-            "status": status,
-            "previous_failures": previous_failures,
-            "text": text,
-        })
+        self._send(
+            {
+                "kind": "recovery",
+                "job": job.name,
+                "run_id": run.id,
+                "status": status,
+                "previous_failures": previous_failures,
+                "text": text,
+            }
+        )
 
     def _send(self, payload: dict[str, Any]) -> None:
         if self._config.webhook_url is None:
@@ -134,8 +140,11 @@ class Alerter:
         if len(self._tasks) >= self._max_in_flight:
             self._failed += 1
             self._log.warning(
-                "alert_webhook_dropped", reason="too many deliveries in flight",
-                in_flight=len(self._tasks), job=payload["job"], kind=payload["kind"],
+                "alert_webhook_dropped",
+                reason="too many deliveries in flight",
+                in_flight=len(self._tasks),
+                job=payload["job"],
+                kind=payload["kind"],
             )
             return
         task = asyncio.get_running_loop().create_task(self._deliver(self._session, payload))
@@ -160,15 +169,18 @@ class Alerter:
                         error = f"HTTP {response.status}"
                         # A 4xx will not get better by asking again (except when asked to slow down).
                         retry = response.status >= 500 or response.status == 429
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     error = f"{type(exc).__name__}: {exc}".rstrip(": ")
                     retry = True
                 if not retry:
                     break
             self._failed += 1
             self._log.warning(
-                "alert_webhook_failed", job=payload["job"], kind=payload["kind"],
-                attempts=attempt + 1, error=error,
+                "alert_webhook_failed",
+                job=payload["job"],
+                kind=payload["kind"],
+                attempts=attempt + 1,
+                error=error,
             )
         except asyncio.CancelledError:
             self._failed += 1

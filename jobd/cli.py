@@ -11,7 +11,7 @@ import shutil
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
@@ -63,23 +63,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=os.environ.get("JOBD_URL", DEFAULT_URL), help="default $JOBD_URL or %(default)s")
+        p.add_argument(
+            "--url", default=os.environ.get("JOBD_URL", DEFAULT_URL), help="default $JOBD_URL or %(default)s"
+        )
         p.add_argument("--token", default=os.environ.get("JOBD_TOKEN"), help="default $JOBD_TOKEN")
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
         return p
 
     trigger = client_parser("trigger", "start a run of a job")
     trigger.add_argument("job")
-    trigger.add_argument("--param", "-p", action="append", default=[], metavar="K=V",
-                         help="a parameter; K:=JSON for a non-string value (repeatable)")
+    trigger.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a parameter; K:=JSON for a non-string value (repeatable)",
+    )
     trigger.add_argument("--stdin", action="store_true", help="read one JSON object of params per line: one run each")
-    trigger.add_argument("--batch-size", type=int, default=1000, metavar="N",
-                         help="with --stdin: at most N runs per request (default %(default)s; "
-                              "fewer if the server's max_batch_runs is lower)")
+    trigger.add_argument(
+        "--batch-size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="with --stdin: at most N runs per request (default %(default)s; "
+        "fewer if the server's max_batch_runs is lower)",
+    )
     trigger.add_argument("--idempotency-key")
     trigger.add_argument("--overlap", choices=["skip", "buffer_one", "queue", "allow", "replace"])
-    trigger.add_argument("--wait", action="store_true",
-                         help="follow the run until it ends; exit 0 COMPLETED/PARTIAL, 1 FAILED, 2 CANCELLED")
+    trigger.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the run until it ends; exit 0 COMPLETED/PARTIAL, 1 FAILED, 2 CANCELLED",
+    )
     trigger.set_defaults(func=cmd_trigger)
 
     watch = client_parser("watch", "follow a run live until it ends (exit code as trigger --wait)")
@@ -160,7 +176,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("jobd: --count must be from 1 to 1000", file=sys.stderr)
         return EXIT_USAGE
     try:
-        start = _parse_instant(args.start) if args.start else datetime.now(timezone.utc)
+        start = _parse_instant(args.start) if args.start else datetime.now(UTC)
     except ValueError:
         print(f"jobd: --from: {args.start!r} is not an ISO-8601 time", file=sys.stderr)
         return EXIT_USAGE
@@ -171,8 +187,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             try:
                 fires[name] = [t.isoformat() for t in spec.next_fires(start, ZoneInfo(job.timezone), args.count)]
             except (ValueError, OverflowError):  # past the end of the calendar (year 9999)
-                print(f"jobd: --from: there are no {args.count} fire times of jobs.{name}.schedule after "
-                      f"{start.isoformat()}", file=sys.stderr)
+                print(
+                    f"jobd: --from: there are no {args.count} fire times of jobs.{name}.schedule after "
+                    f"{start.isoformat()}",
+                    file=sys.stderr,
+                )
                 return EXIT_USAGE
     if args.json:
         print(json.dumps({"ok": True, "jobs": {name: {"next": times} for name, times in fires.items()}}, indent=2))
@@ -190,7 +209,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _parse_instant(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # -- client commands -------------------------------------------------------------------------------
@@ -217,7 +236,7 @@ def _run_client(args: argparse.Namespace, action: Callable[[JobdClient], Any]) -
         return EXIT_FAILED
     except BrokenPipeError:
         raise  # our reader went away (`| head`): main() ends quietly
-    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, OSError, aiohttp.ClientError) as exc:
         print(f"jobd: cannot reach {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_UNREACHABLE
 
@@ -275,12 +294,14 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
     async def action(client: JobdClient) -> int:
         if batch is not None:
-            runs = await client.trigger_batched(args.job, batch, batch_size=args.batch_size, triggered_by="manual",
-                                                overlap=args.overlap)
+            runs = await client.trigger_batched(
+                args.job, batch, batch_size=args.batch_size, triggered_by="manual", overlap=args.overlap
+            )
             _emit(args, {"runs": runs}, lambda: _print_runs(runs))
             return EXIT_OK
-        run = await client.trigger(args.job, params, idempotency_key=args.idempotency_key, overlap=args.overlap,
-                                   triggered_by="manual")
+        run = await client.trigger(
+            args.job, params, idempotency_key=args.idempotency_key, overlap=args.overlap, triggered_by="manual"
+        )
         if args.wait:
             return await follow(client, run["id"], json_lines=args.json)
         _emit(args, {"run": run}, lambda: print(f"run {run['id']} of {run['job']}: {run['status']}"))
@@ -307,9 +328,25 @@ def cmd_show(args: argparse.Namespace) -> int:
         run = await client.get_run(args.run_id)
 
         def human() -> None:
-            for key in ("id", "job", "status", "progress", "message", "triggered_by", "params", "attempt",
-                        "created_at", "started_at", "finished_at", "duration_ms", "counts", "result", "error",
-                        "exit_code", "retry_of"):
+            for key in (
+                "id",
+                "job",
+                "status",
+                "progress",
+                "message",
+                "triggered_by",
+                "params",
+                "attempt",
+                "created_at",
+                "started_at",
+                "finished_at",
+                "duration_ms",
+                "counts",
+                "result",
+                "error",
+                "exit_code",
+                "retry_of",
+            ):
                 value = run.get(key)
                 # JSON values as JSON (null, "quotes"), not as Python writes them.
                 shown = "-" if value is None else value if isinstance(value, str) else json.dumps(value)
@@ -360,12 +397,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         def human() -> None:
             w = queue["workers"]
             age = queue["oldest_pending_age_s"]
-            waiting = (f"{queue['pending']} pending, oldest pending {age}s" if queue["pending"] and age is not None
-                       else "none pending")
+            waiting = (
+                f"{queue['pending']} pending, oldest pending {age}s"
+                if queue["pending"] and age is not None
+                else "none pending"
+            )
             print(f"workers {w['busy']}/{w['total']} busy, {waiting}")
-            rows = [[j["name"], j["schedule"] or "-", "paused" if j["paused"] else ("running" if j["is_running"] else "idle"),
-                     j["next_run_at"] or "-", (j["last_run"] or {}).get("status", "-"), str(j["consecutive_failures"])]
-                    for j in jobs]
+            rows = [
+                [
+                    j["name"],
+                    j["schedule"] or "-",
+                    "paused" if j["paused"] else ("running" if j["is_running"] else "idle"),
+                    j["next_run_at"] or "-",
+                    (j["last_run"] or {}).get("status", "-"),
+                    str(j["consecutive_failures"]),
+                ]
+                for j in jobs
+            ]
             _table(["JOB", "SCHEDULE", "STATE", "NEXT RUN", "LAST", "FAILS"], rows)
 
         _emit(args, {"queue": queue, "jobs": jobs}, human)
@@ -382,9 +430,19 @@ def _emit(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> Non
 
 
 def _print_runs(runs: list[dict[str, Any]], total: int | None = None) -> None:
-    rows = [[str(r["id"]), r["job"], r["status"], f"{r['progress']:g}%", r["triggered_by"], r["created_at"] or "-",
-             "-" if r["duration_ms"] is None else f"{r['duration_ms']}ms", (r["error"] or r["message"] or "")[:50]]
-            for r in runs]
+    rows = [
+        [
+            str(r["id"]),
+            r["job"],
+            r["status"],
+            f"{r['progress']:g}%",
+            r["triggered_by"],
+            r["created_at"] or "-",
+            "-" if r["duration_ms"] is None else f"{r['duration_ms']}ms",
+            (r["error"] or r["message"] or "")[:50],
+        ]
+        for r in runs
+    ]
     _table(["ID", "JOB", "STATUS", "PROGRESS", "TRIGGER", "CREATED", "DURATION", "MESSAGE"], rows)
     if total is not None and total > len(runs):
         print(f"({len(runs)} of {total})")
@@ -452,5 +510,8 @@ class ProgressView:
         if self.tty:
             self.out.write("\n")
         detail = update.get("error") or ""
-        print(f"run {update['run_id']} {update['job']}: {update['status']}" + (f": {detail}" if detail else ""),
-              file=self.out, flush=True)
+        print(
+            f"run {update['run_id']} {update['job']}: {update['status']}" + (f": {detail}" if detail else ""),
+            file=self.out,
+            flush=True,
+        )

@@ -1,10 +1,10 @@
 """An asyncio client for jobd's HTTP API, usable from any asyncio program.
 
-    async with JobdClient("http://127.0.0.1:8080", token="...") as client:
-        run = await client.trigger("nightly", params={"day": "2026-11-23"})
-        run = await client.get_run(run["id"])
-        async for update in client.watch(run["id"]):     # live, over Server-Sent Events
-            print(update["status"], update["progress"], update["message"])
+async with JobdClient("http://127.0.0.1:8080", token="...") as client:
+    run = await client.trigger("nightly", params={"day": "2026-11-23"})
+    run = await client.get_run(run["id"])
+    async for update in client.watch(run["id"]):     # live, over Server-Sent Events
+        print(update["status"], update["progress"], update["message"])
 """
 
 from __future__ import annotations
@@ -50,8 +50,14 @@ def _api_error(status: int, reason: str | None, text: str) -> ApiError:
 
 
 class JobdClient:
-    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout_s: float = 30.0,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -82,11 +88,19 @@ class JobdClient:
         headers.update(extra or {})
         return headers
 
-    async def request(self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None,
-                      headers: Mapping[str, str] | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
-        async with self.session.request(method, self.url + path, json=json_body, params=query,
-                                        headers=self.headers(headers)) as response:
+        async with self.session.request(
+            method, self.url + path, json=json_body, params=query, headers=self.headers(headers)
+        ) as response:
             text = await response.text()
             if response.status >= 400:
                 raise _api_error(response.status, response.reason, text)
@@ -94,8 +108,9 @@ class JobdClient:
                 try:
                     return json.loads(text)
                 except ValueError:
-                    raise ApiError(response.status, "Invalid response", f"{method} {path} did not answer JSON: "
-                                   f"{text[:100]!r}") from None
+                    raise ApiError(
+                        response.status, "Invalid response", f"{method} {path} did not answer JSON: {text[:100]!r}"
+                    ) from None
             return text
 
     # -- jobs ------------------------------------------------------------------------------
@@ -106,23 +121,38 @@ class JobdClient:
     async def job(self, name: str) -> dict[str, Any]:
         return (await self.request("GET", _job_path(name)))["job"]
 
-    async def trigger(self, job: str, params: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None,
-                      overlap: str | None = None, triggered_by: str = "api") -> dict[str, Any]:
+    async def trigger(
+        self,
+        job: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        overlap: str | None = None,
+        triggered_by: str = "api",
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"params": dict(params or {}), "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return (await self.request("POST", _job_path(job, "trigger"), json_body=body, headers=headers))["run"]
 
-    async def trigger_many(self, job: str, params: Sequence[Mapping[str, Any]], *, triggered_by: str = "api",
-                           overlap: str | None = None) -> list[dict[str, Any]]:
+    async def trigger_many(
+        self, job: str, params: Sequence[Mapping[str, Any]], *, triggered_by: str = "api", overlap: str | None = None
+    ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"runs": [{"params": dict(p)} for p in params], "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
         return (await self.request("POST", _job_path(job, "trigger"), json_body=body))["runs"]
 
-    async def trigger_batched(self, job: str, params: Sequence[Mapping[str, Any]], *, batch_size: int = 1000,
-                              triggered_by: str = "api", overlap: str | None = None) -> list[dict[str, Any]]:
+    async def trigger_batched(
+        self,
+        job: str,
+        params: Sequence[Mapping[str, Any]],
+        *,
+        batch_size: int = 1000,
+        triggered_by: str = "api",
+        overlap: str | None = None,
+    ) -> list[dict[str, Any]]:
         """One run per item of `params`, at most `batch_size` to a request, and never more than the server
         takes: a batch it refuses as too large is sent again in pieces of the size its answer names."""
         if batch_size < 1:
@@ -130,7 +160,7 @@ class JobdClient:
         runs: list[dict[str, Any]] = []
         start = 0
         while start < len(params):
-            chunk = params[start:start + batch_size]
+            chunk = params[start : start + batch_size]
             try:
                 runs += await self.trigger_many(job, chunk, triggered_by=triggered_by, overlap=overlap)
             except ApiError as exc:
@@ -174,8 +204,9 @@ class JobdClient:
 
     # -- live status -----------------------------------------------------------------------
 
-    async def watch(self, run_id: int, *, poll_interval: float = 1.0,
-                    max_backoff: float = 30.0) -> AsyncIterator[dict[str, Any]]:
+    async def watch(
+        self, run_id: int, *, poll_interval: float = 1.0, max_backoff: float = 30.0
+    ) -> AsyncIterator[dict[str, Any]]:
         """Yield the run's `status_update`s as they happen, ending after its terminal status.
 
         Uses the run's event stream, reconnecting with Last-Event-ID and exponential backoff
@@ -196,7 +227,7 @@ class JobdClient:
                     if exc.status < 500:
                         raise
                     update = None
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError, OSError):
                     update = None
                 if update is None:
                     failures += 1
@@ -236,7 +267,7 @@ class JobdClient:
                 broken = BROKEN_STREAMS_BEFORE_POLLING if exc.fall_back else broken + 1
             except aiohttp.ClientConnectorError:
                 pass  # nobody listening (a restart, say): back off and try again
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 if received == 0:
                     broken += 1
             if broken >= BROKEN_STREAMS_BEFORE_POLLING:
@@ -251,7 +282,9 @@ class JobdClient:
             pass
         return await self.get_run(run_id)
 
-    async def _event_stream(self, path: str, last_event_id: str | None) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+    async def _event_stream(
+        self, path: str, last_event_id: str | None
+    ) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
         """(id, data) of each message of one connection to an event stream."""
         headers = self.headers({"Accept": "text/event-stream"})
         if last_event_id is not None:
@@ -260,8 +293,9 @@ class JobdClient:
         async with self.session.get(self.url + path, headers=headers, timeout=timeout) as response:
             if response.status == 204:
                 raise _StreamUnavailable(finished=True)
-            if response.status in (404, 503) or (response.status == 200
-                                                 and response.content_type != "text/event-stream"):
+            if response.status in (404, 503) or (
+                response.status == 200 and response.content_type != "text/event-stream"
+            ):
                 raise _StreamUnavailable(fall_back=True)
             if response.status in (401, 403):
                 raise _api_error(response.status, response.reason, await response.text())

@@ -199,10 +199,7 @@ def parse_config(
     retention = _retention(top.table("retention"))
     metrics = _metrics(top.table("metrics"))
     jobs_table = top.table("jobs")
-    jobs = {
-        name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir)
-        for name in list(jobs_table.raw)
-    }
+    jobs = {name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir) for name in list(jobs_table.raw)}
     jobs_table.done()
     top.done()
     if not auth.enabled and not is_loopback(server.host):
@@ -260,8 +257,7 @@ class _Table:
             raise ConfigError(f"{self.key(name)}: {value!r} is not one of {', '.join(choices)}")
         return value
 
-    def number(self, name: str, default: float | None, *, minimum: float = 0.0,
-               maximum: float = MAX_NUMBER) -> Any:
+    def number(self, name: str, default: float | None, *, minimum: float = 0.0, maximum: float = MAX_NUMBER) -> Any:
         value = self.get(name, (int, float), default, "a number")
         if value is None:
             return None
@@ -308,8 +304,12 @@ class _Table:
 
 def _type_name(value: Any) -> str:
     return {
-        str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-        list: "a list", dict: "a table",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a table",
     }.get(type(value), type(value).__name__)
 
 
@@ -331,8 +331,10 @@ def _origins(t: _Table) -> tuple[str, ...]:
     origins = t.strings("cors_origins")
     for i, origin in enumerate(origins):
         if origin != "*" and not _ORIGIN.fullmatch(origin):
-            raise ConfigError(f"{t.key('cors_origins')}[{i}]: {origin!r} is not an origin: write it as a browser "
-                              "sends it, e.g. 'https://app.example.com' (no path, no trailing /), or '*'")
+            raise ConfigError(
+                f"{t.key('cors_origins')}[{i}]: {origin!r} is not an origin: write it as a browser "
+                "sends it, e.g. 'https://app.example.com' (no path, no trailing /), or '*'"
+            )
     return origins
 
 

@@ -19,7 +19,7 @@ import calendar
 import dataclasses
 import functools
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -36,7 +36,7 @@ ALIASES = {
     "@hourly": "0 * * * *",
 }
 
-_UTC = timezone.utc
+_UTC = UTC
 _SECOND = timedelta(seconds=1)
 # Offset changes are searched for in steps of this size; two changes inside one step
 # that cancel each other out would be missed, and no zone has those.
@@ -323,7 +323,7 @@ def _every(field: str, unit: str) -> str | None:
         step = int(field[2:])
         return f"every {unit}" if step == 1 else f"every {step} {unit}s"
     stepped = _STEP_TO_END.fullmatch(field)
-    if stepped is not None and 0 < int(stepped[2]) and int(stepped[1]) < 60:
+    if stepped is not None and int(stepped[2]) > 0 and int(stepped[1]) < 60:
         start, step = int(stepped[1]), int(stepped[2])
         return f"every {unit} from {unit} {start}" if step == 1 else f"every {step} {unit}s from {unit} {start}"
     return None

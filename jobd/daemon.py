@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -32,13 +32,13 @@ from jobd.alerts import Alerter
 from jobd.config import Config, ConfigError, is_loopback, load_config
 from jobd.errors import OverlapConflict
 from jobd.events import EventBus
+from jobd.leftovers import STORE_VARIABLE, find_leftovers, stop_leftovers, store_marker
 from jobd.metrics import Metrics
 from jobd.models import TriggerSource, iso_ms, now_ms
 from jobd.retention import Retention
 from jobd.runs import INTERRUPTED, RunService, Submission
 from jobd.scheduler import FireRequest, Scheduler, SystemClock
 from jobd.store import SQLiteStore
-from jobd.leftovers import STORE_VARIABLE, find_leftovers, stop_leftovers, store_marker
 from jobd.systemd import SystemdNotifier, clean_child_environ, listen_sockets
 from jobd.workers import WorkerPool
 
@@ -64,8 +64,9 @@ class Daemon:
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock or SystemClock()
         self.log = log or structlog.get_logger("jobd")
-        self.store = SQLiteStore(config.store.path, synchronous=config.store.synchronous,
-                                 log=self.log.bind(component="store"))
+        self.store = SQLiteStore(
+            config.store.path, synchronous=config.store.synchronous, log=self.log.bind(component="store")
+        )
         self.bus = EventBus(
             ring_size=config.events.ring_size,
             subscriber_buffer=config.events.subscriber_buffer,
@@ -89,8 +90,13 @@ class Daemon:
         self.runs.finished_hooks.append(self.alerter.run_finished)
         self.metrics = Metrics(self)
         self.runs.finished_hooks.append(self.metrics.run_finished)
-        self.retention = Retention(config.retention, store=self.store, runs=self.runs, logs_dir=config.store.logs_dir,
-                                   log=self.log.bind(component="retention"))
+        self.retention = Retention(
+            config.retention,
+            store=self.store,
+            runs=self.runs,
+            logs_dir=config.store.logs_dir,
+            log=self.log.bind(component="retention"),
+        )
         self.notifier = SystemdNotifier.from_environ(self.environ, log=self.log.bind(component="systemd"))
         self.scheduler: Scheduler | None = None
         self.ready = False
@@ -132,7 +138,7 @@ class Daemon:
             clock=self.clock,
             paused=[name for name, state in states.items() if state.paused],
             last_fires={
-                name: datetime.fromtimestamp(state.last_fire_at / 1000, tz=timezone.utc)
+                name: datetime.fromtimestamp(state.last_fire_at / 1000, tz=UTC)
                 for name, state in states.items()
                 if state.last_fire_at is not None
             },
@@ -145,8 +151,13 @@ class Daemon:
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self._status_loop(), name="systemd-status"))
         self.ready = True
-        self.log.info("jobd_started", jobs=len(self.config.jobs), workers=self.pool.concurrency,
-                      store=str(self.config.store.path), pending=self.runs.queued_count())
+        self.log.info(
+            "jobd_started",
+            jobs=len(self.config.jobs),
+            workers=self.pool.concurrency,
+            store=str(self.config.store.path),
+            pending=self.runs.queued_count(),
+        )
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Stop intake and the scheduler; give running jobs the grace, then interrupt them."""
@@ -194,8 +205,7 @@ class Daemon:
     def status_line(self) -> str:
         """systemd's STATUS=: a short summary for `systemctl status`."""
         snapshot = self.runs.queue_snapshot(self.pool.concurrency)
-        line = (f"{len(self.config.jobs)} jobs, {snapshot['pending']} pending, "
-                f"{snapshot['processing']} running")
+        line = f"{len(self.config.jobs)} jobs, {snapshot['pending']} pending, {snapshot['processing']} running"
         return f"stopping: {line}" if self.stopping else line
 
     async def _status_loop(self) -> None:
@@ -216,16 +226,22 @@ class Daemon:
         source = TriggerSource.CATCHUP if request.catchup else TriggerSource.CRON
         skipped: dict[str, Any] | None = None
         try:
-            await self.runs.submit(request.job, [Submission()], triggered_by=source, scheduled_for=scheduled_ms,
-                                   job_state=state)
+            await self.runs.submit(
+                request.job, [Submission()], triggered_by=source, scheduled_for=scheduled_ms, job_state=state
+            )
             return
         except OverlapConflict as exc:
             state.skipped_fires += 1
             # The scheduler's clock, like scheduled_for, so the two can be compared.
             state.last_skipped_at = _epoch_ms(self.clock.now())
-            skipped = {"job": request.job, "scheduled_for": iso_ms(scheduled_ms),
-                       "skipped_at": iso_ms(state.last_skipped_at), "skipped_fires": state.skipped_fires,
-                       "active_run_ids": exc.extra.get("active_run_ids", []), "reason": exc.detail}
+            skipped = {
+                "job": request.job,
+                "scheduled_for": iso_ms(scheduled_ms),
+                "skipped_at": iso_ms(state.last_skipped_at),
+                "skipped_fires": state.skipped_fires,
+                "active_run_ids": exc.extra.get("active_run_ids", []),
+                "reason": exc.detail,
+            }
             self.log.info("fire_skipped", **skipped)
         await self.store.write(job_states=[state])
         if skipped is not None:
@@ -261,16 +277,22 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("reload_refused", error=str(exc))
             return False
-        ignored = [field.name for field in dataclasses.fields(Config) if field.name not in ("jobs", "source")
-                   and getattr(new, field.name) != getattr(self.config, field.name)]
+        ignored = [
+            field.name
+            for field in dataclasses.fields(Config)
+            if field.name not in ("jobs", "source") and getattr(new, field.name) != getattr(self.config, field.name)
+        ]
         self.config = dataclasses.replace(self.config, jobs=new.jobs)
         self.runs.reconfigure(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)
         self.log.info("config_reloaded", jobs=len(new.jobs))
         if ignored:
-            self.log.warning("reload_needs_restart", sections=ignored,
-                             detail="only [jobs] changes apply on reload; restart jobd for the rest")
+            self.log.warning(
+                "reload_needs_restart",
+                sections=ignored,
+                detail="only [jobs] changes apply on reload; restart jobd for the rest",
+            )
         return True
 
 
@@ -302,8 +324,13 @@ async def serve(config: Config, *, log: Any = None) -> int:
     # The streams, plus room for the store, job processes' pipes and the API's other clients.
     soft, hard = raise_open_files_limit(config.server.max_streams + 1024)
     if soft != resource.RLIM_INFINITY and soft < config.server.max_streams:
-        daemon.log.warning("open_files_limit_low", limit=soft, hard_limit=hard, max_streams=config.server.max_streams,
-                           hint="raise LimitNOFILE= (systemd) or ulimit -Hn, or lower server.max_streams")
+        daemon.log.warning(
+            "open_files_limit_low",
+            limit=soft,
+            hard_limit=hard,
+            max_streams=config.server.max_streams,
+            hint="raise LimitNOFILE= (systemd) or ulimit -Hn, or lower server.max_streams",
+        )
     app = create_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     loop = asyncio.get_running_loop()
@@ -423,4 +450,4 @@ class _StopDeadline:
         os._exit(0 if closed else 1)
 
 
-__all__ = ["Daemon", "INTERRUPTED", "serve"]
+__all__ = ["INTERRUPTED", "Daemon", "serve"]

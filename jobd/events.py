@@ -26,10 +26,18 @@ class Event:
     """One published event. Its SSE frame is encoded when first asked for, then kept: once per
     event at most, and not at all for an event no stream takes (and none replays)."""
 
-    __slots__ = ("id", "type", "run_id", "job", "status", "data", "coalescible", "_frame")
+    __slots__ = ("_frame", "coalescible", "data", "id", "job", "run_id", "status", "type")
 
-    def __init__(self, id: int, type: str, run_id: int | None, job: str | None, status: str | None,
-                 data: dict[str, Any], coalescible: bool = False) -> None:
+    def __init__(
+        self,
+        id: int,
+        type: str,
+        run_id: int | None,
+        job: str | None,
+        status: str | None,
+        data: dict[str, Any],
+        coalescible: bool = False,
+    ) -> None:
         self.id = id
         self.type = type
         self.run_id = run_id
@@ -73,8 +81,22 @@ def encode_frame(event_id: int | None, data: dict[str, Any]) -> bytes:
 class Subscriber:
     """One consumer's bounded view of the bus."""
 
-    __slots__ = ("bus", "run_id", "accepts", "capacity", "_entries", "_live", "_by_run",
-                 "_waiter", "_poked", "overflowed", "closed", "delivered", "wants_logs", "sink")
+    __slots__ = (
+        "_by_run",
+        "_entries",
+        "_live",
+        "_poked",
+        "_waiter",
+        "accepts",
+        "bus",
+        "capacity",
+        "closed",
+        "delivered",
+        "overflowed",
+        "run_id",
+        "sink",
+        "wants_logs",
+    )
 
     def __init__(
         self,
@@ -255,8 +277,7 @@ class EventBus:
         capacity: int | None = None,
     ) -> Subscriber:
         """A run's events (run_id given) or every run's events (the firehose)."""
-        sub = Subscriber(self, run_id=run_id, accepts=accepts, capacity=capacity or self._buffer,
-                         wants_logs=wants_logs)
+        sub = Subscriber(self, run_id=run_id, accepts=accepts, capacity=capacity or self._buffer, wants_logs=wants_logs)
         if self.closed:
             sub.closed = True
             return sub
@@ -317,8 +338,14 @@ class EventBus:
             self._ring.append(event)
         self.published += 1
         if run_id is not None and run_id in self._by_run:
-            self._offer(event, [sub for sub in self._by_run[run_id] if (type_ != "log" or sub.wants_logs)
-                                and (sub.accepts is None or sub.accepts(event))])
+            self._offer(
+                event,
+                [
+                    sub
+                    for sub in self._by_run[run_id]
+                    if (type_ != "log" or sub.wants_logs) and (sub.accepts is None or sub.accepts(event))
+                ],
+            )
         for (accepts, wants_logs), group in list(self._firehose.items()):
             if type_ == "log" and not wants_logs:
                 continue
@@ -350,6 +377,8 @@ class EventBus:
     def close_all(self) -> None:
         """Shutdown: every subscriber is woken and told the stream is over."""
         self.closed = True
-        for sub in [*(s for group in self._firehose.values() for s in group),
-                    *(s for subs in self._by_run.values() for s in subs)]:
+        for sub in [
+            *(s for group in self._firehose.values() for s in group),
+            *(s for subs in self._by_run.values() for s in subs),
+        ]:
             sub.close()

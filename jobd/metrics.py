@@ -34,23 +34,30 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         daemon = self.daemon
         runs, bus = daemon.runs, daemon.bus
-        yield GaugeMetricFamily("jobd_ready", "1 when jobd accepts work, 0 while starting or stopping.",
-                                value=1 if daemon.ready else 0)
+        yield GaugeMetricFamily(
+            "jobd_ready", "1 when jobd accepts work, 0 while starting or stopping.", value=1 if daemon.ready else 0
+        )
         yield GaugeMetricFamily("jobd_queue_depth", "Runs waiting to start (PENDING).", value=runs.queued_count())
         yield GaugeMetricFamily("jobd_workers_busy", "Workers running a run.", value=daemon.pool.busy)
         yield GaugeMetricFamily("jobd_workers_total", "Workers in the pool.", value=daemon.pool.concurrency)
-        skipped = CounterMetricFamily("jobd_scheduler_skipped_fires",
-                                      "Cron fires skipped because the overlap policy refused them.", labels=["job"])
+        skipped = CounterMetricFamily(
+            "jobd_scheduler_skipped_fires",
+            "Cron fires skipped because the overlap policy refused them.",
+            labels=["job"],
+        )
         for name, state in sorted(runs.job_states.items()):
             skipped.add_metric([name], state.skipped_fires)
         yield skipped
-        yield GaugeMetricFamily("jobd_sse_streams_open", "Server-Sent Events streams open now.",
-                                value=open_streams(daemon))
+        yield GaugeMetricFamily(
+            "jobd_sse_streams_open", "Server-Sent Events streams open now.", value=open_streams(daemon)
+        )
         yield GaugeMetricFamily("jobd_event_subscribers", "Subscribers of the event bus.", value=bus.subscriber_count)
         yield CounterMetricFamily("jobd_events_published", "Events published on the bus.", value=bus.published)
-        yield CounterMetricFamily("jobd_events_dropped",
-                                  "Events not delivered because a subscriber fell behind and was cut off.",
-                                  value=bus.dropped)
+        yield CounterMetricFamily(
+            "jobd_events_dropped",
+            "Events not delivered because a subscriber fell behind and was cut off.",
+            value=bus.dropped,
+        )
 
 
 def open_streams(daemon: Any) -> int:
@@ -68,15 +75,25 @@ def route_label(request: web.Request) -> str:
 class Metrics:
     def __init__(self, daemon: Any) -> None:
         self.registry = CollectorRegistry()
-        self.runs_finished = Counter("jobd_runs_finished", "Runs that reached a final state.",
-                                     ["job", "status"], registry=self.registry)
-        self.run_duration = Histogram("jobd_run_duration_seconds", "How long finished runs took, start to end.",
-                                      ["job"], buckets=DURATION_BUCKETS, registry=self.registry)
-        self.fire_lag = Histogram("jobd_scheduler_fire_lag_seconds",
-                                  "How late cron runs started: their start minus their scheduled time.",
-                                  buckets=LAG_BUCKETS, registry=self.registry)
-        self.http_requests = Counter("jobd_http_requests", "HTTP requests answered.",
-                                     ["method", "route", "status"], registry=self.registry)
+        self.runs_finished = Counter(
+            "jobd_runs_finished", "Runs that reached a final state.", ["job", "status"], registry=self.registry
+        )
+        self.run_duration = Histogram(
+            "jobd_run_duration_seconds",
+            "How long finished runs took, start to end.",
+            ["job"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.fire_lag = Histogram(
+            "jobd_scheduler_fire_lag_seconds",
+            "How late cron runs started: their start minus their scheduled time.",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "jobd_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=self.registry
+        )
         self.stream_counter: Callable[[], int] | None = None
         self.registry.register(DaemonCollector(daemon))
         # labels() validates and locks on every call; a finished run needs the same few children.

@@ -12,7 +12,7 @@ import json
 import json.encoder
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -29,9 +29,7 @@ class RunStatus(str, enum.Enum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset(
-    {RunStatus.COMPLETED, RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.CANCELLED}
-)
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.PROCESSING})
 
 # Transitions only go forward; a terminal run never changes again.
@@ -107,7 +105,7 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     if prefix is None:
         if len(_SECOND_PREFIXES) > 4096:
             _SECOND_PREFIXES.clear()
-        prefix = datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         _SECOND_PREFIXES[second] = prefix
     return f"{prefix}{millis:03d}Z"
 
@@ -116,7 +114,7 @@ def parse_iso_ms(text: str) -> int:
     """ISO-8601 (any offset, 'Z' allowed; naive means UTC) → epoch milliseconds."""
     dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "T"))
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return round(dt.timestamp() * 1000)
 
 
@@ -248,10 +246,13 @@ def _compiled(signature: str, lines: list[str]) -> Any:
 
 
 _assign = _compiled("_assign(self, other)", [f"self.{field} = other.{field}" for field in _RUN_FIELDS])
-_copy = _compiled("_copy(self)", [
-    "clone = new(Run)",
-    *(f"clone.{field} = self.{field}" for field in _RUN_FIELDS if field != "counts"),
-    "c = self.counts",
-    "clone.counts = Counts(c.total, c.success, c.failed, c.skipped)",
-    "return clone",
-])
+_copy = _compiled(
+    "_copy(self)",
+    [
+        "clone = new(Run)",
+        *(f"clone.{field} = self.{field}" for field in _RUN_FIELDS if field != "counts"),
+        "c = self.counts",
+        "clone.counts = Counts(c.total, c.success, c.failed, c.skipped)",
+        "return clone",
+    ],
+)

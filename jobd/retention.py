@@ -97,17 +97,23 @@ class Retention:
             cursor = batch.cursor
             await asyncio.sleep(self.pause_s)
         while True:
-            deleted = await self.store.delete_idempotency_keys(created_before=now - IDEMPOTENCY_WINDOW_MS,
-                                                               limit=self.config.batch_size)
+            deleted = await self.store.delete_idempotency_keys(
+                created_before=now - IDEMPOTENCY_WINDOW_MS, limit=self.config.batch_size
+            )
             result.keys += deleted
             if deleted < self.config.batch_size:
                 break
             await asyncio.sleep(self.pause_s)
         self.sweeps += 1
-        self.log.info("retention_sweep", runs_deleted=sum(result.runs.values()),
-                      by_status={s.value: n for s, n in result.runs.items()}, logs_deleted=result.logs,
-                      keys_deleted=result.keys, batches=result.batches,
-                      duration_ms=round((asyncio.get_running_loop().time() - started) * 1000))
+        self.log.info(
+            "retention_sweep",
+            runs_deleted=sum(result.runs.values()),
+            by_status={s.value: n for s, n in result.runs.items()},
+            logs_deleted=result.logs,
+            keys_deleted=result.keys,
+            batches=result.batches,
+            duration_ms=round((asyncio.get_running_loop().time() - started) * 1000),
+        )
         return result
 
     async def _remove_logs(self, run_ids: Iterable[int]) -> int:

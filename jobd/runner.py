@@ -462,9 +462,7 @@ class RunContext:
         skipped: int | None = None,
     ) -> None:
         given = {
-            name: value
-            for name, value in zip(COUNT_FIELDS, (total, success, failed, skipped))
-            if value is not None
+            name: value for name, value in zip(COUNT_FIELDS, (total, success, failed, skipped)) if value is not None
         }
         for name, value in given.items():
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
@@ -592,7 +590,7 @@ _strict_json = json.JSONEncoder(allow_nan=False).encode  # one encoder, not one 
 
 @functools.lru_cache(maxsize=4096)  # inspected once per handler, not once per run
 def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004 (an object whose __call__ is async)
 
 
 # The two callers return the handler's exception instead of raising it, so that a handler's own

@@ -147,8 +147,12 @@ class RunService:
         for name in wanted:
             state = self.job_states.get(name)
             known = self.last_runs.get(name)
-            if (name not in self._last_read and state and state.last_run_id
-                    and (known is None or known.id < state.last_run_id)):
+            if (
+                name not in self._last_read
+                and state
+                and state.last_run_id
+                and (known is None or known.id < state.last_run_id)
+            ):
                 unread[state.last_run_id] = name
         if unread:
             for run in await self.store.get_runs(list(unread)):
@@ -220,7 +224,11 @@ class RunService:
         return runs
 
     async def _submit_idempotent(
-        self, job: JobConfig, submission: Submission, triggered_by: TriggerSource, overlap: str | None,
+        self,
+        job: JobConfig,
+        submission: Submission,
+        triggered_by: TriggerSource,
+        overlap: str | None,
         scheduled_for: int | None,
     ) -> Run:
         assert submission.idempotency_key
@@ -237,10 +245,12 @@ class RunService:
                 run = await self.get(existing)
             else:
                 plain = Submission(submission.params)
-                [run] = await self.submit(job.name, [plain], triggered_by=triggered_by, overlap=overlap,
-                                          scheduled_for=scheduled_for)
-                await self.store.write(keys=[IdempotencyKey(job.name, submission.idempotency_key, run.id,
-                                                            run.created_at)])
+                [run] = await self.submit(
+                    job.name, [plain], triggered_by=triggered_by, overlap=overlap, scheduled_for=scheduled_for
+                )
+                await self.store.write(
+                    keys=[IdempotencyKey(job.name, submission.idempotency_key, run.id, run.created_at)]
+                )
             future.set_result(run)
             return run
         except BaseException as exc:
@@ -256,15 +266,19 @@ class RunService:
         busy = pending + self._processing_by_job[job.name]
         if policy == "skip" and (busy or count > 1):
             active = self.active_of(job.name)
-            detail = (f"job {job.name!r} already has run {active[0].id} {active[0].status.value}" if active
-                      else f"job {job.name!r} allows one run at a time (overlap=skip)")
+            detail = (
+                f"job {job.name!r} already has run {active[0].id} {active[0].status.value}"
+                if active
+                else f"job {job.name!r} allows one run at a time (overlap=skip)"
+            )
             raise OverlapConflict(detail, job=job.name, active_run_ids=[r.id for r in active])
         if policy == "buffer_one" and (pending or count > 1):
             active = self.active_of(job.name)
             waiting = [r.id for r in active if r.status is RunStatus.PENDING]
             raise OverlapConflict(
                 f"job {job.name!r} already has run {waiting[0] if waiting else '?'} waiting (overlap=buffer_one)",
-                job=job.name, active_run_ids=[r.id for r in active],
+                job=job.name,
+                active_run_ids=[r.id for r in active],
             )
         if policy == "replace" and busy:
             # Ask the active runs to stop without waiting for a slow process to exit: the new run
@@ -274,8 +288,9 @@ class RunService:
                 if run.id in self.active and run.id not in self._finishing:
                     await self.cancel(run.id, reason=f"replaced by a newer run of {job.name!r}", wait=False)
 
-    async def _create(self, runs: list[Run], keys: Sequence[IdempotencyKey] = (),
-                      job_states: Sequence[JobState] = ()) -> None:
+    async def _create(
+        self, runs: list[Run], keys: Sequence[IdempotencyKey] = (), job_states: Sequence[JobState] = ()
+    ) -> None:
         for run in runs:
             self._track(run)
         try:
@@ -431,8 +446,13 @@ class RunService:
 
     def report_log(self, run: Run, line: str, stream: str) -> None:
         if self.bus.wants_logs(run.id):
-            self.bus.publish("log", {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
-                             run_id=run.id, job=run.job, status=run.status.value)
+            self.bus.publish(
+                "log",
+                {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
+                run_id=run.id,
+                job=run.job,
+                status=run.status.value,
+            )
 
     def _changed_in_memory(self, run: Run) -> None:
         run.updated_at = self.clock()
@@ -550,8 +570,14 @@ class RunService:
                 # committed state.
                 attempts += 1
                 delay = min(FINISH_RETRY_MAX_S, FINISH_RETRY_FIRST_S * 2 ** (attempts - 1))
-                self.log.error("finish_not_committed", run_id=run.id, job=run.job, error=str(error),
-                               attempt=attempts, retry_in_s=delay)
+                self.log.error(
+                    "finish_not_committed",
+                    run_id=run.id,
+                    job=run.job,
+                    error=str(error),
+                    attempt=attempts,
+                    retry_in_s=delay,
+                )
                 loop.call_later(delay, submit)
                 _fail_quietly(done, error)  # whoever waits (a cancel request) hears of it now
                 return
@@ -570,7 +596,12 @@ class RunService:
         return done
 
     def _finished(
-        self, run: Run, status: RunStatus, previous_status: RunStatus, state: JobState, previous_failures: int,
+        self,
+        run: Run,
+        status: RunStatus,
+        previous_status: RunStatus,
+        state: JobState,
+        previous_failures: int,
         retry: Run | None,
     ) -> None:
         """After the terminal state is committed: leave the table, announce, retry, run the hooks."""
@@ -587,14 +618,26 @@ class RunService:
                 waiter.set_result(None)
         if previous_status is RunStatus.PENDING:
             self._drop_waiting(run)
-        self.log.info("run_finished", run_id=run.id, job=run.job, status=status.value, duration_ms=run.duration_ms,
-                      error=run.error)
+        self.log.info(
+            "run_finished",
+            run_id=run.id,
+            job=run.job,
+            status=status.value,
+            duration_ms=run.duration_ms,
+            error=run.error,
+        )
         if retry is not None:
             self.status_totals[RunStatus.PENDING] += 1
             self._publish(retry)
             self._schedule(retry)
-            self.log.info("run_retry_scheduled", run_id=run.id, job=run.job, retry_run_id=retry.id,
-                          attempt=retry.attempt, run_after=retry.run_after)
+            self.log.info(
+                "run_retry_scheduled",
+                run_id=run.id,
+                job=run.job,
+                retry_run_id=retry.id,
+                attempt=retry.attempt,
+                run_after=retry.run_after,
+            )
         job = self.jobs.get(run.job)
         if job is not None:
             for hook in self.finished_hooks:
@@ -637,13 +680,15 @@ class RunService:
         run = self.active.get(run_id)
         if run is None:
             stored = await self.get(run_id)
-            raise Conflict(f"run {run_id} is already {stored.status.value}", run_id=run_id,
-                           run_status=stored.status.value)
+            raise Conflict(
+                f"run {run_id} is already {stored.status.value}", run_id=run_id, run_status=stored.status.value
+            )
         if run.id in self._finishing:
             await self.wait_finished(run)
             if run.status is not RunStatus.CANCELLED:
-                raise Conflict(f"run {run_id} is already {run.status.value}", run_id=run_id,
-                               run_status=run.status.value)
+                raise Conflict(
+                    f"run {run_id} is already {run.status.value}", run_id=run_id, run_status=run.status.value
+                )
             return run
         if run.status is RunStatus.PENDING:
             await self._finish(run, RunStatus.CANCELLED, error=reason)
@@ -681,8 +726,11 @@ class RunService:
             raise Unavailable("jobd is shutting down; not accepting new runs", retry_after_s=5)
         previous = await self.get(run_id)
         if not previous.status.terminal:
-            raise Conflict(f"run {run_id} is {previous.status.value}; only a finished run can be retried",
-                           run_id=run_id, run_status=previous.status.value)
+            raise Conflict(
+                f"run {run_id} is {previous.status.value}; only a finished run can be retried",
+                run_id=run_id,
+                run_status=previous.status.value,
+            )
         job = self.job(previous.job)
         retry = self._retry_run(previous, job, delay_s=0)
         await self._create([retry])
@@ -703,8 +751,14 @@ class RunService:
     # -- views -----------------------------------------------------------------------------------
 
     def _publish(self, run: Run, *, coalescible: bool = False) -> None:
-        self.bus.publish("status_update", status_update(run), run_id=run.id, job=run.job,
-                         status=run.status.value, coalescible=coalescible)
+        self.bus.publish(
+            "status_update",
+            status_update(run),
+            run_id=run.id,
+            job=run.job,
+            status=run.status.value,
+            coalescible=coalescible,
+        )
 
     async def list(self, where: RunFilter, *, limit: int, offset: int) -> tuple[list[Run], int]:
         runs, total = await self.store.list_runs(where, limit=limit, offset=offset)
@@ -755,4 +809,3 @@ def status_update(run: Run) -> dict[str, Any]:
         "attempt": run.attempt,
         "updated_at": iso_ms(run.updated_at or run.created_at),
     }
-

@@ -16,7 +16,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -25,7 +25,7 @@ import structlog
 from jobd.config import JobConfig
 from jobd.cronspec import CronSpec
 
-_UTC = timezone.utc
+_UTC = UTC
 
 
 class Clock(Protocol):
@@ -192,8 +192,9 @@ class Scheduler:
     async def run(self) -> None:
         """Fire jobs until cancelled. Never returns otherwise; a failing fire is logged."""
         pending, self._pending_catchup = self._pending_catchup, []
-        await self._issue_all([request for request in pending
-                               if request.job in self._plans and request.job not in self._paused])
+        await self._issue_all(
+            [request for request in pending if request.job in self._plans and request.job not in self._paused]
+        )
         while True:
             self._wake.clear()
             self._loop_iterations += 1
@@ -351,7 +352,10 @@ class Scheduler:
                 requests.append(FireRequest(name, newest, catchup=True))
             else:
                 self._log.info(
-                    "scheduler.misfire_skipped", job=name, newest_missed=newest.isoformat(),
-                    age_s=round(age, 3), policy=plan.config.misfire,
+                    "scheduler.misfire_skipped",
+                    job=name,
+                    newest_missed=newest.isoformat(),
+                    age_s=round(age, 3),
+                    policy=plan.config.misfire,
                 )
         return requests, upcoming

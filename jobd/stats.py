@@ -9,7 +9,7 @@ a cancelled run is neither a success nor a failure.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from jobd.models import DAY_MS, RunStatus, iso_ms
@@ -25,7 +25,7 @@ def period(now_ms: int, days: int) -> tuple[int, int]:
 
 
 def day_date(day: int) -> str:
-    return datetime.fromtimestamp(day * DAY_MS / 1000, tz=timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(day * DAY_MS / 1000, tz=UTC).date().isoformat()
 
 
 def success_rate(by_status: dict[RunStatus, int]) -> float | None:

@@ -37,9 +37,7 @@ class SystemdNotifier:
         self._warned = False
 
     @classmethod
-    def from_environ(
-        cls, environ: Mapping[str, str], *, log: FilteringBoundLogger | None = None
-    ) -> SystemdNotifier:
+    def from_environ(cls, environ: Mapping[str, str], *, log: FilteringBoundLogger | None = None) -> SystemdNotifier:
         """Read NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID; malformed numbers count as absent."""
         return cls(
             environ.get("NOTIFY_SOCKET") or None,
@@ -57,9 +55,7 @@ class SystemdNotifier:
         if self._address is None or not fields:
             return
         # A newline inside a value would start a new, unintended assignment.
-        message = "\n".join(
-            f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items()
-        )
+        message = "\n".join(f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items())
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -27,7 +27,7 @@ OUTLASTED = INTERRUPTED + " (its handler outlasted the kill grace)"
 class _Reporter:
     """What a handler reports, forwarded to the run table and the run's log."""
 
-    __slots__ = ("runs", "run", "run_log")
+    __slots__ = ("run", "run_log", "runs")
 
     def __init__(self, runs: RunService, run: Run, run_log: RunLog) -> None:
         self.runs = runs
@@ -37,8 +37,13 @@ class _Reporter:
     def progress(self, percent: float, message: str | None) -> None:
         self.runs.report_progress(self.run, percent, message)
 
-    def counts(self, total: int | None = None, success: int | None = None,
-               failed: int | None = None, skipped: int | None = None) -> None:
+    def counts(
+        self,
+        total: int | None = None,
+        success: int | None = None,
+        failed: int | None = None,
+        skipped: int | None = None,
+    ) -> None:
         self.runs.report_counts(self.run, total=total, success=success, failed=failed, skipped=skipped)
 
     def result(self, value: Any) -> None:
@@ -119,8 +124,7 @@ class WorkerPool:
         if run.id in self.runs.cancel_requested:
             self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
             return
-        run_log = RunLog(log_file(self._logs_dir, run.id), max_bytes=self.max_log_bytes,
-                                tail_bytes=self.log_tail_bytes)
+        run_log = RunLog(log_file(self._logs_dir, run.id), max_bytes=self.max_log_bytes, tail_bytes=self.log_tail_bytes)
         reporter = _Reporter(self.runs, run, run_log)
         self._logs[run.id] = run_log
         try:
@@ -149,8 +153,9 @@ class WorkerPool:
         else:
             status = RunStatus.FAILED
         # The worker moves on at once; the run leaves the table when its commit is done.
-        self.runs.finish(run, status, error=outcome.error, exit_code=outcome.exit_code,
-                               result=outcome.result, log_tail=tail)
+        self.runs.finish(
+            run, status, error=outcome.error, exit_code=outcome.exit_code, result=outcome.result, log_tail=tail
+        )
 
     async def _run_in_task(self, job: JobConfig, run: Run, reporter: _Reporter) -> runner.Outcome | None:
         """A command runs in a task of its own, which a stop may leave behind (a process SIGKILL

@@ -56,10 +56,18 @@ class Harness:
         self.client = client
         self.daemon = daemon
 
-    async def trigger(self, job: str, params: dict[str, Any] | None = None, *, expect: int = 202,
-                      headers: dict[str, str] | None = None, **body: Any) -> dict[str, Any]:
-        response = await self.client.post(f"/api/v1/jobs/{job}/trigger", json={"params": params or {}, **body},
-                                          headers=headers)
+    async def trigger(
+        self,
+        job: str,
+        params: dict[str, Any] | None = None,
+        *,
+        expect: int = 202,
+        headers: dict[str, str] | None = None,
+        **body: Any,
+    ) -> dict[str, Any]:
+        response = await self.client.post(
+            f"/api/v1/jobs/{job}/trigger", json={"params": params or {}, **body}, headers=headers
+        )
         data = await response.json()
         assert response.status == expect, data
         return data.get("run", data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 DEADLINE_S = 5.0  # how long a test waits for the scheduler to settle before failing
 
@@ -19,7 +19,7 @@ class Sleeper:
 class FakeClock:
     def __init__(self, start: datetime) -> None:
         assert start.tzinfo is not None
-        self._now = start.astimezone(timezone.utc)
+        self._now = start.astimezone(UTC)
         self.sleep_calls: list[float] = []
         self._sleepers: list[Sleeper] = []
         self._watchers: list[asyncio.Future[None]] = []
@@ -30,8 +30,9 @@ class FakeClock:
     async def sleep(self, seconds: float, *, exact: bool = False) -> None:
         """Return once the fake time has been moved to now + seconds or later (always exactly)."""
         self.sleep_calls.append(seconds)
-        sleeper = Sleeper(len(self.sleep_calls), self._now + timedelta(seconds=seconds),
-                          asyncio.get_running_loop().create_future())
+        sleeper = Sleeper(
+            len(self.sleep_calls), self._now + timedelta(seconds=seconds), asyncio.get_running_loop().create_future()
+        )
         self._sleepers.append(sleeper)
         self._notify()
         try:
@@ -41,7 +42,7 @@ class FakeClock:
 
     def set(self, when: datetime) -> None:
         """Move the time (either way) and wake every sleeper whose time has come."""
-        self._now = when.astimezone(timezone.utc)
+        self._now = when.astimezone(UTC)
         for sleeper in self._sleepers:
             if sleeper.until <= self._now and not sleeper.future.done():
                 sleeper.future.set_result(None)

@@ -23,8 +23,13 @@ def report_sync(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     ctx.log("hello", 42)
     ctx.log("two\nlines")
     ctx.progress(180)
-    return {"params": params, "job": ctx.job, "run_id": ctx.run_id, "attempt": ctx.attempt,
-            "thread": threading.get_ident()}
+    return {
+        "params": params,
+        "job": ctx.job,
+        "run_id": ctx.run_id,
+        "attempt": ctx.attempt,
+        "thread": threading.get_ident(),
+    }
 
 
 def _check(value: int) -> None:

@@ -60,8 +60,9 @@ async def timed(http: aiohttp.ClientSession, url: str, repeat: int) -> list[floa
 
 
 async def measure(path: Path, repeat: int) -> None:
-    config = parse_config({"store": {"path": str(path)}, "jobs": {name: {"command": ["true"]} for name in JOBS}},
-                          environ={})
+    config = parse_config(
+        {"store": {"path": str(path)}, "jobs": {name: {"command": ["true"]} for name in JOBS}}, environ={}
+    )
     daemon = Daemon(config, environ={})
     runner = web.AppRunner(create_app(daemon), access_log=None)
     started = time.perf_counter()
@@ -83,8 +84,10 @@ async def measure(path: Path, repeat: int) -> None:
                 ("GET /runs?job=job3&status=FAILED,PARTIAL", f"{base}/runs?job=job3&status=FAILED,PARTIAL"),
                 ("GET /runs?cursor=<half way down>", cursor_page),
                 ("GET /runs?offset=500000", f"{base}/runs?offset=500000"),
-                ("GET /runs?since=<7 days ago> (no rollup: scans)",
-                 f"{base}/runs?since={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() - 7 * 86400))}"),
+                (
+                    "GET /runs?since=<7 days ago> (no rollup: scans)",
+                    f"{base}/runs?since={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() - 7 * 86400))}",
+                ),
                 ("GET /stats?days=30", f"{base}/stats?days=30"),
                 ("GET /stats?days=30&job=job3", f"{base}/stats?days=30&job=job3"),
                 ("GET /stats?days=366", f"{base}/stats?days=366"),

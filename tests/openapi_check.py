@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import date, datetime
-from functools import lru_cache
+from functools import cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -93,7 +93,7 @@ def _pointer(*parts: str) -> str:
     return "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator_at(pointer: str) -> Draft202012Validator:
     """A validator for the schema at this JSON pointer of the document; its $refs resolve in it."""
     registry = Registry().with_resource(DOC_URI, Resource(contents=DOC, specification=DRAFT202012))
@@ -125,8 +125,9 @@ def check_response(method: str, path: str, status: int, content_type: str, body:
             instance = json.loads(body)
         except ValueError as exc:
             raise AssertionError(f"{where}: body is not JSON: {exc}") from None
-        pointer = _pointer("paths", template, method.lower(), "responses", str(status), "content", content_type,
-                           "schema")
+        pointer = _pointer(
+            "paths", template, method.lower(), "responses", str(status), "content", content_type, "schema"
+        )
         errors = schema_errors(pointer, instance)
         assert not errors, f"{where}: body does not match the document: {errors}"
     return template

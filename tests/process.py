@@ -37,8 +37,9 @@ def child_pids(pid: int) -> list[int]:
 
 
 class DaemonProcess:
-    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None,
-                 listen: socket.socket | None = None) -> None:
+    def __init__(
+        self, config_path: Path, *, env: dict[str, str] | None = None, listen: socket.socket | None = None
+    ) -> None:
         """`listen`: a listening socket handed over as systemd's socket activation does (fd 3)."""
         self.config_path = config_path
         self.env = {**os.environ, **(env or {})}
@@ -56,14 +57,20 @@ class DaemonProcess:
         if self.listen is not None:
             # As systemd does it: the socket becomes fd 3, LISTEN_PID names the process that execs jobd.
             fd = self.listen.fileno()
-            handover = (f"import os, sys; os.dup2({fd}, 3); os.close({fd}); "
-                        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
-                        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+            handover = (
+                f"import os, sys; os.dup2({fd}, 3); os.close({fd}); "
+                "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+                "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+            )
             argv = [sys.executable, "-c", handover, *argv[1:]]
             pass_fds = (fd,)
         self.proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=self.env, pass_fds=pass_fds,
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+            pass_fds=pass_fds,
         )
         self._reader = asyncio.create_task(self._read())
         async with asyncio.timeout(timeout):

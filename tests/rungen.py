@@ -10,12 +10,19 @@ from jobd.store import Store
 from jobd.store.migrations import DAY_MS
 
 STATUS_WEIGHTS = {
-    RunStatus.PENDING: 2, RunStatus.PROCESSING: 2, RunStatus.COMPLETED: 60,
-    RunStatus.PARTIAL: 8, RunStatus.FAILED: 20, RunStatus.CANCELLED: 8,
+    RunStatus.PENDING: 2,
+    RunStatus.PROCESSING: 2,
+    RunStatus.COMPLETED: 60,
+    RunStatus.PARTIAL: 8,
+    RunStatus.FAILED: 20,
+    RunStatus.CANCELLED: 8,
 }
 SOURCE_WEIGHTS = {
-    TriggerSource.CRON: 50, TriggerSource.API: 25, TriggerSource.MANUAL: 10,
-    TriggerSource.RETRY: 10, TriggerSource.CATCHUP: 5,
+    TriggerSource.CRON: 50,
+    TriggerSource.API: 25,
+    TriggerSource.MANUAL: 10,
+    TriggerSource.RETRY: 10,
+    TriggerSource.CATCHUP: 5,
 }
 
 
@@ -31,8 +38,14 @@ def generate_runs(count: int, *, now_ms: int, days: int, jobs: Sequence[str], se
     runs = []
     for at in created:
         status = rng.choices(statuses, status_weights)[0]
-        run = Run(id=0, job=rng.choice(jobs), status=status,
-                  triggered_by=rng.choices(sources, source_weights)[0], created_at=at, updated_at=at)
+        run = Run(
+            id=0,
+            job=rng.choice(jobs),
+            status=status,
+            triggered_by=rng.choices(sources, source_weights)[0],
+            created_at=at,
+            updated_at=at,
+        )
         if status is not RunStatus.PENDING:
             run.started_at = at + rng.randrange(0, 2000)
         if status.terminal:
@@ -42,8 +55,12 @@ def generate_runs(count: int, *, now_ms: int, days: int, jobs: Sequence[str], se
         if rng.random() < 0.7:
             total = rng.randrange(0, 100)
             failed = rng.randrange(0, 5)
-            run.counts = Counts(total=total if rng.random() < 0.8 else None, success=max(0, total - failed),
-                                failed=failed, skipped=rng.randrange(0, 3))
+            run.counts = Counts(
+                total=total if rng.random() < 0.8 else None,
+                success=max(0, total - failed),
+                failed=failed,
+                skipped=rng.randrange(0, 3),
+            )
         runs.append(run)
     return runs
 

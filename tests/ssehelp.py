@@ -103,10 +103,12 @@ class Served:
     url: str
     stopped: bool = False
 
-    async def trigger(self, job: str, params: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None) -> dict[str, Any]:
-        async with self.session.post(f"/api/v1/jobs/{job}/trigger", json={"params": params or {}},
-                                     headers=headers) as response:
+    async def trigger(
+        self, job: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        async with self.session.post(
+            f"/api/v1/jobs/{job}/trigger", json={"params": params or {}}, headers=headers
+        ) as response:
             assert response.status == 202, await response.text()
             return (await response.json())["run"]
 
@@ -138,8 +140,9 @@ async def serve(make_config):
     started: list[Served] = []
 
     async def start(jobs: dict[str, Any] | None = None, *, log: Any = None, **sections: Any) -> Served:
-        daemon = Daemon(make_config(jobs or {"step": STEPPER, "noop": NOOP}, **sections),
-                        environ={"PATH": "/usr/bin:/bin"}, log=log)
+        daemon = Daemon(
+            make_config(jobs or {"step": STEPPER, "noop": NOOP}, **sections), environ={"PATH": "/usr/bin:/bin"}, log=log
+        )
         app = create_app(daemon)
         # As `jobd serve` runs it: no handler cancellation on disconnect.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)

@@ -26,8 +26,14 @@ def streak(job: JobConfig, failures: int) -> JobState:
 def make_run(run_id: int, status: RunStatus = RunStatus.FAILED, **fields: Any) -> Run:
     if status is RunStatus.FAILED:
         fields = {"exit_code": 1, "error": "boom", **fields}
-    return Run(id=run_id, job=fields.pop("job", "backup"), status=status,
-               triggered_by=TriggerSource.CRON, created_at=0, **fields)
+    return Run(
+        id=run_id,
+        job=fields.pop("job", "backup"),
+        status=status,
+        triggered_by=TriggerSource.CRON,
+        created_at=0,
+        **fields,
+    )
 
 
 class Receiver:
@@ -71,7 +77,9 @@ MakeAlerter = Callable[..., Awaitable[tuple[Alerter, LogCapture]]]
 async def make_alerter() -> AsyncIterator[MakeAlerter]:
     alerters: list[Alerter] = []
 
-    async def make(url: str | None, *, retries: int = 2, timeout_s: float = 5.0, **options: Any) -> tuple[Alerter, LogCapture]:
+    async def make(
+        url: str | None, *, retries: int = 2, timeout_s: float = 5.0, **options: Any
+    ) -> tuple[Alerter, LogCapture]:
         capture = LogCapture()
         log = structlog.wrap_logger(structlog.ReturnLogger(), processors=[capture])
         config = AlertsConfig(webhook_url=url, webhook_timeout_s=timeout_s, webhook_retries=retries)
@@ -98,14 +106,16 @@ async def test_alert_is_sent_once_when_the_threshold_is_reached(receiver: Receiv
     alerter, capture = await make_alerter(receiver.url)
     fail_streak(alerter, 40, 4)  # runs 40..43; the third (run 42) reaches 3
     await alerter.close()  # waits for in-flight deliveries
-    assert receiver.bodies == [{
-        "kind": "failure",
-        "job": "backup",
-        "run_id": 42,
-        "error": "boom",
-        "consecutive_failures": 3,
-        "text": "jobd: job 'backup' failed 3 times in a row (last: run 42: exit code 1: boom)",
-    }]
+    assert receiver.bodies == [
+        {
+            "kind": "failure",
+            "job": "backup",
+            "run_id": 42,
+            "error": "boom",
+            "consecutive_failures": 3,
+            "text": "jobd: job 'backup' failed 3 times in a row (last: run 42: exit code 1: boom)",
+        }
+    ]
     assert (alerter.sent, alerter.failed) == (1, 0)
     [alert] = events(capture, "job_alert")
     assert alert["log_level"] == "error"
@@ -249,21 +259,27 @@ def test_describe_failure(fields: dict[str, Any], expected: str) -> None:
     assert describe_failure(make_run(9, **fields)) == expected
 
 
-async def test_a_daemon_alerts_on_a_failure_streak_and_its_end(receiver: Receiver, start_daemon: Any,
-                                                               tmp_path: Any) -> None:
+async def test_a_daemon_alerts_on_a_failure_streak_and_its_end(
+    receiver: Receiver, start_daemon: Any, tmp_path: Any
+) -> None:
     flag = tmp_path / "healthy"
-    h = await start_daemon({"flaky": {"shell": f"test -e {flag} || {{ echo 'disk full' >&2; exit 1; }}",
-                                      "alert_after_failures": 2}},
-                           alerts={"webhook_url": receiver.url, "webhook_retries": 0})
+    h = await start_daemon(
+        {"flaky": {"shell": f"test -e {flag} || {{ echo 'disk full' >&2; exit 1; }}", "alert_after_failures": 2}},
+        alerts={"webhook_url": receiver.url, "webhook_retries": 0},
+    )
     first = await h.trigger("flaky")
     await h.finished(first["id"])
     second = await h.trigger("flaky")
     await h.finished(second["id"])
     alert = await receiver.next()
-    assert alert == {"kind": "failure", "job": "flaky", "run_id": second["id"], "error": "exit code 1: disk full",
-                     "consecutive_failures": 2,
-                     "text": f"jobd: job 'flaky' failed 2 times in a row (last: run {second['id']}: exit code 1: "
-                             "disk full)"}
+    assert alert == {
+        "kind": "failure",
+        "job": "flaky",
+        "run_id": second["id"],
+        "error": "exit code 1: disk full",
+        "consecutive_failures": 2,
+        "text": f"jobd: job 'flaky' failed 2 times in a row (last: run {second['id']}: exit code 1: disk full)",
+    }
     flag.touch()
     healed = await h.trigger("flaky")
     await h.finished(healed["id"])

@@ -60,9 +60,29 @@ async def test_a_trigger_the_store_cannot_commit_is_503_and_leaves_nothing(start
 
 ISO_MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 # The fields the core issue lists, plus run_after and updated_at (README, "HTTP API").
-RUN_FIELDS = {"id", "job", "status", "progress", "message", "triggered_by", "params", "attempt", "max_attempts",
-              "scheduled_for", "run_after", "created_at", "started_at", "finished_at", "updated_at", "duration_ms",
-              "counts", "result", "error", "exit_code", "retry_of"}
+RUN_FIELDS = {
+    "id",
+    "job",
+    "status",
+    "progress",
+    "message",
+    "triggered_by",
+    "params",
+    "attempt",
+    "max_attempts",
+    "scheduled_for",
+    "run_after",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "duration_ms",
+    "counts",
+    "result",
+    "error",
+    "exit_code",
+    "retry_of",
+}
 
 
 async def test_run_fields_are_exactly_the_listed_ones_with_utc_millisecond_times(start_daemon):
@@ -77,7 +97,7 @@ async def test_run_fields_are_exactly_the_listed_ones_with_utc_millisecond_times
     for name in ("created_at", "started_at", "finished_at", "updated_at"):
         assert ISO_MS_UTC.match(done[name]), (name, done[name])
     assert done["started_at"] <= done["finished_at"]
-    assert done["duration_ms"] == round((parse_iso_ms(done["finished_at"]) - parse_iso_ms(done["started_at"])))
+    assert done["duration_ms"] == round(parse_iso_ms(done["finished_at"]) - parse_iso_ms(done["started_at"]))
     assert set(done["counts"]) == {"total", "success", "failed", "skipped"}
     assert (done["status"], done["progress"], done["attempt"], done["max_attempts"]) == ("PARTIAL", 100.0, 1, 1)
     assert (done["exit_code"], done["error"], done["retry_of"], done["scheduled_for"]) == (0, None, None, None)
@@ -97,13 +117,22 @@ async def test_unknown_job_is_404_problem(start_daemon):
 async def test_malformed_json_and_wrong_types_are_400(start_daemon):
     h = await start_daemon({"noop": NOOP})
     hostile = (
-        b"{not json", b"[1, 2]", json.dumps({"params": [1]}).encode(), json.dumps({"bogus": 1}).encode(),
-        b'{"params": {"x": NaN}}', b'{"params": {"x": Infinity}}', b'{"params": {"x": -Infinity}}',
-        b'{"params": {"x": 1e999}}', b'{"params": {"x": [-1e400]}}',  # overflow to infinity
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"params": [1]}).encode(),
+        json.dumps({"bogus": 1}).encode(),
+        b'{"params": {"x": NaN}}',
+        b'{"params": {"x": Infinity}}',
+        b'{"params": {"x": -Infinity}}',
+        b'{"params": {"x": 1e999}}',
+        b'{"params": {"x": [-1e400]}}',  # overflow to infinity
         b'{"params": {"x": ' + b"9" * 5000 + b"}}",  # longer than int() takes
         b'{"params": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",  # deeper than the parser goes
         b'{"params": {"x": ' + b"[" * 100 + b"]" * 100 + b"}}",  # parses, but deeper than the limit
-        b"\xff\xfe{}", b'{"overlap": []}', b'{"triggered_by": {}}', b'{"runs": [{"params": 3}]}',
+        b"\xff\xfe{}",
+        b'{"overlap": []}',
+        b'{"triggered_by": {}}',
+        b'{"runs": [{"params": 3}]}',
     )
     for body in hostile:
         response = await h.client.post("/api/v1/jobs/noop/trigger", data=body)
@@ -112,9 +141,21 @@ async def test_malformed_json_and_wrong_types_are_400(start_daemon):
         assert (await response.json())["status"] == 400
     nested = {"x": [[[[{"y": [1, 2, {"z": None}]}]]]]}
     assert (await h.trigger("noop", nested))["params"] == nested
-    for query in ("limit=0", "limit=501", "limit=abc", "limit=-1", "limit=1e3", "limit=%EF%BC%95", "offset=%D9%A3",
-                  "offset=-5", "limit=" + "9" * 5000, "status=DONE", "since=yesterday", "triggered_by=robot",
-                  "cursor=!!!"):
+    for query in (
+        "limit=0",
+        "limit=501",
+        "limit=abc",
+        "limit=-1",
+        "limit=1e3",
+        "limit=%EF%BC%95",
+        "offset=%D9%A3",
+        "offset=-5",
+        "limit=" + "9" * 5000,
+        "status=DONE",
+        "since=yesterday",
+        "triggered_by=robot",
+        "cursor=!!!",
+    ):
         response = await h.client.get(f"/api/v1/runs?{query}")
         assert response.status == 400, query
         assert response.content_type == "application/problem+json"
@@ -124,15 +165,19 @@ async def test_a_body_that_does_not_decode_is_400(start_daemon):
     # aiohttp inflates a compressed body as it is read; one that does not inflate is the caller's error.
     h = await start_daemon({"noop": NOOP})
     for encoding in ("gzip", "deflate"):
-        response = await h.client.post("/api/v1/jobs/noop/trigger", data=b"not compressed at all",
-                                       headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+        response = await h.client.post(
+            "/api/v1/jobs/noop/trigger",
+            data=b"not compressed at all",
+            headers={"Content-Encoding": encoding, "Content-Type": "application/json"},
+        )
         assert response.status == 400, encoding
         assert response.content_type == "application/problem+json"
         assert "Content-Encoding" in (await response.json())["detail"]
     response = await h.client.post("/api/v1/tickets", data=b"\x1f\x8b garbage", headers={"Content-Encoding": "gzip"})
     assert response.status == 400
-    response = await h.client.post("/api/v1/jobs/noop/trigger", data=gzip.compress(b'{"params": {"z": 1}}'),
-                                   headers={"Content-Encoding": "gzip"})
+    response = await h.client.post(
+        "/api/v1/jobs/noop/trigger", data=gzip.compress(b'{"params": {"z": 1}}'), headers={"Content-Encoding": "gzip"}
+    )
     assert response.status == 202 and (await response.json())["run"]["params"] == {"z": 1}
 
 
@@ -199,8 +244,10 @@ async def test_idempotency_key_returns_the_same_run(start_daemon):
     assert (await h.trigger("noop", headers={"Idempotency-Key": "café-1"}))["id"] > other["id"]
     server = h.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(b"POST /api/v1/jobs/noop/trigger HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                 b"Idempotency-Key: \xb2\xff\r\nContent-Length: 0\r\n\r\n")
+    writer.write(
+        b"POST /api/v1/jobs/noop/trigger HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Idempotency-Key: \xb2\xff\r\nContent-Length: 0\r\n\r\n"
+    )
     answer = await reader.read()
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Idempotency-Key" in answer, answer[:300]
@@ -224,8 +271,9 @@ async def test_an_idempotency_key_holds_for_24_hours_per_job(start_daemon):
 
 
 async def test_list_filters_pagination_and_statistics(start_daemon):
-    h = await start_daemon({"noop": {**NOOP, "overlap": "allow"}, "bad": {"handler": "sample_jobs:fails",
-                                                                         "overlap": "allow"}})
+    h = await start_daemon(
+        {"noop": {**NOOP, "overlap": "allow"}, "bad": {"handler": "sample_jobs:fails", "overlap": "allow"}}
+    )
     ids = [(await h.trigger("noop"))["id"] for _ in range(5)] + [(await h.trigger("bad"))["id"] for _ in range(2)]
     for run_id in ids:
         await h.finished(run_id)
@@ -253,8 +301,10 @@ async def test_list_filters_pagination_and_statistics(start_daemon):
 
 
 async def test_last_run_is_the_newest_run_not_the_last_to_finish(start_daemon, make_config):
-    jobs = {"later": {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 5},
-            "blocker": {"handler": "sample_jobs:sleepy", "on_interrupt": "fail"}}
+    jobs = {
+        "later": {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 5},
+        "blocker": {"handler": "sample_jobs:sleepy", "on_interrupt": "fail"},
+    }
     h = await start_daemon(jobs)
     await h.get_json("/api/v1/runs/last?job=later", expect=404)
     await h.get_json("/api/v1/runs/last", expect=400)
@@ -321,8 +371,9 @@ async def test_failed_run_is_retried_with_exponential_backoff(start_daemon):
     await h.finished(first["id"])
     chain = [first["id"]]
     for attempt in (2, 3):
-        retry = await wait_for(lambda: next((r for r in h.daemon.runs.active.values() if r.retry_of == chain[-1]),
-                                            None) or None)
+        retry = await wait_for(
+            lambda: next((r for r in h.daemon.runs.active.values() if r.retry_of == chain[-1]), None) or None
+        )
         assert retry.triggered_by.value == "retry" and retry.status is RunStatus.PENDING
         # 200 ms doubled per attempt, ±20 %: the ranges do not overlap, so the second wait is twice the first.
         base, run_after = 200 * 2 ** (attempt - 2), retry.run_after
@@ -333,7 +384,8 @@ async def test_failed_run_is_retried_with_exponential_backoff(start_daemon):
         chain.append(retry.id)
     runs = (await h.get_json("/api/v1/runs?job=bad"))["runs"]
     assert [(r["attempt"], r["retry_of"]) for r in sorted(runs, key=lambda r: r["id"])] == list(
-        zip([1, 2, 3], [None, *chain[:-1]]))
+        zip([1, 2, 3], [None, *chain[:-1]])
+    )
     assert all(r["max_attempts"] == 3 and r["status"] == "FAILED" for r in runs)
     assert h.daemon.runs.job_state("bad").consecutive_failures == 3
     # The jitter: spread over ±20 %, and capped at a day however many attempts.
@@ -399,8 +451,14 @@ async def test_the_log_of_a_running_run_is_readable_while_it_runs(start_daemon):
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
 async def test_stopping_a_command_run_kills_its_whole_process_group(start_daemon, strays, how):
     # The script leaves a grandchild that ignores SIGTERM; SIGKILL after the grace ends it too.
-    h = await start_daemon({"tree": {"command": ["/bin/sh", str(SCRIPTS / "grandchild.sh")],
-                                     **({"timeout_s": 1.0} if how == "timeout" else {})}})
+    h = await start_daemon(
+        {
+            "tree": {
+                "command": ["/bin/sh", str(SCRIPTS / "grandchild.sh")],
+                **({"timeout_s": 1.0} if how == "timeout" else {}),
+            }
+        }
+    )
     run = await h.trigger("tree")
 
     async def pids() -> dict[str, int]:
@@ -421,8 +479,10 @@ async def test_stopping_a_command_run_kills_its_whole_process_group(start_daemon
 
 
 async def test_a_handler_that_ignores_cancellation_is_left_behind_after_the_kill_grace(start_daemon):
-    h = await start_daemon({"deaf": {"handler": "sample_jobs:deaf", "timeout_s": 0.1, "overlap": "allow"},
-                            "noop": NOOP}, workers={"concurrency": 1, "kill_grace_s": 0.2})
+    h = await start_daemon(
+        {"deaf": {"handler": "sample_jobs:deaf", "timeout_s": 0.1, "overlap": "allow"}, "noop": NOOP},
+        workers={"concurrency": 1, "kill_grace_s": 0.2},
+    )
     timed_out = await h.finished((await h.trigger("deaf"))["id"])
     assert timed_out.status is RunStatus.FAILED
     assert timed_out.error == "timed out after 0.1s; the handler ignored its cancellation and was left behind"
@@ -509,8 +569,7 @@ async def test_queue_and_health(start_daemon):
     queue = await h.get_json("/api/v1/queue")
     assert set(queue) == {"counts", "pending", "processing", "workers", "oldest_pending_age_s"}
     assert queue["workers"] == {"busy": 1, "total": 1}
-    assert queue["counts"] == {"PENDING": 2, "PROCESSING": 1, "COMPLETED": 1, "PARTIAL": 0, "FAILED": 0,
-                               "CANCELLED": 0}
+    assert queue["counts"] == {"PENDING": 2, "PROCESSING": 1, "COMPLETED": 1, "PARTIAL": 0, "FAILED": 0, "CANCELLED": 0}
     assert (queue["pending"], queue["processing"]) == (2, 1)
     assert queue["oldest_pending_age_s"] == 65.0  # the older of the two waiting runs
     await h.client.post(f"/api/v1/runs/{waiting['id']}/cancel")
@@ -556,8 +615,9 @@ async def test_a_stop_records_a_run_whose_handler_outlasts_the_kill_grace(start_
     # blocks the event loop once cancelled (a process that SIGKILL cannot end yet, in uninterruptible
     # I/O, is the other case). Its worker is cancelled with the rest, so the stop records the run.
     kill_grace = 0.05
-    h = await start_daemon({"stall": {"handler": "sample_jobs:stalls_the_loop_when_cancelled"}},
-                           workers={"kill_grace_s": kill_grace})
+    h = await start_daemon(
+        {"stall": {"handler": "sample_jobs:stalls_the_loop_when_cancelled"}}, workers={"kill_grace_s": kill_grace}
+    )
     run = await h.trigger("stall", {"block_s": kill_grace + runner.PIPE_DRAIN_S + 0.5})
     await wait_for(lambda: h.daemon.pool.live_tail(run["id"]))
     await h.daemon.drain(grace_s=0)
@@ -584,8 +644,10 @@ async def test_a_finished_run_never_changes_again(start_daemon):
 async def test_runs_waiting_for_a_job_that_a_reload_removed_fail_instead_of_waiting_forever(start_daemon, tmp_path):
     path = tmp_path / "jobd.toml"
     store = f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n'
-    path.write_text(store + '[jobs.old]\nhandler = "sample_jobs:sleepy"\noverlap = "queue"\n'
-                    '[jobs.new]\nhandler = "sample_jobs:noop"\n')
+    path.write_text(
+        store + '[jobs.old]\nhandler = "sample_jobs:sleepy"\noverlap = "queue"\n'
+        '[jobs.new]\nhandler = "sample_jobs:noop"\n'
+    )
     h = await start_daemon(config=load_config(path, environ={}))
     running = await h.trigger("old", {"seconds": 30})
     waiting = [await h.trigger("old", {"seconds": 30}) for _ in range(2)]
@@ -602,8 +664,10 @@ async def test_runs_waiting_for_a_job_that_a_reload_removed_fail_instead_of_wait
 
 async def test_a_reload_that_raises_a_limit_starts_what_waited(start_daemon, tmp_path):
     path = tmp_path / "jobd.toml"
-    job = f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n[jobs.slow]\nhandler = "sample_jobs:sleepy"\n' \
-          'overlap = "allow"\nmax_concurrency = '
+    job = (
+        f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n[jobs.slow]\nhandler = "sample_jobs:sleepy"\n'
+        'overlap = "allow"\nmax_concurrency = '
+    )
     path.write_text(job + "1\n")
     h = await start_daemon(config=load_config(path, environ={}))
     runs = [await h.trigger("slow", {"seconds": 30}) for _ in range(4)]
@@ -627,7 +691,10 @@ async def test_batch_trigger(start_daemon):
     response = await h.client.post("/api/v1/jobs/noop/trigger", json={"runs": [{}] * 6})
     assert response.status == 400
     problem = await response.json()
-    assert (problem["max_batch_runs"], problem["type"]) == (5, "urn:jobd:problem:bad-request")  # what a client splits by
+    assert (problem["max_batch_runs"], problem["type"]) == (
+        5,
+        "urn:jobd:problem:bad-request",
+    )  # what a client splits by
     assert (await h.get_json("/api/v1/runs?job=noop"))["pagination"]["total"] == 5  # refused whole
 
 
@@ -644,11 +711,13 @@ async def test_request_id_is_echoed(start_daemon):
 
 
 async def test_sync_handler_runs_in_a_thread_and_timeouts_fail_the_run(start_daemon):
-    h = await start_daemon({
-        "blocking": {"handler": "sample_jobs:blocking"},
-        "slow": {"handler": "sample_jobs:sleepy", "timeout_s": 0.2},
-        "slow-cmd": {"command": ["sleep", "30"], "timeout_s": 0.2},
-    })
+    h = await start_daemon(
+        {
+            "blocking": {"handler": "sample_jobs:blocking"},
+            "slow": {"handler": "sample_jobs:sleepy", "timeout_s": 0.2},
+            "slow-cmd": {"command": ["sleep", "30"], "timeout_s": 0.2},
+        }
+    )
     done = await h.finished((await h.trigger("blocking"))["id"])
     assert done.status is RunStatus.COMPLETED and done.result == 42 and done.message == "half way"
     for job in ("slow", "slow-cmd"):

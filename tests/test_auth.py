@@ -101,8 +101,10 @@ async def test_cancel_and_retry_need_trigger_scope(h):
 async def test_tokens_never_reach_the_log(start_daemon, capsys):
     h = await start_daemon(JOBS, auth=TOKENS)
     await h.client.get("/api/v1/jobs?token=admin-token-123", headers=bearer("admin-token-123"))
-    await h.client.get("/api/v1/jobs?x=1&access_token=admin-token-123&API_KEY=admin-token-123",
-                       headers={"X-API-Key": "admin-token-123"})
+    await h.client.get(
+        "/api/v1/jobs?x=1&access_token=admin-token-123&API_KEY=admin-token-123",
+        headers={"X-API-Key": "admin-token-123"},
+    )
     await h.client.get("/api/v1/nothing?key=admin-token-123")
     await h.client.get("/api/v1/jobs", headers=bearer("wrong-token-xyz"))
     out = capsys.readouterr()

@@ -18,7 +18,10 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "throughput,fanout", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=50,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "HTTP-triggered no-op runs to COMPLETED" in done.stdout

@@ -21,8 +21,14 @@ from process import DaemonProcess, free_port
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 READ_TOKEN = "read-token-for-the-browser"
 TRIGGER_TOKEN = "trigger-token-for-the-browser"
@@ -70,7 +76,8 @@ def jobs_config(tmp_path: Path, gate: Path, *, auth: bool = False, port: int = 0
         f'[auth]\ntokens = [{{ name = "viewer", token = "{READ_TOKEN}", scope = "read" }},\n'
         f'          {{ name = "ci", token = "{TRIGGER_TOKEN}", scope = "trigger" }},\n'
         f'          {{ name = "ops", token = "{ADMIN_TOKEN}", scope = "admin" }}]\n'
-        if auth else ""
+        if auth
+        else ""
     )
     # `gated` reports progress, then waits for the test to create the gate file: the test sees the
     # bar part-way for as long as it needs, with no timing involved.
@@ -149,8 +156,9 @@ class Api:
 def watch_elsewhere(page: Page, url: str) -> list[str]:
     """Requests the page makes to anywhere but jobd (fonts, scripts, CDNs): there must be none."""
     elsewhere: list[str] = []
-    page.on("request", lambda request: None if request.url.startswith((url, "data:"))
-            else elsewhere.append(request.url))
+    page.on(
+        "request", lambda request: None if request.url.startswith((url, "data:")) else elsewhere.append(request.url)
+    )
     return elsewhere
 
 
@@ -238,9 +246,12 @@ async def test_every_page_loads_without_console_errors(browser: Browser, start_j
         await shot(page, "run")
 
         await page.set_viewport_size({"width": 390, "height": 844})
-        for name, route, ready, count in (("overview", "#/overview", ".chart", 1), ("jobs", "#/jobs", "article.job", 4),
-                                          ("runs", "#/runs", "tbody tr[data-run-id]", 25),
-                                          ("run", f"#/runs/{retried['id']}", ".chain li", 2)):
+        for name, route, ready, count in (
+            ("overview", "#/overview", ".chart", 1),
+            ("jobs", "#/jobs", "article.job", 4),
+            ("runs", "#/runs", "tbody tr[data-run-id]", 25),
+            ("run", f"#/runs/{retried['id']}", ".chain li", 2),
+        ):
             await page.goto(f"{daemon.url}/{route}")
             await expect(page.locator(ready)).to_have_count(count)  # drawn, before the screenshot
             await expect(page.locator("main h1")).to_have_count(1)
@@ -252,7 +263,8 @@ async def test_every_page_loads_without_console_errors(browser: Browser, start_j
 
 
 async def test_accessibility_basics_and_the_content_security_policy(
-        browser: Browser, start_jobd: Callable[..., Any]) -> None:
+    browser: Browser, start_jobd: Callable[..., Any]
+) -> None:
     """Headings, labels and the keyboard on every page; the policy enforced by the browser itself."""
     daemon = await start_jobd()
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -294,11 +306,14 @@ async def test_the_api_reference_page(browser: Browser, start_jobd: Callable[...
     errors = watch_console(page)
     elsewhere = watch_elsewhere(page, daemon.url)
     await page.goto(f"{daemon.url}/api/docs")
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{daemon.url}/api/v1/openapi.json") as response:
-            document = await response.json()
-    operations = [op for item in document["paths"].values() for method, op in item.items()
-                  if method in ("get", "post", "put", "delete", "patch")]
+    async with aiohttp.ClientSession() as http, http.get(f"{daemon.url}/api/v1/openapi.json") as response:
+        document = await response.json()
+    operations = [
+        op
+        for item in document["paths"].values()
+        for method, op in item.items()
+        if method in ("get", "post", "put", "delete", "patch")
+    ]
     await expect(page.locator("section[id^='op-']")).to_have_count(len(operations))
     await expect(page.locator("#op-stats")).to_contain_text("/api/v1/stats")
     await expect(page.locator("#op-runEvents")).to_contain_text("text/event-stream")
@@ -307,7 +322,8 @@ async def test_the_api_reference_page(browser: Browser, start_jobd: Callable[...
 
 
 async def test_a_run_triggered_from_the_page_moves_to_completed_live(
-        browser: Browser, start_jobd: Callable[..., Any], tmp_path: Path) -> None:
+    browser: Browser, start_jobd: Callable[..., Any], tmp_path: Path
+) -> None:
     daemon = await start_jobd()
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     errors = watch_console(page)
@@ -347,8 +363,9 @@ async def test_a_run_triggered_from_the_page_moves_to_completed_live(
     # A run started elsewhere shows up on the open page by itself.
     async with aiohttp.ClientSession() as http:
         other = (await Api(http, daemon.url).call("POST", "/jobs/nightly/trigger"))["run"]
-    await expect(page.locator(f'tr[data-run-id="{other["id"]}"] [data-status]')).to_have_text("COMPLETED",
-                                                                                              timeout=WAIT_MS)
+    await expect(page.locator(f'tr[data-run-id="{other["id"]}"] [data-status]')).to_have_text(
+        "COMPLETED", timeout=WAIT_MS
+    )
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     assert await page.evaluate("window.notReloaded === true")
 
@@ -361,7 +378,8 @@ async def test_a_run_triggered_from_the_page_moves_to_completed_live(
 
 
 async def test_falls_back_to_polling_when_streams_are_blocked_and_shows_offline(
-        browser: Browser, start_jobd: Callable[..., Any], tmp_path: Path) -> None:
+    browser: Browser, start_jobd: Callable[..., Any], tmp_path: Path
+) -> None:
     port = free_port()
     daemon = await start_jobd(port=port)
     page = await browser.new_page()
@@ -500,14 +518,17 @@ schedule = "* * * * * *"
         # Live, the page reloads a job only on an event: the next skips come as fire_skipped messages.
         await page.wait_for_function(
             "n => Number(document.querySelector('article[data-job=\"busy\"] .skipped').dataset.count) > n",
-            arg=shown, timeout=WAIT_MS)
+            arg=shown,
+            timeout=WAIT_MS,
+        )
         await shot(page, "jobs-skipped")
     finally:
         await daemon.cleanup()
 
 
 async def test_jobd_js_follows_a_run_in_chromium_across_a_restart(
-        browser: Browser, start_jobd: Callable[..., Any]) -> None:
+    browser: Browser, start_jobd: Callable[..., Any]
+) -> None:
     """/static/jobd.js with a browser's own EventSource: a token (tickets), `shutdown`, a new daemon."""
     port = free_port()
     first = await start_jobd(auth=True, port=port)
@@ -522,7 +543,8 @@ async def test_jobd_js_follows_a_run_in_chromium_across_a_restart(
         await api.call("POST", "/jobs/long/trigger")
         run = (await api.call("POST", "/jobs/long/trigger", json={"overlap": "queue"}))["run"]  # waits: PENDING
         await page.goto(f"{first.url}/")
-        await page.evaluate("""([runId, token]) => import("/static/jobd.js").then(({ watchRun }) => {
+        await page.evaluate(
+            """([runId, token]) => import("/static/jobd.js").then(({ watchRun }) => {
             window.seen = [];
             watchRun(runId, {
               token,
@@ -530,7 +552,9 @@ async def test_jobd_js_follows_a_run_in_chromium_across_a_restart(
               onComplete: (update) => window.seen.push(`done ${update.status}`),
               onError: (error) => { if (error.fatal) window.seen.push(`fatal ${error.message}`); },
             });
-          })""", [run["id"], READ_TOKEN])
+          })""",
+            [run["id"], READ_TOKEN],
+        )
         await wait_for(streams_open)
         await first.stop()
         second = await start_jobd(auth=True, port=port)
@@ -541,6 +565,8 @@ async def test_jobd_js_follows_a_run_in_chromium_across_a_restart(
     # After the restart the run may have started before it was cancelled.
     assert seen[0] == "PENDING" and seen[-2:] == ["CANCELLED", "done CANCELLED"], seen
     assert not [entry for entry in seen if entry.startswith("fatal")], seen
-    streams = [line for line in second.events("request") if line["path"].startswith(f"/api/v1/runs/{run['id']}/events?")]
+    streams = [
+        line for line in second.events("request") if line["path"].startswith(f"/api/v1/runs/{run['id']}/events?")
+    ]
     assert [line["status"] for line in streams] == [200], streams
     assert "ticket=[redacted]" in streams[0]["path"]

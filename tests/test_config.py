@@ -25,11 +25,15 @@ def parse(raw, environ=None):
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"jobs": {"a": {"command": ["true"], "schedule": "61 * * * *"}}},
-         "jobs.a.schedule: '61 * * * *' is not a valid cron expression"),
+        (
+            {"jobs": {"a": {"command": ["true"], "schedule": "61 * * * *"}}},
+            "jobs.a.schedule: '61 * * * *' is not a valid cron expression",
+        ),
         ({"jobs": {"a": {"command": ["true"], "timeoutt": 3}}}, "jobs.a.timeoutt: unknown key"),
-        ({"jobs": {"a": {"command": ["true"], "timezone": "Mars/Olympus"}}},
-         "jobs.a.timezone: 'Mars/Olympus' is not a known time zone"),
+        (
+            {"jobs": {"a": {"command": ["true"], "timezone": "Mars/Olympus"}}},
+            "jobs.a.timezone: 'Mars/Olympus' is not a known time zone",
+        ),
         ({"jobs": {"a": {"command": ["true"], "overlap": "sometimes"}}}, "jobs.a.overlap: 'sometimes' is not one of"),
         ({"jobs": {"a": {"command": "true"}}}, "jobs.a.command: must be a list of strings, not a string"),
         ({"jobs": {"a": {"command": ["true"], "shell": "true"}}}, "jobs.a: a job needs exactly one of"),
@@ -44,26 +48,40 @@ def parse(raw, environ=None):
         ({"server": {"host": "0.0.0.0"}}, "server.host: '0.0.0.0' is not a loopback address"),
         ({"servre": {}}, "servre: unknown key"),
         ({"store": {"synchronous": "off"}}, "store.synchronous: 'off' is not one of normal, full"),
-        ({"auth": {"tokens": [{"name": "x", "token": "0123456789", "scope": "god"}]}},
-         "auth.tokens[0].scope: 'god' is not one of read, trigger, admin"),
-        ({"auth": {"tokens": [{"name": "x", "token_env": "NOPE_TOKEN"}]}},
-         "auth.tokens[0].token_env: environment variable NOPE_TOKEN is not set"),
+        (
+            {"auth": {"tokens": [{"name": "x", "token": "0123456789", "scope": "god"}]}},
+            "auth.tokens[0].scope: 'god' is not one of read, trigger, admin",
+        ),
+        (
+            {"auth": {"tokens": [{"name": "x", "token_env": "NOPE_TOKEN"}]}},
+            "auth.tokens[0].token_env: environment variable NOPE_TOKEN is not set",
+        ),
         ({"auth": {"tokens": [{"name": "x"}]}}, "auth.tokens[0]: give exactly one of token or token_env"),
         ({"alerts": {"webhook_url": "ftp://x"}}, "alerts.webhook_url: 'ftp://x' must start with http"),
         ({"jobs": {"bad name!": {"command": ["true"]}}}, "jobs.bad name!: job names use letters"),
-        ({"jobs": {"a": {"command": ["true"], "timeout_s": float("nan")}}},
-         "jobs.a.timeout_s: must be a finite number, not nan"),
-        ({"jobs": {"a": {"command": ["true"], "misfire_grace_s": float("inf")}}},
-         "jobs.a.misfire_grace_s: must be a finite number, not inf"),
+        (
+            {"jobs": {"a": {"command": ["true"], "timeout_s": float("nan")}}},
+            "jobs.a.timeout_s: must be a finite number, not nan",
+        ),
+        (
+            {"jobs": {"a": {"command": ["true"], "misfire_grace_s": float("inf")}}},
+            "jobs.a.misfire_grace_s: must be a finite number, not inf",
+        ),
         ({"jobs": {"a": {"command": ["true"], "jitter_s": 1e300}}}, "jobs.a.jitter_s: 1e+300 is above the maximum"),
-        ({"jobs": {"a": {"command": ["true"], "max_concurrency": 10**20}}},
-         "jobs.a.max_concurrency: 100000000000000000000 is out of range (must be at most"),
+        (
+            {"jobs": {"a": {"command": ["true"], "max_concurrency": 10**20}}},
+            "jobs.a.max_concurrency: 100000000000000000000 is out of range (must be at most",
+        ),
         ({"jobs": {"a": {"command": ["true"], "env": {"A": 1}}}}, "jobs.a.env.A: must be a string, not an integer"),
         ({"jobs": {"a": {"command": ["true", 5]}}}, "jobs.a.command: must be a list of strings, found an integer"),
-        ({"jobs": {"a": {"command": ["true"], "schedule": "0 0 30 2 *"}}},
-         "jobs.a.schedule: '0 0 30 2 *' is not a valid cron expression"),
-        ({"jobs": {"a": {"command": ["true"], "schedule": "@reboot"}}},
-         "jobs.a.schedule: '@reboot' is not a valid cron expression"),
+        (
+            {"jobs": {"a": {"command": ["true"], "schedule": "0 0 30 2 *"}}},
+            "jobs.a.schedule: '0 0 30 2 *' is not a valid cron expression",
+        ),
+        (
+            {"jobs": {"a": {"command": ["true"], "schedule": "@reboot"}}},
+            "jobs.a.schedule: '@reboot' is not a valid cron expression",
+        ),
         ({"jobs": 5}, "jobs: must be a table, not an integer"),
         ({"server": 5}, "server: must be a table, not an integer"),
         ({"scheduler": {"timezone": ""}}, "scheduler.timezone: '' is not a known time zone"),
@@ -73,11 +91,21 @@ def parse(raw, environ=None):
         ({"server": {"host": "::"}}, "server.host: '::' is not a loopback address"),
         ({"jobs": {"a": {"shell": ""}}}, "jobs.a.shell: must not be empty"),
         # Two names for one secret: which scope would it have? A secret that could never be sent.
-        ({"auth": {"tokens": [{"name": "x", "token": "0123456789", "scope": "read"},
-                              {"name": "y", "token": "0123456789", "scope": "admin"}]}},
-         "auth.tokens[1].token: the same secret as auth.tokens[0] ('x')"),
-        ({"auth": {"tokens": [{"name": "x", "token": "0123456789 "}]}},
-         "auth.tokens[0].token: must not start or end with white space"),
+        (
+            {
+                "auth": {
+                    "tokens": [
+                        {"name": "x", "token": "0123456789", "scope": "read"},
+                        {"name": "y", "token": "0123456789", "scope": "admin"},
+                    ]
+                }
+            },
+            "auth.tokens[1].token: the same secret as auth.tokens[0] ('x')",
+        ),
+        (
+            {"auth": {"tokens": [{"name": "x", "token": "0123456789 "}]}},
+            "auth.tokens[0].token: must not start or end with white space",
+        ),
         ({"metrics": {"token": " 0123456789"}}, "metrics.token: must not start or end with white space"),
         # What the system cannot take (a NUL, an environment name with "="): refused here, not at the first run.
         ({"jobs": {"a": {"command": ["true"], "cwd": "a\0b"}}}, "jobs.a.cwd: must not contain a NUL character"),
@@ -89,8 +117,10 @@ def parse(raw, environ=None):
         ({"jobs": {"a": {"command": ["true"], "env": {"": "x"}}}}, "jobs.a.env: '' is not a valid name"),
         ({"jobs": {"a": {"shell": "  \n"}}}, "jobs.a.shell: must not be empty"),
         ({"jobs": {"a": {"command": ["", "x"]}}}, "jobs.a.command: the program (its first item) must not be empty"),
-        ({"server": {"cors_origins": ["https://app.example.com/"]}},
-         "server.cors_origins[0]: 'https://app.example.com/' is not an origin"),
+        (
+            {"server": {"cors_origins": ["https://app.example.com/"]}},
+            "server.cors_origins[0]: 'https://app.example.com/' is not an origin",
+        ),
         ({"server": {"cors_origins": ["*", "app.example.com"]}}, "server.cors_origins[1]: 'app.example.com' is not"),
         ({"server": {"cors_origins": ["ftp://x"]}}, "server.cors_origins[0]: 'ftp://x' is not an origin"),
     ],
@@ -110,7 +140,10 @@ def test_without_tokens_loopback_hosts_are_served(host):
 
 def test_token_env_and_non_loopback_with_auth():
     config = parse(
-        {"server": {"host": "0.0.0.0"}, "auth": {"tokens": [{"name": "ci", "token_env": "CI_TOKEN", "scope": "trigger"}]}},
+        {
+            "server": {"host": "0.0.0.0"},
+            "auth": {"tokens": [{"name": "ci", "token_env": "CI_TOKEN", "scope": "trigger"}]},
+        },
         environ={"CI_TOKEN": "s3cret-token-value"},
     )
     assert config.auth.tokens[0].token == "s3cret-token-value"
@@ -166,14 +199,19 @@ def test_check_prints_next_fire_times(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["jobs"]["nightly"]["next"] == [
-        "2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00", "2026-10-27T02:30:00+01:00"
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-26T02:30:00+01:00",
+        "2026-10-27T02:30:00+01:00",
     ]
     human = run_cli("check", "-c", str(good))
     assert human.returncode == 0
     assert len([line for line in human.stdout.splitlines() if "T02:30:00" in line]) == 5
     assert "nightly: 30 2 * * * (at 02:30 every day) in Europe/Skopje" in human.stdout
-    for args, text in ((["--from", "9999-12-31T00:00:00Z", "--count", "2"], "there are no 2 fire times of"),
-                       (["--from", "yesterday"], "is not an ISO-8601 time"), (["--count", "0"], "--count must be")):
+    for args, text in (
+        (["--from", "9999-12-31T00:00:00Z", "--count", "2"], "there are no 2 fire times of"),
+        (["--from", "yesterday"], "is not an ISO-8601 time"),
+        (["--count", "0"], "--count must be"),
+    ):
         odd = run_cli("check", "-c", str(good), *args)
         assert odd.returncode == 2 and text in odd.stderr and odd.stderr.count("\n") == 1, odd.stderr
 

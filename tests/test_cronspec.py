@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from jobd.cronspec import CronSpec, describe
 
-UTC = timezone.utc
+UTC = UTC
 SKOPJE = "Europe/Skopje"  # 2026: 03-29 02:00 -> 03:00, 10-25 03:00 -> 02:00
 NEW_YORK = "America/New_York"  # 2026: 03-08 02:00 -> 03:00, 11-01 02:00 -> 01:00
 LORD_HOWE = "Australia/Lord_Howe"  # half-hour shifts: 04-05 02:00 -> 01:30, 10-04 02:00 -> 02:30
@@ -31,122 +31,189 @@ def fires(expr: str, zone: str, start: str, count: int, key: str = "job") -> lis
     ("expr", "zone", "start", "expected"),
     [
         pytest.param(
-            "*/15 * * * *", "UTC", "2026-01-01T00:07:00+00:00",
-            ["2026-01-01T00:15:00+00:00", "2026-01-01T00:30:00+00:00", "2026-01-01T00:45:00+00:00",
-             "2026-01-01T01:00:00+00:00"],
+            "*/15 * * * *",
+            "UTC",
+            "2026-01-01T00:07:00+00:00",
+            [
+                "2026-01-01T00:15:00+00:00",
+                "2026-01-01T00:30:00+00:00",
+                "2026-01-01T00:45:00+00:00",
+                "2026-01-01T01:00:00+00:00",
+            ],
             id="utc-every-15-min",
         ),
         pytest.param(
-            "30 2 * * *", "UTC", "2026-01-01T02:30:00+00:00",
+            "30 2 * * *",
+            "UTC",
+            "2026-01-01T02:30:00+00:00",
             ["2026-01-02T02:30:00+00:00", "2026-01-03T02:30:00+00:00"],
             id="utc-daily-strictly-after-a-fire",
         ),
         pytest.param(
-            "0 9 * * 1-5", "UTC", "2026-01-02T08:00:00+00:00",  # a Friday
+            "0 9 * * 1-5",
+            "UTC",
+            "2026-01-02T08:00:00+00:00",  # a Friday
             ["2026-01-02T09:00:00+00:00", "2026-01-05T09:00:00+00:00", "2026-01-06T09:00:00+00:00"],
             id="utc-weekdays",
         ),
         pytest.param(
-            "0 0 29 2 *", "UTC", "2026-01-01T00:00:00+00:00",
+            "0 0 29 2 *",
+            "UTC",
+            "2026-01-01T00:00:00+00:00",
             ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"],
             id="utc-leap-day",
         ),
         pytest.param(
-            "0 0 L * *", "UTC", "2026-02-01T00:00:00+00:00",
+            "0 0 L * *",
+            "UTC",
+            "2026-02-01T00:00:00+00:00",
             ["2026-02-28T00:00:00+00:00", "2026-03-31T00:00:00+00:00"],
             id="utc-last-day-of-month",
         ),
         pytest.param(
-            "30 2 * * *", SKOPJE, "2026-06-01T12:00:00+02:00",
+            "30 2 * * *",
+            SKOPJE,
+            "2026-06-01T12:00:00+02:00",
             ["2026-06-02T02:30:00+02:00", "2026-06-03T02:30:00+02:00"],
             id="skopje-summer-daily",
         ),
         # Skopje, spring forward 2026-03-29 02:00 -> 03:00
         pytest.param(
-            "30 2 * * *", SKOPJE, "2026-03-27T12:00:00+01:00",
+            "30 2 * * *",
+            SKOPJE,
+            "2026-03-27T12:00:00+01:00",
             ["2026-03-28T02:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"],
             id="skopje-spring-daily-0230-fires-at-gap-end",
         ),
         pytest.param(
-            "0 * * * *", SKOPJE, "2026-03-29T00:30:00+01:00",
+            "0 * * * *",
+            SKOPJE,
+            "2026-03-29T00:30:00+01:00",
             ["2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T04:00:00+02:00"],
             id="skopje-spring-hourly-skips-missing-hour",
         ),
         pytest.param(
-            "*/15 * * * *", SKOPJE, "2026-03-29T01:40:00+01:00",
+            "*/15 * * * *",
+            SKOPJE,
+            "2026-03-29T01:40:00+01:00",
             ["2026-03-29T01:45:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T03:15:00+02:00"],
             id="skopje-spring-every-15-min",
         ),
         pytest.param(
-            "0 1,2,3 * * *", SKOPJE, "2026-03-29T00:00:00+01:00",
+            "0 1,2,3 * * *",
+            SKOPJE,
+            "2026-03-29T00:00:00+01:00",
             ["2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T01:00:00+02:00"],
             id="skopje-spring-fixed-list-no-duplicate-at-gap-end",
         ),
         # Skopje, fall back 2026-10-25 03:00 -> 02:00
         pytest.param(
-            "30 2 * * *", SKOPJE, "2026-10-24T12:00:00+02:00",
+            "30 2 * * *",
+            SKOPJE,
+            "2026-10-24T12:00:00+02:00",
             ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00", "2026-10-27T02:30:00+01:00"],
             id="skopje-fall-daily-0230-once",
         ),
         pytest.param(
-            "30 2 * * *", SKOPJE, "2026-10-25T02:10:00+01:00",  # inside the second 02:xx
+            "30 2 * * *",
+            SKOPJE,
+            "2026-10-25T02:10:00+01:00",  # inside the second 02:xx
             ["2026-10-26T02:30:00+01:00"],
             id="skopje-fall-daily-from-second-copy",
         ),
         pytest.param(
-            "0 * * * *", SKOPJE, "2026-10-25T00:30:00+02:00",
-            ["2026-10-25T01:00:00+02:00", "2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00",
-             "2026-10-25T03:00:00+01:00"],
+            "0 * * * *",
+            SKOPJE,
+            "2026-10-25T00:30:00+02:00",
+            [
+                "2026-10-25T01:00:00+02:00",
+                "2026-10-25T02:00:00+02:00",
+                "2026-10-25T02:00:00+01:00",
+                "2026-10-25T03:00:00+01:00",
+            ],
             id="skopje-fall-hourly-both-copies",
         ),
         pytest.param(
-            "*/15 * * * *", SKOPJE, "2026-10-25T02:40:00+02:00",
-            ["2026-10-25T02:45:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T02:15:00+01:00",
-             "2026-10-25T02:30:00+01:00", "2026-10-25T02:45:00+01:00", "2026-10-25T03:00:00+01:00"],
+            "*/15 * * * *",
+            SKOPJE,
+            "2026-10-25T02:40:00+02:00",
+            [
+                "2026-10-25T02:45:00+02:00",
+                "2026-10-25T02:00:00+01:00",
+                "2026-10-25T02:15:00+01:00",
+                "2026-10-25T02:30:00+01:00",
+                "2026-10-25T02:45:00+01:00",
+                "2026-10-25T03:00:00+01:00",
+            ],
             id="skopje-fall-every-15-min-both-copies",
         ),
         pytest.param(
-            "0 */2 * * *", SKOPJE, "2026-10-25T01:30:00+02:00",
+            "0 */2 * * *",
+            SKOPJE,
+            "2026-10-25T01:30:00+02:00",
             ["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T04:00:00+01:00"],
             id="skopje-fall-hour-step-follows-real-time",
         ),
         # New York
         pytest.param(
-            "30 2 * * *", NEW_YORK, "2026-03-07T12:00:00-05:00",
+            "30 2 * * *",
+            NEW_YORK,
+            "2026-03-07T12:00:00-05:00",
             ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"],
             id="new-york-spring-daily",
         ),
         pytest.param(
-            "30 1 * * *", NEW_YORK, "2026-10-31T12:00:00-04:00",
+            "30 1 * * *",
+            NEW_YORK,
+            "2026-10-31T12:00:00-04:00",
             ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"],
             id="new-york-fall-daily-once",
         ),
         pytest.param(
-            "0 * * * *", NEW_YORK, "2026-10-31T23:30:00-04:00",
-            ["2026-11-01T00:00:00-04:00", "2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00",
-             "2026-11-01T02:00:00-05:00"],
+            "0 * * * *",
+            NEW_YORK,
+            "2026-10-31T23:30:00-04:00",
+            [
+                "2026-11-01T00:00:00-04:00",
+                "2026-11-01T01:00:00-04:00",
+                "2026-11-01T01:00:00-05:00",
+                "2026-11-01T02:00:00-05:00",
+            ],
             id="new-york-fall-hourly",
         ),
         # Lord Howe: the clocks move by 30 minutes
         pytest.param(
-            "15 2 * * *", LORD_HOWE, "2026-10-03T12:00:00+10:30",
+            "15 2 * * *",
+            LORD_HOWE,
+            "2026-10-03T12:00:00+10:30",
             ["2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"],
             id="lord-howe-spring-daily-in-gap",
         ),
         pytest.param(
-            "*/15 * * * *", LORD_HOWE, "2026-10-04T01:40:00+10:30",
+            "*/15 * * * *",
+            LORD_HOWE,
+            "2026-10-04T01:40:00+10:30",
             ["2026-10-04T01:45:00+10:30", "2026-10-04T02:30:00+11:00", "2026-10-04T02:45:00+11:00"],
             id="lord-howe-spring-every-15-min",
         ),
         pytest.param(
-            "45 1 * * *", LORD_HOWE, "2026-04-04T12:00:00+11:00",
+            "45 1 * * *",
+            LORD_HOWE,
+            "2026-04-04T12:00:00+11:00",
             ["2026-04-05T01:45:00+11:00", "2026-04-06T01:45:00+10:30"],
             id="lord-howe-fall-daily-once",
         ),
         pytest.param(
-            "*/15 * * * *", LORD_HOWE, "2026-04-05T01:20:00+11:00",
-            ["2026-04-05T01:30:00+11:00", "2026-04-05T01:45:00+11:00", "2026-04-05T01:30:00+10:30",
-             "2026-04-05T01:45:00+10:30", "2026-04-05T02:00:00+10:30"],
+            "*/15 * * * *",
+            LORD_HOWE,
+            "2026-04-05T01:20:00+11:00",
+            [
+                "2026-04-05T01:30:00+11:00",
+                "2026-04-05T01:45:00+11:00",
+                "2026-04-05T01:30:00+10:30",
+                "2026-04-05T01:45:00+10:30",
+                "2026-04-05T02:00:00+10:30",
+            ],
             id="lord-howe-fall-every-15-min",
         ),
     ],
@@ -159,28 +226,43 @@ def test_next_fires(expr: str, zone: str, start: str, expected: list[str]) -> No
     ("expr", "zone", "start", "expected"),
     [
         pytest.param(
-            "* * * * * */10", "UTC", "2026-01-01T00:00:05.5+00:00",
+            "* * * * * */10",
+            "UTC",
+            "2026-01-01T00:00:05.5+00:00",
             ["2026-01-01T00:00:10+00:00", "2026-01-01T00:00:20+00:00", "2026-01-01T00:00:30+00:00"],
             id="every-10-seconds",
         ),
         pytest.param(
-            "* * * * * *", "UTC", "2026-01-01T00:00:59.999+00:00",
+            "* * * * * *",
+            "UTC",
+            "2026-01-01T00:00:59.999+00:00",
             ["2026-01-01T00:01:00+00:00", "2026-01-01T00:01:01+00:00"],
             id="every-second",
         ),
         pytest.param(
-            "0 0 * * * 30", "UTC", "2026-01-01T00:00:00+00:00",
+            "0 0 * * * 30",
+            "UTC",
+            "2026-01-01T00:00:00+00:00",
             ["2026-01-01T00:00:30+00:00", "2026-01-02T00:00:30+00:00"],
             id="seconds-field-is-last",
         ),
         pytest.param(
-            "0 2 * * * */30", SKOPJE, "2026-10-25T01:59:59+02:00",
-            ["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:30+02:00", "2026-10-25T02:00:00+01:00",
-             "2026-10-25T02:00:30+01:00", "2026-10-26T02:00:00+01:00"],
+            "0 2 * * * */30",
+            SKOPJE,
+            "2026-10-25T01:59:59+02:00",
+            [
+                "2026-10-25T02:00:00+02:00",
+                "2026-10-25T02:00:30+02:00",
+                "2026-10-25T02:00:00+01:00",
+                "2026-10-25T02:00:30+01:00",
+                "2026-10-26T02:00:00+01:00",
+            ],
             id="seconds-step-follows-real-time-in-fall",
         ),
         pytest.param(
-            "* * * * * */20", SKOPJE, "2026-03-29T01:59:30+01:00",
+            "* * * * * */20",
+            SKOPJE,
+            "2026-03-29T01:59:30+01:00",
             ["2026-03-29T01:59:40+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T03:00:20+02:00"],
             id="seconds-step-skips-missing-hour",
         ),
@@ -244,8 +326,9 @@ def test_hashed_values_match_croniter_for_many_names_and_specs_stay_independent(
         it = croniter(expr, start.replace(tzinfo=None), hash_id=name.encode())
         theirs = [it.get_next(datetime).replace(tzinfo=UTC) for _ in range(3)]
         assert spec.next_fires(start, ZoneInfo("UTC"), 3) == theirs, (expr, name)
-    assert len({spec.next_after(start, ZoneInfo("UTC")) for (expr, _), spec in specs.items()
-                if expr == "H * * * *"}) > 30
+    assert (
+        len({spec.next_after(start, ZoneInfo("UTC")) for (expr, _), spec in specs.items() if expr == "H * * * *"}) > 30
+    )
 
 
 def test_a_bad_hashed_field_is_refused_with_croniter_reason() -> None:
@@ -372,8 +455,9 @@ def test_the_described_hash_is_the_one_that_fires(job: str) -> None:
     for expr, unit in (("H * * * *", "minute"), ("* * * * * H", "second")):
         fires = CronSpec.parse(expr, job).next_fires(datetime(2026, 1, 1, tzinfo=UTC), ZoneInfo("UTC"), 3)
         [value] = {getattr(fire, unit) for fire in fires}
-        assert describe(expr, job) == ("hourly at minute" if unit == "minute" else "every minute at second") + \
-            f" {value}"
+        assert (
+            describe(expr, job) == ("hourly at minute" if unit == "minute" else "every minute at second") + f" {value}"
+        )
 
 
 ZONES = ["UTC", SKOPJE, NEW_YORK, LORD_HOWE, "Europe/London", "America/Sao_Paulo"]
@@ -426,13 +510,29 @@ def _allowed(values: list[int | str], size: int) -> set[int]:
     return set(range(size)) if values == ["*"] else {int(value) for value in values}
 
 
-SIMPLE = ["* * * * * *", "* * * * *", "0 * * * *", "59 * * * *", "H * * * *", "@hourly", "@daily", "30 2 * * *",
-          "H H * * *", "0 0 * * * 30", "7 * * * * 59", "* * * * * 0", "59 23 * * * 59"]
+SIMPLE = [
+    "* * * * * *",
+    "* * * * *",
+    "0 * * * *",
+    "59 * * * *",
+    "H * * * *",
+    "@hourly",
+    "@daily",
+    "30 2 * * *",
+    "H H * * *",
+    "0 0 * * * 30",
+    "7 * * * * 59",
+    "* * * * * 0",
+    "59 23 * * * 59",
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(expr=st.sampled_from(SIMPLE), name=st.sampled_from(["a", "nightly", "job00042"]),
-       wall=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)))
+@given(
+    expr=st.sampled_from(SIMPLE),
+    name=st.sampled_from(["a", "nightly", "job00042"]),
+    wall=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)),
+)
 def test_the_arithmetic_path_finds_what_croniter_finds(expr: str, name: str, wall: datetime) -> None:
     # Simple schedules skip croniter's search: the next wall time must be the one croniter gives.
     spec = CronSpec.parse(expr, name)
@@ -440,7 +540,8 @@ def test_the_arithmetic_path_finds_what_croniter_finds(expr: str, name: str, wal
     assert spec._wall_next(wall) == spec._iter.get_next(datetime, start_time=wall)
 
 
-@pytest.mark.parametrize("expr", ["*/15 * * * *", "0 9 * * 1-5", "* 3 * * *", "0 0 1 * *", "* * * * * */2",
-                                  "0,30 * * * *", "H/10 * * * *"])
+@pytest.mark.parametrize(
+    "expr", ["*/15 * * * *", "0 9 * * 1-5", "* 3 * * *", "0 0 1 * *", "* * * * * */2", "0,30 * * * *", "H/10 * * * *"]
+)
 def test_other_schedules_still_ask_croniter(expr: str) -> None:
     assert CronSpec.parse(expr, "job")._cycle is None

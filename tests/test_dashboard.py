@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from aiohttp import web
 
 from jobd.web.dashboard import STATIC_DIR
@@ -57,8 +56,9 @@ async def test_whoami_without_auth_is_admin(start_daemon):
     assert {"events", "run_events", "tickets"} <= set(data["features"])
 
 
-@pytest.mark.parametrize(("token", "scope", "name"), [("read-token-123", "read", "viewer"),
-                                                       ("admin-token-123", "admin", "ops")])
+@pytest.mark.parametrize(
+    ("token", "scope", "name"), [("read-token-123", "read", "viewer"), ("admin-token-123", "admin", "ops")]
+)
 async def test_whoami_tells_the_token_scope(start_daemon, token, scope, name):
     h = await start_daemon(JOBS, auth=TOKENS)
     response = await h.client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})

@@ -31,13 +31,21 @@ START_TIMEOUT_S = 30.0
 
 OPERATIONS = sorted(set(documented_operations()) - NOT_YET_SERVED)
 NAMES = ["noop", "slow", "bad", "nope"]
-SEGMENT = st.text(st.characters(blacklist_characters="/?#", blacklist_categories=("Cs",)), min_size=1,
-                  max_size=12).filter(lambda s: s not in (".", ".."))
-JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.floats(allow_nan=False,
-                      allow_infinity=False), st.text(max_size=20))
-JUNK_JSON = st.recursive(JSON_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                         max_leaves=8)
+SEGMENT = st.text(
+    st.characters(blacklist_characters="/?#", blacklist_categories=("Cs",)), min_size=1, max_size=12
+).filter(lambda s: s not in (".", ".."))
+JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+JUNK_JSON = st.recursive(
+    JSON_LEAF,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
 HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=250)
 
 
@@ -90,14 +98,18 @@ def as_text(value: Any) -> str:
 
 def path_value(param: dict[str, Any]) -> st.SearchStrategy[str]:
     name = param["name"]
-    known = {"name": st.sampled_from(NAMES), "run_id": st.integers(0, 40).map(str),
-             "asset": st.sampled_from(["api-docs.js", "api-docs.css", "api-docs.html"])}.get(name, st.nothing())
+    known = {
+        "name": st.sampled_from(NAMES),
+        "run_id": st.integers(0, 40).map(str),
+        "asset": st.sampled_from(["api-docs.js", "api-docs.css", "api-docs.html"]),
+    }.get(name, st.nothing())
     return st.one_of(known, from_schema(param["schema"]).map(as_text).filter(bool), SEGMENT)
 
 
 def query_value(param: dict[str, Any]) -> st.SearchStrategy[str]:
-    return st.one_of(from_schema(param["schema"]).map(as_text), st.text(max_size=20),
-                     st.integers().map(str), st.sampled_from(NAMES))
+    return st.one_of(
+        from_schema(param["schema"]).map(as_text), st.text(max_size=20), st.integers().map(str), st.sampled_from(NAMES)
+    )
 
 
 @st.composite
@@ -109,7 +121,7 @@ def requests(draw: st.DrawFn, method: str, template: str) -> tuple[str, dict[str
     for param in op.get("parameters", ()):
         if param["in"] == "path":
             path = path.replace("{" + param["name"] + "}", quote(draw(path_value(param)), safe=""))
-        elif param["in"] == "query" and (param.get("required") and draw(st.booleans()) or draw(st.booleans())):
+        elif param["in"] == "query" and ((param.get("required") and draw(st.booleans())) or draw(st.booleans())):
             query.append((param["name"], draw(query_value(param))))
         elif param["in"] == "header" and draw(st.booleans()):
             headers[param["name"]] = draw(HEADER_TEXT)
@@ -173,8 +185,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     log_path = folder / "jobd.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "jobd", "serve", "-c", str(config), "--log-format", "json"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobd", "serve", "-c", str(config), "--log-format", "json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+        )
     try:
         host, port = wait_for_listening(log_path, proc)
         yield Served(host, port)
@@ -191,8 +208,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.mark.parametrize("method, template", OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_generated_requests(served: Served, method: str, template: str) -> None:
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(request=requests(method, template))
     def one(request: tuple[str, dict[str, str], bytes | None]) -> None:
         url, headers, body = request

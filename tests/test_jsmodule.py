@@ -17,8 +17,10 @@ from ssehelp import serve  # noqa: F401  (a fixture)
 
 from jobd.web import STATIC_DIR
 
-TOKENS = [{"name": "browser", "token": "read-token-for-js", "scope": "read"},
-          {"name": "boss", "token": "admin-token-for-js", "scope": "admin"}]
+TOKENS = [
+    {"name": "browser", "token": "read-token-for-js", "scope": "read"},
+    {"name": "boss", "token": "admin-token-for-js", "scope": "admin"},
+]
 ADMIN = {"Authorization": "Bearer admin-token-for-js"}
 
 SCRIPT = """
@@ -39,8 +41,10 @@ def node_with_eventsource() -> str | None:
     node = shutil.which("node")
     if node is None:
         return None
-    probe = subprocess.run([node, "--experimental-eventsource", "-e", "process.exit(typeof EventSource == 'function' ? 0 : 1)"],
-                           capture_output=True)
+    probe = subprocess.run(
+        [node, "--experimental-eventsource", "-e", "process.exit(typeof EventSource == 'function' ? 0 : 1)"],
+        capture_output=True,
+    )
     return node if probe.returncode == 0 else None
 
 
@@ -58,8 +62,18 @@ class NodeWatch:
         assert NODE is not None
         module = json.dumps((Path(STATIC_DIR) / "jobd.js").as_uri())
         proc = await asyncio.create_subprocess_exec(
-            NODE, "--no-warnings", "--experimental-eventsource", "--input-type=module", "-e", SCRIPT % module,
-            base_url, str(run_id), token, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            NODE,
+            "--no-warnings",
+            "--experimental-eventsource",
+            "--input-type=module",
+            "-e",
+            SCRIPT % module,
+            base_url,
+            str(run_id),
+            token,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         return cls(proc)
 
     async def finish(self, timeout: float = 20) -> list[dict]:
@@ -88,7 +102,10 @@ async def test_js_module_streams_with_a_ticket(serve):
     await steps.put(None)
     records = await watcher.finish()
     assert [(r["cb"], r.get("status"), r.get("previous")) for r in records if r["cb"] != "progress"] == [
-        ("status", "PROCESSING", None), ("status", "COMPLETED", "PROCESSING"), ("complete", "COMPLETED", None)]
+        ("status", "PROCESSING", None),
+        ("status", "COMPLETED", "PROCESSING"),
+        ("complete", "COMPLETED", None),
+    ]
     assert {"cb": "progress", "progress": 40, "message": "forty"} in records
     assert records[-1] == {"cb": "complete", "status": "COMPLETED", "result": {"steps": "done"}}
     paths = [call.kwargs["path"] for call in cap.calls if call.kwargs.get("event") == "request"]
@@ -105,8 +122,11 @@ async def test_js_module_falls_back_to_polling(serve):
         watcher = await NodeWatch.start(s.url, run_id)
 
         def polls() -> int:  # the run's JSON view being read
-            return sum(1 for call in cap.calls
-                       if call.kwargs.get("event") == "request" and call.kwargs["path"] == f"/api/v1/runs/{run_id}")
+            return sum(
+                1
+                for call in cap.calls
+                if call.kwargs.get("event") == "request" and call.kwargs["path"] == f"/api/v1/runs/{run_id}"
+            )
 
         await wait_for(lambda: polls() >= 2)
         await steps.put(("progress", 70, "seventy"))

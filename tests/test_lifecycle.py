@@ -26,8 +26,8 @@ from test_alerts import Receiver, receiver  # noqa: F401  (the fixture, too)
 
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.retention import DAY_MS
-from jobd.store import IdempotencyKey, JobState, SQLiteStore
 from jobd.runlog import log_path
+from jobd.store import IdempotencyKey, JobState, SQLiteStore
 
 TERMINAL = {"COMPLETED", "PARTIAL", "FAILED", "CANCELLED"}
 ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
@@ -67,8 +67,9 @@ class Api:
             return await response.json()
 
     async def trigger(self, job: str, params: dict[str, Any] | None = None, **body: Any) -> Any:
-        async with self.http.post(f"{self.url}/api/v1/jobs/{job}/trigger",
-                                  json=body or {"params": params or {}}) as response:
+        async with self.http.post(
+            f"{self.url}/api/v1/jobs/{job}/trigger", json=body or {"params": params or {}}
+        ) as response:
             data = await response.json()
             assert response.status == 202, data
             return data.get("run", data)
@@ -159,7 +160,8 @@ GRACE, KILL_GRACE = 4, 1
 async def test_sigterm_drains_interrupts_and_requeues(tmp_path: Path, daemons: Any, notify_socket: NotifySocket):
     gate = tmp_path / "gate"
     config = write_config(
-        tmp_path / "jobd.toml", workers=f"concurrency = 10\nshutdown_grace_s = {GRACE}\nkill_grace_s = {KILL_GRACE}",
+        tmp_path / "jobd.toml",
+        workers=f"concurrency = 10\nshutdown_grace_s = {GRACE}\nkill_grace_s = {KILL_GRACE}",
         jobs=f"""
 [jobs.gated_cmd]
 shell = 'while [ ! -e "{gate}" ]; do sleep 0.02; done; echo finished'
@@ -182,10 +184,19 @@ on_interrupt = "fail"
 command = ["env"]
 [jobs.env_py]
 handler = "life_jobs:systemd_env"
-""")
+""",
+    )
     # As systemd starts it, with socket-activation variables meant for another process (pid 1).
-    daemon = daemons(config, env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "200000",
-                                  "LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "http"})
+    daemon = daemons(
+        config,
+        env={
+            "NOTIFY_SOCKET": notify_socket.address,
+            "WATCHDOG_USEC": "200000",
+            "LISTEN_FDS": "1",
+            "LISTEN_PID": "1",
+            "LISTEN_FDNAMES": "http",
+        },
+    )
     url = await daemon.start()
     async with aiohttp.ClientSession() as http:
         api = Api(http, url)
@@ -273,6 +284,7 @@ handler = "life_jobs:systemd_env"
 
 # -- SIGHUP, the lock, alerts, retention and a second SIGTERM ------------------------------------------
 
+
 async def seed_history(config: Path) -> dict[str, Any]:
     """What an earlier daemon left: runs of different ages with log files, job state, a key."""
     store = SQLiteStore(config.parent / "state" / "jobd.db")
@@ -283,13 +295,20 @@ async def seed_history(config: Path) -> dict[str, Any]:
     for name, age in ages.items():
         finished = now - int(age * DAY_MS)
         status = RunStatus.FAILED if "failed" in name else RunStatus.COMPLETED
-        runs[name] = Run(id=store.allocate_run_id(), job="old", status=status, triggered_by=TriggerSource.CRON,
-                         created_at=finished - 100, started_at=finished - 50, finished_at=finished,
-                         updated_at=finished)
-    state = JobState("old", last_fire_at=now - 3 * DAY_MS, consecutive_failures=1,
-                     last_run_id=runs["last_of_old"].id)
-    await store.write(runs.values(), job_states=[state],
-                      keys=[IdempotencyKey("old", "k", runs["old_ok"].id, now - 2 * DAY_MS)])
+        runs[name] = Run(
+            id=store.allocate_run_id(),
+            job="old",
+            status=status,
+            triggered_by=TriggerSource.CRON,
+            created_at=finished - 100,
+            started_at=finished - 50,
+            finished_at=finished,
+            updated_at=finished,
+        )
+    state = JobState("old", last_fire_at=now - 3 * DAY_MS, consecutive_failures=1, last_run_id=runs["last_of_old"].id)
+    await store.write(
+        runs.values(), job_states=[state], keys=[IdempotencyKey("old", "k", runs["old_ok"].id, now - 2 * DAY_MS)]
+    )
     await store.close()
     logs = config.parent / "state" / "logs"
     for run in runs.values():
@@ -311,8 +330,10 @@ handler = "life_jobs:deaf"
 [jobs.old]
 command = ["true"]
 """
-    extra = (f'[alerts]\nwebhook_url = "{receiver.url}"\nwebhook_retries = 0\n'
-             "[retention]\ndays = 1\nfailed_days = 2\nfirst_delay_s = 0\n")
+    extra = (
+        f'[alerts]\nwebhook_url = "{receiver.url}"\nwebhook_retries = 0\n'
+        "[retention]\ndays = 1\nfailed_days = 2\nfirst_delay_s = 0\n"
+    )
     workers = "shutdown_grace_s = 30\nkill_grace_s = 1"
     config = write_config(tmp_path / "jobd.toml", workers=workers, jobs=jobs, extra=extra)
     history = await seed_history(config)
@@ -359,16 +380,27 @@ command = ["true"]
         # A second jobd on the same store refuses to start: one clear line, a non-zero exit.
         other = write_config(tmp_path / "other.toml", workers=workers, jobs=jobs)
         second = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "jobd", "serve", "-c", str(other), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env={**os.environ, **ENV})
+            sys.executable,
+            "-m",
+            "jobd",
+            "serve",
+            "-c",
+            str(other),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **ENV},
+        )
         _, err = await asyncio.wait_for(second.communicate(), 30)
         assert second.returncode != 0
         [line] = err.decode().splitlines()
         assert "in use by another jobd" in line and f"pid {daemon.proc.pid}" in line
 
         # SIGHUP with a good file: job changes apply; the running run and its stream carry on.
-        config.write_text(config.read_text().replace("[jobs.slow]\n", '[jobs.slow]\ndescription = "edited"\n')
-                          + '[jobs.added]\ncommand = ["true"]\n')
+        config.write_text(
+            config.read_text().replace("[jobs.slow]\n", '[jobs.slow]\ndescription = "edited"\n')
+            + '[jobs.added]\ncommand = ["true"]\n'
+        )
         daemon.signal(signal.SIGHUP)
         await wait_for(lambda: daemon.events("config_reloaded"))
         assert (await api.get("/api/v1/jobs/slow"))["job"]["description"] == "edited"
@@ -412,9 +444,11 @@ command = ["true"]
 
 # -- kill -9 in the middle of a load --------------------------------------------------------------------
 
+
 async def test_sigkill_mid_load_loses_nothing(tmp_path: Path, daemons: Any):
     config = write_config(
-        tmp_path / "jobd.toml", workers="concurrency = 8\nshutdown_grace_s = 2\nkill_grace_s = 0.5",
+        tmp_path / "jobd.toml",
+        workers="concurrency = 8\nshutdown_grace_s = 2\nkill_grace_s = 0.5",
         jobs="""
 [jobs.load_cmd]
 shell = "sleep 0.2"
@@ -427,7 +461,8 @@ max_concurrency = 8
 [jobs.ordered]
 handler = "life_jobs:brief"
 overlap = "queue"
-""")
+""",
+    )
     first = daemons(config)
     url = await first.start()
     accepted: set[int] = set()
@@ -450,6 +485,7 @@ overlap = "queue"
         async def mid_load() -> bool:
             queue = await api.get("/api/v1/queue")
             return queue["counts"]["COMPLETED"] >= 16 and queue["processing"] >= 4
+
         await wait_for(mid_load, timeout=30, interval=0.02)
         await first.kill()
         await asyncio.wait_for(sender, 10)
@@ -467,6 +503,7 @@ overlap = "queue"
         async def idle() -> bool:
             queue = await api.get("/api/v1/queue")
             return queue["pending"] == 0 and queue["processing"] == 0
+
         await wait_for(idle, timeout=45, interval=0.05)
         assert await second.stop() == 0
     no_tracebacks(second)
@@ -483,8 +520,9 @@ overlap = "queue"
         assert retry["status"] == "COMPLETED"
     assert all(run["status"] == "COMPLETED" for run in runs.values() if run not in interrupted)
     # The queue job's runs kept their order across the crash.
-    ordered = sorted((run for run in runs.values() if run["job"] == "ordered" and run["retry_of"] is None),
-                     key=lambda run: run["id"])
+    ordered = sorted(
+        (run for run in runs.values() if run["job"] == "ordered" and run["retry_of"] is None), key=lambda run: run["id"]
+    )
     starts = [run["started_at"] for run in ordered]
     assert starts == sorted(starts)
 
@@ -503,7 +541,8 @@ async def test_sigkill_leftovers_are_stopped_before_the_retry(tmp_path: Path, da
     that ignores SIGTERM, before the run's retry starts, so the two never run side by side."""
     pidfile = tmp_path / "pids"
     config = write_config(
-        tmp_path / "jobd.toml", workers="concurrency = 2\nkill_grace_s = 0.5",
+        tmp_path / "jobd.toml",
+        workers="concurrency = 2\nkill_grace_s = 0.5",
         jobs=f"""
 [jobs.stubborn]
 shell = '''
@@ -514,7 +553,8 @@ if [ "$JOBD_ATTEMPT" = 1 ]; then
   wait
 fi
 '''
-""")
+""",
+    )
     pids: list[int] = []
     try:
         first = daemons(config)

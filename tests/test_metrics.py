@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
@@ -71,12 +71,12 @@ async def test_run_metrics_after_real_runs(start_daemon):
     assert value(samples, "jobd_sse_streams_open") == 0
     requests = {labels: n for (name, labels), n in samples.items() if name == "jobd_http_requests_total"}
     routes = {dict(labels)["route"] for labels in requests}
-    assert value(samples, "jobd_http_requests_total", method="POST", route="/api/v1/jobs/{name}/trigger",
-                 status="202") == 6
-    assert value(samples, "jobd_http_requests_total", method="GET", route="/api/v1/runs/{run_id}",
-                 status="404") == 1
-    assert value(samples, "jobd_http_requests_total", method="GET", route="/api/v1/runs/{run_id}",
-                 status="200") == 1
+    assert (
+        value(samples, "jobd_http_requests_total", method="POST", route="/api/v1/jobs/{name}/trigger", status="202")
+        == 6
+    )
+    assert value(samples, "jobd_http_requests_total", method="GET", route="/api/v1/runs/{run_id}", status="404") == 1
+    assert value(samples, "jobd_http_requests_total", method="GET", route="/api/v1/runs/{run_id}", status="200") == 1
     assert value(samples, "jobd_http_requests_total", method="GET", route="unmatched", status="404") == 1
     assert not any(route.startswith("/no/") or route[-1:].isdigit() for route in routes), routes
 
@@ -98,11 +98,14 @@ async def test_run_metrics_after_real_runs(start_daemon):
 async def test_fire_lag_and_skipped_fires_from_the_scheduler(aiohttp_client, make_config):
     # The scheduler runs on a settable clock set 10 minutes back, so its cron run starts ~10 minutes
     # "late" in real time; a second fire while that run is still going is skipped (overlap=skip).
-    real = datetime.now(timezone.utc).replace(microsecond=0)
+    real = datetime.now(UTC).replace(microsecond=0)
     start = real - timedelta(minutes=10, seconds=real.second) + timedelta(seconds=30)
     clock = FakeClock(start)
-    daemon = Daemon(make_config({"tick": {"handler": "sample_jobs:sleepy", "schedule": "* * * * *"}}),
-                    environ={"PATH": "/usr/bin:/bin"}, clock=clock)
+    daemon = Daemon(
+        make_config({"tick": {"handler": "sample_jobs:sleepy", "schedule": "* * * * *"}}),
+        environ={"PATH": "/usr/bin:/bin"},
+        clock=clock,
+    )
     client = await aiohttp_client(create_app(daemon))
     await clock.run_until(start + timedelta(seconds=31))
     run = await wait_for(lambda: daemon.runs.active_of("tick"))
@@ -135,8 +138,9 @@ async def test_metrics_with_api_tokens(start_daemon, tmp_path):
     response = await h.client.get("/metrics")
     assert response.status == 401 and response.content_type == "application/problem+json"
     await scrape(h.client, {"Authorization": "Bearer read-token"})
-    both = await start_daemon({"noop": NOOP}, auth=tokens, metrics={"token": "scrape-me"},
-                              store={"path": str(tmp_path / "both" / "jobd.db")})
+    both = await start_daemon(
+        {"noop": NOOP}, auth=tokens, metrics={"token": "scrape-me"}, store={"path": str(tmp_path / "both" / "jobd.db")}
+    )
     await scrape(both.client, {"Authorization": "Bearer read-token"})
     await scrape(both.client, {"Authorization": "Bearer scrape-me"})
     response = await both.client.get("/metrics")

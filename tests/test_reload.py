@@ -12,11 +12,15 @@ from jobd.models import RunStatus
 
 def write(path: Path, gate: Path, *, limit: int, removed: bool = False) -> Path:
     gated = f"while [ ! -e '{gate}' ]; do sleep 0.02; done"
-    text = ('[store]\npath = "state/jobd.db"\n[workers]\nconcurrency = 8\nshutdown_grace_s = 2\nkill_grace_s = 0.5\n'
-            f'[jobs.wide]\nshell = "{gated}"\noverlap = "allow"\nmax_concurrency = {limit}\n')
+    text = (
+        '[store]\npath = "state/jobd.db"\n[workers]\nconcurrency = 8\nshutdown_grace_s = 2\nkill_grace_s = 0.5\n'
+        f'[jobs.wide]\nshell = "{gated}"\noverlap = "allow"\nmax_concurrency = {limit}\n'
+    )
     if not removed:
-        text += (f'[jobs.gone]\nshell = "{gated}; exit 1"\noverlap = "allow"\n'
-                 '[jobs.flaky]\nshell = "exit 1"\nretries = 1\nretry_backoff_s = 3600\n')
+        text += (
+            f'[jobs.gone]\nshell = "{gated}; exit 1"\noverlap = "allow"\n'
+            '[jobs.flaky]\nshell = "exit 1"\nretries = 1\nretry_backoff_s = 3600\n'
+        )
     path.write_text(text)
     return path
 

@@ -11,8 +11,8 @@ from conftest import wait_for
 from jobd.config import ConfigError, parse_config
 from jobd.models import Run, RunStatus, TriggerSource, now_ms
 from jobd.retention import DAY_MS, Retention
-from jobd.store import RunFilter, SQLiteStore
 from jobd.runlog import log_path
+from jobd.store import RunFilter, SQLiteStore
 
 JOBS = {
     "ok": {"shell": "echo hello from $JOBD_RUN_ID", "overlap": "allow", "max_concurrency": 4},
@@ -23,8 +23,14 @@ JOBS = {
 
 def retention_at(daemon, when: int, **config) -> Retention:
     """The daemon's own store, run table and logs, cleaned as if it were `when`."""
-    return Retention(dataclasses.replace(daemon.config.retention, **config), store=daemon.store, runs=daemon.runs,
-                     logs_dir=daemon.config.store.logs_dir, clock=lambda: when, pause_s=0)
+    return Retention(
+        dataclasses.replace(daemon.config.retention, **config),
+        store=daemon.store,
+        runs=daemon.runs,
+        logs_dir=daemon.config.store.logs_dir,
+        clock=lambda: when,
+        pause_s=0,
+    )
 
 
 async def stored_ids(daemon) -> set[int]:
@@ -96,8 +102,16 @@ async def test_old_runs_and_their_logs_go_and_the_job_state_stays(start_daemon):
 
 
 def old_run(run_id: int, status: RunStatus, finished_at: int, job: str = "ok") -> Run:
-    return Run(id=run_id, job=job, status=status, triggered_by=TriggerSource.API, created_at=finished_at - 10,
-               started_at=finished_at - 5, finished_at=finished_at, updated_at=finished_at)
+    return Run(
+        id=run_id,
+        job=job,
+        status=status,
+        triggered_by=TriggerSource.API,
+        created_at=finished_at - 10,
+        started_at=finished_at - 5,
+        finished_at=finished_at,
+        updated_at=finished_at,
+    )
 
 
 async def test_a_big_clean_up_goes_in_batches_while_the_api_answers(start_daemon):
@@ -114,8 +128,13 @@ async def test_a_big_clean_up_goes_in_batches_while_the_api_answers(start_daemon
         path = log_path(daemon.config.store.logs_dir, run.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("old output\n")
-    retention = Retention(daemon.config.retention, store=daemon.store, runs=daemon.runs,
-                          logs_dir=daemon.config.store.logs_dir, clock=lambda: now)  # the real pause
+    retention = Retention(
+        daemon.config.retention,
+        store=daemon.store,
+        runs=daemon.runs,
+        logs_dir=daemon.config.store.logs_dir,
+        clock=lambda: now,
+    )  # the real pause
     sweep = asyncio.create_task(retention.sweep())
     answered = 0
     while not sweep.done():
@@ -161,13 +180,15 @@ async def test_the_daemon_cleans_up_shortly_after_start(start_daemon, make_confi
     assert not next(t for t in h.daemon._tasks if t.get_name() == "retention").done()
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("first_delay_s", -1, "retention.first_delay_s: -1 is below the minimum 0"),
-    ("days", "a month", "retention.days: must be a number"),
-    ("batch_size", 0, "retention.batch_size: 0 is out of range"),
-    ("weeks", 4, "retention.weeks"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("first_delay_s", -1, "retention.first_delay_s: -1 is below the minimum 0"),
+        ("days", "a month", "retention.days: must be a number"),
+        ("batch_size", 0, "retention.batch_size: 0 is out of range"),
+        ("weeks", 4, "retention.weeks"),
+    ],
+)
 def test_retention_config_errors_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_config({"retention": {key: value}}, environ={})
-

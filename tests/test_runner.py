@@ -35,8 +35,13 @@ class Recorder:
     def progress(self, percent: float, message: str | None) -> None:
         self._add("progress", percent, message)
 
-    def counts(self, total: int | None = None, success: int | None = None,
-               failed: int | None = None, skipped: int | None = None) -> None:
+    def counts(
+        self,
+        total: int | None = None,
+        success: int | None = None,
+        failed: int | None = None,
+        skipped: int | None = None,
+    ) -> None:
         given = {"total": total, "success": success, "failed": failed, "skipped": skipped}
         self._add("counts", {key: value for key, value in given.items() if value is not None})
 
@@ -75,12 +80,14 @@ def make_run(**fields: Any) -> Run:
     return Run(job="t", status=RunStatus.PROCESSING, triggered_by=TriggerSource.MANUAL, created_at=0, **fields)
 
 
-async def run_job(job: JobConfig, run: Run | None = None, *, environ: dict[str, str] | None = None,
-                  grace: float = GRACE) -> tuple[Outcome, Recorder]:
+async def run_job(
+    job: JobConfig, run: Run | None = None, *, environ: dict[str, str] | None = None, grace: float = GRACE
+) -> tuple[Outcome, Recorder]:
     recorder = Recorder()
     async with asyncio.timeout(10):
-        outcome = await execute(job, run or make_run(), recorder, kill_grace_s=grace,
-                                environ=BASE_ENV if environ is None else environ)
+        outcome = await execute(
+            job, run or make_run(), recorder, kill_grace_s=grace, environ=BASE_ENV if environ is None else environ
+        )
     assert asyncio.all_tasks() == {asyncio.current_task()}, "execute() left a task behind"
     return outcome, recorder
 
@@ -130,33 +137,41 @@ async def test_protocol_lines_go_to_the_reporter() -> None:
     outcome, rec = await run_job(JobConfig(name="t", command=(str(SCRIPTS / "protocol.sh"),)))
 
     assert outcome == Outcome(exit_code=0, result=["last", 1], error=None, timed_out=False)
-    assert rec.of("progress") == [(10.0, None), (42.5, "halfway there"), (50.0, None), (100.0, None),
-                                  (0.0, "below zero")]
+    assert rec.of("progress") == [
+        (10.0, None),
+        (42.5, "halfway there"),
+        (50.0, None),
+        (100.0, None),
+        (0.0, "below zero"),
+    ]
     assert rec.of("counts") == [{"total": 50, "success": 46, "failed": 2, "skipped": 2}, {"success": 47}]
     assert rec.of("result") == [{"rows": 3}, ["last", 1]]
     assert rec.lines("stdout") == ["plain line", ""]
     assert rec.lines("stderr") == ["::progress::99 on stderr"]
 
 
-@pytest.mark.parametrize("line", [
-    "::progress::",
-    "::progress::abc",
-    "::progress::nan",
-    "::progress::12abc message",
-    "::counts::",
-    "::counts::total=-1",
-    "::counts::total=1.5",
-    "::counts::bogus=1",
-    "::counts::total=1 success",
-    "::counts::success=\u00b2",
-    "::result::",
-    "::result::{not json",
-    "::result::NaN",
-    "::result::1e999",
-    '::result::{"x": -1e400}',
-    "::unknown::1",
-    ":: progress::1",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "::progress::",
+        "::progress::abc",
+        "::progress::nan",
+        "::progress::12abc message",
+        "::counts::",
+        "::counts::total=-1",
+        "::counts::total=1.5",
+        "::counts::bogus=1",
+        "::counts::total=1 success",
+        "::counts::success=\u00b2",
+        "::result::",
+        "::result::{not json",
+        "::result::NaN",
+        "::result::1e999",
+        '::result::{"x": -1e400}',
+        "::unknown::1",
+        ":: progress::1",
+    ],
+)
 async def test_malformed_protocol_lines_are_logged(line: str) -> None:
     outcome, rec = await run_job(shell('printf "%s\\n" "$LINE"', env={"LINE": line}))
 
@@ -205,9 +220,14 @@ async def test_last_line_without_newline_is_kept() -> None:
 async def test_environment_has_run_variables_and_no_service_manager_ones() -> None:
     environ = {
         **BASE_ENV,
-        "FROM_DAEMON": "daemon", "SHARED": "daemon",
-        "NOTIFY_SOCKET": "/run/notify", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1",
-        "LISTEN_FDS": "2", "LISTEN_PID": "1", "LISTEN_FDNAMES": "a:b",
+        "FROM_DAEMON": "daemon",
+        "SHARED": "daemon",
+        "NOTIFY_SOCKET": "/run/notify",
+        "WATCHDOG_USEC": "1000",
+        "WATCHDOG_PID": "1",
+        "LISTEN_FDS": "2",
+        "LISTEN_PID": "1",
+        "LISTEN_FDNAMES": "a:b",
     }
     job = JobConfig(name="t", command=("env",), env={"FROM_JOB": "job", "SHARED": "job"})
     run = make_run(id=41, attempt=2, params={"a": 1, "b": ["x", None]})
@@ -274,8 +294,9 @@ async def test_command_not_found() -> None:
 async def test_params_too_big_for_the_environment() -> None:
     outcome, rec = await run_job(shell("true"), make_run(params={"blob": "x" * 200_000}))
 
-    assert outcome == Outcome(error="cannot start /bin/sh: argument list too long "
-                                    "(the params, as JOBD_PARAMS, may be at most 128 KiB)")
+    assert outcome == Outcome(
+        error="cannot start /bin/sh: argument list too long (the params, as JOBD_PARAMS, may be at most 128 KiB)"
+    )
     assert rec.calls == []
 
 
@@ -407,8 +428,9 @@ async def test_handler_reports_and_returns(name: str) -> None:
         assert thread is not None and thread != threading.get_ident()
 
 
-@pytest.mark.parametrize("name, message", [("fail_async", "ValueError: bad input -1"),
-                                           ("fail_sync", "ValueError: bad input -2")])
+@pytest.mark.parametrize(
+    "name, message", [("fail_async", "ValueError: bad input -1"), ("fail_sync", "ValueError: bad input -2")]
+)
 async def test_handler_exception_fails_the_run_with_a_traceback(name: str, message: str) -> None:
     outcome, rec = await run_job(handler_job(name))
 
@@ -471,8 +493,9 @@ async def test_async_handler_timeout_cancels_it() -> None:
 async def test_sync_handler_timeout_sets_cancelled_and_drops_later_reports() -> None:
     stopped = threading.Event()
 
-    outcome, rec = await run_job(handler_job("wait_for_cancel_sync", timeout_s=0.3),
-                                 make_run(params={"stopped": stopped}))
+    outcome, rec = await run_job(
+        handler_job("wait_for_cancel_sync", timeout_s=0.3), make_run(params={"stopped": stopped})
+    )
 
     assert outcome == Outcome(timed_out=True, error="timed out after 0.3s")
     assert await asyncio.to_thread(stopped.wait, 5)
@@ -555,9 +578,13 @@ def test_runlog_tail_keeps_the_end_of_an_oversized_line(tmp_path: Path) -> None:
     assert tail.endswith("éEND\n")
 
 
-@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr", "handler"]), st.text(max_size=40)), max_size=40),
-       st.integers(min_value=1, max_value=120))
-def test_runlog_tail_is_the_longest_fitting_suffix_of_whole_lines(lines: list[tuple[str, str]], tail_bytes: int) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(["stdout", "stderr", "handler"]), st.text(max_size=40)), max_size=40),
+    st.integers(min_value=1, max_value=120),
+)
+def test_runlog_tail_is_the_longest_fitting_suffix_of_whole_lines(
+    lines: list[tuple[str, str]], tail_bytes: int
+) -> None:
     log = RunLog(Path("/nonexistent/never-written.log"), max_bytes=0, tail_bytes=tail_bytes)
     log.close()  # after close only the tail is kept: no file is touched
     rendered = [(f"[stderr] {line}\n" if stream == "stderr" else f"{line}\n") for stream, line in lines]
@@ -580,4 +607,10 @@ def test_runlog_tail_is_the_longest_fitting_suffix_of_whole_lines(lines: list[tu
 
 
 def test_format_seconds() -> None:
-    assert [format_seconds(value) for value in (5.0, 0.3, 1.25, 3600, 0.001)] == ["5s", "0.3s", "1.25s", "3600s", "0.001s"]
+    assert [format_seconds(value) for value in (5.0, 0.3, 1.25, 3600, 0.001)] == [
+        "5s",
+        "0.3s",
+        "1.25s",
+        "3600s",
+        "0.001s",
+    ]

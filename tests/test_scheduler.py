@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,7 +16,7 @@ from jobd.scheduler import FireRequest, Scheduler
 from tests.conftest import wait_for
 from tests.fakeclock import DEADLINE_S, FakeClock
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LONG = 1e9  # max_sleep_s for tests that step through virtual time without wall-clock jumps
 
@@ -186,12 +186,14 @@ async def test_pause_resume_and_reload_wake_the_sleeping_loop(how: str) -> None:
 
 
 async def test_reload_adds_removes_and_changes_jobs() -> None:
-    scheduler, clock, fired, _ = make(jobs(job("keep", "0 * * * *"), job("gone", "30 * * * *"),
-                                           job("moved", "0 * * * *")))
+    scheduler, clock, fired, _ = make(
+        jobs(job("keep", "0 * * * *"), job("gone", "30 * * * *"), job("moved", "0 * * * *"))
+    )
     async with running(scheduler):
         await clock.run_until(at(hours=1, minutes=40))
-        scheduler.reload(jobs(job("keep", "0 * * * *", description="edited"), job("new", "*/20 * * * *"),
-                              job("moved", "15 * * * *")))
+        scheduler.reload(
+            jobs(job("keep", "0 * * * *", description="edited"), job("new", "*/20 * * * *"), job("moved", "15 * * * *"))
+        )
         assert scheduler.next_run_at("gone") is None
         assert scheduler.next_run_at("keep") == at(hours=2)
         assert scheduler.next_run_at("new") == at(hours=2)
@@ -207,11 +209,11 @@ async def test_reload_keeps_paused_state_and_unchanged_timing() -> None:
     seed_jitter = random.Random(5).random() * 40
     scheduler, clock, fired, _ = make(
         jobs(job("jittery", "0 * * * *", jitter_s=40.0), job("held", "* * * * *")),
-        paused=["held"], rng=random.Random(5),
+        paused=["held"],
+        rng=random.Random(5),
     )
     async with running(scheduler):
-        scheduler.reload(jobs(job("jittery", "0 * * * *", jitter_s=40.0, retries=2),
-                              job("held", "*/2 * * * *")))
+        scheduler.reload(jobs(job("jittery", "0 * * * *", jitter_s=40.0, retries=2), job("held", "*/2 * * * *")))
         assert scheduler.next_run_at("held") is None
         await clock.run_until(at(61))
     assert fired.of("held") == []
@@ -224,19 +226,37 @@ async def test_reload_keeps_paused_state_and_unchanged_timing() -> None:
     ("schedule", "options", "last", "now", "catchup"),
     [
         pytest.param("0 * * * *", {}, at(hours=10), at(hours=12, minutes=30), [at(hours=12)], id="within-grace"),
-        pytest.param("0 * * * *", {"misfire_grace_s": 600}, at(hours=10), at(hours=12, minutes=30), [],
-                     id="outside-grace"),
-        pytest.param("0 * * * *", {"misfire_grace_s": 1800}, at(hours=10), at(hours=12, minutes=30),
-                     [at(hours=12)], id="grace-boundary-inclusive"),
+        pytest.param(
+            "0 * * * *", {"misfire_grace_s": 600}, at(hours=10), at(hours=12, minutes=30), [], id="outside-grace"
+        ),
+        pytest.param(
+            "0 * * * *",
+            {"misfire_grace_s": 1800},
+            at(hours=10),
+            at(hours=12, minutes=30),
+            [at(hours=12)],
+            id="grace-boundary-inclusive",
+        ),
         pytest.param("0 * * * *", {"misfire": "skip"}, at(hours=10), at(hours=12, minutes=30), [], id="skip"),
-        pytest.param("* * * * *", {"misfire_grace_s": 86400}, at(hours=-24), at(hours=12, seconds=5),
-                     [at(hours=12)], id="many-missed-only-one"),
+        pytest.param(
+            "* * * * *",
+            {"misfire_grace_s": 86400},
+            at(hours=-24),
+            at(hours=12, seconds=5),
+            [at(hours=12)],
+            id="many-missed-only-one",
+        ),
         pytest.param("0 * * * *", {}, at(hours=12), at(hours=12, minutes=30), [], id="nothing-missed"),
         pytest.param("0 * * * *", {}, at(hours=11), at(hours=12), [at(hours=12)], id="due-exactly-now"),
         pytest.param("0 * * * *", {}, None, at(hours=12, minutes=30), [], id="never-ran"),
-        pytest.param("30 2 * * *", {"timezone": "Europe/Skopje"}, datetime(2026, 3, 28, 1, 30, tzinfo=UTC),
-                     datetime(2026, 3, 29, 1, 20, tzinfo=UTC), [datetime(2026, 3, 29, 1, 0, tzinfo=UTC)],
-                     id="dst-gap-fire"),
+        pytest.param(
+            "30 2 * * *",
+            {"timezone": "Europe/Skopje"},
+            datetime(2026, 3, 28, 1, 30, tzinfo=UTC),
+            datetime(2026, 3, 29, 1, 20, tzinfo=UTC),
+            [datetime(2026, 3, 29, 1, 0, tzinfo=UTC)],
+            id="dst-gap-fire",
+        ),
     ],
 )
 def test_catch_up(
@@ -251,15 +271,19 @@ def test_catch_up(
 
 def test_no_catch_up_for_paused_or_unscheduled_jobs() -> None:
     last = {"p": at(hours=10), "u": at(hours=10)}
-    scheduler, _, _, _ = make(jobs(job("p", "0 * * * *"), job("u", None)), start=at(hours=12, minutes=30),
-                              paused=["p"], last_fires=last)
+    scheduler, _, _, _ = make(
+        jobs(job("p", "0 * * * *"), job("u", None)), start=at(hours=12, minutes=30), paused=["p"], last_fires=last
+    )
     assert scheduler.catch_up() == []
 
 
 async def test_run_issues_the_catch_up_first_and_only_once() -> None:
     start = at(hours=12, minutes=30)
-    scheduler, clock, fired, _ = make(jobs(job("j", "0 * * * *"), job("k", "*/20 * * * *")), start=start,
-                                      last_fires={"j": at(hours=9), "k": at(hours=12, minutes=20)})
+    scheduler, clock, fired, _ = make(
+        jobs(job("j", "0 * * * *"), job("k", "*/20 * * * *")),
+        start=start,
+        last_fires={"j": at(hours=9), "k": at(hours=12, minutes=20)},
+    )
     async with running(scheduler):
         await fired.wait_for(1)
         await clock.run_until(at(hours=14))
@@ -277,8 +301,9 @@ async def test_jitter_delays_the_fire_but_not_scheduled_for() -> None:
         async with running(scheduler):
             await clock.run_until(at(21))
         assert fired.of("j") == [at(m) for m in range(1, 21)]
-        offsets = [(moment - request.scheduled_for).total_seconds()
-                   for moment, request in zip(fired.moments, fired.requests)]
+        offsets = [
+            (moment - request.scheduled_for).total_seconds() for moment, request in zip(fired.moments, fired.requests)
+        ]
         assert all(0 <= offset < 30 for offset in offsets)
         assert len(set(offsets)) == len(offsets)
         offsets_by_seed.append(offsets)
@@ -337,8 +362,13 @@ async def test_fires_due_together_are_issued_together() -> None:
         await gate.wait()
 
     clock = FakeClock(T0)
-    scheduler = Scheduler(jobs(*(job(f"j{i}", "* * * * *") for i in range(3))), slow_fire, clock=clock,
-                          log=LogRecorder(), max_sleep_s=LONG)
+    scheduler = Scheduler(
+        jobs(*(job(f"j{i}", "* * * * *") for i in range(3))),
+        slow_fire,
+        clock=clock,
+        log=LogRecorder(),
+        max_sleep_s=LONG,
+    )
     async with running(scheduler):
         await clock.sleeping()
         clock.set(at(1))
@@ -390,8 +420,9 @@ async def test_five_thousand_jobs_fire_in_order_one_heap_pop_each() -> None:
 
 
 def test_a_missed_fire_that_is_not_caught_up_is_logged() -> None:
-    scheduler, _, _, log = make(jobs(job("j", "0 * * * *", misfire_grace_s=600)), start=at(hours=12, minutes=30),
-                                last_fires={"j": at(hours=10)})
+    scheduler, _, _, log = make(
+        jobs(job("j", "0 * * * *", misfire_grace_s=600)), start=at(hours=12, minutes=30), last_fires={"j": at(hours=10)}
+    )
     assert scheduler.catch_up() == []
     (entry,) = [fields for _, event, fields in log.entries if event == "scheduler.misfire_skipped"]
     assert entry["job"] == "j" and entry["newest_missed"] == at(hours=12).isoformat()

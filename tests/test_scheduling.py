@@ -12,7 +12,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,7 +32,7 @@ from jobd.scheduler import FireRequest, Scheduler
 from jobd.web import create_app
 from tests.fakeclock import FakeClock
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
 EVERY_MINUTE = "* * * * *"
 NOOP = {"handler": "sample_jobs:noop"}
@@ -63,8 +63,9 @@ StartDaemon = Callable[..., Awaitable[Harness]]
 
 @pytest.fixture
 def start(aiohttp_client: Any, make_config: Callable[..., Config]) -> StartDaemon:
-    async def start(jobs: dict[str, Any] | None = None, *, clock: FakeClock, config: Config | None = None,
-                    **sections: Any) -> Harness:
+    async def start(
+        jobs: dict[str, Any] | None = None, *, clock: FakeClock, config: Config | None = None, **sections: Any
+    ) -> Harness:
         daemon = Daemon(config or make_config(jobs, **sections), environ={"PATH": "/usr/bin:/bin"}, clock=clock)
         return Harness(await aiohttp_client(create_app(daemon)), daemon)
 
@@ -86,6 +87,7 @@ async def statuses(h: Harness, job: str) -> list[str]:
 
 async def settle(h: Harness, job: str, expected: list[str]) -> None:
     """Wait until the job's runs, oldest first, have exactly these statuses."""
+
     async def matches() -> bool:
         return await statuses(h, job) == expected
 
@@ -137,14 +139,36 @@ async def test_the_job_shows_its_schedule_and_next_run_in_its_zone(start: StartD
     # Ten seconds before Skopje springs forward (02:00 CET -> 03:00 CEST): 02:30 does not exist
     # that night, so the daily 02:30 job fires at the end of the gap, 03:00 CEST.
     clock = FakeClock(datetime(2026, 3, 29, 0, 59, 50, tzinfo=UTC))
-    h = await start({"nightly": {**NOOP, "schedule": "30 2 * * *", "timezone": "Europe/Skopje"},
-                     "by-hand": NOOP, "spread": {**NOOP, "schedule": "H * * * *"}}, clock=clock)
+    h = await start(
+        {
+            "nightly": {**NOOP, "schedule": "30 2 * * *", "timezone": "Europe/Skopje"},
+            "by-hand": NOOP,
+            "spread": {**NOOP, "schedule": "H * * * *"},
+        },
+        clock=clock,
+    )
     job = await job_of(h, "nightly")
-    assert {key: job[key] for key in ("schedule", "timezone", "next_run_at", "next_run_at_local", "last_fire_at",
-                                      "paused", "skipped_fires", "is_running")} == {
-        "schedule": "30 2 * * *", "timezone": "Europe/Skopje", "next_run_at": "2026-03-29T01:00:00.000Z",
-        "next_run_at_local": "2026-03-29T03:00:00+02:00", "last_fire_at": None, "paused": False,
-        "skipped_fires": 0, "is_running": False,
+    assert {
+        key: job[key]
+        for key in (
+            "schedule",
+            "timezone",
+            "next_run_at",
+            "next_run_at_local",
+            "last_fire_at",
+            "paused",
+            "skipped_fires",
+            "is_running",
+        )
+    } == {
+        "schedule": "30 2 * * *",
+        "timezone": "Europe/Skopje",
+        "next_run_at": "2026-03-29T01:00:00.000Z",
+        "next_run_at_local": "2026-03-29T03:00:00+02:00",
+        "last_fire_at": None,
+        "paused": False,
+        "skipped_fires": 0,
+        "is_running": False,
     }
     await advance_to(clock, datetime(2026, 3, 29, 1, tzinfo=UTC))
     [run] = await runs_of(h, "job=nightly")
@@ -165,30 +189,57 @@ async def test_the_job_shows_its_schedule_and_next_run_in_its_zone(start: StartD
 
 # Three fires of a job whose runs last until cancelled; statuses of its runs, oldest first.
 OVERLAP = [
-    pytest.param("skip", {}, [["PROCESSING"], ["PROCESSING"], ["PROCESSING"]], 2,
-                 ["CANCELLED"], id="skip"),
-    pytest.param("buffer_one", {}, [["PROCESSING"], ["PROCESSING", "PENDING"], ["PROCESSING", "PENDING"]], 1,
-                 ["CANCELLED", "PROCESSING"], id="buffer_one"),
-    pytest.param("queue", {"max_concurrency": 3},
-                 [["PROCESSING"], ["PROCESSING", "PENDING"], ["PROCESSING", "PENDING", "PENDING"]], 0,
-                 ["CANCELLED", "PROCESSING", "PENDING"], id="queue"),
-    pytest.param("allow", {"max_concurrency": 2},
-                 [["PROCESSING"], ["PROCESSING", "PROCESSING"], ["PROCESSING", "PROCESSING", "PENDING"]], 0,
-                 ["CANCELLED", "PROCESSING", "PROCESSING"], id="allow"),
-    pytest.param("replace", {},
-                 [["PROCESSING"], ["CANCELLED", "PROCESSING"], ["CANCELLED", "CANCELLED", "PROCESSING"]], 0,
-                 ["CANCELLED", "CANCELLED", "CANCELLED"], id="replace"),
+    pytest.param("skip", {}, [["PROCESSING"], ["PROCESSING"], ["PROCESSING"]], 2, ["CANCELLED"], id="skip"),
+    pytest.param(
+        "buffer_one",
+        {},
+        [["PROCESSING"], ["PROCESSING", "PENDING"], ["PROCESSING", "PENDING"]],
+        1,
+        ["CANCELLED", "PROCESSING"],
+        id="buffer_one",
+    ),
+    pytest.param(
+        "queue",
+        {"max_concurrency": 3},
+        [["PROCESSING"], ["PROCESSING", "PENDING"], ["PROCESSING", "PENDING", "PENDING"]],
+        0,
+        ["CANCELLED", "PROCESSING", "PENDING"],
+        id="queue",
+    ),
+    pytest.param(
+        "allow",
+        {"max_concurrency": 2},
+        [["PROCESSING"], ["PROCESSING", "PROCESSING"], ["PROCESSING", "PROCESSING", "PENDING"]],
+        0,
+        ["CANCELLED", "PROCESSING", "PROCESSING"],
+        id="allow",
+    ),
+    pytest.param(
+        "replace",
+        {},
+        [["PROCESSING"], ["CANCELLED", "PROCESSING"], ["CANCELLED", "CANCELLED", "PROCESSING"]],
+        0,
+        ["CANCELLED", "CANCELLED", "CANCELLED"],
+        id="replace",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("policy", "options", "after_fires", "skipped", "after_cancel"), OVERLAP)
 async def test_overlap_policies_under_cron_fires(
-    start: StartDaemon, policy: str, options: dict[str, Any], after_fires: list[list[str]], skipped: int,
+    start: StartDaemon,
+    policy: str,
+    options: dict[str, Any],
+    after_fires: list[list[str]],
+    skipped: int,
     after_cancel: list[str],
 ) -> None:
     clock = FakeClock(T0)
-    h = await start({"slow": {**SLEEPY, "schedule": EVERY_MINUTE, "overlap": policy, **options}}, clock=clock,
-                    workers={"concurrency": 4})
+    h = await start(
+        {"slow": {**SLEEPY, "schedule": EVERY_MINUTE, "overlap": policy, **options}},
+        clock=clock,
+        workers={"concurrency": 4},
+    )
     first_event = h.daemon.bus.last_id
     for n, expected in enumerate(after_fires, start=1):
         await advance_to(clock, minute(n))
@@ -219,8 +270,14 @@ async def test_replace_does_not_hold_up_the_scheduler_while_the_old_run_stops(st
     sched_jobs.releases.clear()
     clock = FakeClock(T0)
     # A long kill grace: the old run is not left behind while the test still waits for it.
-    h = await start({"stubborn": {**STUBBORN, "schedule": EVERY_MINUTE, "overlap": "replace"},
-                     "other": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}}, clock=clock, workers={"kill_grace_s": 30})
+    h = await start(
+        {
+            "stubborn": {**STUBBORN, "schedule": EVERY_MINUTE, "overlap": "replace"},
+            "other": {**NOOP_ALLOW, "schedule": EVERY_MINUTE},
+        },
+        clock=clock,
+        workers={"kill_grace_s": 30},
+    )
     try:
         await advance_to(clock, minute(1))
         await settle(h, "stubborn", ["PROCESSING"])
@@ -247,8 +304,9 @@ async def test_a_run_whose_end_is_still_being_committed_does_not_hold_back_the_n
 ) -> None:
     sched_jobs.releases.clear()
     clock = FakeClock(T0)
-    h = await start({"gated": {"handler": "sched_jobs:gated", "schedule": EVERY_MINUTE, "overlap": policy}},
-                    clock=clock)
+    h = await start(
+        {"gated": {"handler": "sched_jobs:gated", "schedule": EVERY_MINUTE, "overlap": policy}}, clock=clock
+    )
     await advance_to(clock, minute(1))
     await settle(h, "gated", ["PROCESSING"])
     [first] = await runs_of(h, "job=gated")
@@ -268,8 +326,10 @@ async def test_a_run_whose_end_is_still_being_committed_does_not_hold_back_the_n
         other.close()
     await clock.sleeping(since=sleeper.number)
     runs = await runs_of(h, "job=gated")
-    assert [(r["status"], r["scheduled_for"]) for r in runs] == [("COMPLETED", iso(minute(1))),
-                                                                  ("PROCESSING", iso(minute(2)))]
+    assert [(r["status"], r["scheduled_for"]) for r in runs] == [
+        ("COMPLETED", iso(minute(1))),
+        ("PROCESSING", iso(minute(2))),
+    ]
     assert (await job_of(h, "gated"))["skipped_fires"] == 0
     sched_jobs.releases[runs[1]["id"]].set()
     await h.finished(runs[1]["id"])
@@ -312,8 +372,11 @@ async def test_skipped_fires_are_counted_and_published_under_load(start: StartDa
     count = 60
     clock = FakeClock(T0)
     # Far more runs than workers: most wait PENDING, which counts as in progress for skip.
-    h = await start({f"j{i:02d}": {**SLEEPY, "schedule": EVERY_MINUTE} for i in range(count)}, clock=clock,
-                    workers={"concurrency": 2})
+    h = await start(
+        {f"j{i:02d}": {**SLEEPY, "schedule": EVERY_MINUTE} for i in range(count)},
+        clock=clock,
+        workers={"concurrency": 2},
+    )
     first_event = h.daemon.bus.last_id
     for n in (1, 2, 3, 4):
         await advance_to(clock, minute(n))
@@ -330,7 +393,6 @@ async def test_skipped_fires_are_counted_and_published_under_load(start: StartDa
     assert {stored[f"j{i:02d}"].skipped_fires for i in range(count)} == {3}
 
 
-
 async def test_a_skipped_fire_is_sent_on_the_firehose_and_replayed(start: StartDaemon) -> None:
     clock = FakeClock(T0)
     h = await start({"slow": {**SLEEPY, "schedule": EVERY_MINUTE}, "other": NOOP}, clock=clock)
@@ -341,8 +403,14 @@ async def test_a_skipped_fire_is_sent_on_the_firehose_and_replayed(start: StartD
     await advance_to(clock, minute(1))
     [run] = await runs_of(h, "job=slow")
     await advance_to(clock, minute(2))  # the run of minute 1 is still going: skipped
-    expected = {"type": "fire_skipped", "job": "slow", "scheduled_for": iso(minute(2)),
-                "skipped_at": iso(minute(2)), "skipped_fires": 1, "active_run_ids": [run["id"]]}
+    expected = {
+        "type": "fire_skipped",
+        "job": "slow",
+        "scheduled_for": iso(minute(2)),
+        "skipped_at": iso(minute(2)),
+        "skipped_fires": 1,
+        "active_run_ids": [run["id"]],
+    }
     skips = {}
     for query in ("", "?job=slow", "?status=FAILED"):
         skip = (await streams[query].until(lambda m: m.type == "fire_skipped"))[-1]
@@ -353,8 +421,9 @@ async def test_a_skipped_fire_is_sent_on_the_firehose_and_replayed(start: StartD
     # Streams for another job see the next event of theirs and no skip before it.
     other = await h.trigger("other")
     for query in ("?job=other", "?job=other&status=PENDING"):
-        seen = await streams[query].until(lambda m: m.type == "status_update" and m.data["run_id"] == other["id"]
-                                          or m.type == "fire_skipped")
+        seen = await streams[query].until(
+            lambda m: (m.type == "status_update" and m.data["run_id"] == other["id"]) or m.type == "fire_skipped"
+        )
         assert seen[-1].type == "status_update", query
     # Replayed after a reconnect, once, with its own id.
     skip = skips[""]
@@ -373,8 +442,10 @@ async def test_a_skipped_fire_is_sent_on_the_firehose_and_replayed(start: StartD
 
 async def test_pause_and_resume_through_the_api(start: StartDaemon) -> None:
     clock = FakeClock(T0)
-    h = await start({"tick": {**NOOP_ALLOW, "schedule": EVERY_MINUTE},
-                     "other": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}}, clock=clock)
+    h = await start(
+        {"tick": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}, "other": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}},
+        clock=clock,
+    )
     await advance_to(clock, minute(1))
     response = await h.client.post("/api/v1/jobs/tick/pause")
     assert response.status == 200
@@ -397,8 +468,9 @@ async def test_pause_and_resume_through_the_api(start: StartDaemon) -> None:
 async def test_no_fire_slips_in_while_a_pause_is_being_committed(start: StartDaemon, tmp_path: Path) -> None:
     clock = FakeClock(T0)
     # "other" keeps the scheduler taking naps on the clock after tick is paused.
-    h = await start({"tick": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}, "other": {**NOOP_ALLOW, "schedule": "@daily"}},
-                    clock=clock)
+    h = await start(
+        {"tick": {**NOOP_ALLOW, "schedule": EVERY_MINUTE}, "other": {**NOOP_ALLOW, "schedule": "@daily"}}, clock=clock
+    )
     await clock.sleeping()
     # Another connection holds SQLite's write lock, so the pause waits to be committed.
     other = sqlite3.connect(tmp_path / "state" / "jobd.db", isolation_level=None)
@@ -422,8 +494,9 @@ async def test_no_fire_slips_in_while_a_pause_is_being_committed(start: StartDae
 
 async def test_consecutive_failures_show_in_the_job_state(start: StartDaemon) -> None:
     clock = FakeClock(T0)
-    h = await start({"bad": {"handler": "sample_jobs:fails", "schedule": EVERY_MINUTE, "alert_after_failures": 3}},
-                    clock=clock)
+    h = await start(
+        {"bad": {"handler": "sample_jobs:fails", "schedule": EVERY_MINUTE, "alert_after_failures": 3}}, clock=clock
+    )
     for n in (1, 2, 3):
         await advance_to(clock, minute(n))
         [run] = (await runs_of(h, "job=bad"))[-1:]
@@ -486,17 +559,25 @@ CHECK_JOBS = {"daily": "30 2 * * *", "hourly": "0 * * * *", "quarter": "*/15 * *
 
 def write_check_config(tmp_path: Path) -> Path:
     path = tmp_path / "check.toml"
-    path.write_text("".join(
-        f'[jobs.{name}]\ncommand = ["true"]\nschedule = "{expr}"\ntimezone = "Europe/Skopje"\n'
-        for name, expr in CHECK_JOBS.items()
-    ))
+    path.write_text(
+        "".join(
+            f'[jobs.{name}]\ncommand = ["true"]\nschedule = "{expr}"\ntimezone = "Europe/Skopje"\n'
+            for name, expr in CHECK_JOBS.items()
+        )
+    )
     return path
 
 
 async def jobd_check(*args: str) -> dict[str, list[str]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jobd", "check", *args, "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "jobd",
+        "check",
+        *args,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -557,8 +638,10 @@ async def test_jobd_check_shows_the_times_the_scheduler_fires(tmp_path: Path, st
 async def test_ten_thousand_scheduled_jobs_in_one_daemon(start: StartDaemon) -> None:
     schedules = ["H * * * *", "*/15 * * * *", "30 2 * * *", "H H * * 1-5"]
     zones = ["UTC", "Europe/Skopje", "America/New_York"]
-    jobs = {f"job{i:05d}": {"command": ["true"], "schedule": schedules[i % 4], "timezone": zones[i % 3]}
-            for i in range(10_000)}
+    jobs = {
+        f"job{i:05d}": {"command": ["true"], "schedule": schedules[i % 4], "timezone": zones[i % 3]}
+        for i in range(10_000)
+    }
     clock = FakeClock(T0)  # time stands still: nothing fires
     h = await start(jobs, clock=clock)
     listed = (await h.get_json("/api/v1/jobs"))["jobs"]
@@ -586,6 +669,7 @@ async def test_a_real_daemon_fires_a_seconds_schedule_on_the_second(tmp_path: Pa
     try:
         url = await daemon.start()
         async with aiohttp.ClientSession() as http:
+
             async def cron_runs() -> list[dict[str, Any]]:
                 async with http.get(f"{url}/api/v1/runs?triggered_by=cron&limit=100") as response:
                     assert response.status == 200

@@ -47,14 +47,19 @@ async def daemons():
 
 
 async def test_serve_trigger_get_list_cancel_like_curl(tmp_path, daemons):
-    config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hello; echo ::progress::50 half"\n'
-                                    '[jobs.slow]\ncommand = ["sleep", "30"]\n')
+    config = write_config(
+        tmp_path,
+        '[jobs.hello]\nshell = "echo hello; echo ::progress::50 half"\n[jobs.slow]\ncommand = ["sleep", "30"]\n',
+    )
     daemon = daemons(config)
     url = await daemon.start()
     assert daemon.events("jobd_listening")[0]["url"] == url  # the port picked for port = 0, not ":0"
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/v1/jobs/hello/trigger", json={"params": {"who": "world"}},
-                             headers={"X-Request-ID": "deploy-42.a"}) as response:
+        async with http.post(
+            f"{url}/api/v1/jobs/hello/trigger",
+            json={"params": {"who": "world"}},
+            headers={"X-Request-ID": "deploy-42.a"},
+        ) as response:
             assert response.status == 202 and response.headers["X-Request-ID"] == "deploy-42.a"
             run = (await response.json())["run"]
         async with JobdClient(url) as client:
@@ -100,8 +105,9 @@ async def test_what_aiohttp_logs_is_json_lines_too(tmp_path, daemons):
     url = await daemon.start()
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /api/v1/jobs/hello/trigger HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\n"
-                 b"Content-Length: 2\r\n\r\n{}")
+    writer.write(
+        b"POST /api/v1/jobs/hello/trigger HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}"
+    )
     assert b" 400 " in await reader.readline()
     writer.close()
     await wait_for(lambda: any(line.get("logger", "").startswith("aiohttp") for line in daemon.lines))
@@ -113,8 +119,7 @@ async def test_what_aiohttp_logs_is_json_lines_too(tmp_path, daemons):
 
 
 async def test_pending_runs_survive_a_restart(tmp_path, daemons):
-    config = write_config(tmp_path, '[jobs.wait]\ncommand = ["sleep", "30"]\noverlap = "queue"\n',
-                          extra="")
+    config = write_config(tmp_path, '[jobs.wait]\ncommand = ["sleep", "30"]\noverlap = "queue"\n', extra="")
     first = daemons(config)
     url = await first.start()
     async with JobdClient(url) as client:
@@ -158,29 +163,44 @@ def test_params_that_are_not_standard_json_are_refused_by_the_cli(tmp_path):
 
 
 def test_cli_without_a_daemon_says_so_in_one_line(tmp_path):
-    for url, code, text in (("http://127.0.0.1:9", 3, "cannot reach"), ("garbage", 2, "is not an http"),
-                            ("http://", 2, "is not an http"), ("http://[bad", 2, "is not an http"),
-                            ("http://127.0.0.1:99999", 2, "is not an http")):
-        result = subprocess.run([sys.executable, "-m", "jobd", "runs", "--url", url],
-                                capture_output=True, text=True, timeout=30)
+    for url, code, text in (
+        ("http://127.0.0.1:9", 3, "cannot reach"),
+        ("garbage", 2, "is not an http"),
+        ("http://", 2, "is not an http"),
+        ("http://[bad", 2, "is not an http"),
+        ("http://127.0.0.1:99999", 2, "is not an http"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "jobd", "runs", "--url", url], capture_output=True, text=True, timeout=30
+        )
         assert result.returncode == code and text in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1
 
 
 async def test_cli_against_a_real_daemon(tmp_path, daemons):
-    config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n'
-                                    '[jobs.slow]\ncommand = ["sleep", "30"]\noverlap = "queue"\n',
-                          extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" },\n'
-                                '          { name = "ops", token = "ops-token-123", scope = "admin" }]\n',
-                          server="max_batch_runs = 3")
+    config = write_config(
+        tmp_path,
+        '[jobs.hello]\nshell = "echo hi"\noverlap = "allow"\n'
+        '[jobs.slow]\ncommand = ["sleep", "30"]\noverlap = "queue"\n',
+        extra='[auth]\ntokens = [{ name = "ci", token = "ci-token-123", scope = "trigger" },\n'
+        '          { name = "ops", token = "ops-token-123", scope = "admin" }]\n',
+        server="max_batch_runs = 3",
+    )
     daemon = daemons(config)
     url = await daemon.start()
 
     def cli(*args, env=None, stdout=subprocess.PIPE, stdin=None):
         # The address and the token come from the environment, as in a script.
         env = {**os.environ, "JOBD_URL": url, "JOBD_TOKEN": "ci-token-123", **(env or {})}
-        return subprocess.run([sys.executable, "-m", "jobd", *args], stdout=stdout, stderr=subprocess.PIPE,
-                              text=True, timeout=30, env=env, input=stdin)
+        return subprocess.run(
+            [sys.executable, "-m", "jobd", *args],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            env=env,
+            input=stdin,
+        )
 
     seen_requests = 0
 
@@ -206,6 +226,7 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
     page = json.loads(cli("runs", "--job", "hello", "--json").stdout)
     assert [r["id"] for r in page["runs"]] == [run["id"]] and page["pagination"]["total"] == 1
     async with JobdClient(url, token="ci-token-123") as client:
+
         async def pending(count: int) -> bool:
             return (await client.queue())["pending"] == count
 
@@ -259,11 +280,12 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
     out = cli("trigger", "hello", "--stdin", "--batch-size", "2", stdin=lines)
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 11, out.stderr  # a header and 10 rows
     assert await batch_requests(5) == [202] * 5
-    for bad, message in ((["--batch-size", "0"], "jobd: --batch-size must be at least 1\n"),
-                         ([], "jobd: --stdin line 2 is not a JSON object of params\n"),
-                         (["-p", "a=1"], "jobd: --param cannot be used with --stdin: each line is a run's params\n"),
-                         (["--idempotency-key", "k"], "jobd: --idempotency-key is for a single run; "
-                                                       "it cannot be used with --stdin\n")):
+    for bad, message in (
+        (["--batch-size", "0"], "jobd: --batch-size must be at least 1\n"),
+        ([], "jobd: --stdin line 2 is not a JSON object of params\n"),
+        (["-p", "a=1"], "jobd: --param cannot be used with --stdin: each line is a run's params\n"),
+        (["--idempotency-key", "k"], "jobd: --idempotency-key is for a single run; it cannot be used with --stdin\n"),
+    ):
         refused = cli("trigger", "hello", "--stdin", *bad, stdin='{"n": 1}\n[1]\n')
         assert (refused.returncode, refused.stderr) == (2, message)
     missing = cli("trigger", "nope")
@@ -295,14 +317,17 @@ async def test_sigterm_is_a_clean_exit(tmp_path, daemons):
 
 def serve_once(path, timeout: float = 30) -> subprocess.CompletedProcess:
     """`jobd serve` that is expected to refuse to start: it must exit by itself."""
-    return subprocess.run([sys.executable, "-m", "jobd", "serve", "-c", str(path)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jobd", "serve", "-c", str(path)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_serve_refuses_an_invalid_config_with_one_line(tmp_path):
-    for body, key in (('[server]\nhost = "0.0.0.0"\n', "server.host"),
-                      ('[jobs.a]\ncommand = ["true"]\nschedule = "61 * * * *"\n', "jobs.a.schedule"),
-                      ('[jobs.a]\ncommand = ["true"]\ntimeout_s = nan\n', "jobs.a.timeout_s")):
+    for body, key in (
+        ('[server]\nhost = "0.0.0.0"\n', "server.host"),
+        ('[jobs.a]\ncommand = ["true"]\nschedule = "61 * * * *"\n', "jobs.a.schedule"),
+        ('[jobs.a]\ncommand = ["true"]\ntimeout_s = nan\n', "jobs.a.timeout_s"),
+    ):
         path = tmp_path / "bad.toml"
         path.write_text(body)
         result = serve_once(path)
@@ -336,8 +361,10 @@ async def test_a_start_that_fails_after_the_store_opened_still_exits(tmp_path, d
     # A row jobd cannot read makes loading the runs fail; the store and workers must not keep
     # the process alive after that.
     with sqlite3.connect(tmp_path / "state" / "jobd.db") as db:
-        db.execute("INSERT INTO runs (id, job, status, triggered_by, params, created_at) "
-                   "VALUES (1, 'a', 'PENDING', 'api', '{not json', 0)")
+        db.execute(
+            "INSERT INTO runs (id, job, status, triggered_by, params, created_at) "
+            "VALUES (1, 'a', 'PENDING', 'api', '{not json', 0)"
+        )
     result = serve_once(config)
     assert result.returncode == 1
     assert "jobd_listening" not in result.stderr
@@ -346,13 +373,20 @@ async def test_a_start_that_fails_after_the_store_opened_still_exits(tmp_path, d
 @pytest.mark.parametrize(("address", "refused"), [("0.0.0.0", True), ("127.0.0.1", False)])
 def test_without_tokens_a_socket_from_systemd_must_be_loopback_too(tmp_path, address, refused):
     # As systemd does it: the socket on fd 3, LISTEN_PID naming the process (exec keeps the pid).
-    launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ.update(LISTEN_FDS='1', "
-                "LISTEN_PID=str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+    launcher = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ.update(LISTEN_FDS='1', "
+        "LISTEN_PID=str(os.getpid())); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+    )
     config = str(write_config(tmp_path, ""))
-    with socket.create_server((address, 0)) as sock, subprocess.Popen(
-        [sys.executable, "-c", launcher, str(sock.fileno()), "-m", "jobd", "serve", "-c", config],
-        pass_fds=(sock.fileno(),), stderr=subprocess.PIPE, text=True,
-    ) as proc:  # leaving the block waits for it and closes its pipe
+    with (
+        socket.create_server((address, 0)) as sock,
+        subprocess.Popen(
+            [sys.executable, "-c", launcher, str(sock.fileno()), "-m", "jobd", "serve", "-c", config],
+            pass_fds=(sock.fileno(),),
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc,
+    ):  # leaving the block waits for it and closes its pipe
         try:
             if refused:
                 assert proc.wait(timeout=30) == 2
@@ -368,8 +402,11 @@ def test_without_tokens_a_socket_from_systemd_must_be_loopback_too(tmp_path, add
 async def test_a_log_stream_that_breaks_does_not_break_the_daemon(tmp_path):
     # stderr is a pipe whose reader goes away, as when journald restarts: every log write then fails.
     config = write_config(tmp_path, '[jobs.hello]\nshell = "echo hi"\n')
-    with subprocess.Popen([sys.executable, "-m", "jobd", "serve", "-c", str(config), "--log-format", "json"],
-                          stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "jobd", "serve", "-c", str(config), "--log-format", "json"],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             listening = next(json.loads(line) for line in proc.stderr if '"jobd_listening"' in line)
             proc.stderr.close()
@@ -383,6 +420,8 @@ async def test_a_log_stream_that_breaks_does_not_break_the_daemon(tmp_path):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
 def test_serve_raises_its_soft_open_files_limit_as_far_as_the_hard_one():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

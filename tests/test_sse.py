@@ -16,6 +16,7 @@ from ssehelp import NOOP, STEPPER, Served, serve  # noqa: F401  (serve is a fixt
 from jobd.web.sse import STREAMS
 from jobd.web.tickets import TICKETS
 
+
 def status_updates(messages):
     return [m for m in messages if m.type == "status_update"]
 
@@ -37,8 +38,18 @@ async def test_run_stream_order_ids_snapshot_and_end(serve):
     snapshot = await stream.next()
     assert snapshot.type == "status_update"
     assert snapshot.data["status"] == "PROCESSING" and snapshot.data["run_id"] == run_id
-    expected_fields = {"type", "run_id", "job", "status", "progress", "message", "counts", "error", "result",
-                       "updated_at"}
+    expected_fields = {
+        "type",
+        "run_id",
+        "job",
+        "status",
+        "progress",
+        "message",
+        "counts",
+        "error",
+        "result",
+        "updated_at",
+    }
     assert expected_fields <= set(snapshot.data)
     for pct in (10, 20, 30):
         await steps.put(("progress", pct, f"at {pct}"))
@@ -58,8 +69,10 @@ async def test_finished_run_sends_connected_final_state_and_ends(serve):
     s = await serve()
     run = await s.trigger("noop")
     await wait_for(lambda: run["id"] not in s.daemon.runs.active)
-    for path, headers in ((f"/api/v1/runs/{run['id']}/events", None),
-                          (f"/api/v1/runs/{run['id']}", {"Accept": "text/event-stream"})):
+    for path, headers in (
+        (f"/api/v1/runs/{run['id']}/events", None),
+        (f"/api/v1/runs/{run['id']}", {"Accept": "text/event-stream"}),
+    ):
         response, stream = await s.open(path, headers)
         assert response.headers["Content-Type"] == "text/event-stream"
         messages = await stream.rest()
@@ -67,8 +80,7 @@ async def test_finished_run_sends_connected_final_state_and_ends(serve):
         assert messages[1].data["status"] == "COMPLETED"
         assert messages[1].data["result"] == {"echo": {}}
     # A client that already has the final state is told there is nothing more (stops EventSource too).
-    response = await s.session.get(f"/api/v1/runs/{run['id']}/events",
-                                   headers={"Last-Event-ID": str(messages[1].id)})
+    response = await s.session.get(f"/api/v1/runs/{run['id']}/events", headers={"Last-Event-ID": str(messages[1].id)})
     assert response.status == 204
     # The plain JSON view is unchanged.
     async with s.session.get(f"/api/v1/runs/{run['id']}") as response:
@@ -224,8 +236,9 @@ async def test_disconnected_clients_are_cleaned_up(serve):
 
 async def test_slow_client_is_cut_off_while_a_fast_one_keeps_receiving(serve):
     cap = structlog.testing.CapturingLogger()
-    s = await serve(events={"subscriber_buffer": 4}, server={"sse_heartbeat_s": 0.1},
-                    log=structlog.wrap_logger(cap, processors=[]))
+    s = await serve(
+        events={"subscriber_buffer": 4}, server={"sse_heartbeat_s": 0.1}, log=structlog.wrap_logger(cap, processors=[])
+    )
     run_id, steps = await s.stepper()
     path = f"/api/v1/runs/{run_id}/events?log=1"
     # The slow client: a raw socket with a tiny receive buffer that never reads after the request.
@@ -311,8 +324,7 @@ async def test_idle_streams_cause_no_store_queries(serve):
 
 
 async def test_firehose_filters_and_summary(serve):
-    s = await serve(events={"summary_interval_s": 0.05},
-                    jobs={"step": STEPPER, "noop": NOOP, "other": NOOP})
+    s = await serve(events={"summary_interval_s": 0.05}, jobs={"step": STEPPER, "noop": NOOP, "other": NOOP})
     everything, all_stream = await s.open("/api/v1/events")
     only_noop, noop_stream = await s.open("/api/v1/events?job=noop&status=COMPLETED")
     for stream in (all_stream, noop_stream):
@@ -338,15 +350,19 @@ async def test_firehose_filters_and_summary(serve):
 
 async def test_a_batch_larger_than_the_buffer_reaches_a_firehose_that_keeps_up(serve):
     # 30 runs at once publish 30 PENDING updates before the stream's task can run: a burst, not lag.
-    s = await serve(events={"subscriber_buffer": 8}, server={"max_batch_runs": 30},
-                    jobs={"noop": {**NOOP, "overlap": "allow", "max_concurrency": 30}})
+    s = await serve(
+        events={"subscriber_buffer": 8},
+        server={"max_batch_runs": 30},
+        jobs={"noop": {**NOOP, "overlap": "allow", "max_concurrency": 30}},
+    )
     response, stream = await s.open("/api/v1/events?job=noop")
     await stream.until(lambda m: m.type == "summary")
     async with s.session.post("/api/v1/jobs/noop/trigger", json={"runs": [{}] * 30}) as answer:
         assert answer.status == 202
         ids = [run["id"] for run in (await answer.json())["runs"]]
-    seen = await stream.until(lambda m: m.type == "status_update" and m.data["status"] == "COMPLETED"
-                              and m.data["run_id"] == ids[-1])
+    seen = await stream.until(
+        lambda m: m.type == "status_update" and m.data["status"] == "COMPLETED" and m.data["run_id"] == ids[-1]
+    )
     pending = [m.data["run_id"] for m in seen if m.type == "status_update" and m.data["status"] == "PENDING"]
     assert pending == ids  # every one, in order
     assert s.daemon.bus.dropped == 0
@@ -377,8 +393,10 @@ async def test_an_http_1_0_stream_is_not_chunked(serve):
 
 
 async def test_firehose_snapshot_lists_active_runs_and_needs_admin(serve):
-    tokens = [{"name": "reader", "token": "read-token-1", "scope": "read"},
-              {"name": "boss", "token": "admin-token-1", "scope": "admin"}]
+    tokens = [
+        {"name": "reader", "token": "read-token-1", "scope": "read"},
+        {"name": "boss", "token": "admin-token-1", "scope": "admin"},
+    ]
     s = await serve(auth={"tokens": tokens})
     admin = {"Authorization": "Bearer admin-token-1"}
     key = uuid.uuid4().hex
@@ -401,8 +419,11 @@ async def test_firehose_snapshot_lists_active_runs_and_needs_admin(serve):
 
 async def test_cors_preflight_and_headers_for_configured_origins(serve):
     s = await serve(server={"cors_origins": ["https://app.example"]})
-    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
-                 "Access-Control-Request-Headers": "authorization, last-event-id"}
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, last-event-id",
+    }
     async with s.session.options("/api/v1/runs/1/events", headers=preflight) as response:
         assert response.status == 204
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
@@ -436,8 +457,10 @@ async def test_no_cors_headers_by_default(serve):
 # -- tickets -------------------------------------------------------------------------------------------------
 
 
-TOKENS = [{"name": "reader", "token": "read-token-1", "scope": "read"},
-          {"name": "boss", "token": "admin-token-1", "scope": "admin"}]
+TOKENS = [
+    {"name": "reader", "token": "read-token-1", "scope": "read"},
+    {"name": "boss", "token": "admin-token-1", "scope": "admin"},
+]
 
 
 async def mint(s: Served, stream: str, token: str | None) -> tuple[int, dict[str, Any]]:
@@ -461,8 +484,12 @@ async def test_tickets_open_only_their_stream(serve):
     assert response.status == 200
     assert [m.type for m in await stream.rest()] == ["connected", "status_update"]
     # Never for another path: the JSON view of the same run, another run, the firehose.
-    for other in (f"/api/v1/runs/{run['id']}", f"/api/v1/runs/{run['id'] + 1}/events", "/api/v1/events",
-                  "/api/v1/jobs"):
+    for other in (
+        f"/api/v1/runs/{run['id']}",
+        f"/api/v1/runs/{run['id'] + 1}/events",
+        "/api/v1/events",
+        "/api/v1/jobs",
+    ):
         async with s.session.get(f"{other}?ticket={ticket}") as refused:
             assert refused.status == 401, other
             assert refused.content_type == "application/problem+json"
@@ -517,8 +544,9 @@ async def test_firehose_summary_at_most_once_per_interval(serve):
     await stream.until(lambda m: m.type == "summary")  # the opening one is the stream's own, not published
     for _ in range(3):
         run = await s.trigger("noop")
-        await stream.until(lambda m: m.type == "status_update" and m.data["run_id"] == run["id"]
-                           and m.data["status"] == "COMPLETED")
+        await stream.until(
+            lambda m: m.type == "status_update" and m.data["run_id"] == run["id"] and m.data["status"] == "COMPLETED"
+        )
     # Every change woke the publisher; only the first one was allowed through.
     assert len(published) == 1, published
     assert len([m for m in stream.messages if m.type == "summary"]) == 2
@@ -539,8 +567,10 @@ async def test_a_terminal_state_the_store_refuses_is_written_again_and_only_then
     try:
         blocker.execute("BEGIN EXCLUSIVE")
         steps.put_nowait(None)  # the handler returns; its COMPLETED cannot be written
-        refused = await wait_for(lambda: [call.kwargs for call in cap.calls
-                                          if call.kwargs.get("event") == "finish_not_committed"], timeout=20)
+        refused = await wait_for(
+            lambda: [call.kwargs for call in cap.calls if call.kwargs.get("event") == "finish_not_committed"],
+            timeout=20,
+        )
         assert refused[0]["run_id"] == run_id and "locked" in refused[0]["error"]
         async with s.session.get(f"/api/v1/runs/{run_id}") as shown:
             assert (await shown.json())["run"]["status"] == "PROCESSING"

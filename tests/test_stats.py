@@ -92,7 +92,10 @@ async def test_run_stats_match_the_generated_history(store):
             mine = expected(runs, first_day, last_day, name)
             assert job_stats.by_status == mine["by_status"], (name, first_day, last_day)
             assert (job_stats.timed, job_stats.duration_sum_ms, job_stats.p95_ms) == (
-                mine["timed"], mine["duration_sum"], mine["p95"]), (name, first_day, last_day)
+                mine["timed"],
+                mine["duration_sum"],
+                mine["p95"],
+            ), (name, first_day, last_day)
         assert set(period.jobs) == {r.job for r in runs if first_day <= r.created_at // DAY_MS <= last_day}
     one = await store.run_stats(first_day=first, last_day=last, job="beta")
     mine = expected(runs, first, last, "beta")
@@ -112,9 +115,13 @@ async def test_rollups_follow_transitions_and_deletions(store):
     await insert_runs(store, runs)
 
     async def check() -> None:
-        for where in (RunFilter(), RunFilter(job="alpha"), RunFilter(status=(RunStatus.FAILED, RunStatus.PENDING)),
-                      RunFilter(job="gamma", triggered_by=(TriggerSource.CRON,)),
-                      RunFilter(job="beta", status=(RunStatus.COMPLETED, RunStatus.PARTIAL))):
+        for where in (
+            RunFilter(),
+            RunFilter(job="alpha"),
+            RunFilter(status=(RunStatus.FAILED, RunStatus.PENDING)),
+            RunFilter(job="gamma", triggered_by=(TriggerSource.CRON,)),
+            RunFilter(job="beta", status=(RunStatus.COMPLETED, RunStatus.PARTIAL)),
+        ):
             fast = await store.summarize_runs(where)
             slow = await store.summarize_runs(dataclasses.replace(where, since=0))  # bypasses the rollups
             assert fast == slow, where
@@ -152,10 +159,11 @@ async def test_migration_2_rolls_up_an_existing_store(tmp_path, store):
     path = tmp_path / "jobd.db"
     # Back to a version-1 store that holds the same runs.
     db = sqlite3.connect(path)
-    db.executescript("DROP TRIGGER runs_rollup_insert; DROP TRIGGER runs_rollup_finish; "
-                     "DROP TRIGGER runs_rollup_delete; DROP TABLE run_days; DROP TABLE run_totals; "
-                     "DROP INDEX runs_duration; DROP INDEX runs_job_duration; " + DROP_MIGRATION_3 +
-                     "PRAGMA user_version = 1;")
+    db.executescript(
+        "DROP TRIGGER runs_rollup_insert; DROP TRIGGER runs_rollup_finish; "
+        "DROP TRIGGER runs_rollup_delete; DROP TABLE run_days; DROP TABLE run_totals; "
+        "DROP INDEX runs_duration; DROP INDEX runs_job_duration; " + DROP_MIGRATION_3 + "PRAGMA user_version = 1;"
+    )
     db.close()
     await store.open()
     version = (await store._fetchall("PRAGMA user_version"))[0][0]
@@ -182,8 +190,10 @@ async def test_migration_3_sums_the_jobs_of_an_existing_store(tmp_path, store):
     assert await store.count_by_status() == {s: sum(r.status is s for r in runs) for s in RunStatus}
 
 
-DROP_MIGRATION_3 = ("DROP TRIGGER runs_rollup_all_insert; DROP TRIGGER runs_rollup_all_finish; "
-                    "DROP TRIGGER runs_rollup_all_delete; DROP TABLE run_days_all; ")
+DROP_MIGRATION_3 = (
+    "DROP TRIGGER runs_rollup_all_insert; DROP TRIGGER runs_rollup_all_finish; "
+    "DROP TRIGGER runs_rollup_all_delete; DROP TABLE run_days_all; "
+)
 
 
 # -- through the API ---------------------------------------------------------------------------------
@@ -216,7 +226,8 @@ async def test_stats_endpoint(start_daemon):
     assert answer["average_duration_ms"] == round(want["duration_sum"] / want["timed"], 1)
     assert answer["p95_duration_ms"] == want["p95"]
     assert [entry["date"] for entry in answer["timeline"]] == [
-        date.fromordinal(date(1970, 1, 1).toordinal() + day).isoformat() for day in range(first, last + 1)]
+        date.fromordinal(date(1970, 1, 1).toordinal() + day).isoformat() for day in range(first, last + 1)
+    ]
     for entry, day in zip(answer["timeline"], range(first, last + 1)):
         assert (entry["total"], entry["completed"], entry["failed"]) == want["days"].get(day, (0, 0, 0))
     by_job = {entry["job"]: entry for entry in answer["jobs"]}

@@ -28,8 +28,13 @@ async def test_wal_and_migrations_at_start_and_data_kept_across_opens(tmp_path):
     store = SQLiteStore(path)
     await store.open()
     try:
-        run = Run(id=store.allocate_run_id(), job="a", status=RunStatus.PENDING, triggered_by=TriggerSource.API,
-                  created_at=now_ms())
+        run = Run(
+            id=store.allocate_run_id(),
+            job="a",
+            status=RunStatus.PENDING,
+            triggered_by=TriggerSource.API,
+            created_at=now_ms(),
+        )
         await store.write([run])
     finally:
         await store.close()
@@ -86,12 +91,21 @@ async def test_runs_come_back_as_written_whatever_their_text(tmp_path, texts):
     await store.open()
     try:
         runs = [
-            Run(id=store.allocate_run_id(), job=f"job-{index}", status=RunStatus.PROCESSING,
-                triggered_by=TriggerSource.API, created_at=1_790_000_000_123 + index,
+            Run(
+                id=store.allocate_run_id(),
+                job=f"job-{index}",
+                status=RunStatus.PROCESSING,
+                triggered_by=TriggerSource.API,
+                created_at=1_790_000_000_123 + index,
                 params={"text": text, "n": 2**62, "f": 0.1 + 0.2, "nested": [None, True, {"a": []}]},
-                progress=100 / 3, message=text, started_at=1_790_000_000_200, log_tail=text,
-                counts=Counts(total=None, success=3, failed=0, skipped=2**40), result={"text": text},
-                updated_at=1_790_000_000_300)
+                progress=100 / 3,
+                message=text,
+                started_at=1_790_000_000_200,
+                log_tail=text,
+                counts=Counts(total=None, success=3, failed=0, skipped=2**40),
+                result={"text": text},
+                updated_at=1_790_000_000_300,
+            )
             for index, text in enumerate(texts)
         ]
         await store.write(runs)

@@ -120,8 +120,18 @@ async def test_watch_falls_back_to_polling_when_streams_are_unavailable(tmp_path
             updates = [u async for u in client.watch(run["id"], poll_interval=0.05)]
             final = await client.wait(run["id"], poll_interval=0.05)
     assert updates[-1]["status"] == "COMPLETED"
-    assert set(updates[-1]) >= {"type", "run_id", "job", "status", "progress", "message", "counts", "error",
-                                "result", "updated_at"}
+    assert set(updates[-1]) >= {
+        "type",
+        "run_id",
+        "job",
+        "status",
+        "progress",
+        "message",
+        "counts",
+        "error",
+        "result",
+        "updated_at",
+    }
     assert final["status"] == "COMPLETED" and final["id"] == run["id"]
     refused = await wait_for(lambda: requests_to(daemon, f"/api/v1/runs/{run['id']}/events"))
     assert all(line["status"] == 503 for line in refused)
@@ -129,9 +139,15 @@ async def test_watch_falls_back_to_polling_when_streams_are_unavailable(tmp_path
 
 
 async def jobd_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "jobd", *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT,
-                                                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+    )
     try:
         async with asyncio.timeout(30):
             out, _ = await proc.communicate(stdin)
@@ -146,8 +162,9 @@ def jobd_on_a_terminal(*args: str) -> tuple[int, str]:
     """`jobd ARGS` with its output on a pseudo-terminal: what someone at a terminal sees."""
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "jobd", *args], stdin=subprocess.DEVNULL, stdout=slave,
-                                stderr=slave)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobd", *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+        )
     finally:
         os.close(slave)
     chunks = []
@@ -183,8 +200,14 @@ async def test_wait_and_the_cli_exit_codes(tmp_path, daemons):
             jobd_cli("trigger", "quick", "--stdin", "--json", "--url", url, stdin=b'{"n": 1}\n\n{"n": 2}\n{"n": 3}\n'),
             jobd_cli("trigger", "quick", "--stdin", "--url", url, stdin=b'{"n": 1}\nnot json\n'),
         )
-        ((ok, ok_out), (failed, failed_out), (on_tty, tty_out), (unreachable, unreachable_out),
-         (batch, batch_out), (bad, bad_out)) = results
+        (
+            (ok, ok_out),
+            (failed, failed_out),
+            (on_tty, tty_out),
+            (unreachable, unreachable_out),
+            (batch, batch_out),
+            (bad, bad_out),
+        ) = results
         assert (ok, failed, on_tty, unreachable) == (0, 1, 0, 3), results
         assert "cannot reach" in unreachable_out
         # On a terminal: a bar redrawn in place with the message, then how it ended on a line of its own.
@@ -218,7 +241,7 @@ def test_sse_parser_handles_split_chunks_and_comments():
     stream = b'retry: 1500\n\n: ping\n\nid: 7\ndata: {"type":"connected"}\n\nid: 8\ndata: {"a":\ndata: 1}\r\n\r\n'
     messages = []
     for index in range(len(stream)):
-        messages += parser.feed(stream[index:index + 1])
+        messages += parser.feed(stream[index : index + 1])
     assert messages == [("7", '{"type":"connected"}'), ("8", '{"a":\n1}')]
     assert parser.retry_ms == 1500
     # The spec's retry is ASCII digits; anything else (a superscript two is a digit to isdigit()) is ignored.
@@ -228,8 +251,14 @@ def test_sse_parser_handles_split_chunks_and_comments():
 def test_progress_view_redraws_a_bar_on_a_terminal():
     out = io.StringIO()
     view = ProgressView(out, tty=True, bar_width=10)
-    update = {"run_id": 7, "job": "nightly", "status": "PROCESSING", "progress": 40.0, "message": "copying",
-              "error": None}
+    update = {
+        "run_id": 7,
+        "job": "nightly",
+        "status": "PROCESSING",
+        "progress": 40.0,
+        "message": "copying",
+        "error": None,
+    }
     view.show(update)
     view.show(update)  # unchanged: not redrawn
     view.show({**update, "progress": 100.0, "status": "COMPLETED"})

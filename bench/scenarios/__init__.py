@@ -35,8 +35,14 @@ class Context:
         profile = self.profile_dir / f"{name}.txt" if self.profile_dir is not None else None
         sections = dict(options.pop("sections", {}))
         sections["store"] = {"synchronous": self.synchronous, **sections.get("store", {})}
-        return JobdProcess(self.workdir / (tag or "jobd"), jobs, profile=profile, log_level=self.log_level,
-                           sections=sections, **options)
+        return JobdProcess(
+            self.workdir / (tag or "jobd"),
+            jobs,
+            profile=profile,
+            log_level=self.log_level,
+            sections=sections,
+            **options,
+        )
 
 
 Scenario = Callable[[Context], Awaitable[list[Figure]]]

@@ -28,9 +28,10 @@ KB = 1024
 
 
 async def _one(ctx: Context, streams: int, events: int, figures: list[Figure], *, target: bool) -> None:
-    async with ctx.jobd({"bench": noop_job()}, tag=f"{streams}-streams",
-                                   sections={"server": {"max_streams": 20_000}}) as jobd, \
-            aiohttp.ClientSession() as http:
+    async with (
+        ctx.jobd({"bench": noop_job()}, tag=f"{streams}-streams", sections={"server": {"max_streams": 20_000}}) as jobd,
+        aiohttp.ClientSession() as http,
+    ):
         trigger = f"{jobd.url}/api/v1/jobs/bench/trigger"
         async with HolderGroup(jobd.url, STREAM_PATH, 1) as warmup:
             for _ in range(5):
@@ -57,19 +58,41 @@ async def _one(ctx: Context, streams: int, events: int, figures: list[Figure], *
             holders = len(group.counts)
         warnings = jobd.warnings()
     per_stream = (during - before) / streams / KB
-    notes = {"streams": streams, "events": events, "holder_processes": holders, "open_s": open_s,
-             "first_stream_ms_p50": round(percentile(first, 50), 2),
-             "rss_before_mb": round(before / 1e6, 1), "rss_with_streams_mb": round(during / 1e6, 1),
-             "daemon_cpu_s": round(daemon_cpu, 2), "loadgen_cpu_s": round(loadgen_cpu, 2),
-             "daemon_warnings": warnings[:5]}
+    notes = {
+        "streams": streams,
+        "events": events,
+        "holder_processes": holders,
+        "open_s": open_s,
+        "first_stream_ms_p50": round(percentile(first, 50), 2),
+        "rss_before_mb": round(before / 1e6, 1),
+        "rss_with_streams_mb": round(during / 1e6, 1),
+        "daemon_cpu_s": round(daemon_cpu, 2),
+        "loadgen_cpu_s": round(loadgen_cpu, 2),
+        "daemon_warnings": warnings[:5],
+    }
     label = f"{streams:,}"
     figures += [
-        Figure(f"fanout_{streams}_p50_ms", f"one event to {label} streams, p50", "ms",
-               [percentile(delivered, 50)], notes=notes),
-        Figure(f"fanout_{streams}_p99_ms", f"one event to {label} streams, p99", "ms",
-               [percentile(delivered, 99)], at_most(250) if target else None),
-        Figure(f"fanout_{streams}_rss_kb", f"daemon RSS per stream, {label} streams", "KB",
-               [per_stream], at_most(12) if target else None),
+        Figure(
+            f"fanout_{streams}_p50_ms",
+            f"one event to {label} streams, p50",
+            "ms",
+            [percentile(delivered, 50)],
+            notes=notes,
+        ),
+        Figure(
+            f"fanout_{streams}_p99_ms",
+            f"one event to {label} streams, p99",
+            "ms",
+            [percentile(delivered, 99)],
+            at_most(250) if target else None,
+        ),
+        Figure(
+            f"fanout_{streams}_rss_kb",
+            f"daemon RSS per stream, {label} streams",
+            "KB",
+            [per_stream],
+            at_most(12) if target else None,
+        ),
     ]
 
 

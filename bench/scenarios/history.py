@@ -61,15 +61,31 @@ async def history(ctx: Context) -> list[Figure]:
     finally:
         await jobd.stop()
     warnings = jobd.warnings()
-    notes = {"runs": runs, "jobs": job_count, "store": made, "startup_samples_s": [round(s, 3) for s in startups],
-             "interpreter_and_imports_s": round(statistics.median(_import_s() for _ in range(3)), 3),
-             "runs_page_max_ms": round(max(page), 1), "stats_max_ms": round(max(stats), 1),
-             "daemon_warnings": warnings[:5]}
+    notes = {
+        "runs": runs,
+        "jobs": job_count,
+        "store": made,
+        "startup_samples_s": [round(s, 3) for s in startups],
+        "interpreter_and_imports_s": round(statistics.median(_import_s() for _ in range(3)), 3),
+        "runs_page_max_ms": round(max(page), 1),
+        "stats_max_ms": round(max(stats), 1),
+        "daemon_warnings": warnings[:5],
+    }
     return [
-        Figure("runs_page_ms", f"GET /runs page, {runs:,} runs, p50", "ms", [percentile(page, 50)], at_most(50),
-               notes=notes),
-        Figure("stats_30d_ms", f"GET /stats?days=30, {runs:,} runs, p50", "ms", [percentile(stats, 50)],
-               at_most(300)),
-        Figure("startup_s", f"start to ready, {runs:,} runs + {job_count:,} jobs", "s",
-               [statistics.median(startups)], at_most(1)),
+        Figure(
+            "runs_page_ms",
+            f"GET /runs page, {runs:,} runs, p50",
+            "ms",
+            [percentile(page, 50)],
+            at_most(50),
+            notes=notes,
+        ),
+        Figure("stats_30d_ms", f"GET /stats?days=30, {runs:,} runs, p50", "ms", [percentile(stats, 50)], at_most(300)),
+        Figure(
+            "startup_s",
+            f"start to ready, {runs:,} runs + {job_count:,} jobs",
+            "s",
+            [statistics.median(startups)],
+            at_most(1),
+        ),
     ]

@@ -23,8 +23,11 @@ async def idle(ctx: Context) -> list[Figure]:
     accepted: list[float] = []
     processing: list[float] = []
     completed: list[float] = []
-    async with ctx.jobd({"bench": noop_job()}) as jobd, aiohttp.ClientSession() as http, \
-            Firehose(http, jobd.url, job="bench") as firehose:
+    async with (
+        ctx.jobd({"bench": noop_job()}) as jobd,
+        aiohttp.ClientSession() as http,
+        Firehose(http, jobd.url, job="bench") as firehose,
+    ):
         url = f"{jobd.url}/api/v1/jobs/bench/trigger"
         for index in range(WARMUP_RUNS + runs):
             started = time.monotonic()
@@ -41,15 +44,25 @@ async def idle(ctx: Context) -> list[Figure]:
                 processing.append((running - started) * 1000)
                 completed.append((done - started) * 1000)
         warnings = jobd.warnings()
-    notes = {"runs": runs, "warmup_runs": WARMUP_RUNS,
-             "trigger_to_202_ms": {"p50": round(percentile(accepted, 50), 2), "p99": round(percentile(accepted, 99), 2)},
-             "daemon_warnings": warnings[:5]}
+    notes = {
+        "runs": runs,
+        "warmup_runs": WARMUP_RUNS,
+        "trigger_to_202_ms": {"p50": round(percentile(accepted, 50), 2), "p99": round(percentile(accepted, 99), 2)},
+        "daemon_warnings": warnings[:5],
+    }
     return [
-        Figure("latency_processing_p50_ms", "trigger → PROCESSING, idle, p50", "ms", [percentile(processing, 50)],
-               notes=notes),
+        Figure(
+            "latency_processing_p50_ms",
+            "trigger → PROCESSING, idle, p50",
+            "ms",
+            [percentile(processing, 50)],
+            notes=notes,
+        ),
         Figure("latency_processing_p99_ms", "trigger → PROCESSING, idle, p99", "ms", [percentile(processing, 99)]),
-        Figure("latency_completed_p50_ms", "trigger → COMPLETED, idle, p50", "ms", [percentile(completed, 50)],
-               at_most(3)),
-        Figure("latency_completed_p99_ms", "trigger → COMPLETED, idle, p99", "ms", [percentile(completed, 99)],
-               at_most(10)),
+        Figure(
+            "latency_completed_p50_ms", "trigger → COMPLETED, idle, p50", "ms", [percentile(completed, 50)], at_most(3)
+        ),
+        Figure(
+            "latency_completed_p99_ms", "trigger → COMPLETED, idle, p99", "ms", [percentile(completed, 99)], at_most(10)
+        ),
     ]

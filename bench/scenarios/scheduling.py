@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -46,16 +46,24 @@ async def _fire_lags(ctx: Context, jobs: int, window_s: int, tag: str = "") -> t
         started_ms = time.time_ns() // 1_000_000
         await asyncio.sleep(window_s + 1.0)
         ended_ms = started_ms + window_s * 1000
-        runs = [run for run in await _cron_runs(http, jobd.url)
-                if started_ms < parse_iso_ms(run["scheduled_for"]) <= ended_ms and run["started_at"]]
+        runs = [
+            run
+            for run in await _cron_runs(http, jobd.url)
+            if started_ms < parse_iso_ms(run["scheduled_for"]) <= ended_ms and run["started_at"]
+        ]
         warnings = jobd.warnings()
     lags = [parse_iso_ms(run["started_at"]) - parse_iso_ms(run["scheduled_for"]) for run in runs]
     created = [parse_iso_ms(run["created_at"]) - parse_iso_ms(run["scheduled_for"]) for run in runs]
     expected = jobs * window_s
-    notes = {"jobs": jobs, "window_s": window_s, "fires": len(runs), "fires_expected": expected,
-             "max_ms": max(lags, default=None), "scheduled_to_created_ms": {"p50": percentile(created, 50),
-                                                                           "p99": percentile(created, 99)},
-             "daemon_warnings": warnings[:5]}
+    notes = {
+        "jobs": jobs,
+        "window_s": window_s,
+        "fires": len(runs),
+        "fires_expected": expected,
+        "max_ms": max(lags, default=None),
+        "scheduled_to_created_ms": {"p50": percentile(created, 50), "p99": percentile(created, 99)},
+        "daemon_warnings": warnings[:5],
+    }
     if len(runs) < expected * 0.95:
         raise RuntimeError(f"only {len(runs)} of {expected} fires ran")
     return lags, notes
@@ -83,7 +91,7 @@ async def idle_cpu(ctx: Context) -> list[Figure]:
     streams = ctx.size(1_000, 100)
     window_s = ctx.size(30, 5)
     raise_open_files_limit(streams + 1024)
-    minute = (datetime.now(timezone.utc).minute + 30) % 60
+    minute = (datetime.now(UTC).minute + 30) % 60
     config = {f"hourly-{i:05d}": noop_job(schedule=f"{minute} * * * *") for i in range(jobs)}
     async with ctx.jobd(config) as jobd, HolderGroup(jobd.url, "/api/v1/events", streams):
         await asyncio.sleep(2.0)  # start-up and the streams' openings are behind us
@@ -92,7 +100,22 @@ async def idle_cpu(ctx: Context) -> list[Figure]:
         used, elapsed = jobd.cpu_s() - cpu, time.monotonic() - started
         rss = jobd.rss_bytes()
         warnings = jobd.warnings()
-    notes = {"jobs": jobs, "streams": streams, "window_s": window_s, "cpu_s": round(used, 3),
-             "rss_mb": round(rss / 1e6, 1), "startup_s": round(jobd.startup_s, 2), "daemon_warnings": warnings[:5]}
-    return [Figure("idle_cpu_pct", f"idle CPU, {jobs:,} hourly jobs + {streams:,} streams", "%",
-                   [used / elapsed * 100], at_most(1), notes=notes)]
+    notes = {
+        "jobs": jobs,
+        "streams": streams,
+        "window_s": window_s,
+        "cpu_s": round(used, 3),
+        "rss_mb": round(rss / 1e6, 1),
+        "startup_s": round(jobd.startup_s, 2),
+        "daemon_warnings": warnings[:5],
+    }
+    return [
+        Figure(
+            "idle_cpu_pct",
+            f"idle CPU, {jobs:,} hourly jobs + {streams:,} streams",
+            "%",
+            [used / elapsed * 100],
+            at_most(1),
+            notes=notes,
+        )
+    ]

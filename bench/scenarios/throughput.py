@@ -43,21 +43,35 @@ async def _trigger_all(http: aiohttp.ClientSession, url: str, bodies: Sequence[b
     return accepted
 
 
-async def _measure(ctx: Context, job: dict[str, Any], *, runs: int, per_request: int, clients: int,
-                   key: str, label: str, target: float | None, concurrency: int = 16) -> list[Figure]:
+async def _measure(
+    ctx: Context,
+    job: dict[str, Any],
+    *,
+    runs: int,
+    per_request: int,
+    clients: int,
+    key: str,
+    label: str,
+    target: float | None,
+    concurrency: int = 16,
+) -> list[Figure]:
     async with ctx.jobd({"bench": job}, concurrency=concurrency) as jobd:
         url = f"{jobd.url}/api/v1/jobs/bench/trigger"
         connector = aiohttp.TCPConnector(limit=clients + 4)
-        async with aiohttp.ClientSession(connector=connector) as http, \
-                Firehose(http, jobd.url, job="bench", status=FINISHED) as firehose:
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            Firehose(http, jobd.url, job="bench", status=FINISHED) as firehose,
+        ):
             await _trigger_all(http, url, [b"{}"] * WARMUP_RUNS, clients=8)
             await firehose.wait_finished(WARMUP_RUNS, timeout=60)
             if per_request == 1:
                 bodies = [b'{"params": {"n": %d}}' % i for i in range(runs)]
             else:
                 one = b'{"params": {}}'
-                bodies = [b'{"runs": [' + b", ".join([one] * min(per_request, runs - start)) + b"]}"
-                          for start in range(0, runs, per_request)]
+                bodies = [
+                    b'{"runs": [' + b", ".join([one] * min(per_request, runs - start)) + b"]}"
+                    for start in range(0, runs, per_request)
+                ]
             cpu, own = jobd.cpu_s(), own_cpu_s()
             started = time.monotonic()
             accepted = await _trigger_all(http, url, bodies, clients=min(clients, len(bodies)))
@@ -69,9 +83,14 @@ async def _measure(ctx: Context, job: dict[str, Any], *, runs: int, per_request:
                 raise RuntimeError(f"{accepted} of {runs} accepted; not COMPLETED: {firehose.failed[:3]}")
         warnings = jobd.warnings()
     notes = {
-        "runs": runs, "requests": len(bodies), "clients": min(clients, len(bodies)), "workers": concurrency,
-        "elapsed_s": round(elapsed, 3), "accepted_per_s": round(runs / (all_accepted - started)),
-        "daemon_cores": round(daemon_cpu / elapsed, 2), "loadgen_cores": round(loadgen_cpu / elapsed, 2),
+        "runs": runs,
+        "requests": len(bodies),
+        "clients": min(clients, len(bodies)),
+        "workers": concurrency,
+        "elapsed_s": round(elapsed, 3),
+        "accepted_per_s": round(runs / (all_accepted - started)),
+        "daemon_cores": round(daemon_cpu / elapsed, 2),
+        "loadgen_cores": round(loadgen_cpu / elapsed, 2),
         "daemon_cpu_us_per_run": round(daemon_cpu / runs * 1e6),
         "daemon_warnings": warnings[:5],
     }
@@ -79,19 +98,40 @@ async def _measure(ctx: Context, job: dict[str, Any], *, runs: int, per_request:
 
 
 async def python_handler(ctx: Context) -> list[Figure]:
-    return await _measure(ctx, noop_job(), runs=ctx.size(10_000, 1_000), per_request=1, clients=CLIENTS,
-                          key="http_noop_runs_per_s", label="HTTP-triggered no-op runs to COMPLETED",
-                          target=3_000)
+    return await _measure(
+        ctx,
+        noop_job(),
+        runs=ctx.size(10_000, 1_000),
+        per_request=1,
+        clients=CLIENTS,
+        key="http_noop_runs_per_s",
+        label="HTTP-triggered no-op runs to COMPLETED",
+        target=3_000,
+    )
 
 
 async def command(ctx: Context) -> list[Figure]:
     job = {"command": ["true"], "overlap": "allow", "max_concurrency": 1000}
-    return await _measure(ctx, job, runs=ctx.size(10_000, 200), per_request=1, clients=CLIENTS,
-                          key="http_command_runs_per_s", label="HTTP-triggered `true` runs to COMPLETED",
-                          target=None)
+    return await _measure(
+        ctx,
+        job,
+        runs=ctx.size(10_000, 200),
+        per_request=1,
+        clients=CLIENTS,
+        key="http_command_runs_per_s",
+        label="HTTP-triggered `true` runs to COMPLETED",
+        target=None,
+    )
 
 
 async def batch(ctx: Context) -> list[Figure]:
-    return await _measure(ctx, noop_job(), runs=ctx.size(10_000, 2_000), per_request=1_000, clients=CLIENTS,
-                          key="batch_noop_runs_per_s", label="batch-triggered no-op runs to COMPLETED",
-                          target=15_000)
+    return await _measure(
+        ctx,
+        noop_job(),
+        runs=ctx.size(10_000, 2_000),
+        per_request=1_000,
+        clients=CLIENTS,
+        key="batch_noop_runs_per_s",
+        label="batch-triggered no-op runs to COMPLETED",
+        target=15_000,
+    )

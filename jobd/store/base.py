@@ -48,8 +48,15 @@ class JobState:
         return dataclasses.asdict(self)
 
     def copy(self) -> JobState:
-        return JobState(self.job, self.paused, self.last_fire_at, self.skipped_fires, self.last_skipped_at,
-                        self.consecutive_failures, self.last_run_id)
+        return JobState(
+            self.job,
+            self.paused,
+            self.last_fire_at,
+            self.skipped_fires,
+            self.last_skipped_at,
+            self.consecutive_failures,
+            self.last_run_id,
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,7 +179,8 @@ class Store(Protocol):
 
     async def job_states(self) -> dict[str, JobState]: ...
 
-    async def delete_runs(self, *, cutoffs: Mapping[RunStatus, int], limit: int,
-                          after: tuple[int, int] | None = None) -> DeletedRuns: ...
+    async def delete_runs(
+        self, *, cutoffs: Mapping[RunStatus, int], limit: int, after: tuple[int, int] | None = None
+    ) -> DeletedRuns: ...
 
     async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int: ...

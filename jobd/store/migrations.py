@@ -34,8 +34,10 @@ _SUMMED = ("runs", "timed", "duration_sum", "items_total", "items_success", "ite
 
 def _measures(row: str) -> str:
     """What one finished run adds to a rollup row, in the order of the summed columns."""
-    return (f"1, {row}.duration_ms IS NOT NULL, COALESCE({row}.duration_ms, 0), COALESCE({row}.counts_total, 0), "
-            f"{row}.counts_success, {row}.counts_failed, {row}.counts_skipped")
+    return (
+        f"1, {row}.duration_ms IS NOT NULL, COALESCE({row}.duration_ms, 0), COALESCE({row}.counts_total, 0), "
+        f"{row}.counts_success, {row}.counts_failed, {row}.counts_skipped"
+    )
 
 
 def _subtract(row: str) -> str:
@@ -75,8 +77,10 @@ def _rollup_remove(row: str) -> str:
 
 
 def _all_jobs_add(row: str) -> str:
-    return (f"INSERT INTO run_days_all VALUES ({row}.created_at / {DAY_MS}, {row}.status, {row}.triggered_by, "
-            f"{_measures(row)}) ON CONFLICT DO UPDATE SET {_ADD};")
+    return (
+        f"INSERT INTO run_days_all VALUES ({row}.created_at / {DAY_MS}, {row}.status, {row}.triggered_by, "
+        f"{_measures(row)}) ON CONFLICT DO UPDATE SET {_ADD};"
+    )
 
 
 def _all_jobs_remove(row: str) -> str:
@@ -194,9 +198,7 @@ async def migrate(db: aiosqlite.Connection) -> int:
         row = await cursor.fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
-        raise StoreError(
-            f"the store has schema version {version}, newer than this jobd knows ({len(MIGRATIONS)})"
-        )
+        raise StoreError(f"the store has schema version {version}, newer than this jobd knows ({len(MIGRATIONS)})")
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
     return len(MIGRATIONS)

@@ -27,24 +27,61 @@ import aiosqlite
 import structlog
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
-from jobd.store.base import (DeletedRuns, IdempotencyKey, JobState, RunFilter, RunStats, StoreError, StoreLocked,
-                             StoreUnavailable)
+from jobd.store.base import (
+    DeletedRuns,
+    IdempotencyKey,
+    JobState,
+    RunFilter,
+    RunStats,
+    StoreError,
+    StoreLocked,
+    StoreUnavailable,
+)
 from jobd.store.migrations import migrate
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
 from jobd.store.sqlite_writer import WriterThread
 
 RUN_COLUMNS = (
-    "id", "job", "status", "progress", "message", "triggered_by", "params", "attempt",
-    "max_attempts", "scheduled_for", "run_after", "created_at", "started_at", "finished_at",
-    "duration_ms", "counts_total", "counts_success", "counts_failed", "counts_skipped", "result",
-    "error", "exit_code", "retry_of", "log_tail", "updated_at",
+    "id",
+    "job",
+    "status",
+    "progress",
+    "message",
+    "triggered_by",
+    "params",
+    "attempt",
+    "max_attempts",
+    "scheduled_for",
+    "run_after",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "counts_total",
+    "counts_success",
+    "counts_failed",
+    "counts_skipped",
+    "result",
+    "error",
+    "exit_code",
+    "retry_of",
+    "log_tail",
+    "updated_at",
 )
 # What a run is never changes after it is created; leaving these columns out of the update spares
 # SQLite the upkeep of the indexes on them at every transition.
-_IMMUTABLE = frozenset({"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for",
-                        "created_at", "retry_of"})
-JOB_STATE_COLUMNS = ("job", "paused", "last_fire_at", "skipped_fires", "last_skipped_at", "consecutive_failures",
-                     "last_run_id")
+_IMMUTABLE = frozenset(
+    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
+)
+JOB_STATE_COLUMNS = (
+    "job",
+    "paused",
+    "last_fire_at",
+    "skipped_fires",
+    "last_skipped_at",
+    "consecutive_failures",
+    "last_run_id",
+)
 
 
 def _upserts(table: str, columns: Sequence[str], key: str, keep: Iterable[str] = ()) -> tuple[str, str]:
@@ -60,9 +97,11 @@ def _upserts(table: str, columns: Sequence[str], key: str, keep: Iterable[str] =
     update = ", ".join(f"{col} = excluded.{col}" for col in columns if col != key and col not in keep)
     conflict = f"ON CONFLICT({key}) DO UPDATE SET {update}"
     extract = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(columns)))
-    return (f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}",
-            # WHERE true: SQLite's upsert grammar needs it after a SELECT.
-            f"INSERT INTO {table} ({names}) SELECT {extract} FROM json_each(?) WHERE true {conflict}")
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}",
+        # WHERE true: SQLite's upsert grammar needs it after a SELECT.
+        f"INSERT INTO {table} ({names}) SELECT {extract} FROM json_each(?) WHERE true {conflict}",
+    )
 
 
 _UPSERT_RUN = _upserts("runs", RUN_COLUMNS, "id", _IMMUTABLE)
@@ -114,26 +153,84 @@ def _json_or_none(value: Any) -> str | None:
 def run_to_row(run: Run) -> tuple[Any, ...]:
     c = run.counts
     return (
-        run.id, run.job, run.status.value, run.progress, run.message, run.triggered_by.value,
-        compact_json(run.params) if run.params else "{}", run.attempt, run.max_attempts,
-        run.scheduled_for, run.run_after, run.created_at, run.started_at, run.finished_at,
-        run.duration_ms, c.total, c.success, c.failed, c.skipped, _json_or_none(run.result),
-        run.error, run.exit_code, run.retry_of, run.log_tail, run.updated_at,
+        run.id,
+        run.job,
+        run.status.value,
+        run.progress,
+        run.message,
+        run.triggered_by.value,
+        compact_json(run.params) if run.params else "{}",
+        run.attempt,
+        run.max_attempts,
+        run.scheduled_for,
+        run.run_after,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.duration_ms,
+        c.total,
+        c.success,
+        c.failed,
+        c.skipped,
+        _json_or_none(run.result),
+        run.error,
+        run.exit_code,
+        run.retry_of,
+        run.log_tail,
+        run.updated_at,
     )
 
 
 def row_to_run(row: Sequence[Any]) -> Run:
-    (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts,
-     scheduled_for, run_after, created_at, started_at, finished_at, _duration, total, success,
-     failed, skipped, result, error, exit_code, retry_of, log_tail, updated_at) = row
+    (
+        rid,
+        job,
+        status,
+        progress,
+        message,
+        triggered_by,
+        params,
+        attempt,
+        max_attempts,
+        scheduled_for,
+        run_after,
+        created_at,
+        started_at,
+        finished_at,
+        _duration,
+        total,
+        success,
+        failed,
+        skipped,
+        result,
+        error,
+        exit_code,
+        retry_of,
+        log_tail,
+        updated_at,
+    ) = row
     return Run(
-        id=rid, job=job, status=RunStatus(status), triggered_by=TriggerSource(triggered_by),
-        created_at=created_at, params=json.loads(params), attempt=attempt,
-        max_attempts=max_attempts, progress=progress, message=message,
-        scheduled_for=scheduled_for, run_after=run_after, started_at=started_at,
-        finished_at=finished_at, counts=Counts(total, success, failed, skipped),
-        result=None if result is None else json.loads(result), error=error,
-        exit_code=exit_code, retry_of=retry_of, log_tail=log_tail or "", updated_at=updated_at,
+        id=rid,
+        job=job,
+        status=RunStatus(status),
+        triggered_by=TriggerSource(triggered_by),
+        created_at=created_at,
+        params=json.loads(params),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        progress=progress,
+        message=message,
+        scheduled_for=scheduled_for,
+        run_after=run_after,
+        started_at=started_at,
+        finished_at=finished_at,
+        counts=Counts(total, success, failed, skipped),
+        result=None if result is None else json.loads(result),
+        error=error,
+        exit_code=exit_code,
+        retry_of=retry_of,
+        log_tail=log_tail or "",
+        updated_at=updated_at,
     )
 
 
@@ -195,7 +292,8 @@ def _settle_all(waiters: list[CommitCallback], error: Exception | None) -> None:
             waiter(error)
         except Exception:
             asyncio.get_running_loop().call_exception_handler(
-                {"message": "a commit callback failed", "exception": sys.exc_info()[1]})
+                {"message": "a commit callback failed", "exception": sys.exc_info()[1]}
+            )
 
 
 class SQLiteStore:
@@ -281,8 +379,7 @@ class SQLiteStore:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise StoreLocked(
-                f"{self.path} is in use by another jobd (pid {holder}); "
-                "two daemons must never run the same queue"
+                f"{self.path} is in use by another jobd (pid {holder}); two daemons must never run the same queue"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -369,14 +466,19 @@ class SQLiteStore:
                 continue
             _settle_all(waiters, None)
 
-    async def _commit(
-        self, runs: Iterable[Run], states: Iterable[JobState], keys: list[IdempotencyKey]
-    ) -> None:
+    async def _commit(self, runs: Iterable[Run], states: Iterable[JobState], keys: list[IdempotencyKey]) -> None:
         assert self._writer is not None
         run_rows = [run_to_row(run) for run in runs]
         state_rows = [
-            (s.job, int(s.paused), s.last_fire_at, s.skipped_fires, s.last_skipped_at,
-             s.consecutive_failures, s.last_run_id)
+            (
+                s.job,
+                int(s.paused),
+                s.last_fire_at,
+                s.skipped_fires,
+                s.last_skipped_at,
+                s.consecutive_failures,
+                s.last_run_id,
+            )
             for s in states
         ]
         key_rows = [(k.job, k.key, k.run_id, k.created_at) for k in keys]
@@ -463,14 +565,19 @@ class SQLiteStore:
         found by status: by job, SQLite would walk every run the job ever had."""
         rollup = "run_totals" if where.job is not None else "run_days_all"
         finished, args = _where(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
-        statuses = tuple(status for status in (RunStatus.PENDING, RunStatus.PROCESSING)
-                         if not where.status or status in where.status)
+        statuses = tuple(
+            status for status in (RunStatus.PENDING, RunStatus.PROCESSING) if not where.status or status in where.status
+        )
         active, active_args = _where(RunFilter(job=where.job, status=statuses, triggered_by=where.triggered_by))
         active_rows = (
-            " UNION ALL SELECT status, 1, duration_ms IS NOT NULL, COALESCE(duration_ms, 0), "
-            "COALESCE(counts_total, 0), counts_success, counts_failed, counts_skipped "
-            f"FROM runs INDEXED BY runs_status{active}"
-        ) if statuses else ""
+            (
+                " UNION ALL SELECT status, 1, duration_ms IS NOT NULL, COALESCE(duration_ms, 0), "
+                "COALESCE(counts_total, 0), counts_success, counts_failed, counts_skipped "
+                f"FROM runs INDEXED BY runs_status{active}"
+            )
+            if statuses
+            else ""
+        )
         rows = await self._fetchall(
             "SELECT SUM(runs), "
             "SUM(CASE WHEN status IN ('COMPLETED', 'PARTIAL') THEN runs ELSE 0 END), "
@@ -521,12 +628,11 @@ class SQLiteStore:
             "SELECT job, paused, last_fire_at, skipped_fires, last_skipped_at, consecutive_failures, "
             "last_run_id FROM job_state"
         )
-        return {
-            row[0]: JobState(row[0], bool(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows
-        }
+        return {row[0]: JobState(row[0], bool(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows}
 
-    async def delete_runs(self, *, cutoffs: Mapping[RunStatus, int], limit: int,
-                          after: tuple[int, int] | None = None) -> DeletedRuns:
+    async def delete_runs(
+        self, *, cutoffs: Mapping[RunStatus, int], limit: int, after: tuple[int, int] | None = None
+    ) -> DeletedRuns:
         """Delete finished runs older than their status's cutoff (finished_at < cutoff), looking at
         up to `limit` candidates in (finished_at, id) order from `after` on.
 
@@ -551,13 +657,17 @@ class SQLiteStore:
             if not kept and finished_at < cutoffs.get(RunStatus(status), -1)
         ]
         if doomed:
-            await self._transaction(functools.partial(
-                _execute_all, [("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id, _ in doomed], True)]))
+            await self._transaction(
+                functools.partial(
+                    _execute_all, [("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id, _ in doomed], True)]
+                )
+            )
         cursor = (int(rows[-1][2]), int(rows[-1][0])) if len(rows) == limit else None
         return DeletedRuns(doomed, cursor)
 
     async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int:
         """Delete up to `limit` keys created before `created_before`; returns how many went."""
+
         def delete(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
                 "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at < ? LIMIT ?)",

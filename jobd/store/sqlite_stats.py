@@ -54,12 +54,16 @@ def _p95(db: sqlite3.Connection, timed: int, args: dict[str, Any], job: str | No
         return None
     from_top = timed - p95_rank(timed)
     if job is None:
-        sql = ("SELECT duration_ms FROM runs INDEXED BY runs_duration WHERE duration_ms IS NOT NULL "
-               "AND created_at >= :since AND created_at < :until ORDER BY duration_ms DESC LIMIT 1 OFFSET :skip")
+        sql = (
+            "SELECT duration_ms FROM runs INDEXED BY runs_duration WHERE duration_ms IS NOT NULL "
+            "AND created_at >= :since AND created_at < :until ORDER BY duration_ms DESC LIMIT 1 OFFSET :skip"
+        )
     else:
-        sql = ("SELECT duration_ms FROM runs INDEXED BY runs_job_duration WHERE job = :job "
-               "AND duration_ms IS NOT NULL AND created_at >= :since AND created_at < :until "
-               "ORDER BY duration_ms DESC LIMIT 1 OFFSET :skip")
+        sql = (
+            "SELECT duration_ms FROM runs INDEXED BY runs_job_duration WHERE job = :job "
+            "AND duration_ms IS NOT NULL AND created_at >= :since AND created_at < :until "
+            "ORDER BY duration_ms DESC LIMIT 1 OFFSET :skip"
+        )
     row = db.execute(sql, {**args, "job": job, "skip": from_top}).fetchone()
     return None if row is None else int(row[0])
 
@@ -80,12 +84,15 @@ def _per_job(db: sqlite3.Connection, args: dict[str, Any], inside: int, outside:
     jobs: dict[str, JobStats] = {}
     if inside <= outside:
         for name, *counts, timed, duration in db.execute(
-                _PER_JOB + "run_days WHERE day BETWEEN :first AND :last GROUP BY job", args):
+            _PER_JOB + "run_days WHERE day BETWEEN :first AND :last GROUP BY job", args
+        ):
             jobs[name] = JobStats(dict(zip(_STATUSES, counts)), timed, duration)
         return jobs
     totals = db.execute(_PER_JOB + "run_totals GROUP BY job").fetchall()
-    before_or_after = {row[0]: row[1:] for row in db.execute(
-        _PER_JOB + "run_days WHERE day < :first OR day > :last GROUP BY job", args)}
+    before_or_after = {
+        row[0]: row[1:]
+        for row in db.execute(_PER_JOB + "run_days WHERE day < :first OR day > :last GROUP BY job", args)
+    }
     width = len(_STATUSES) + 2
     for name, *row in totals:
         less = before_or_after.get(name, (0,) * width)
@@ -97,8 +104,13 @@ def _per_job(db: sqlite3.Connection, args: dict[str, Any], inside: int, outside:
 
 def read_run_stats(path: Path, first_day: int, last_day: int, job: str | None) -> RunStats:
     """Blocking: meant for a worker thread. Opens a read-only connection of its own."""
-    args = {"first": first_day, "last": last_day, "since": first_day * DAY_MS,
-            "until": (last_day + 1) * DAY_MS, "job": job}
+    args = {
+        "first": first_day,
+        "last": last_day,
+        "since": first_day * DAY_MS,
+        "until": (last_day + 1) * DAY_MS,
+        "job": job,
+    }
     of_job = " AND job = :job" if job is not None else ""
     by_status = [0] * len(_STATUSES)
     by_trigger = [0] * len(_SOURCES)
@@ -110,12 +122,18 @@ def read_run_stats(path: Path, first_day: int, last_day: int, job: str | None) -
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute("BEGIN")  # one snapshot for every query below
         if job is None:
-            rows = db.execute("SELECT day, status, triggered_by, runs, timed, duration_sum FROM run_days_all "
-                              "WHERE day BETWEEN :first AND :last", args)
+            rows = db.execute(
+                "SELECT day, status, triggered_by, runs, timed, duration_sum FROM run_days_all "
+                "WHERE day BETWEEN :first AND :last",
+                args,
+            )
         else:
             args["days"] = json.dumps(list(range(first_day, last_day + 1)))
-            rows = db.execute("SELECT day, status, triggered_by, runs, timed, duration_sum FROM run_days "
-                              "WHERE day IN (SELECT value FROM json_each(:days)) AND job = :job", args)
+            rows = db.execute(
+                "SELECT day, status, triggered_by, runs, timed, duration_sum FROM run_days "
+                "WHERE day IN (SELECT value FROM json_each(:days)) AND job = :job",
+                args,
+            )
         for day, status, source, runs, n_timed, n_sum in rows:
             by_status[_STATUS_INDEX[status]] += runs
             by_trigger[_SOURCE_INDEX[source]] += runs
@@ -133,7 +151,8 @@ def read_run_stats(path: Path, first_day: int, last_day: int, job: str | None) -
         # no duration yet.
         for day, name, status, source in db.execute(
             f"SELECT created_at / {DAY_MS}, job, status, triggered_by FROM runs INDEXED BY runs_status "
-            f"WHERE status IN ({ACTIVE}) AND created_at >= :since AND created_at < :until{of_job}", args
+            f"WHERE status IN ({ACTIVE}) AND created_at >= :since AND created_at < :until{of_job}",
+            args,
         ):
             by_status[_STATUS_INDEX[status]] += 1
             by_trigger[_SOURCE_INDEX[source]] += 1
@@ -145,7 +164,14 @@ def read_run_stats(path: Path, first_day: int, last_day: int, job: str | None) -
         db.execute("COMMIT")
     finally:
         db.close()
-    return RunStats(first_day=first_day, last_day=last_day, by_status=dict(zip(_STATUSES, by_status)),
-                    by_trigger=dict(zip(_SOURCES, by_trigger)), timed=timed, duration_sum_ms=duration_sum,
-                    p95_ms=p95, days={day: (runs, completed, failed) for day, (runs, completed, failed) in days.items()},
-                    jobs=jobs)
+    return RunStats(
+        first_day=first_day,
+        last_day=last_day,
+        by_status=dict(zip(_STATUSES, by_status)),
+        by_trigger=dict(zip(_SOURCES, by_trigger)),
+        timed=timed,
+        duration_sum_ms=duration_sum,
+        p95_ms=p95,
+        days={day: (runs, completed, failed) for day, (runs, completed, failed) in days.items()},
+        jobs=jobs,
+    )

@@ -161,8 +161,9 @@ async def trigger_job(request: web.Request) -> web.Response:
         return json_text_response('{"runs":[' + ",".join([run.to_json_text() for run in runs]) + "]}", status=202)
     submission = Submission(_params(body.get("params"), "params"), idempotency_key=key)
     [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
-    return json_text_response('{"run":' + run.to_json_text() + "}", status=202,
-                              headers={"Location": f"{PREFIX}/runs/{run.id}"})
+    return json_text_response(
+        '{"run":' + run.to_json_text() + "}", status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"}
+    )
 
 
 @routes.post(PREFIX + "/jobs/{name}/pause")
@@ -184,9 +185,6 @@ async def resume_job(request: web.Request) -> web.Response:
 
 
 # -- runs ------------------------------------------------------------------------------------------
-
-
-
 
 
 def run_filter(request: web.Request) -> RunFilter:
@@ -232,12 +230,19 @@ async def list_runs(request: web.Request) -> web.Response:
     has_more = len(runs) > limit
     runs = runs[:limit]
     statistics = await daemon.store.summarize_runs(where)
-    return json_response({
-        "runs": [run.to_json() for run in runs],
-        "pagination": {"total": total, "limit": limit, "offset": offset, "has_more": has_more,
-                       "next_cursor": encode_cursor(runs[-1].id) if has_more else None},
-        "statistics": statistics,
-    })
+    return json_response(
+        {
+            "runs": [run.to_json() for run in runs],
+            "pagination": {
+                "total": total,
+                "limit": limit,
+                "offset": offset,
+                "has_more": has_more,
+                "next_cursor": encode_cursor(runs[-1].id) if has_more else None,
+            },
+            "statistics": statistics,
+        }
+    )
 
 
 @routes.get(PREFIX + "/runs/last")

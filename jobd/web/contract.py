@@ -29,5 +29,6 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/docs")
 async def docs_page(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC_DIR / DOCS_PAGE, headers={"Content-Type": "text/html; charset=utf-8",
-                                                         "Content-Security-Policy": CSP})
+    return web.FileResponse(
+        STATIC_DIR / DOCS_PAGE, headers={"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": CSP}
+    )

@@ -34,13 +34,19 @@ class Cors:
     def middleware(self) -> Any:
         @web.middleware
         async def preflight(request: web.Request, handler: Any) -> web.StreamResponse:
-            if (request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-                    and self.allowed(request.headers.get("Origin"))):
-                return web.Response(status=204, headers={
-                    "Access-Control-Allow-Methods": ALLOW_METHODS,
-                    "Access-Control-Allow-Headers": ALLOW_HEADERS,
-                    "Access-Control-Max-Age": MAX_AGE_S,
-                })
+            if (
+                request.method == "OPTIONS"
+                and "Access-Control-Request-Method" in request.headers
+                and self.allowed(request.headers.get("Origin"))
+            ):
+                return web.Response(
+                    status=204,
+                    headers={
+                        "Access-Control-Allow-Methods": ALLOW_METHODS,
+                        "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                        "Access-Control-Max-Age": MAX_AGE_S,
+                    },
+                )
             return await handler(request)
 
         return preflight

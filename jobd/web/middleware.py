@@ -30,9 +30,15 @@ _REQUEST_ID = re.compile(r"^[!-~]{1,200}$")
 _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token|access_token|api_key|apikey|key)=)[^&]*", re.IGNORECASE)
 
 
-
-def problem(status: int, title: str, detail: str, *, slug: str, headers: dict[str, str] | None = None,
-            extra: dict[str, Any] | None = None) -> web.Response:
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
     body: dict[str, Any] = {"type": f"urn:jobd:problem:{slug}", "title": title, "status": status, "detail": detail}
     for key, value in (extra or {}).items():
         body.setdefault(key, value)
@@ -72,8 +78,7 @@ def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | N
                 check(request)
             response = await handler(request)
         except JobdError as exc:
-            response = problem(exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers(),
-                               extra=exc.extra)
+            response = problem(exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers(), extra=exc.extra)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -81,10 +86,16 @@ def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | N
             headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
             response = problem(exc.status, exc.reason, detail, slug=_slug(exc.reason), headers=headers)
         except Exception:
-            access_log.exception("request_failed", request_id=request_id, method=request.method,
-                                 path=redact(request.path_qs))
-            response = problem(500, "Internal error", "an unexpected error occurred; see the jobd log",
-                               slug="internal-error", extra={"request_id": request_id})
+            access_log.exception(
+                "request_failed", request_id=request_id, method=request.method, path=redact(request.path_qs)
+            )
+            response = problem(
+                500,
+                "Internal error",
+                "an unexpected error occurred; see the jobd log",
+                slug="internal-error",
+                extra={"request_id": request_id},
+            )
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
         if not access_log.is_enabled_for(logging.INFO):

@@ -43,8 +43,13 @@ def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def obj(properties: dict[str, Schema], *, optional: tuple[str, ...] = (), extra: bool = False,
-        description: str | None = None) -> Schema:
+def obj(
+    properties: dict[str, Schema],
+    *,
+    optional: tuple[str, ...] = (),
+    extra: bool = False,
+    description: str | None = None,
+) -> Schema:
     """An object whose properties are all required unless named in `optional`."""
     schema: Schema = {"type": "object"}
     if description:
@@ -98,9 +103,18 @@ LOG = query("log", STR, "1 (or true, yes, on): also the run's log lines")
 STREAM_PARAMS = (LOG, TICKET, LAST_EVENT_ID_QUERY, LAST_EVENT_ID)
 
 
-def operation(summary: str, *, tag: str, scope: str | None, responses: dict[str, Schema],
-              description: str | None = None, parameters: tuple[Schema, ...] = (),
-              body: Schema | None = None, operation_id: str, security: list[Schema] | None = None) -> Schema:
+def operation(
+    summary: str,
+    *,
+    tag: str,
+    scope: str | None,
+    responses: dict[str, Schema],
+    description: str | None = None,
+    parameters: tuple[Schema, ...] = (),
+    body: Schema | None = None,
+    operation_id: str,
+    security: list[Schema] | None = None,
+) -> Schema:
     """`scope`: what the token needs (x-jobd-scope); None is an operation open to anyone."""
     op: Schema = {"operationId": operation_id, "summary": summary, "tags": [tag]}
     if description:
@@ -125,8 +139,10 @@ def operation(summary: str, *, tag: str, scope: str | None, responses: dict[str,
 
 
 def schemas() -> dict[str, Schema]:
-    counts = obj({"total": nullable(COUNT), "success": COUNT, "failed": COUNT, "skipped": COUNT},
-                 description="items a run reported handling (::counts:: or ctx.counts)")
+    counts = obj(
+        {"total": nullable(COUNT), "success": COUNT, "failed": COUNT, "skipped": COUNT},
+        description="items a run reported handling (::counts:: or ctx.counts)",
+    )
     run_properties: dict[str, Schema] = {
         "id": {"type": "integer", "minimum": 1},
         "job": STR,
@@ -156,74 +172,95 @@ def schemas() -> dict[str, Schema]:
     average = nullable({"type": "number", "minimum": 0})
     return {
         "Problem": obj(
-            {"type": STR, "title": STR, "status": {"type": "integer", "minimum": 400, "maximum": 599},
-             "detail": STR},
+            {"type": STR, "title": STR, "status": {"type": "integer", "minimum": 400, "maximum": 599}, "detail": STR},
             extra=True,
-            description=("RFC 9457 problem details; some problems add fields (job, run_id, request_id, "
-                         "max_batch_runs, ...)"),
+            description=(
+                "RFC 9457 problem details; some problems add fields (job, run_id, request_id, max_batch_runs, ...)"
+            ),
         ),
         "RunStatus": {"type": "string", "enum": STATUSES},
         "TriggerSource": {"type": "string", "enum": SOURCES},
         "Counts": counts,
         "Run": obj(run_properties),
-        "RunWithLog": obj({**run_properties, "log_tail": {"type": "string",
-                                                          "description": "the last part of the run's log"}}),
+        "RunWithLog": obj(
+            {**run_properties, "log_tail": {"type": "string", "description": "the last part of the run's log"}}
+        ),
         "RunAnswer": obj({"run": ref("Run")}),
-        "Job": obj({
-            "name": STR,
-            "description": STR,
-            "kind": {"type": "string", "enum": ["command", "python"]},
-            "command": nullable({"type": "array", "items": STR}),
-            "shell": nullable(STR),
-            "handler": nullable(STR),
-            "schedule": nullable(STR),
-            "schedule_description": nullable({"type": "string", "description": (
-                "the schedule in words, e.g. 'at 02:30 every day'; an H field is described by its value for this "
-                "job ('hourly at minute 6'); a form with no words is the expression, H values filled in")}),
-            "timezone": STR,
-            "overlap": {"type": "string", "enum": list(OVERLAP_POLICIES)},
-            "max_concurrency": {"type": "integer", "minimum": 1},
-            "timeout_s": nullable({"type": "number"}),
-            "retries": COUNT,
-            "paused": BOOL,
-            "next_run_at": MAYBE_TIME,
-            "next_run_at_local": nullable({"type": "string", "description": "in the job's time zone, with offset"}),
-            "last_fire_at": MAYBE_TIME,
-            "skipped_fires": COUNT,
-            "last_skipped_at": MAYBE_TIME,
-            "is_running": BOOL,
-            "active_runs": {"type": "array", "items": INT},
-            "last_run": nullable(ref("Run")),
-            "consecutive_failures": COUNT,
-            "alert_after_failures": {"type": "integer", "minimum": 1},
-            "failing": BOOL,
-        }),
+        "Job": obj(
+            {
+                "name": STR,
+                "description": STR,
+                "kind": {"type": "string", "enum": ["command", "python"]},
+                "command": nullable({"type": "array", "items": STR}),
+                "shell": nullable(STR),
+                "handler": nullable(STR),
+                "schedule": nullable(STR),
+                "schedule_description": nullable(
+                    {
+                        "type": "string",
+                        "description": (
+                            "the schedule in words, e.g. 'at 02:30 every day'; an H field is described by its value for this "
+                            "job ('hourly at minute 6'); a form with no words is the expression, H values filled in"
+                        ),
+                    }
+                ),
+                "timezone": STR,
+                "overlap": {"type": "string", "enum": list(OVERLAP_POLICIES)},
+                "max_concurrency": {"type": "integer", "minimum": 1},
+                "timeout_s": nullable({"type": "number"}),
+                "retries": COUNT,
+                "paused": BOOL,
+                "next_run_at": MAYBE_TIME,
+                "next_run_at_local": nullable({"type": "string", "description": "in the job's time zone, with offset"}),
+                "last_fire_at": MAYBE_TIME,
+                "skipped_fires": COUNT,
+                "last_skipped_at": MAYBE_TIME,
+                "is_running": BOOL,
+                "active_runs": {"type": "array", "items": INT},
+                "last_run": nullable(ref("Run")),
+                "consecutive_failures": COUNT,
+                "alert_after_failures": {"type": "integer", "minimum": 1},
+                "failing": BOOL,
+            }
+        ),
         "JobAnswer": obj({"job": ref("Job")}),
         "TriggerRequest": obj(
             {
-                "params": nullable({"type": "object",
-                                    "description": "passed to the handler; JOBD_PARAMS for commands"}),
-                "runs": {"type": "array", "minItems": 1, "items": obj({"params": nullable({"type": "object"})},
-                                                                       optional=("params",)),
-                         "description": "a batch (up to server.max_batch_runs), instead of params"},
-                "overlap": {"type": "string", "enum": list(OVERLAP_POLICIES),
-                            "description": "this trigger's overlap policy instead of the job's"},
+                "params": nullable(
+                    {"type": "object", "description": "passed to the handler; JOBD_PARAMS for commands"}
+                ),
+                "runs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj({"params": nullable({"type": "object"})}, optional=("params",)),
+                    "description": "a batch (up to server.max_batch_runs), instead of params",
+                },
+                "overlap": {
+                    "type": "string",
+                    "enum": list(OVERLAP_POLICIES),
+                    "description": "this trigger's overlap policy instead of the job's",
+                },
                 "triggered_by": {"type": "string", "enum": ["api", "manual"], "default": "api"},
             },
             optional=("params", "runs", "overlap", "triggered_by"),
         ),
-        "RunPage": obj({
-            "runs": {"type": "array", "items": ref("Run")},
-            "pagination": obj({
-                "total": {**COUNT, "description": "runs matching the filters (the cursor aside)"},
-                "limit": {"type": "integer", "minimum": 1},
-                "offset": COUNT,
-                "has_more": BOOL,
-                "next_cursor": nullable({"type": "string",
-                                         "description": "pass as ?cursor= for the next page; null on the last"}),
-            }),
-            "statistics": ref("RunStatistics"),
-        }),
+        "RunPage": obj(
+            {
+                "runs": {"type": "array", "items": ref("Run")},
+                "pagination": obj(
+                    {
+                        "total": {**COUNT, "description": "runs matching the filters (the cursor aside)"},
+                        "limit": {"type": "integer", "minimum": 1},
+                        "offset": COUNT,
+                        "has_more": BOOL,
+                        "next_cursor": nullable(
+                            {"type": "string", "description": "pass as ?cursor= for the next page; null on the last"}
+                        ),
+                    }
+                ),
+                "statistics": ref("RunStatistics"),
+            }
+        ),
         "RunStatistics": obj(
             {
                 "runs": COUNT,
@@ -237,13 +274,15 @@ def schemas() -> dict[str, Schema]:
             },
             description="over every run matching the filters, not only this page",
         ),
-        "Queue": obj({
-            "counts": by_status,
-            "pending": COUNT,
-            "processing": COUNT,
-            "workers": obj({"busy": COUNT, "total": COUNT}),
-            "oldest_pending_age_s": nullable({"type": "number"}),
-        }),
+        "Queue": obj(
+            {
+                "counts": by_status,
+                "pending": COUNT,
+                "processing": COUNT,
+                "workers": obj({"busy": COUNT, "total": COUNT}),
+                "oldest_pending_age_s": nullable({"type": "number"}),
+            }
+        ),
         "Stats": obj(
             {
                 "job": nullable(STR),
@@ -256,35 +295,66 @@ def schemas() -> dict[str, Schema]:
                 "average_duration_ms": average,
                 "p95_duration_ms": {**nullable(COUNT), "description": "nearest rank: the ceil(0.95 n)-th shortest"},
                 "by_trigger": by_trigger,
-                "timeline": {"type": "array", "description": "one entry per UTC day, oldest first",
-                             "items": obj({"date": {"type": "string", "format": "date"}, "total": COUNT,
-                                           "completed": {**COUNT, "description": "COMPLETED or PARTIAL"},
-                                           "failed": COUNT})},
-                "jobs": {"type": "array", "description": "per job, when no job was asked for",
-                         "items": obj({"job": STR, "total": COUNT, "by_status": by_status, "success_rate": rate,
-                                       "average_duration_ms": average, "p95_duration_ms": nullable(COUNT)})},
+                "timeline": {
+                    "type": "array",
+                    "description": "one entry per UTC day, oldest first",
+                    "items": obj(
+                        {
+                            "date": {"type": "string", "format": "date"},
+                            "total": COUNT,
+                            "completed": {**COUNT, "description": "COMPLETED or PARTIAL"},
+                            "failed": COUNT,
+                        }
+                    ),
+                },
+                "jobs": {
+                    "type": "array",
+                    "description": "per job, when no job was asked for",
+                    "items": obj(
+                        {
+                            "job": STR,
+                            "total": COUNT,
+                            "by_status": by_status,
+                            "success_rate": rate,
+                            "average_duration_ms": average,
+                            "p95_duration_ms": nullable(COUNT),
+                        }
+                    ),
+                },
             },
             optional=("jobs",),
         ),
         "Health": obj({"status": STR}),
-        "TicketRequest": obj({"stream": {"type": "string",
-                                         "description": "the stream's path, e.g. /api/v1/runs/12/events"}}),
+        "TicketRequest": obj(
+            {"stream": {"type": "string", "description": "the stream's path, e.g. /api/v1/runs/12/events"}}
+        ),
         "Ticket": obj(
-            {"ticket": STR, "stream": {"type": "string", "description": "the path the ticket is good for"},
-             "expires_at": TIME},
+            {
+                "ticket": STR,
+                "stream": {"type": "string", "description": "the path the ticket is good for"},
+                "expires_at": TIME,
+            },
             description="a short-lived credential for one stream, with the scope of the token that minted it",
         ),
-        "Whoami": obj({
-            "auth": {"type": "boolean", "description": "whether tokens are configured"},
-            "scope": {"type": "string", "enum": ["read", "trigger", "admin"]},
-            "token": {**nullable(STR), "description": "the token's name; null when auth is off"},
-            "features": {"type": "array", "items": {"type": "string", "enum": ["events", "run_events", "stats",
-                                                                                 "tickets"]},
-                         "description": "optional endpoints this daemon serves"},
-        }),
+        "Whoami": obj(
+            {
+                "auth": {"type": "boolean", "description": "whether tokens are configured"},
+                "scope": {"type": "string", "enum": ["read", "trigger", "admin"]},
+                "token": {**nullable(STR), "description": "the token's name; null when auth is off"},
+                "features": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["events", "run_events", "stats", "tickets"]},
+                    "description": "optional endpoints this daemon serves",
+                },
+            }
+        ),
         "StreamMessage": obj(
-            {"type": {"type": "string", "enum": ["connected", "status_update", "log", "summary", "fire_skipped",
-                                                 "shutdown"]}},
+            {
+                "type": {
+                    "type": "string",
+                    "enum": ["connected", "status_update", "log", "summary", "fire_skipped", "shutdown"],
+                }
+            },
             extra=True,
             description=(
                 "the JSON in each SSE `data:` line; every message also has an `id:` line, and there are no "
@@ -307,13 +377,16 @@ def paths() -> dict[str, Schema]:
     not_found_job = problem("no job by that name")
     not_found_run = problem("no run with that id")
     bad_request = problem("a parameter or the body is not valid")
-    stream = text_content("text/event-stream", "Server-Sent Events, each data line a StreamMessage",
-                          ref("StreamMessage"))
+    stream = text_content(
+        "text/event-stream", "Server-Sent Events, each data line a StreamMessage", ref("StreamMessage")
+    )
     stream_done = {"description": "resumed (Last-Event-ID) after the run's final state: nothing more to send"}
     too_many_streams = problem("too many open streams (server.max_streams), or shutting down")
     health = json_content(ref("Health"), "alive")
-    ready = {"200": json_content(ref("Health"), "ready: the store is open and jobd accepts work"),
-             "503": json_content(ref("Health"), "starting or shutting down")}
+    ready = {
+        "200": json_content(ref("Health"), "ready: the store is open and jobd accepts work"),
+        "503": json_content(ref("Health"), "starting or shutting down"),
+    }
     run_filters = (
         query("job", STR, "only this job's runs"),
         query("status", STR, f"comma-separated statuses: {', '.join(STATUSES)}"),
@@ -323,140 +396,329 @@ def paths() -> dict[str, Schema]:
     )
 
     def health_ops(op_id: str) -> Schema:
-        return {"get": operation("Liveness", tag="health", scope=None, operation_id=op_id,
-                                 responses={"200": health})}
+        return {"get": operation("Liveness", tag="health", scope=None, operation_id=op_id, responses={"200": health})}
 
     def ready_ops(op_id: str) -> Schema:
         return {"get": operation("Readiness", tag="health", scope=None, operation_id=op_id, responses=ready)}
 
     return {
-        "/": {"get": operation(
-            "The dashboard", tag="dashboard", scope=None, operation_id="dashboard",
-            responses={"200": text_content("text/html", "the dashboard page")})},
-        "/static/{path}": {"get": operation(
-            "The dashboard's files", tag="dashboard", scope=None, operation_id="staticFile",
-            parameters=(path_param("path", STR, "a file name, e.g. jobd.js"),),
-            responses={"200": {"description": "the file (JavaScript, CSS, images)"},
-                       "404": problem("no such file")})},
+        "/": {
+            "get": operation(
+                "The dashboard",
+                tag="dashboard",
+                scope=None,
+                operation_id="dashboard",
+                responses={"200": text_content("text/html", "the dashboard page")},
+            )
+        },
+        "/static/{path}": {
+            "get": operation(
+                "The dashboard's files",
+                tag="dashboard",
+                scope=None,
+                operation_id="staticFile",
+                parameters=(path_param("path", STR, "a file name, e.g. jobd.js"),),
+                responses={
+                    "200": {"description": "the file (JavaScript, CSS, images)"},
+                    "404": problem("no such file"),
+                },
+            )
+        },
         "/healthz": health_ops("healthz"),
         "/readyz": ready_ops("readyz"),
-        "/metrics": {"get": operation(
-            "Prometheus metrics", tag="observability", scope=None, operation_id="metrics",
-            security=[{"bearer": []}, {"apiKey": []}, {}],
-            description=("The Prometheus text format. With `[metrics] token` set, send it as a Bearer token "
-                         "(API tokens work too when API auth is on); without it, the read scope applies."),
-            responses={"200": text_content("text/plain", "metrics in the Prometheus text format 0.0.4"),
-                       "401": problem("the metrics token (or a token) is missing or wrong")})},
-        "/api/docs": {"get": operation(
-            "This API's reference, as a page", tag="contract", scope=None, operation_id="apiDocs",
-            description="Its script and style sheet are /static/api-docs.js and /static/api-docs.css.",
-            responses={"200": text_content("text/html", "the page; it renders /api/v1/openapi.json")})},
-        V1 + "/openapi.json": {"get": operation(
-            "This document", tag="contract", scope=None, operation_id="openapi",
-            responses={"200": json_content({"type": "object"}, "the OpenAPI 3.1 document")})},
+        "/metrics": {
+            "get": operation(
+                "Prometheus metrics",
+                tag="observability",
+                scope=None,
+                operation_id="metrics",
+                security=[{"bearer": []}, {"apiKey": []}, {}],
+                description=(
+                    "The Prometheus text format. With `[metrics] token` set, send it as a Bearer token "
+                    "(API tokens work too when API auth is on); without it, the read scope applies."
+                ),
+                responses={
+                    "200": text_content("text/plain", "metrics in the Prometheus text format 0.0.4"),
+                    "401": problem("the metrics token (or a token) is missing or wrong"),
+                },
+            )
+        },
+        "/api/docs": {
+            "get": operation(
+                "This API's reference, as a page",
+                tag="contract",
+                scope=None,
+                operation_id="apiDocs",
+                description="Its script and style sheet are /static/api-docs.js and /static/api-docs.css.",
+                responses={"200": text_content("text/html", "the page; it renders /api/v1/openapi.json")},
+            )
+        },
+        V1 + "/openapi.json": {
+            "get": operation(
+                "This document",
+                tag="contract",
+                scope=None,
+                operation_id="openapi",
+                responses={"200": json_content({"type": "object"}, "the OpenAPI 3.1 document")},
+            )
+        },
         V1 + "/healthz": health_ops("healthzV1"),
         V1 + "/readyz": ready_ops("readyzV1"),
-        V1 + "/jobs": {"get": operation(
-            "Jobs with their state", tag="jobs", scope="read", operation_id="listJobs",
-            responses={"200": json_content(obj({"jobs": {"type": "array", "items": ref("Job")}}), "every job")})},
-        V1 + "/jobs/{name}": {"get": operation(
-            "One job with its state", tag="jobs", scope="read", operation_id="getJob", parameters=(JOB_NAME,),
-            responses={"200": job_answer, "404": not_found_job})},
-        V1 + "/jobs/{name}/trigger": {"post": operation(
-            "Start a run (or a batch of runs)", tag="jobs", scope="trigger", operation_id="triggerJob",
-            description=("202 once the runs are committed to the store. `Idempotency-Key`: the same key for the "
-                         "same job within 24 h answers with the same run."),
-            parameters=(JOB_NAME, header("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200},
-                                         "single triggers only")),
-            body={"required": False, "content": {"application/json": {"schema": ref("TriggerRequest")}}},
-            responses={
-                "202": json_content({"oneOf": [ref("RunAnswer"), obj({"runs": {"type": "array",
-                                                                              "items": ref("Run")}})]},
-                                    "the run ({run}), or the batch's runs ({runs})"),
-                "400": problem("the body is not valid; a batch over server.max_batch_runs says the limit in "
-                               "max_batch_runs, so that a client can send it again in smaller pieces"),
-                "404": not_found_job,
-                "409": problem("the overlap policy refused the run"),
-                "413": problem("the body is over server.max_body_bytes"),
-                "503": problem("shutting down; not accepting runs (see Retry-After)"),
-            })},
-        V1 + "/jobs/{name}/pause": {"post": operation(
-            "Pause the job's schedule", tag="jobs", scope="admin", operation_id="pauseJob", parameters=(JOB_NAME,),
-            responses={"200": job_answer, "404": not_found_job})},
-        V1 + "/jobs/{name}/resume": {"post": operation(
-            "Resume the job's schedule", tag="jobs", scope="admin", operation_id="resumeJob",
-            parameters=(JOB_NAME,), responses={"200": job_answer, "404": not_found_job})},
-        V1 + "/runs": {"get": operation(
-            "Runs, newest first, with statistics of all that match", tag="runs", scope="read",
-            operation_id="listRuns",
-            description=("Pages by limit/offset, or by cursor: pass pagination.next_cursor as ?cursor= for the "
-                         "next page, stable while new runs arrive."),
-            parameters=(*run_filters,
-                        query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
-                        query("offset", {"type": "integer", "minimum": 0, "default": 0}, "runs to skip"),
-                        query("cursor", STR, "from pagination.next_cursor: the page starts after that run")),
-            responses={"200": json_content(ref("RunPage"), "a page of runs"), "400": bad_request})},
-        V1 + "/runs/last": {"get": operation(
-            "A job's most recent run", tag="runs", scope="read", operation_id="lastRun",
-            parameters=(query("job", STR, "the job", required=True),),
-            responses={"200": run_answer, "400": problem("job is missing"), "404": problem("the job has no runs")})},
-        V1 + "/runs/{run_id}": {"get": operation(
-            "One run, with the tail of its log", tag="runs", scope="read", operation_id="getRun",
-            description="With `Accept: text/event-stream`, the run's live stream (as /runs/{run_id}/events).",
-            parameters=(RUN_ID, header("Accept", STR, "text/event-stream for the run's stream"), *STREAM_PARAMS),
-            responses={"200": {"description": "the run",
-                               "content": {"application/json": {"schema": obj({"run": ref("RunWithLog")})},
-                                           "text/event-stream": {"schema": ref("StreamMessage")}}},
-                       "204": stream_done, "404": not_found_run, "503": too_many_streams})},
-        V1 + "/runs/{run_id}/log": {"get": operation(
-            "The run's whole log", tag="runs", scope="read", operation_id="getRunLog", parameters=(RUN_ID,),
-            responses={"200": text_content("text/plain", "the log"), "404": not_found_run})},
-        V1 + "/runs/{run_id}/cancel": {"post": operation(
-            "Cancel a run", tag="runs", scope="trigger", operation_id="cancelRun", parameters=(RUN_ID,),
-            description="PENDING: at once. PROCESSING: its process group is terminated; answers once it ended.",
-            responses={"200": run_answer, "404": not_found_run, "409": problem("the run has already finished")})},
-        V1 + "/runs/{run_id}/retry": {"post": operation(
-            "Run a finished run again", tag="runs", scope="trigger", operation_id="retryRun", parameters=(RUN_ID,),
-            responses={"202": json_content(ref("RunAnswer"), "the new run (retry_of = run_id)"),
-                       "404": not_found_run, "409": problem("the run has not finished"),
-                       "503": problem("shutting down; not accepting runs (see Retry-After)")})},
-        V1 + "/runs/{run_id}/events": {"get": operation(
-            "One run's live stream", tag="streams", scope="read", operation_id="runEvents",
-            description=("connected, the run's current state as a status_update, then every change; the stream "
-                         "ends after the final status_update. Heartbeat comments keep it open."),
-            parameters=(RUN_ID, *STREAM_PARAMS),
-            responses={"200": stream, "204": stream_done, "404": not_found_run, "503": too_many_streams})},
-        V1 + "/events": {"get": operation(
-            "Every run's live stream, with summaries", tag="streams", scope="admin", operation_id="allEvents",
-            description=("The current state of every active run, then every change, `summary` messages, and a "
-                         "`fire_skipped` message for each cron fire the overlap policy skips."),
-            parameters=(query("job", STR, "comma-separated jobs"),
-                        query("status", STR, f"comma-separated statuses: {', '.join(STATUSES)}; run events only "
-                                             "(summary and fire_skipped have no status and pass)"),
-                        *STREAM_PARAMS),
-            responses={"200": stream, "400": bad_request, "503": too_many_streams})},
-        V1 + "/tickets": {"post": operation(
-            "Mint a short-lived ticket for a stream", tag="streams", scope="read", operation_id="createTicket",
-            description=("For EventSource, which cannot send headers: ?ticket= on that one stream instead of a "
-                         "token in the URL. The ticket carries the token's scope."),
-            body={"required": True, "content": {"application/json": {"schema": ref("TicketRequest")}}},
-            responses={"201": json_content(ref("Ticket"), "the ticket"), "400": bad_request,
-                       "403": problem("the stream needs a scope above the token's")})},
-        V1 + "/whoami": {"get": operation(
-            "Who the caller is, and what this daemon serves", tag="contract", scope="read", operation_id="whoami",
-            responses={"200": json_content(ref("Whoami"), "the caller's scope and the optional features")})},
-        V1 + "/queue": {"get": operation(
-            "Queue and workers", tag="observability", scope="read", operation_id="queue",
-            responses={"200": json_content(ref("Queue"), "run counts by status, workers, oldest PENDING run")})},
-        V1 + "/stats": {"get": operation(
-            "Run statistics over the last days", tag="observability", scope="read", operation_id="stats",
-            description=("Runs created in the last `days` UTC days (today included): totals, success rate, "
-                         "average and p95 duration, by trigger, a per-day timeline, and per job."),
-            parameters=(query("days", {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": 30},
-                              "how many days"),
-                        query("job", STR, "only this job (404 if not configured)")),
-            responses={"200": json_content(ref("Stats"), "the statistics"), "400": bad_request,
-                       "404": not_found_job})},
+        V1 + "/jobs": {
+            "get": operation(
+                "Jobs with their state",
+                tag="jobs",
+                scope="read",
+                operation_id="listJobs",
+                responses={"200": json_content(obj({"jobs": {"type": "array", "items": ref("Job")}}), "every job")},
+            )
+        },
+        V1 + "/jobs/{name}": {
+            "get": operation(
+                "One job with its state",
+                tag="jobs",
+                scope="read",
+                operation_id="getJob",
+                parameters=(JOB_NAME,),
+                responses={"200": job_answer, "404": not_found_job},
+            )
+        },
+        V1 + "/jobs/{name}/trigger": {
+            "post": operation(
+                "Start a run (or a batch of runs)",
+                tag="jobs",
+                scope="trigger",
+                operation_id="triggerJob",
+                description=(
+                    "202 once the runs are committed to the store. `Idempotency-Key`: the same key for the "
+                    "same job within 24 h answers with the same run."
+                ),
+                parameters=(
+                    JOB_NAME,
+                    header(
+                        "Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200}, "single triggers only"
+                    ),
+                ),
+                body={"required": False, "content": {"application/json": {"schema": ref("TriggerRequest")}}},
+                responses={
+                    "202": json_content(
+                        {"oneOf": [ref("RunAnswer"), obj({"runs": {"type": "array", "items": ref("Run")}})]},
+                        "the run ({run}), or the batch's runs ({runs})",
+                    ),
+                    "400": problem(
+                        "the body is not valid; a batch over server.max_batch_runs says the limit in "
+                        "max_batch_runs, so that a client can send it again in smaller pieces"
+                    ),
+                    "404": not_found_job,
+                    "409": problem("the overlap policy refused the run"),
+                    "413": problem("the body is over server.max_body_bytes"),
+                    "503": problem("shutting down; not accepting runs (see Retry-After)"),
+                },
+            )
+        },
+        V1 + "/jobs/{name}/pause": {
+            "post": operation(
+                "Pause the job's schedule",
+                tag="jobs",
+                scope="admin",
+                operation_id="pauseJob",
+                parameters=(JOB_NAME,),
+                responses={"200": job_answer, "404": not_found_job},
+            )
+        },
+        V1 + "/jobs/{name}/resume": {
+            "post": operation(
+                "Resume the job's schedule",
+                tag="jobs",
+                scope="admin",
+                operation_id="resumeJob",
+                parameters=(JOB_NAME,),
+                responses={"200": job_answer, "404": not_found_job},
+            )
+        },
+        V1 + "/runs": {
+            "get": operation(
+                "Runs, newest first, with statistics of all that match",
+                tag="runs",
+                scope="read",
+                operation_id="listRuns",
+                description=(
+                    "Pages by limit/offset, or by cursor: pass pagination.next_cursor as ?cursor= for the "
+                    "next page, stable while new runs arrive."
+                ),
+                parameters=(
+                    *run_filters,
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+                    query("offset", {"type": "integer", "minimum": 0, "default": 0}, "runs to skip"),
+                    query("cursor", STR, "from pagination.next_cursor: the page starts after that run"),
+                ),
+                responses={"200": json_content(ref("RunPage"), "a page of runs"), "400": bad_request},
+            )
+        },
+        V1 + "/runs/last": {
+            "get": operation(
+                "A job's most recent run",
+                tag="runs",
+                scope="read",
+                operation_id="lastRun",
+                parameters=(query("job", STR, "the job", required=True),),
+                responses={"200": run_answer, "400": problem("job is missing"), "404": problem("the job has no runs")},
+            )
+        },
+        V1 + "/runs/{run_id}": {
+            "get": operation(
+                "One run, with the tail of its log",
+                tag="runs",
+                scope="read",
+                operation_id="getRun",
+                description="With `Accept: text/event-stream`, the run's live stream (as /runs/{run_id}/events).",
+                parameters=(RUN_ID, header("Accept", STR, "text/event-stream for the run's stream"), *STREAM_PARAMS),
+                responses={
+                    "200": {
+                        "description": "the run",
+                        "content": {
+                            "application/json": {"schema": obj({"run": ref("RunWithLog")})},
+                            "text/event-stream": {"schema": ref("StreamMessage")},
+                        },
+                    },
+                    "204": stream_done,
+                    "404": not_found_run,
+                    "503": too_many_streams,
+                },
+            )
+        },
+        V1 + "/runs/{run_id}/log": {
+            "get": operation(
+                "The run's whole log",
+                tag="runs",
+                scope="read",
+                operation_id="getRunLog",
+                parameters=(RUN_ID,),
+                responses={"200": text_content("text/plain", "the log"), "404": not_found_run},
+            )
+        },
+        V1 + "/runs/{run_id}/cancel": {
+            "post": operation(
+                "Cancel a run",
+                tag="runs",
+                scope="trigger",
+                operation_id="cancelRun",
+                parameters=(RUN_ID,),
+                description="PENDING: at once. PROCESSING: its process group is terminated; answers once it ended.",
+                responses={"200": run_answer, "404": not_found_run, "409": problem("the run has already finished")},
+            )
+        },
+        V1 + "/runs/{run_id}/retry": {
+            "post": operation(
+                "Run a finished run again",
+                tag="runs",
+                scope="trigger",
+                operation_id="retryRun",
+                parameters=(RUN_ID,),
+                responses={
+                    "202": json_content(ref("RunAnswer"), "the new run (retry_of = run_id)"),
+                    "404": not_found_run,
+                    "409": problem("the run has not finished"),
+                    "503": problem("shutting down; not accepting runs (see Retry-After)"),
+                },
+            )
+        },
+        V1 + "/runs/{run_id}/events": {
+            "get": operation(
+                "One run's live stream",
+                tag="streams",
+                scope="read",
+                operation_id="runEvents",
+                description=(
+                    "connected, the run's current state as a status_update, then every change; the stream "
+                    "ends after the final status_update. Heartbeat comments keep it open."
+                ),
+                parameters=(RUN_ID, *STREAM_PARAMS),
+                responses={"200": stream, "204": stream_done, "404": not_found_run, "503": too_many_streams},
+            )
+        },
+        V1 + "/events": {
+            "get": operation(
+                "Every run's live stream, with summaries",
+                tag="streams",
+                scope="admin",
+                operation_id="allEvents",
+                description=(
+                    "The current state of every active run, then every change, `summary` messages, and a "
+                    "`fire_skipped` message for each cron fire the overlap policy skips."
+                ),
+                parameters=(
+                    query("job", STR, "comma-separated jobs"),
+                    query(
+                        "status",
+                        STR,
+                        f"comma-separated statuses: {', '.join(STATUSES)}; run events only "
+                        "(summary and fire_skipped have no status and pass)",
+                    ),
+                    *STREAM_PARAMS,
+                ),
+                responses={"200": stream, "400": bad_request, "503": too_many_streams},
+            )
+        },
+        V1 + "/tickets": {
+            "post": operation(
+                "Mint a short-lived ticket for a stream",
+                tag="streams",
+                scope="read",
+                operation_id="createTicket",
+                description=(
+                    "For EventSource, which cannot send headers: ?ticket= on that one stream instead of a "
+                    "token in the URL. The ticket carries the token's scope."
+                ),
+                body={"required": True, "content": {"application/json": {"schema": ref("TicketRequest")}}},
+                responses={
+                    "201": json_content(ref("Ticket"), "the ticket"),
+                    "400": bad_request,
+                    "403": problem("the stream needs a scope above the token's"),
+                },
+            )
+        },
+        V1 + "/whoami": {
+            "get": operation(
+                "Who the caller is, and what this daemon serves",
+                tag="contract",
+                scope="read",
+                operation_id="whoami",
+                responses={"200": json_content(ref("Whoami"), "the caller's scope and the optional features")},
+            )
+        },
+        V1 + "/queue": {
+            "get": operation(
+                "Queue and workers",
+                tag="observability",
+                scope="read",
+                operation_id="queue",
+                responses={"200": json_content(ref("Queue"), "run counts by status, workers, oldest PENDING run")},
+            )
+        },
+        V1 + "/stats": {
+            "get": operation(
+                "Run statistics over the last days",
+                tag="observability",
+                scope="read",
+                operation_id="stats",
+                description=(
+                    "Runs created in the last `days` UTC days (today included): totals, success rate, "
+                    "average and p95 duration, by trigger, a per-day timeline, and per job."
+                ),
+                parameters=(
+                    query(
+                        "days", {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": 30}, "how many days"
+                    ),
+                    query("job", STR, "only this job (404 if not configured)"),
+                ),
+                responses={
+                    "200": json_content(ref("Stats"), "the statistics"),
+                    "400": bad_request,
+                    "404": not_found_job,
+                },
+            )
+        },
     }
 
 
@@ -475,8 +737,9 @@ def build_document() -> dict[str, Any]:
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": [{"bearer": []}, {"apiKey": []}],
-        "tags": [{"name": name} for name in ("jobs", "runs", "streams", "observability", "health", "contract",
-                                             "dashboard")],
+        "tags": [
+            {"name": name} for name in ("jobs", "runs", "streams", "observability", "health", "contract", "dashboard")
+        ],
         "paths": paths(),
         "components": {
             "schemas": schemas(),

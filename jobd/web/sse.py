@@ -31,7 +31,7 @@ import structlog
 from aiohttp import web
 
 from jobd.errors import BadRequest, RunNotFound, Unavailable
-from jobd.events import Event, SubscriberOverflow, Subscriber, SubscriptionClosed, encode_frame
+from jobd.events import Event, Subscriber, SubscriberOverflow, SubscriptionClosed, encode_frame
 from jobd.models import TERMINAL_STATUSES, Run, RunStatus
 from jobd.runs import status_update
 from jobd.web.auth import requires
@@ -65,8 +65,20 @@ routes = web.RouteTableDef()
 class Stream:
     """One open SSE response, as the registry sees it."""
 
-    __slots__ = ("request", "sub", "position", "last_write", "writing_since", "ending", "_registry",
-                 "_transport", "_chunked", "_until_terminal", "_batch", "_batch_bytes")
+    __slots__ = (
+        "_batch",
+        "_batch_bytes",
+        "_chunked",
+        "_registry",
+        "_transport",
+        "_until_terminal",
+        "ending",
+        "last_write",
+        "position",
+        "request",
+        "sub",
+        "writing_since",
+    )
 
     def __init__(self, request: web.Request, now: float, registry: Streams | None = None) -> None:
         self.request = request
@@ -97,10 +109,14 @@ class Stream:
 
     def _take(self, event: Event) -> bool:
         transport = self._transport
-        if (transport is None or transport.is_closing() or self.ending is not None
-                or self.writing_since is not None
-                or (self._until_terminal and _ends_run(event))  # the stream's task sends that one and ends
-                or transport.get_write_buffer_size() + self._batch_bytes > DIRECT_LIMIT):
+        if (
+            transport is None
+            or transport.is_closing()
+            or self.ending is not None
+            or self.writing_since is not None
+            or (self._until_terminal and _ends_run(event))  # the stream's task sends that one and ends
+            or transport.get_write_buffer_size() + self._batch_bytes > DIRECT_LIMIT
+        ):
             return False
         if not self._batch:
             assert self._registry is not None
@@ -118,8 +134,11 @@ class Stream:
             assert self._registry is not None
             transport.write(self._registry.framed(batch[0], self._chunked))
         else:
-            transport.write(_chunk(b"".join(event.frame for event in batch)) if self._chunked
-                            else b"".join(event.frame for event in batch))
+            transport.write(
+                _chunk(b"".join(event.frame for event in batch))
+                if self._chunked
+                else b"".join(event.frame for event in batch)
+            )
         self.position = batch[-1].id
         self.last_write = now
 
@@ -137,9 +156,15 @@ class Stream:
         transport = self._transport
         if self.sub is None:
             return
-        if (transport is None or transport.is_closing() or self.sub.pending() or self._batch
-                or self.writing_since is not None or self.ending is not None
-                or transport.get_write_buffer_size() > DIRECT_LIMIT):
+        if (
+            transport is None
+            or transport.is_closing()
+            or self.sub.pending()
+            or self._batch
+            or self.writing_since is not None
+            or self.ending is not None
+            or transport.get_write_buffer_size() > DIRECT_LIMIT
+        ):
             self.sub.poke()
             return
         transport.write(HEARTBEAT_CHUNK if self._chunked else HEARTBEAT)
@@ -178,7 +203,8 @@ class Streams:
         self._unflushed: list[Stream] = []
         self._last_chunk: tuple[Event | None, bytes] = (None, b"")
         self._filters: weakref.WeakValueDictionary[tuple[frozenset[str], frozenset[str]], Callable[[Event], bool]] = (
-            weakref.WeakValueDictionary())
+            weakref.WeakValueDictionary()
+        )
         self._nonempty = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -190,8 +216,11 @@ class Streams:
         if self.closing:
             raise Unavailable("jobd is shutting down; reconnect to the next instance", retry_after_s=2)
         if len(self._open) >= self.max_streams:
-            raise Unavailable(f"too many open streams (server.max_streams = {self.max_streams})",
-                              retry_after_s=5, max_streams=self.max_streams)
+            raise Unavailable(
+                f"too many open streams (server.max_streams = {self.max_streams})",
+                retry_after_s=5,
+                max_streams=self.max_streams,
+            )
         stream = Stream(request, asyncio.get_running_loop().time(), self)
         self._open.add(stream)
         self._nonempty.set()
@@ -372,12 +401,14 @@ RUN_STATES: web.AppKey[RunStates] = web.AppKey("run_states", RunStates)
 
 
 async def _start(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-        "X-Request-ID": request.get(REQUEST_ID, ""),
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Request-ID": request.get(REQUEST_ID, ""),
+        }
+    )
     await response.prepare(request)
     return response
 
@@ -403,8 +434,7 @@ async def _run_stream_opening(request: web.Request, stream: Stream) -> tuple[lis
             raise RunNotFound(run_id)
     opening: list[bytes]
     if replay is not None:
-        events = [e for e in replay if e.type in RUN_TYPES and e.run_id == run_id
-                  and (wants_logs or e.type != "log")]
+        events = [e for e in replay if e.type in RUN_TYPES and e.run_id == run_id and (wants_logs or e.type != "log")]
         if finished and not events:
             # The client already has the final state; 204 also stops EventSource reconnecting.
             return web.Response(status=204)
@@ -460,12 +490,17 @@ def _firehose_opening(request: web.Request, stream: Stream) -> tuple[list[bytes]
     replay = bus.since(resume_from) if resume_from is not None else None
     if replay is not None:
         assert resume_from is not None
-        opening = [connected_frame(resume_from, None),
-                   *(e.frame for e in replay if accepts(e) and (wants_logs or e.type != "log"))]
+        opening = [
+            connected_frame(resume_from, None),
+            *(e.frame for e in replay if accepts(e) and (wants_logs or e.type != "log")),
+        ]
     else:
         states = request.app[RUN_STATES]
-        snapshots = sorted(states.snapshot(run, position) for run in daemon.runs.active.values()
-                           if (not jobs or run.job in jobs) and (not statuses or run.status.value in statuses))
+        snapshots = sorted(
+            states.snapshot(run, position)
+            for run in daemon.runs.active.values()
+            if (not jobs or run.job in jobs) and (not statuses or run.status.value in statuses)
+        )
         opening = [connected_frame(0, None), *(frame for _, frame in snapshots)]
     opening.append(encode_frame(position, {"type": "summary", **summary(daemon)}))
     return opening, position
@@ -599,8 +634,11 @@ class SummaryPublisher:
 
 def setup(app: web.Application, daemon: Daemon) -> None:
     """Routes, the stream registry, its ticker, the summary task and closing streams on shutdown."""
-    streams = Streams(max_streams=daemon.config.server.max_streams, heartbeat_s=daemon.config.server.sse_heartbeat_s,
-                      log=daemon.log.bind(component="sse"))
+    streams = Streams(
+        max_streams=daemon.config.server.max_streams,
+        heartbeat_s=daemon.config.server.sse_heartbeat_s,
+        log=daemon.log.bind(component="sse"),
+    )
     app[STREAMS] = streams
     states = app[RUN_STATES] = RunStates()
     daemon.bus.listeners.append(states)
@@ -608,8 +646,10 @@ def setup(app: web.Application, daemon: Daemon) -> None:
     publisher = SummaryPublisher(daemon, daemon.config.events.summary_interval_s)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(streams.run_ticker(), name="sse-ticker"),
-                 asyncio.create_task(publisher.run(), name="sse-summary")]
+        tasks = [
+            asyncio.create_task(streams.run_ticker(), name="sse-ticker"),
+            asyncio.create_task(publisher.run(), name="sse-summary"),
+        ]
         yield
         for task in tasks:
             task.cancel()
@@ -624,5 +664,14 @@ def setup(app: web.Application, daemon: Daemon) -> None:
     app.on_shutdown.append(on_shutdown)
 
 
-__all__ = ["STREAMS", "Stream", "Streams", "SummaryPublisher", "firehose", "run_events", "setup", "summary",
-           "wants_stream"]
+__all__ = [
+    "STREAMS",
+    "Stream",
+    "Streams",
+    "SummaryPublisher",
+    "firehose",
+    "run_events",
+    "setup",
+    "summary",
+    "wants_stream",
+]

@@ -29,9 +29,11 @@ from jobd.web.params import PREFIX, read_json_object
 # The streams a ticket can be minted for, and the scope each needs. A run's path is a stream only
 # with `Accept: text/event-stream`, which EventSource sends: a ticket for it opens nothing else.
 RUN_VIEW = re.compile(r"^/api/v1/runs/[0-9]{1,18}$")
-STREAM_PATHS = ((re.compile(r"^/api/v1/runs/[0-9]{1,18}/events$"), "read"),
-                (RUN_VIEW, "read"),
-                (re.compile(r"^/api/v1/events$"), "admin"))
+STREAM_PATHS = (
+    (re.compile(r"^/api/v1/runs/[0-9]{1,18}/events$"), "read"),
+    (RUN_VIEW, "read"),
+    (re.compile(r"^/api/v1/events$"), "admin"),
+)
 
 
 def _b64(data: bytes) -> str:
@@ -90,8 +92,9 @@ class Tickets:
         ticket = request.query.get("ticket")
         if ticket is None:
             return None
-        if request.method != "GET" or (RUN_VIEW.match(request.path)
-                                        and "text/event-stream" not in request.headers.get("Accept", "")):
+        if request.method != "GET" or (
+            RUN_VIEW.match(request.path) and "text/event-stream" not in request.headers.get("Accept", "")
+        ):
             raise Unauthorized("tickets are only accepted on stream GETs")
         return self.verify(ticket, request.path)
 
@@ -113,8 +116,10 @@ async def mint_ticket(request: web.Request) -> web.Response:
     path = stream.partition("?")[0]
     needed = stream_scope(path)
     if needed is None:
-        raise BadRequest(f"{path!r} is not a stream; tickets are for /api/v1/runs/{{id}}/events, /api/v1/runs/{{id}} "
-                         "(as a stream) and /api/v1/events")
+        raise BadRequest(
+            f"{path!r} is not a stream; tickets are for /api/v1/runs/{{id}}/events, /api/v1/runs/{{id}} "
+            "(as a stream) and /api/v1/events"
+        )
     token = request.get(TOKEN)
     scope = token.scope if token is not None else "admin"  # no token: auth is off
     check_scope(scope, needed)
