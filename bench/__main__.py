@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scenarios = registry()
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="jobd's benchmark suite (see README, Performance).",
+        description="jobd's benchmark suite (see docs/performance.md).",
         epilog="scenarios: " + "; ".join(f"{name}: {title}" for name, (title, _) in scenarios.items()),
     )
     parser.add_argument(
@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["normal", "full"],
         help="the daemons' store.synchronous (default normal, jobd's default)",
     )
-    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (the README's)")
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print the table as Markdown (docs/performance.md's)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the daemons' folders (stores, logs) and say where")
     args = parser.parse_args(argv)
     args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]

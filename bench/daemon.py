@@ -1,7 +1,7 @@
 """The daemon under test: a real `jobd serve` process on a config written for the scenario.
 
 Release settings: JSON logs to a file (stderr redirected), `--log-level warning` (at info every
-request and every run writes a line; see README "Performance" for what that costs), SQLite on
+request and every run writes a line; docs/performance.md says what that costs), SQLite on
 disk in the scenario's temporary folder, the default `store.synchronous = "normal"`.
 
 Readiness is what systemd would see: the daemon's READY=1 on a NOTIFY_SOCKET that we bind, so

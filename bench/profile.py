@@ -4,7 +4,7 @@ py-spy is not a dependency of jobd: `.venv/bin/pip install py-spy` first. It att
 daemon once it is ready (so start-up is not in the profile; scenario 6's start-up has its own
 figure) and writes collapsed stacks ("frame;frame;... count" lines, the input of flamegraph.pl
 and speedscope) to bench/results/profiles/<scenario>-<daemon>.txt. `summarize()` turns one into
-the lists the README quotes: the functions with the most samples on the CPU, on their own
+the lists docs/performance.md quotes: the functions with the most samples on the CPU, on their own
 ("self") and with what they call ("total").
 """
 

@@ -130,7 +130,7 @@ def table(figures: Sequence[Figure], *, quick: bool) -> str:
 
 
 def markdown(figures: Sequence[Figure], *, quick: bool) -> str:
-    """The table as Markdown rows (for the README), with the range of the samples when repeated."""
+    """The table as Markdown rows (for docs/performance.md), with the range of the samples when repeated."""
     rows = ["| figure | measured | target | |", "|---|---|---|---|"]
     for figure in figures:
         measured = format_number(figure.value, figure.unit)
