@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,16 @@ async def wait_gone(*pids: int | None, timeout: float = 5.0) -> None:
             alive = [pid for pid in pids if pid is not None and not is_gone(pid)]
             pytest.fail(f"processes still alive: {alive}")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def strays() -> Iterator[list[int]]:
+    """Pids a test saw; any still alive at the end are killed so no test leaves a process behind."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if not is_gone(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def shell(script: str, **fields: Any) -> JobConfig:

@@ -7,25 +7,24 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobd.config import JobConfig
 from jobd.runner import Outcome, execute, format_seconds
-from tests.runner_helpers import BASE_ENV, GRACE, SCRIPTS, Recorder, is_gone, make_run, run_job, shell, wait_gone
-
-
-@pytest.fixture
-def strays() -> Iterator[list[int]]:
-    """Pids a test saw; any still alive at the end are killed so no test leaves a process behind."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        if not is_gone(pid):
-            os.kill(pid, signal.SIGKILL)
-
+from tests.runner_helpers import (
+    BASE_ENV,
+    GRACE,
+    SCRIPTS,
+    Recorder,
+    is_gone,
+    make_run,
+    run_job,
+    shell,
+    strays,  # noqa: F401 (a fixture)
+    wait_gone,
+)
 
 # --- environment, cwd, stdin ----------------------------------------------------------------
 
