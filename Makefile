@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= jobd.toml.example
 
-.PHONY: run test lint bench bench-quick check clean
+.PHONY: run test lint typecheck bench bench-quick check clean
 
 $(BIN)/jobd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ check: $(BIN)/jobd
 lint: $(BIN)/jobd
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy --strict on jobd/ and the import layers of pyproject.toml; part of lint once the whole tree passes.
+typecheck: $(BIN)/jobd
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(BIN)/jobd lint
 	bash scripts/ensure-chromium

@@ -91,7 +91,6 @@ class Subscriber:
         "bus",
         "capacity",
         "closed",
-        "delivered",
         "overflowed",
         "run_id",
         "sink",
@@ -121,7 +120,6 @@ class Subscriber:
         self._poked = False
         self.overflowed = False
         self.closed = False
-        self.delivered = 0
         self.sink: Callable[[Event], bool] | None = None
 
     def offer(self, event: Event) -> bool:
@@ -129,14 +127,12 @@ class Subscriber:
         if self.closed:
             return True
         if self.sink is not None and not self._live and self.sink(event):
-            self.delivered += 1
             return True
         if event.coalescible and event.run_id is not None:
             stale = self._by_run.get(event.run_id)
             if stale is not None and stale[0] is not None:
                 stale[0] = None
                 self._live -= 1
-                self.bus.coalesced += 1
         if self._live >= self.capacity and (self._waiter is None or self._live >= BURST_FACTOR * self.capacity):
             self.overflowed = True
             self._entries = None
@@ -173,7 +169,6 @@ class Subscriber:
             self._live -= 1
             if event.run_id is not None and self._by_run.get(event.run_id) is entry:
                 del self._by_run[event.run_id]
-            self.delivered += 1
             return event
         return None
 
@@ -253,7 +248,6 @@ class EventBus:
         self.log = log or structlog.get_logger("jobd.events")
         self.published = 0
         self.dropped = 0
-        self.coalesced = 0
         self.closed = False
 
     @property

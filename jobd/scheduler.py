@@ -114,9 +114,6 @@ class Scheduler:
         self._heap: list[tuple[datetime, int, str, datetime]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self._fire_count = 0
-        self._loop_iterations = 0
-        self._heap_pops = 0
         now = clock.now()
         for name, config in jobs.items():
             self._add_plan(name, config)
@@ -129,21 +126,6 @@ class Scheduler:
                 self._schedule_from(name, now)
 
     # -- public API ---------------------------------------------------------------------
-
-    @property
-    def fire_count(self) -> int:
-        """Fires issued so far, catch-up fires included."""
-        return self._fire_count
-
-    @property
-    def loop_iterations(self) -> int:
-        """Times the loop woke up and looked at the heap."""
-        return self._loop_iterations
-
-    @property
-    def heap_pops(self) -> int:
-        """Heap entries taken off the top, live or stale: the work done per fire."""
-        return self._heap_pops
 
     def catch_up(self) -> list[FireRequest]:
         """The catch-up fires computed at construction; `run()` issues them first."""
@@ -197,7 +179,6 @@ class Scheduler:
         )
         while True:
             self._wake.clear()
-            self._loop_iterations += 1
             await self._fire_due(self._clock.now())
             await self._sleep(*self._delay())
 
@@ -254,7 +235,6 @@ class Scheduler:
         whether that fire is due at the end of them."""
         while self._heap and self._live(self._heap[0][2], self._heap[0][1]) is None:
             heapq.heappop(self._heap)
-            self._heap_pops += 1
         if not self._heap:
             return None, False
         wait = (self._heap[0][0] - self._clock.now()).total_seconds()
@@ -266,7 +246,6 @@ class Scheduler:
         due: list[tuple[_Plan, str, datetime]] = []
         while self._heap and self._heap[0][0] <= now:
             _, seq, name, nominal = heapq.heappop(self._heap)
-            self._heap_pops += 1
             plan = self._live(name, seq)
             if plan is None:
                 continue
@@ -310,7 +289,6 @@ class Scheduler:
             self._log.exception(
                 "scheduler.fire_failed", job=request.job, scheduled_for=request.scheduled_for.isoformat()
             )
-        self._fire_count += 1
         self._last[request.job] = request.scheduled_for
 
     async def _sleep(self, delay: float | None, exact: bool = False) -> None:
@@ -320,7 +298,7 @@ class Scheduler:
         if delay == 0:
             await asyncio.sleep(0)
             return
-        tasks = {asyncio.ensure_future(self._wake.wait())}
+        tasks: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
         if delay is not None:
             tasks.add(asyncio.ensure_future(self._clock.sleep(delay, exact=exact)))
         try:

@@ -1,4 +1,4 @@
-"""Python job handlers for tests/test_runner.py (referenced as "tests.handlers:name")."""
+"""Python job handlers for tests/test_runner_handlers.py (referenced as "tests.handlers:name")."""
 
 from __future__ import annotations
 

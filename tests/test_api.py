@@ -13,7 +13,7 @@ import pytest
 import sample_jobs
 import sched_jobs
 from conftest import PYTHON, SCRIPTS, wait_for
-from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
+from runner_helpers import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
 from jobd import runner
 from jobd.config import load_config

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import jobd.config as config_module
 from jobd.config import ConfigError, load_config, parse_config
+from jobd.config.table import Table
 
 ROOT = Path(__file__).parent.parent
 
@@ -229,7 +229,7 @@ def accepted_keys(monkeypatch) -> set[tuple[str, str]]:
     """Every (table, key) the parser reads, found by watching it parse a config that has each kind
     of table: a token and a job. Tables are named as in the example: auth.tokens[0] is auth, jobs.x is jobs.*."""
     seen: set[tuple[str, str]] = set()
-    real_get, real_table = config_module._Table.get, config_module._Table.table
+    real_get, real_table = Table.get, Table.table
 
     def table_name(path: str) -> str:
         if path.startswith("jobs."):
@@ -245,8 +245,8 @@ def accepted_keys(monkeypatch) -> set[tuple[str, str]]:
             seen.add(("", name))
         return real_table(self, name)
 
-    monkeypatch.setattr(config_module._Table, "get", get)
-    monkeypatch.setattr(config_module._Table, "table", table)
+    monkeypatch.setattr(Table, "get", get)
+    monkeypatch.setattr(Table, "table", table)
     parse({"auth": {"tokens": [{"name": "x", "token": "0123456789"}]}, "jobs": {"j": {"command": ["true"]}}})
     monkeypatch.undo()
     return seen

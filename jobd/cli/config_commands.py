@@ -1,0 +1,93 @@
+"""`serve` and `check`: the commands that work on a config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+from jobd import cronspec
+from jobd.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from jobd.config import Config, ConfigError, load_config
+from jobd.store import StoreError, StoreLocked
+
+
+def load(path: str, err: TextIO) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"jobd: invalid config: {exc}", file=err)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from jobd.daemon import serve
+    from jobd.logs import configure_logging
+
+    config = load(args.config, sys.stderr)
+    if config is None:
+        return EXIT_USAGE
+    json_logs = None if args.log_format is None else args.log_format == "json"
+    log = configure_logging(level=args.log_level, json=json_logs)
+    try:
+        return asyncio.run(serve(config, log=log))
+    except ConfigError as exc:  # found only once serving (a socket systemd passed)
+        print(f"jobd: invalid config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreLocked as exc:
+        print(f"jobd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"jobd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"jobd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args.config, sys.stderr)
+    if config is None:
+        return EXIT_USAGE
+    if not 1 <= args.count <= 1000:
+        print("jobd: --count must be from 1 to 1000", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        start = _parse_instant(args.start) if args.start else datetime.now(UTC)
+    except ValueError:
+        print(f"jobd: --from: {args.start!r} is not an ISO-8601 time", file=sys.stderr)
+        return EXIT_USAGE
+    fires: dict[str, list[str]] = {}
+    for name, job in config.jobs.items():
+        if job.schedule:
+            spec = cronspec.CronSpec.parse(job.schedule, name)
+            try:
+                fires[name] = [t.isoformat() for t in spec.next_fires(start, ZoneInfo(job.timezone), args.count)]
+            except (ValueError, OverflowError):  # past the end of the calendar (year 9999)
+                print(
+                    f"jobd: --from: there are no {args.count} fire times of jobs.{name}.schedule after "
+                    f"{start.isoformat()}",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+    if args.json:
+        print(json.dumps({"ok": True, "jobs": {name: {"next": times} for name, times in fires.items()}}, indent=2))
+        return EXIT_OK
+    print(f"{args.config}: OK, {len(config.jobs)} job(s)")
+    for name, job in config.jobs.items():
+        if not job.schedule:
+            print(f"\n{name}: no schedule (manual triggers only)")
+            continue
+        print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule, name)}) in {job.timezone}")
+        for when in fires[name]:
+            print(f"  {when}")
+    return EXIT_OK
+
+
+def _parse_instant(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,145 @@
+"""The configuration as frozen dataclasses, one per TOML table, and the values keys may take."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from jobd.config.handlers import import_handler
+
+OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
+MISFIRE_POLICIES = ("run_once", "skip")
+SCOPES = ("read", "trigger", "admin")
+SYNCHRONOUS_MODES = ("normal", "full")
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+    max_streams: int = 20_000
+    sse_heartbeat_s: float = 15.0
+    sse_retry_ms: int = 2000
+    max_batch_runs: int = 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: Path = Path("state/jobd.db")
+    synchronous: str = "normal"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path.parent / "logs"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkersConfig:
+    concurrency: int = 4
+    shutdown_grace_s: float = 30.0
+    kill_grace_s: float = 5.0
+    log_tail_bytes: int = 64 * 1024
+    max_log_bytes: int = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Token:
+    name: str
+    token: str = dataclasses.field(repr=False)
+    scope: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthConfig:
+    tokens: tuple[Token, ...] = ()
+    ticket_ttl_s: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    timezone: str = "UTC"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventsConfig:
+    ring_size: int = 10_000
+    subscriber_buffer: int = 1000
+    summary_interval_s: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    alert_after_failures: int = 3
+    webhook_url: str | None = None
+    webhook_timeout_s: float = 5.0
+    webhook_retries: int = 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    days: float = 30.0  # 0 keeps runs for ever
+    failed_days: float = 90.0
+    interval_s: float = 86400.0
+    first_delay_s: float = 60.0  # the first clean-up after start
+    batch_size: int = 500
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobConfig:
+    name: str
+    command: tuple[str, ...] | None = None
+    shell: str | None = None
+    handler: str | None = None
+    cwd: str | None = None
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    schedule: str | None = None
+    timezone: str = "UTC"
+    timeout_s: float | None = None
+    retries: int = 0
+    retry_backoff_s: float = 10.0
+    max_concurrency: int = 1
+    overlap: str = "skip"
+    misfire: str = "run_once"
+    misfire_grace_s: float = 3600.0
+    jitter_s: float = 0.0
+    on_interrupt: str = "retry"
+    alert_after_failures: int = 3
+    description: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "python" if self.handler else "command"
+
+    def resolve_handler(self) -> Callable[..., Any]:
+        """Import `package.module:function`; raises ConfigError naming the key."""
+        return import_handler(self.handler or "", f"jobs.{self.name}.handler")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    workers: WorkersConfig = WorkersConfig()
+    auth: AuthConfig = AuthConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    events: EventsConfig = EventsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    retention: RetentionConfig = RetentionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
+    source: Path | None = None
