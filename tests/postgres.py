@@ -193,7 +193,7 @@ def _open_server() -> PgServer | str:
     bindir = find_bindir()
     if bindir is None:
         return (
-            "PostgreSQL tests skipped: no initdb/pg_ctl/postgres on PATH or under /usr/lib/postgresql/*/bin "
+            "PostgreSQL unavailable: no initdb/pg_ctl/postgres on PATH or under /usr/lib/postgresql/*/bin "
             f"and no {DSN_ENV} (bash scripts/ensure-postgres installs them)"
         )
     cluster = LocalCluster(bindir)
@@ -245,7 +245,7 @@ def pg_restartable(pg_server: PgServer) -> Iterator[PgServer]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     reason = config.stash.get(_unavailable_key, None)
     if reason is not None:
-        terminalreporter.write_line(reason, yellow=True)
+        terminalreporter.write_line(f"{reason}; the tests that need it were skipped", yellow=True)
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,7 @@ async def test_max_concurrency_holds_under_concurrent_claims(pg_db: str) -> None
     is claimed once."""
     caps = {"a": 3, "b": 1, "c": 2}
     async with await connect(pg_db) as conn:
-        ids = await create(conn, [("a", "b", "c")[i % 3] for i in range(600)])
+        ids = await create(conn, [("a", "b", "c")[i % 3] for i in range(300)])
     taken: list[int] = []
     over: list[tuple[str, int]] = []
 
@@ -135,7 +135,7 @@ async def test_max_concurrency_holds_under_concurrent_claims(pg_db: str) -> None
     async def claimer(node: str) -> None:
         async with await connect(pg_db) as conn, await connect(pg_db) as probe:
             idle = 0
-            while idle < 50:
+            while idle < 20:
                 batch = await claim(conn, node, 4, caps)
                 if not batch:
                     idle += 1
