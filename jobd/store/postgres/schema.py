@@ -123,6 +123,10 @@ MIGRATIONS: tuple[str, ...] = (
     DECLARE
         v_jobs text[];
     BEGIN
+        -- A node declared dead claims nothing more: its runs have been taken over.
+        IF EXISTS (SELECT 1 FROM nodes WHERE name = p_node AND dead_at IS NOT NULL) THEN
+            RETURN;
+        END IF;
         -- The jobs to lock: those with a startable run and, as far as this snapshot knows, a
         -- free slot, oldest run first. A job at its limit must not hide the others behind it.
         -- The jobs with PENDING runs are found by skipping through the index from one job to
@@ -162,7 +166,7 @@ MIGRATIONS: tuple[str, ...] = (
         ),
         candidates AS MATERIALIZED (
             SELECT r.id FROM runs r
-            WHERE r.id = ANY (ARRAY(
+            WHERE r.status = 'PENDING' AND r.id = ANY (ARRAY(
                 SELECT head.id FROM free f CROSS JOIN LATERAL (
                     SELECT q.id FROM runs q
                     WHERE q.job = f.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
