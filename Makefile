@@ -29,6 +29,7 @@ typecheck: $(BIN)/jobd
 
 test: $(BIN)/jobd lint
 	bash scripts/ensure-chromium
+	bash scripts/ensure-postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/jobd

@@ -15,6 +15,9 @@ from jobd.daemon import Daemon
 from jobd.models import Run, RunStatus
 from jobd.web import create_app
 
+# A throwaway PostgreSQL server for the tests that need one (see tests/postgres.py).
+pytest_plugins = ["tests.postgres"]
+
 TESTS = Path(__file__).parent
 SCRIPTS = TESTS / "scripts"
 PYTHON = sys.executable

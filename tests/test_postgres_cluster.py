@@ -25,8 +25,6 @@ from jobd.store.postgres.cluster import (
 )
 from jobd.store.postgres.runs import claim, finish, get_run, insert_runs, next_run_ids
 
-pytest_plugins = ("tests.postgres",)
-
 
 async def test_a_fire_recorded_by_three_nodes_at_once_is_created_once(pg_db: str) -> None:
     connections = [await connect(pg_db) for _ in range(3)]

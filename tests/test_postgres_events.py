@@ -20,8 +20,6 @@ from jobd.store.postgres.events import (
 )
 from jobd.store.postgres.runs import Conn
 
-pytest_plugins = ("tests.postgres",)
-
 
 async def read_all(conn: Conn, position: Position) -> tuple[list[Event], Position]:
     events: list[Event] = []

@@ -25,8 +25,6 @@ from jobd.store.postgres.runs import (
     update_run,
 )
 
-pytest_plugins = ("tests.postgres",)
-
 
 async def create(conn: Conn, jobs: list[str], *, run_after: int | None = None) -> list[int]:
     ids = await next_run_ids(conn, len(jobs))

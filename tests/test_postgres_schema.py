@@ -16,8 +16,6 @@ from jobd.store.postgres.schema import MIGRATIONS, migrate, migrate_sync
 if TYPE_CHECKING:
     from tests.postgres import PgServer
 
-pytest_plugins = ("tests.postgres",)
-
 
 async def test_migrations_run_concurrently_are_applied_once(pg_dsn: str) -> None:
     connections = [await connect(pg_dsn) for _ in range(3)]
