@@ -75,8 +75,7 @@ def _finite_float(text: str) -> float:
 def loads_standard(text: str | bytes) -> Any:
     """json.loads() of standard JSON only: NaN, Infinity and numbers that overflow to infinity
     (1e999) raise ValueError, since they would be written back as text no JSON parser reads."""
-    # What json.loads() does, with one decoder for every call (json.loads() with an option
-    # builds one per call: 2.7 against 0.9 us for a small body).
+    # What json.loads() does, with one decoder for every call (json.loads() with an option builds one per call).
     if isinstance(text, (bytes, bytearray)):
         text = text.decode(json.detect_encoding(text), "surrogatepass")
     elif text.startswith("\ufeff"):
