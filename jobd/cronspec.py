@@ -117,9 +117,10 @@ class CronSpec:
     def _wall_next(self, wall: datetime) -> datetime:
         """The first matching naive wall time strictly after `wall`."""
         try:
-            return self._iter.get_next(datetime, start_time=wall)
+            fire: datetime = self._iter.get_next(datetime, start_time=wall)
         except Exception as exc:
             raise ValueError(f"{self.expr!r}: no fire time after {wall:%Y-%m-%d %H:%M:%S}: {exc}") from None
+        return fire
 
     def _next_wall_clock(self, start: datetime, tz: ZoneInfo) -> datetime:
         # Each matching wall time maps to one instant and that mapping never decreases,

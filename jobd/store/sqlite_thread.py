@@ -38,7 +38,7 @@ class ConnectionThread:
             raise
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None if self.autocommit else "")
+        conn = sqlite3.connect(self.path, isolation_level=None if self.autocommit else "DEFERRED")
         try:
             for pragma in self.pragmas:
                 conn.execute(f"PRAGMA {pragma}")
