@@ -12,7 +12,7 @@ import enum
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
@@ -165,24 +165,50 @@ class Run:
             return None
         return self.finished_at - self.started_at
 
+    @property
+    def changed_at(self) -> int:
+        """When the run last changed: updated_at, or created_at for a run not changed since."""
+        return self.updated_at or self.created_at
+
     def to_json(self, *, with_log: bool = False) -> dict[str, Any]:
         """The run as the API shows it (see RUN_JSON)."""
-        data = {field.name: field.read(self) for field in RUN_JSON}
-        if with_log:
-            data[LOG_TAIL.name] = LOG_TAIL.read(self)
-        return data
+        return (_RUN_WITH_LOG if with_log else _RUN)(self)
 
     def assign(self, other: Run) -> None:
         """Take every field of `other` (a copy of this run with a newer state)."""
-        for name in _RUN_ATTRIBUTES:
-            setattr(self, name, getattr(other, name))
+        for name, value in zip(_RUN_ATTRIBUTES, _run_attributes_of(other)):
+            setattr(self, name, value)
 
     def copy(self) -> Run:
         """A copy that shares nothing mutable but params and result, which are never changed in place."""
-        return dataclasses.replace(self, counts=dataclasses.replace(self.counts))
+        c = self.counts
+        return Run(
+            id=self.id,
+            job=self.job,
+            status=self.status,
+            triggered_by=self.triggered_by,
+            created_at=self.created_at,
+            params=self.params,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            progress=self.progress,
+            message=self.message,
+            scheduled_for=self.scheduled_for,
+            run_after=self.run_after,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            counts=Counts(c.total, c.success, c.failed, c.skipped),
+            result=self.result,
+            error=self.error,
+            exit_code=self.exit_code,
+            retry_of=self.retry_of,
+            log_tail=self.log_tail,
+            updated_at=self.updated_at,
+        )
 
 
 _RUN_ATTRIBUTES = tuple(field.name for field in dataclasses.fields(Run))
+_run_attributes_of = attrgetter(*_RUN_ATTRIBUTES)
 
 
 # -- the run on the wire: one table, from which its JSON, its status updates and their schemas come --
@@ -192,12 +218,30 @@ Schema = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WireField:
-    """One field of a run's JSON: its name, how it is read from a Run, and its JSON Schema. A str
-    schema names a shared component (RunStatus, TriggerSource, Counts; see json_schema_components)."""
+    """One field of a run's JSON: its name, the Run attribute it shows (a dotted path), how that
+    value is written in JSON (as it is when `encode` is None), and its JSON Schema. A str schema
+    names a shared component (RunStatus, TriggerSource, Counts; see json_schema_components)."""
 
     name: str
-    read: Callable[[Run], Any]
+    attribute: str
     schema: Schema | str
+    encode: Callable[[Any], Any] | None = None
+
+
+class _JsonOf:
+    """Builds the JSON object of a run from a sequence of (key, field): all attributes read in one
+    attrgetter call, then the few that need it encoded."""
+
+    def __init__(self, fields: Sequence[tuple[str, WireField]]) -> None:
+        self.keys = tuple(key for key, _ in fields)
+        self.attributes = attrgetter(*(field.attribute for _, field in fields))
+        self.encoders = tuple((index, field.encode) for index, (_, field) in enumerate(fields) if field.encode)
+
+    def __call__(self, run: Run) -> dict[str, Any]:
+        values = list(self.attributes(run))
+        for index, encode in self.encoders:
+            values[index] = encode(values[index])
+        return dict(zip(self.keys, values))
 
 
 def _nullable(schema: Schema) -> Schema:
@@ -212,39 +256,31 @@ _ID: Schema = {"type": "integer", "minimum": 1}
 _TIME: Schema = {"type": "string", "format": "date-time", "description": "ISO-8601 UTC with milliseconds"}
 
 
-def _time_of(attribute: str) -> Callable[[Run], str | None]:
-    get = attrgetter(attribute)
-    return lambda run: iso_ms(get(run))
-
-
 RUN_JSON: tuple[WireField, ...] = (
-    WireField("id", attrgetter("id"), _ID),
-    WireField("job", attrgetter("job"), _STR),
-    WireField("status", attrgetter("status.value"), "RunStatus"),
-    WireField("progress", attrgetter("progress"), {"type": "number", "minimum": 0, "maximum": 100}),
-    WireField("message", attrgetter("message"), _nullable(_STR)),
-    WireField("triggered_by", attrgetter("triggered_by.value"), "TriggerSource"),
-    WireField("params", attrgetter("params"), {"type": "object"}),
-    WireField("attempt", attrgetter("attempt"), _ID),
-    WireField("max_attempts", attrgetter("max_attempts"), _ID),
-    WireField("scheduled_for", _time_of("scheduled_for"), _nullable(_TIME)),
-    WireField("run_after", _time_of("run_after"), _nullable(_TIME)),
-    WireField("created_at", _time_of("created_at"), _TIME),
-    WireField("started_at", _time_of("started_at"), _nullable(_TIME)),
-    WireField("finished_at", _time_of("finished_at"), _nullable(_TIME)),
-    # A run not yet changed since its creation has no updated_at of its own.
-    WireField("updated_at", lambda run: iso_ms(run.updated_at or run.created_at), _TIME),
-    WireField("duration_ms", attrgetter("duration_ms"), _nullable(_COUNT)),
-    WireField("counts", lambda run: run.counts.as_dict(), "Counts"),
-    WireField("result", attrgetter("result"), {"description": "what the run returned (any JSON)"}),
-    WireField("error", attrgetter("error"), _nullable(_STR)),
-    WireField("exit_code", attrgetter("exit_code"), _nullable(_INT)),
-    WireField("retry_of", attrgetter("retry_of"), _nullable(_ID)),
+    WireField("id", "id", _ID),
+    WireField("job", "job", _STR),
+    WireField("status", "status.value", "RunStatus"),
+    WireField("progress", "progress", {"type": "number", "minimum": 0, "maximum": 100}),
+    WireField("message", "message", _nullable(_STR)),
+    WireField("triggered_by", "triggered_by.value", "TriggerSource"),
+    WireField("params", "params", {"type": "object"}),
+    WireField("attempt", "attempt", _ID),
+    WireField("max_attempts", "max_attempts", _ID),
+    WireField("scheduled_for", "scheduled_for", _nullable(_TIME), iso_ms),
+    WireField("run_after", "run_after", _nullable(_TIME), iso_ms),
+    WireField("created_at", "created_at", _TIME, iso_ms),
+    WireField("started_at", "started_at", _nullable(_TIME), iso_ms),
+    WireField("finished_at", "finished_at", _nullable(_TIME), iso_ms),
+    WireField("updated_at", "changed_at", _TIME, iso_ms),
+    WireField("duration_ms", "duration_ms", _nullable(_COUNT)),
+    WireField("counts", "counts", "Counts", Counts.as_dict),
+    WireField("result", "result", {"description": "what the run returned (any JSON)"}),
+    WireField("error", "error", _nullable(_STR)),
+    WireField("exit_code", "exit_code", _nullable(_INT)),
+    WireField("retry_of", "retry_of", _nullable(_ID)),
 )
 # Shown only where one run is asked for with its log.
-LOG_TAIL = WireField(
-    "log_tail", attrgetter("log_tail"), {"type": "string", "description": "the last part of the run's log"}
-)
+LOG_TAIL = WireField("log_tail", "log_tail", {"type": "string", "description": "the last part of the run's log"})
 _BY_NAME = {field.name: field for field in RUN_JSON}
 # A stream's status_update: (its key, the run JSON field it shows), in the order they are sent.
 STATUS_UPDATE: tuple[tuple[str, WireField], ...] = tuple(
@@ -264,9 +300,14 @@ STATUS_UPDATE: tuple[tuple[str, WireField], ...] = tuple(
 )
 
 
+_RUN = _JsonOf([(field.name, field) for field in RUN_JSON])
+_RUN_WITH_LOG = _JsonOf([(field.name, field) for field in (*RUN_JSON, LOG_TAIL)])
+_STATUS_UPDATE = _JsonOf(STATUS_UPDATE)
+
+
 def status_update(run: Run) -> dict[str, Any]:
     """What a `status_update` stream message says of a run (without its `type`)."""
-    return {key: field.read(run) for key, field in STATUS_UPDATE}
+    return _STATUS_UPDATE(run)
 
 
 def status_update_of(run_json: Mapping[str, Any]) -> dict[str, Any]:
