@@ -19,6 +19,7 @@ import calendar
 import dataclasses
 import functools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -55,6 +56,7 @@ class CronSpec:
     fields: str = dataclasses.field(init=False, repr=False, compare=False)
     wall_clock: bool = dataclasses.field(init=False, repr=False, compare=False)
     _iter: Any = dataclasses.field(init=False, repr=False, compare=False)
+    _cycle: Callable[[datetime], datetime] | None = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fields = _normalise(self.expr)
@@ -69,6 +71,7 @@ class CronSpec:
         object.__setattr__(self, "fields", fields)
         object.__setattr__(self, "wall_clock", wall_clock)
         object.__setattr__(self, "_iter", it)
+        object.__setattr__(self, "_cycle", _simple_cycle(resolved.split()))
 
     @classmethod
     def parse(cls, expr: str, hash_key: str) -> CronSpec:
@@ -116,6 +119,8 @@ class CronSpec:
 
     def _wall_next(self, wall: datetime) -> datetime:
         """The first matching naive wall time strictly after `wall`."""
+        if self._cycle is not None:
+            return self._cycle(wall)
         try:
             fire: datetime = self._iter.get_next(datetime, start_time=wall)
         except Exception as exc:
@@ -211,6 +216,34 @@ def _normalise(expr: str) -> str:
         if any(_RANDOM_PART.fullmatch(item) for item in part.split(",")):
             raise ValueError("R (random) is not supported; use H for a stable spread")
     return text
+
+
+# Performance: see docs/performance.md (Cron: arithmetic for simple schedules)
+def _simple_cycle(parts: list[str]) -> Callable[[datetime], datetime] | None:
+    """The next wall time after a given one, by arithmetic, for the schedules that need no croniter:
+    any date, and every second, every minute at second S, every hour at M:S or every day at H:M:S
+    (most of what is scheduled: `@hourly`, `H * * * *`, `* * * * * *`). None for the others.
+    Start-up asks for one fire per job, and each fire for the next one."""
+    minute, hour, dom, month, dow = parts[:5]
+    if (dom, month, dow) != ("*", "*", "*"):
+        return None
+    units = [(parts[5] if len(parts) == 6 else "0", 60), (minute, 60), (hour, 24)]  # second first
+    fixed = 0
+    while fixed < 3 and units[fixed][0].isdigit() and int(units[fixed][0]) < units[fixed][1]:
+        fixed += 1
+    if any(value != "*" for value, _ in units[fixed:]):
+        return None  # a step, a list or a range, or a fixed field above a `*`
+    period, offset = 1, 0  # in seconds, the offset into the day
+    for value, size in units[:fixed]:
+        offset += int(value) * period
+        period *= size
+
+    def next_wall(wall: datetime) -> datetime:
+        midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+        into = (wall - midnight) // _SECOND
+        return midnight + timedelta(seconds=into + ((offset - into) % period or period))
+
+    return next_wall
 
 
 def _resolve_hashes(parts: list[str], hash_key: str) -> str:

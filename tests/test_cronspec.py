@@ -508,3 +508,40 @@ def test_real_time_fires_are_exactly_the_instants_whose_wall_time_matches(
 
 def _allowed(values: list[int | str], size: int) -> set[int]:
     return set(range(size)) if values == ["*"] else {int(value) for value in values}
+
+
+SIMPLE = [
+    "* * * * * *",
+    "* * * * *",
+    "0 * * * *",
+    "59 * * * *",
+    "H * * * *",
+    "@hourly",
+    "@daily",
+    "30 2 * * *",
+    "H H * * *",
+    "0 0 * * * 30",
+    "7 * * * * 59",
+    "* * * * * 0",
+    "59 23 * * * 59",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    expr=st.sampled_from(SIMPLE),
+    name=st.sampled_from(["a", "nightly", "job00042"]),
+    wall=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)),
+)
+def test_the_arithmetic_path_finds_what_croniter_finds(expr: str, name: str, wall: datetime) -> None:
+    # Simple schedules skip croniter's search: the next wall time must be the one croniter gives.
+    spec = CronSpec.parse(expr, name)
+    assert spec._cycle is not None
+    assert spec._wall_next(wall) == spec._iter.get_next(datetime, start_time=wall)
+
+
+@pytest.mark.parametrize(
+    "expr", ["*/15 * * * *", "0 9 * * 1-5", "* 3 * * *", "0 0 1 * *", "* * * * * */2", "0,30 * * * *", "H/10 * * * *"]
+)
+def test_other_schedules_still_ask_croniter(expr: str) -> None:
+    assert CronSpec.parse(expr, "job")._cycle is None
