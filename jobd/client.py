@@ -19,8 +19,11 @@ from typing import Any
 
 import aiohttp
 
+from jobd import models
+from jobd.models import status_update_of
+
 DEFAULT_URL = "http://127.0.0.1:8080"
-TERMINAL_STATUSES = frozenset({"COMPLETED", "PARTIAL", "FAILED", "CANCELLED"})
+TERMINAL_STATUSES = frozenset(status.value for status in models.TERMINAL_STATUSES)
 # A stream that stays silent this long (heartbeats included) is taken as broken.
 STREAM_IDLE_TIMEOUT_S = 60.0
 # Streams that open but end without a single message before watch() falls back to polling.
@@ -359,23 +362,6 @@ class SSEParser:
                 self.retry_ms = int(value)
         del self._buffer[:start]
         return messages
-
-
-def status_update_of(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A run as GET /runs/{id} shows it → the same shape as a stream's `status_update`."""
-    return {
-        "type": "status_update",
-        "run_id": run["id"],
-        "job": run["job"],
-        "status": run["status"],
-        "progress": run["progress"],
-        "message": run["message"],
-        "counts": run["counts"],
-        "error": run["error"],
-        "result": run["result"],
-        "attempt": run["attempt"],
-        "updated_at": run["updated_at"],
-    }
 
 
 def backoff_s(failures: int, max_backoff: float, base: float = 0.25) -> float:

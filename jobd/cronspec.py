@@ -19,6 +19,7 @@ import calendar
 import dataclasses
 import functools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -55,7 +56,7 @@ class CronSpec:
     fields: str = dataclasses.field(init=False, repr=False, compare=False)
     wall_clock: bool = dataclasses.field(init=False, repr=False, compare=False)
     _iter: Any = dataclasses.field(init=False, repr=False, compare=False)
-    _cycle: tuple[int, int] | None = dataclasses.field(init=False, repr=False, compare=False)
+    _cycle: Callable[[datetime], datetime] | None = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fields = _normalise(self.expr)
@@ -119,14 +120,12 @@ class CronSpec:
     def _wall_next(self, wall: datetime) -> datetime:
         """The first matching naive wall time strictly after `wall`."""
         if self._cycle is not None:
-            period, offset = self._cycle
-            midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
-            into = (wall - midnight) // _SECOND
-            return midnight + timedelta(seconds=into + ((offset - into) % period or period))
+            return self._cycle(wall)
         try:
-            return self._iter.get_next(datetime, start_time=wall)
+            fire: datetime = self._iter.get_next(datetime, start_time=wall)
         except Exception as exc:
             raise ValueError(f"{self.expr!r}: no fire time after {wall:%Y-%m-%d %H:%M:%S}: {exc}") from None
+        return fire
 
     def _next_wall_clock(self, start: datetime, tz: ZoneInfo) -> datetime:
         # Each matching wall time maps to one instant and that mapping never decreases,
@@ -219,14 +218,12 @@ def _normalise(expr: str) -> str:
     return text
 
 
-def _simple_cycle(parts: list[str]) -> tuple[int, int] | None:
-    """(period, offset into the day) in seconds of the schedules that need no croniter: any date,
-    and every second, every minute at second S, every hour at M:S or every day at H:M:S.
-
-    They are most of what is scheduled (`@hourly`, `H * * * *`, `* * * * * *`), and the next wall
-    time of one is arithmetic, many times cheaper than croniter's search (start-up computes one
-    for every job, and every fire the next one).
-    """
+# Performance: see docs/performance.md (Cron: arithmetic for simple schedules)
+def _simple_cycle(parts: list[str]) -> Callable[[datetime], datetime] | None:
+    """The next wall time after a given one, by arithmetic, for the schedules that need no croniter:
+    any date, and every second, every minute at second S, every hour at M:S or every day at H:M:S
+    (most of what is scheduled: `@hourly`, `H * * * *`, `* * * * * *`). None for the others.
+    Start-up asks for one fire per job, and each fire for the next one."""
     minute, hour, dom, month, dow = parts[:5]
     if (dom, month, dow) != ("*", "*", "*"):
         return None
@@ -236,11 +233,17 @@ def _simple_cycle(parts: list[str]) -> tuple[int, int] | None:
         fixed += 1
     if any(value != "*" for value, _ in units[fixed:]):
         return None  # a step, a list or a range, or a fixed field above a `*`
-    period, offset = 1, 0
+    period, offset = 1, 0  # in seconds, the offset into the day
     for value, size in units[:fixed]:
         offset += int(value) * period
         period *= size
-    return period, offset
+
+    def next_wall(wall: datetime) -> datetime:
+        midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+        into = (wall - midnight) // _SECOND
+        return midnight + timedelta(seconds=into + ((offset - into) % period or period))
+
+    return next_wall
 
 
 def _resolve_hashes(parts: list[str], hash_key: str) -> str:

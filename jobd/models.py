@@ -6,13 +6,15 @@ A run is one execution of a job. Every part of jobd (store, workers, web, events
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
-import json.encoder
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 
@@ -57,7 +59,6 @@ class InvalidTransition(Exception):
 
 # One encoder for every compact JSON text jobd writes: json.dumps() with options builds a new one per call.
 compact_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
-_json_string = json.encoder.encode_basestring_ascii  # what compact_json() writes a str with
 
 
 def _not_json(name: str) -> Any:
@@ -74,8 +75,7 @@ def _finite_float(text: str) -> float:
 def loads_standard(text: str | bytes) -> Any:
     """json.loads() of standard JSON only: NaN, Infinity and numbers that overflow to infinity
     (1e999) raise ValueError, since they would be written back as text no JSON parser reads."""
-    # What json.loads() does, with one decoder for every call (json.loads() with an option
-    # builds one per call: 2.7 against 0.9 us for a small body).
+    # What json.loads() does, with one decoder for every call (json.loads() with an option builds one per call).
     if isinstance(text, (bytes, bytearray)):
         text = text.decode(json.detect_encoding(text), "surrogatepass")
     elif text.startswith("\ufeff"):
@@ -165,94 +165,190 @@ class Run:
             return None
         return self.finished_at - self.started_at
 
-    def to_json(self, *, with_log: bool = False) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "job": self.job,
-            "status": self.status.value,
-            "progress": self.progress,
-            "message": self.message,
-            "triggered_by": self.triggered_by.value,
-            "params": self.params,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "scheduled_for": iso_ms(self.scheduled_for),
-            "run_after": iso_ms(self.run_after),
-            "created_at": iso_ms(self.created_at),
-            "started_at": iso_ms(self.started_at),
-            "finished_at": iso_ms(self.finished_at),
-            "updated_at": iso_ms(self.updated_at or self.created_at),
-            "duration_ms": self.duration_ms,
-            "counts": self.counts.as_dict(),
-            "result": self.result,
-            "error": self.error,
-            "exit_code": self.exit_code,
-            "retry_of": self.retry_of,
-        }
-        if with_log:
-            data["log_tail"] = self.log_tail
-        return data
+    @property
+    def changed_at(self) -> int:
+        """When the run last changed: updated_at, or created_at for a run not changed since."""
+        return self.updated_at or self.created_at
 
-    def to_json_text(self) -> str:
-        """compact_json(self.to_json()), the same text at half the cost: the JSON encoder spends
-        most of its time on the keys, written here once. Used for the 202 of every trigger.
-        The fields hold what the rest of jobd puts in them (ints are ints, texts are str)."""
-        c, text, null = self.counts, _json_string, "null"
-        message, error, duration = self.message, self.error, self.duration_ms
-        return (
-            f'{{"id":{self.id},"job":{text(self.job)},"status":"{self.status.value}",'
-            f'"progress":{_number(self.progress)},"message":{null if message is None else text(message)},'
-            f'"triggered_by":"{self.triggered_by.value}","params":{compact_json(self.params)},'
-            f'"attempt":{self.attempt},"max_attempts":{self.max_attempts},'
-            f'"scheduled_for":{_time(self.scheduled_for)},"run_after":{_time(self.run_after)},'
-            f'"created_at":{_time(self.created_at)},"started_at":{_time(self.started_at)},'
-            f'"finished_at":{_time(self.finished_at)},"updated_at":{_time(self.updated_at or self.created_at)},'
-            f'"duration_ms":{null if duration is None else duration},'
-            f'"counts":{{"total":{null if c.total is None else c.total},"success":{c.success},'
-            f'"failed":{c.failed},"skipped":{c.skipped}}},'
-            f'"result":{null if self.result is None else compact_json(self.result)},'
-            f'"error":{null if error is None else text(error)},'
-            f'"exit_code":{null if self.exit_code is None else self.exit_code},'
-            f'"retry_of":{null if self.retry_of is None else self.retry_of}}}'
-        )
+    def to_json(self, *, with_log: bool = False) -> dict[str, Any]:
+        """The run as the API shows it (see RUN_JSON)."""
+        return (_RUN_WITH_LOG if with_log else _RUN)(self)
 
     def assign(self, other: Run) -> None:
         """Take every field of `other` (a copy of this run with a newer state)."""
-        _assign(self, other)
+        for name, value in zip(_RUN_ATTRIBUTES, _run_attributes_of(other)):
+            setattr(self, name, value)
 
     def copy(self) -> Run:
-        return _copy(self)
+        """A copy that shares nothing mutable but params and result, which are never changed in place."""
+        c = self.counts
+        return Run(
+            id=self.id,
+            job=self.job,
+            status=self.status,
+            triggered_by=self.triggered_by,
+            created_at=self.created_at,
+            params=self.params,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            progress=self.progress,
+            message=self.message,
+            scheduled_for=self.scheduled_for,
+            run_after=self.run_after,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            counts=Counts(c.total, c.success, c.failed, c.skipped),
+            result=self.result,
+            error=self.error,
+            exit_code=self.exit_code,
+            retry_of=self.retry_of,
+            log_tail=self.log_tail,
+            updated_at=self.updated_at,
+        )
 
 
-_RUN_FIELDS = tuple(field.name for field in dataclasses.fields(Run))
+_RUN_ATTRIBUTES = tuple(field.name for field in dataclasses.fields(Run))
+_run_attributes_of = attrgetter(*_RUN_ATTRIBUTES)
 
 
-def _number(value: Any) -> str:
-    # float.__repr__ is what the encoder writes a finite float with (NaN and infinities differ).
-    return float.__repr__(value) if type(value) is float and value - value == 0 else compact_json(value)
+# -- the run on the wire: one table, from which its JSON, its status updates and their schemas come --
+
+Schema = dict[str, Any]
 
 
-def _time(epoch_ms: int | None) -> str:
-    return "null" if epoch_ms is None else f'"{iso_ms(epoch_ms)}"'
+@dataclasses.dataclass(frozen=True, slots=True)
+class WireField:
+    """One field of a run's JSON: its name, the Run attribute it shows (a dotted path), how that
+    value is written in JSON (as it is when `encode` is None), and its JSON Schema. A str schema
+    names a shared component (RunStatus, TriggerSource, Counts; see json_schema_components)."""
+
+    name: str
+    attribute: str
+    schema: Schema | str
+    encode: Callable[[Any], Any] | None = None
 
 
-def _compiled(signature: str, lines: list[str]) -> Any:
-    """A function of straight-line field assignments, made once, as dataclasses makes __init__: a
-    loop of getattr()/setattr() costs 2-7 times as much, and a finishing run is copied and assigned.
-    (dataclasses.replace() re-runs __init__ and costs more still.)"""
-    namespace: dict[str, Any] = {"Run": Run, "Counts": Counts, "new": object.__new__}
-    exec("\n    ".join([f"def {signature}:", *lines]), namespace)
-    return namespace[signature.partition("(")[0]]
+class _JsonOf:
+    """Builds the JSON object of a run from a sequence of (key, field): all attributes read in one
+    attrgetter call, then the few that need it encoded."""
+
+    def __init__(self, fields: Sequence[tuple[str, WireField]]) -> None:
+        self.keys = tuple(key for key, _ in fields)
+        self.attributes = attrgetter(*(field.attribute for _, field in fields))
+        self.encoders = tuple((index, field.encode) for index, (_, field) in enumerate(fields) if field.encode)
+
+    def __call__(self, run: Run) -> dict[str, Any]:
+        values = list(self.attributes(run))
+        for index, encode in self.encoders:
+            values[index] = encode(values[index])
+        return dict(zip(self.keys, values))
 
 
-_assign = _compiled("_assign(self, other)", [f"self.{field} = other.{field}" for field in _RUN_FIELDS])
-_copy = _compiled(
-    "_copy(self)",
-    [
-        "clone = new(Run)",
-        *(f"clone.{field} = self.{field}" for field in _RUN_FIELDS if field != "counts"),
-        "c = self.counts",
-        "clone.counts = Counts(c.total, c.success, c.failed, c.skipped)",
-        "return clone",
-    ],
+def _nullable(schema: Schema) -> Schema:
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    return {**schema, "type": [*types, "null"]}
+
+
+_STR: Schema = {"type": "string"}
+_INT: Schema = {"type": "integer"}
+_COUNT: Schema = {"type": "integer", "minimum": 0}
+_ID: Schema = {"type": "integer", "minimum": 1}
+_TIME: Schema = {"type": "string", "format": "date-time", "description": "ISO-8601 UTC with milliseconds"}
+
+
+RUN_JSON: tuple[WireField, ...] = (
+    WireField("id", "id", _ID),
+    WireField("job", "job", _STR),
+    WireField("status", "status.value", "RunStatus"),
+    WireField("progress", "progress", {"type": "number", "minimum": 0, "maximum": 100}),
+    WireField("message", "message", _nullable(_STR)),
+    WireField("triggered_by", "triggered_by.value", "TriggerSource"),
+    WireField("params", "params", {"type": "object"}),
+    WireField("attempt", "attempt", _ID),
+    WireField("max_attempts", "max_attempts", _ID),
+    WireField("scheduled_for", "scheduled_for", _nullable(_TIME), iso_ms),
+    WireField("run_after", "run_after", _nullable(_TIME), iso_ms),
+    WireField("created_at", "created_at", _TIME, iso_ms),
+    WireField("started_at", "started_at", _nullable(_TIME), iso_ms),
+    WireField("finished_at", "finished_at", _nullable(_TIME), iso_ms),
+    WireField("updated_at", "changed_at", _TIME, iso_ms),
+    WireField("duration_ms", "duration_ms", _nullable(_COUNT)),
+    WireField("counts", "counts", "Counts", Counts.as_dict),
+    WireField("result", "result", {"description": "what the run returned (any JSON)"}),
+    WireField("error", "error", _nullable(_STR)),
+    WireField("exit_code", "exit_code", _nullable(_INT)),
+    WireField("retry_of", "retry_of", _nullable(_ID)),
 )
+# Shown only where one run is asked for with its log.
+LOG_TAIL = WireField("log_tail", "log_tail", {"type": "string", "description": "the last part of the run's log"})
+_BY_NAME = {field.name: field for field in RUN_JSON}
+# A stream's status_update: (its key, the run JSON field it shows), in the order they are sent.
+STATUS_UPDATE: tuple[tuple[str, WireField], ...] = tuple(
+    (key, _BY_NAME[name])
+    for key, name in (
+        ("run_id", "id"),
+        ("job", "job"),
+        ("status", "status"),
+        ("progress", "progress"),
+        ("message", "message"),
+        ("counts", "counts"),
+        ("error", "error"),
+        ("result", "result"),
+        ("attempt", "attempt"),
+        ("updated_at", "updated_at"),
+    )
+)
+
+
+_RUN = _JsonOf([(field.name, field) for field in RUN_JSON])
+_RUN_WITH_LOG = _JsonOf([(field.name, field) for field in (*RUN_JSON, LOG_TAIL)])
+_STATUS_UPDATE = _JsonOf(STATUS_UPDATE)
+
+
+def status_update(run: Run) -> dict[str, Any]:
+    """What a `status_update` stream message says of a run (without its `type`)."""
+    return _STATUS_UPDATE(run)
+
+
+def status_update_of(run_json: Mapping[str, Any]) -> dict[str, Any]:
+    """A run as GET /runs/{id} shows it → the stream message `status_update` would show for it."""
+    return {"type": "status_update", **{key: run_json[field.name] for key, field in STATUS_UPDATE}}
+
+
+def _object(properties: dict[str, Schema], description: str | None = None) -> Schema:
+    """A closed object whose properties are all required."""
+    schema: Schema = {"type": "object"}
+    if description:
+        schema["description"] = description
+    return {**schema, "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def json_schema_components() -> dict[str, Schema]:
+    """The schemas that run fields share, by the names the fields' schemas give them."""
+    return {
+        "RunStatus": {"type": "string", "enum": [status.value for status in RunStatus]},
+        "TriggerSource": {"type": "string", "enum": [source.value for source in TriggerSource]},
+        "Counts": _object(
+            {"total": _nullable(_COUNT), "success": _COUNT, "failed": _COUNT, "skipped": _COUNT},
+            "items a run reported handling (::counts:: or ctx.counts)",
+        ),
+    }
+
+
+def _field_schema(field: WireField, ref: Callable[[str], Schema] | None) -> Schema:
+    if isinstance(field.schema, str):
+        return ref(field.schema) if ref is not None else json_schema_components()[field.schema]
+    return field.schema
+
+
+def run_json_schema(*, with_log: bool = False, ref: Callable[[str], Schema] | None = None) -> Schema:
+    """The JSON Schema of Run.to_json(with_log=...). Shared components are written in place, or
+    as `ref(name)` when a ref is given (e.g. a $ref into an OpenAPI document's components)."""
+    fields = (*RUN_JSON, LOG_TAIL) if with_log else RUN_JSON
+    return copy.deepcopy(_object({field.name: _field_schema(field, ref) for field in fields}))
+
+
+def status_update_json_schema(*, ref: Callable[[str], Schema] | None = None) -> Schema:
+    """The JSON Schema of a `status_update` stream message, `type` included."""
+    properties = {key: _field_schema(field, ref) for key, field in STATUS_UPDATE}
+    return copy.deepcopy(_object({"type": {"const": "status_update"}, **properties}))

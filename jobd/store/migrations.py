@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 from jobd.models import DAY_MS
 from jobd.store.base import StoreError
@@ -192,13 +192,12 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-async def migrate(db: aiosqlite.Connection) -> int:
-    """Bring the schema up to date; returns the version now in force."""
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the version now in force. Blocking."""
+    row = db.execute("PRAGMA user_version").fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
         raise StoreError(f"the store has schema version {version}, newer than this jobd knows ({len(MIGRATIONS)})")
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
     return len(MIGRATIONS)

@@ -1,4 +1,5 @@
-"""SQLite store: WAL, one writer that commits in groups, one reader for queries.
+"""SQLite store: WAL, one writer that commits in groups, one reader for queries, each a connection
+on a thread of its own (see sqlite_thread).
 
 Group commit: callers hand rows to `write()`. A single writer task takes everything handed in
 since its last commit and writes it in one transaction, so a busy daemon pays one commit for many
@@ -18,12 +19,10 @@ import json
 import os
 import sqlite3
 import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
 import structlog
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
@@ -39,7 +38,7 @@ from jobd.store.base import (
 )
 from jobd.store.migrations import migrate
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
-from jobd.store.sqlite_writer import WriterThread
+from jobd.store.sqlite_thread import ConnectionThread
 
 RUN_COLUMNS = (
     "id",
@@ -114,17 +113,10 @@ CommitCallback = Callable[[Exception | None], None]
 T = TypeVar("T")
 
 
-async def _connect(path: Path, **kwargs: Any) -> aiosqlite.Connection:
-    connection = aiosqlite.connect(path, **kwargs)
-    try:
-        return await connection
-    except BaseException:
-        # A connect that fails stops aiosqlite's thread without waiting for it; a thread still
-        # running when the loop closes dies with a traceback. Wait for it here.
-        thread = connection if isinstance(connection, threading.Thread) else getattr(connection, "_thread", None)
-        if isinstance(thread, threading.Thread) and thread.is_alive():
-            await asyncio.to_thread(thread.join, 5.0)
-        raise
+def _migrate_and_next_id(conn: sqlite3.Connection) -> int:
+    migrate(conn)
+    row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()
+    return int(row[0]) + 1 if row else 1
 
 
 # A statement for the writer's thread: SQL, its parameters, and whether they are many rows.
@@ -301,9 +293,8 @@ class SQLiteStore:
         self.path = Path(path)
         self.synchronous = synchronous
         self.log = log or structlog.get_logger("jobd.store")
-        self._writer: WriterThread | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._setup: aiosqlite.Connection | None = None  # while open() migrates
+        self._writer: ConnectionThread | None = None
+        self._reader: ConnectionThread | None = None
         self._lock_file: int | None = None
         self._next_id = 1
         self._pending_runs: dict[int, Run] = {}
@@ -314,9 +305,6 @@ class SQLiteStore:
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._lazy_task: asyncio.Task[None] | None = None
-        # Serialises transactions on the writer connection (group commits and retention deletes).
-        self._write_lock = asyncio.Lock()
-        self.commits = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -324,23 +312,18 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
         try:
-            # Migrations on a connection of their own, closed once the writer's thread has taken
-            # over (not before: closing the last connection would checkpoint the WAL at start).
-            setup = self._setup = await _connect(self.path)
-            await setup.execute("PRAGMA journal_mode = WAL")
-            await setup.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            await setup.execute("PRAGMA busy_timeout = 5000")
-            await migrate(setup)
-            async with setup.execute("SELECT COALESCE(MAX(id), 0) FROM runs") as cur:
-                row = await cur.fetchone()
-            self._next_id = int(row[0]) + 1 if row else 1
-            self._writer = WriterThread(self.path, synchronous=self.synchronous)
+            # Migrations run on the writer's connection, before the reader opens.
+            self._writer = ConnectionThread(
+                self.path,
+                name="writer",
+                pragmas=("journal_mode = WAL", f"synchronous = {self.synchronous.upper()}", "busy_timeout = 5000"),
+            )
             await self._writer.open()
-            self._reader = await _connect(self.path, isolation_level=None)
-            await self._reader.execute("PRAGMA busy_timeout = 5000")
-            await self._reader.execute("PRAGMA query_only = 1")
-            self._setup = None
-            await setup.close()
+            self._next_id = await self._writer.run(_migrate_and_next_id)
+            self._reader = ConnectionThread(
+                self.path, name="reader", pragmas=("busy_timeout = 5000", "query_only = 1"), autocommit=True
+            )
+            await self._reader.open()
         except BaseException as exc:
             await self._close_connections()
             self._release_lock()
@@ -365,10 +348,11 @@ class SQLiteStore:
         self._release_lock()
 
     async def _close_connections(self) -> None:
-        for conn in (self._reader, self._setup, self._writer):
+        # The reader first: the writer's is then the last connection, and its close checkpoints the WAL.
+        for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._setup = self._writer = None
+        self._reader = self._writer = None
 
     def _acquire_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -492,16 +476,15 @@ class SQLiteStore:
         if key_rows:
             statements.append((_INSERT_KEY, key_rows, True))
         await self._transaction(functools.partial(_execute_all, statements))
-        self.commits += 1
 
     async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """One transaction on the writer's thread, one at a time (group commits, retention)."""
+        """One transaction on the writer's thread, which takes them one at a time in the order they
+        come (group commits, retention)."""
         assert self._writer is not None
-        async with self._write_lock:
-            try:
-                return await self._writer.transaction(work)
-            except sqlite3.OperationalError as exc:  # SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR and their kind
-                raise StoreUnavailable(f"the store cannot be used now ({exc}); try again") from exc
+        try:
+            return await self._writer.transaction(work)
+        except sqlite3.OperationalError as exc:  # SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR and their kind
+            raise StoreUnavailable(f"the store cannot be used now ({exc}); try again") from exc
 
     async def _lazy_loop(self) -> None:
         while True:
@@ -513,7 +496,7 @@ class SQLiteStore:
 
     async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         assert self._reader is not None
-        return list(await self._reader.execute_fetchall(sql, args))
+        return await self._reader.fetchall(sql, args)
 
     async def get_run(self, run_id: int) -> Run | None:
         rows = await self._fetchall(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
@@ -591,9 +574,11 @@ class SQLiteStore:
         return _summary(rows[0])
 
     async def run_stats(self, *, first_day: int, last_day: int, job: str | None = None) -> RunStats:
-        # Several queries that must agree: they run in a thread on a connection of their own, inside
-        # one read transaction, without holding up the shared reader.
-        return await asyncio.to_thread(read_run_stats, self.path, first_day, last_day, job)
+        # Several queries that must agree: one call on the reader's thread, inside one read transaction.
+        assert self._reader is not None
+        return await self._reader.run(
+            functools.partial(read_run_stats, first_day=first_day, last_day=last_day, job=job)
+        )
 
     async def last_run(self, job: str) -> Run | None:
         rows = await self._fetchall(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from jobd.models import DAY_MS, RunStatus, TriggerSource
@@ -102,8 +101,8 @@ def _per_job(db: sqlite3.Connection, args: dict[str, Any], inside: int, outside:
     return jobs
 
 
-def read_run_stats(path: Path, first_day: int, last_day: int, job: str | None) -> RunStats:
-    """Blocking: meant for a worker thread. Opens a read-only connection of its own."""
+def read_run_stats(db: sqlite3.Connection, first_day: int, last_day: int, job: str | None) -> RunStats:
+    """Blocking: meant for the reader's thread. `db` is in autocommit mode (no transaction open)."""
     args = {
         "first": first_day,
         "last": last_day,
@@ -117,10 +116,8 @@ def read_run_stats(path: Path, first_day: int, last_day: int, job: str | None) -
     days: dict[int, list[int]] = {}
     jobs: dict[str, JobStats] = {}
     timed = duration_sum = 0
-    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    db.execute("BEGIN")  # one snapshot for every query below
     try:
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("BEGIN")  # one snapshot for every query below
         if job is None:
             rows = db.execute(
                 "SELECT day, status, triggered_by, runs, timed, duration_sum FROM run_days_all "
@@ -161,9 +158,8 @@ def read_run_stats(path: Path, first_day: int, last_day: int, job: str | None) -
                 jobs.setdefault(name, JobStats({s: 0 for s in RunStatus})).by_status[RunStatus(status)] += 1
         _jobs_p95(db, jobs, args)
         p95 = _p95(db, timed, args, job)
-        db.execute("COMMIT")
     finally:
-        db.close()
+        db.execute("COMMIT")  # a read: ending it either way only lets go of the snapshot
     return RunStats(
         first_day=first_day,
         last_day=last_day,

@@ -158,11 +158,13 @@ async def trigger_job(request: web.Request) -> web.Response:
                 raise BadRequest(f"runs[{index}] must be an object with only 'params'")
             submissions.append(Submission(_params(item.get("params"), f"runs[{index}].params")))
         runs = await daemon.runs.submit(job.name, submissions, triggered_by=source, overlap=overlap)
-        return json_text_response('{"runs":[' + ",".join([run.to_json_text() for run in runs]) + "]}", status=202)
+        return json_text_response(
+            '{"runs":[' + ",".join([compact_json(run.to_json()) for run in runs]) + "]}", status=202
+        )
     submission = Submission(_params(body.get("params"), "params"), idempotency_key=key)
     [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
     return json_text_response(
-        '{"run":' + run.to_json_text() + "}", status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"}
+        '{"run":' + compact_json(run.to_json()) + "}", status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"}
     )
 
 
