@@ -1,7 +1,7 @@
 """Writes jobd/web/openapi.json, the OpenAPI 3.1 document of jobd's HTTP API.
 
-    python -m jobd.web.openapi_gen          # rewrite the file
-    python -m jobd.web.openapi_gen --check  # exit 1 when the file is not what this script writes
+    python scripts/openapi_gen.py          # rewrite the file
+    python scripts/openapi_gen.py --check  # exit 1 when the file is not what this script writes
 
 The document is the contract: tests check that the app serves exactly its routes (and their scopes,
 `x-jobd-scope`) and that real responses, including fuzzed ones, match its schemas. So a change to
@@ -21,7 +21,8 @@ from jobd.config import OVERLAP_POLICIES
 from jobd.models import RunStatus, TriggerSource
 from jobd.stats import MAX_DAYS
 
-OUTPUT = Path(__file__).with_name("openapi.json")
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "jobd" / "web" / "openapi.json"
 V1 = "/api/v1"
 Schema = dict[str, Any]
 
@@ -756,14 +757,14 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobd.web.openapi_gen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python scripts/openapi_gen.py", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
         if current != text:
-            print(f"{OUTPUT} is out of date: run python -m jobd.web.openapi_gen", file=sys.stderr)
+            print(f"{OUTPUT} is out of date: run python scripts/openapi_gen.py", file=sys.stderr)
             return 1
         return 0
     OUTPUT.write_text(text, encoding="utf-8")
