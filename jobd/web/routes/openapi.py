@@ -33,10 +33,12 @@ routes = web.RouteTableDef()
 
 
 def served_document(document: dict[str, Any], config: Config) -> dict[str, Any]:
-    """The document as this daemon's configuration makes it true: with or without tokens."""
-    if config.auth.enabled:
-        return document
+    """The document as this daemon's configuration makes it true: with or without tokens, and
+    the batch limit it sets."""
     served = json.loads(json.dumps(document))
+    served["components"]["schemas"]["TriggerRequest"]["properties"]["runs"]["maxItems"] = config.server.max_batch_runs
+    if config.auth.enabled:
+        return served
     served.pop("security", None)
     for item in served["paths"].values():
         for operation in item.values():

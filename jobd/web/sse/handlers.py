@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -18,7 +17,7 @@ from jobd.web.keys import DAEMON, REQUEST_ID
 from jobd.web.params import PREFIX, run_id_of
 from jobd.web.sse import frames, query
 from jobd.web.sse.opening import Selection, open_stream
-from jobd.web.sse.streams import Stream, Streams
+from jobd.web.sse.streams import INTERNAL, Stream, Streams
 
 STREAMS: web.AppKey[Streams] = web.AppKey("streams", Streams)
 RUN_STATES: web.AppKey[RunStates] = web.AppKey("run_states", RunStates)
@@ -78,13 +77,10 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
             del data
             if finished:
                 return response
+            stream.deliver_at_once(until_terminal=until_terminal)
             while True:
                 if stream.behind():
-                    stream.blocked_since = time.monotonic()
-                    try:
-                        await writer.drain()
-                    finally:
-                        stream.blocked_since = None
+                    await writer.drain()
                 if stream.ending == "error":
                     return response
                 try:
@@ -114,6 +110,10 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
             streams.cut_off(stream, "fell behind the events and was cut off")
         except ConnectionError:
             stream.end("gone")
+        except Exception:
+            # The headers are out: the middleware's problem+json is too late, the stream says it instead.
+            streams.log.exception("stream_failed", path=request.path)
+            stream.fail(INTERNAL, "the stream failed on the server; reconnect with Last-Event-ID to resume")
         return response
     finally:
         streams.close(stream)

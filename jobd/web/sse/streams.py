@@ -3,7 +3,8 @@
 `Stream.send` is the one place a stream's bytes reach its client: the opening, events, heartbeats
 and the last message alike. The response's headers (and, at its end, the last chunk) are
 aiohttp's; what lies between is written here, framed as aiohttp frames the response (chunks on
-HTTP/1.1, bare on HTTP/1.0).
+HTTP/1.1, bare on HTTP/1.0). Who calls it: the stream's task, except for an event published while
+its client keeps up and nothing waits in its queue, which `Stream.take` sends at once.
 
 Idle streams cost no timer each: one ticker writes the heartbeats that are due, and ends the
 streams whose client has gone or stopped reading.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -30,7 +31,9 @@ FAREWELL_S = 2.0
 # Unsent bytes beyond which a client counts as behind: the stream waits for it to read them.
 BEHIND_BYTES = 64 * 1024
 
+# The `reason` of an `error` message: the OpenAPI document lists them (ErrorMessage).
 LAGGING = "lagging"
+INTERNAL = "internal"
 
 
 class Stream:
@@ -39,7 +42,8 @@ class Stream:
     __slots__ = (
         "_chunked",
         "_transport",
-        "blocked_since",
+        "_until_terminal",
+        "behind_since",
         "ended_at",
         "ending",
         "last_write",
@@ -56,9 +60,10 @@ class Stream:
         # The id of the last message this client has: what `shutdown` and `error` carry.
         self.position = 0
         self.last_write = now
-        self.blocked_since: float | None = None  # waiting for the client to read what it was sent
+        self.behind_since: float | None = None  # since when its client has had much left unread
         self.ending: str | None = None  # "shutdown", "gone" or "error" once the stream is ending
         self.ended_at = 0.0
+        self._until_terminal = False
 
     def start(self, response: web.StreamResponse) -> None:
         """The headers are out: from now on `send` writes to this connection."""
@@ -76,9 +81,40 @@ class Stream:
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         self.last_write = time.monotonic()
 
+    def deliver_at_once(self, *, until_terminal: bool) -> None:
+        """The opening is out: from now on events may be written as they are published (see `take`)."""
+        assert self.sub is not None
+        self._until_terminal = until_terminal
+        self.sub.sink = self.take
+
+    def take(self, event: Event) -> bool:
+        """The bus offers `event` here while nothing is queued for this stream: written at once to a
+        client that keeps up, rather than waking the stream's task for it (docs/performance.md)."""
+        if (
+            self.ending is not None
+            or (self._until_terminal and frames.ends_run(event))  # the task sends that one, and ends the stream
+            or self.behind()
+        ):
+            return False
+        try:
+            self.send(event.frame)
+        except ConnectionResetError:
+            return False
+        self.position = event.id
+        return True
+
     def behind(self) -> bool:
+        """Whether the client has much left to read: the stream then waits for it, and is not idle."""
         transport = self._transport
         return transport is not None and transport.get_write_buffer_size() > BEHIND_BYTES
+
+    def heartbeat(self) -> None:
+        if self._transport is None:  # still opening
+            return
+        try:
+            self.send(frames.HEARTBEAT)
+        except ConnectionResetError:
+            self.end("gone")
 
     def end(self, reason: str) -> None:
         if self.ending is None:
@@ -121,6 +157,9 @@ class Streams:
     def __len__(self) -> int:
         return len(self._open)
 
+    def __iter__(self) -> Iterator[Stream]:
+        return iter(list(self._open))
+
     def open(self, request: web.Request) -> Stream:
         if self.closing:
             raise Unavailable("jobd is shutting down; reconnect to the next instance", retry_after_s=2)
@@ -160,19 +199,18 @@ class Streams:
             if stream.request.transport is None:
                 stream.end("gone")
             elif stream.ending is not None:
-                if stream.blocked_since is not None and now - stream.ended_at >= FAREWELL_S:
+                if stream.behind() and now - stream.ended_at >= FAREWELL_S:
                     stream.abort()  # its client does not read its last message: the handler is freed
-            elif stream.blocked_since is not None:
-                sub = stream.sub
-                if sub is not None and sub.overflowed:
+            elif stream.behind():
+                since = stream.behind_since = stream.behind_since or now
+                if stream.sub is not None and stream.sub.overflowed:
                     self.cut_off(stream, "fell behind the events and was cut off")
-                elif now - stream.blocked_since >= stuck_after:
+                elif now - since >= stuck_after:
                     self.cut_off(stream, "stopped reading and was cut off")
-            elif now - stream.last_write >= self.heartbeat_s and stream.sub is not None and not stream.behind():
-                try:
-                    stream.send(frames.HEARTBEAT)
-                except ConnectionResetError:
-                    stream.end("gone")
+            else:
+                stream.behind_since = None
+                if now - stream.last_write >= self.heartbeat_s:
+                    stream.heartbeat()
 
     def cut_off(self, stream: Stream, message: str) -> None:
         self.log.warning("stream_cut_off", path=stream.request.path, reason=message)
