@@ -113,6 +113,14 @@ def names_list(values: list[str]) -> Schema:
     return {"type": "string", "pattern": f"^{item}(?:,{item})*$"}
 
 
+def cursor_schema() -> Schema:
+    """A page cursor as jobd writes one: a run id (1 to 18 digits) in unpadded base64url."""
+    lead = "(?:[MN][DTjz]|O[DT])"  # a digit's high bits, then the next one's
+    group = f"{lead}[AEIMQUYcgk][w-z0-5]"  # three digits
+    tails = f"(?:[MN][AQgw]|O[AQ]|{lead}[AEIMQUYcgk])"  # one or two digits
+    return {"type": "string", "pattern": f"^(?:(?:{group}){{1,6}}|(?:{group}){{0,5}}{tails})?$"}
+
+
 JOB_NAME = path_param("name", STR, "the job's name, as in the config")
 RUN_ID = path_param("run_id", {"type": "integer", "minimum": 1}, "the run's id")
 TICKET = query("ticket", STR, "a ticket from POST /api/v1/tickets, for clients that cannot send headers")
@@ -655,8 +663,8 @@ def paths() -> dict[str, Schema]:
                 parameters=(
                     *run_filters,
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
-                    query("offset", {"type": "integer", "minimum": 0, "default": 0}, "runs to skip"),
-                    query("cursor", STR, "from pagination.next_cursor: the page starts after that run"),
+                    query("offset", {"type": "integer", "minimum": 0, "maximum": 10**12, "default": 0}, "runs to skip"),
+                    query("cursor", cursor_schema(), "from pagination.next_cursor: the page starts after that run"),
                 ),
                 responses={"200": json_content(ref("RunPage"), "a page of runs"), "400": bad_request},
             )

@@ -31,6 +31,12 @@ tokens = [{{ name = "admin", token = "{ADMIN}", scope = "admin" }}]
 command = ["true"]
 """
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+HOOKS = Path(__file__).with_name("contract_hooks.py")
+# The firehose never ends: two events (connected, then a state or the summary) are enough to check.
+SETTINGS = f"""
+hooks = "{HOOKS}"
+max-stream-events = 2
+"""
 EXAMPLES = 15
 SEED = 20261207
 
@@ -43,8 +49,12 @@ async def test_schemathesis_finds_no_failure(tmp_path):
     daemon = DaemonProcess(config)
     try:
         url = await daemon.start()
+        settings = tmp_path / "schemathesis.toml"
+        settings.write_text(SETTINGS)
         command = [
             str(SCHEMATHESIS) if SCHEMATHESIS.exists() else "schemathesis",
+            "--config-file",
+            str(settings),
             "run",
             f"{url}/api/v1/openapi.json",
             "--checks",

@@ -243,3 +243,41 @@ async def test_responses_match_the_document(start_daemon):
 )
 def test_template_matching(path, template):
     assert template_for(path) == template
+
+
+def _requirements(document: dict[str, Any]) -> dict[str, Any]:
+    """Where the document asks for credentials: at the top, and per operation."""
+    found = {"(top)": document.get("security")}
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            if "security" in op:
+                found[f"{method.upper()} {path}"] = op["security"]
+    return {where: security for where, security in found.items() if security is not None}
+
+
+async def test_the_served_document_asks_for_tokens_only_when_there_are_some(start_daemon, tmp_path):
+    jobs = {"noop": {"handler": "sample_jobs:noop"}}
+    tokens = {"auth": {"tokens": [{"name": "ops", "token": "admin-token-123", "scope": "admin"}]}}
+
+    def store(name: str) -> dict[str, str]:
+        return {"path": str(tmp_path / name / "jobd.db")}
+
+    with_tokens = await start_daemon(jobs, **tokens, server={"max_batch_runs": 7}, store=store("a"))
+    served = await with_tokens.get_json("/api/v1/openapi.json")
+    assert _requirements(served)["(top)"] == [{"bearer": []}, {"apiKey": []}]
+    assert _requirements(served)["GET /healthz"] == []  # public
+    assert set(served["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    # The batch limit is the daemon's own.
+    assert served["components"]["schemas"]["TriggerRequest"]["properties"]["runs"]["maxItems"] == 7
+
+    without = await start_daemon(jobs, store=store("b"))
+    served = await without.get_json("/api/v1/openapi.json")
+    assert _requirements(served) == {}
+    assert "securitySchemes" not in served["components"]
+    for (method, path), op in documented_operations(served).items():
+        assert "security" not in op, (method, path)
+
+    scrape_only = await start_daemon(jobs, metrics={"token": "metrics-token-123"}, store=store("c"))
+    served = await scrape_only.get_json("/api/v1/openapi.json")
+    assert _requirements(served) == {"GET /metrics": [{"bearer": []}, {"apiKey": []}]}
+    assert set(served["components"]["securitySchemes"]) == {"bearer", "apiKey"}
