@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from jobd.errors import JobdError
 from jobd.web.keys import REQUEST_ID
@@ -47,7 +48,7 @@ def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | N
     counter = itertools.count(1)
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{prefix}{next(counter):012x}"

@@ -79,7 +79,7 @@ class Tickets:
         if not isinstance(claims.get("x"), int) or claims["x"] <= self.clock():
             raise Unauthorized("the ticket has expired; mint a new one with POST /api/v1/tickets")
         scope = claims.get("s")
-        if scope not in ("read", "trigger", "admin"):
+        if not isinstance(scope, str) or scope not in ("read", "trigger", "admin"):
             raise Unauthorized("invalid ticket")
         return scope
 

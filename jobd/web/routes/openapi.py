@@ -35,7 +35,7 @@ routes = web.RouteTableDef()
 def served_document(document: dict[str, Any], config: Config) -> dict[str, Any]:
     """The document as this daemon's configuration makes it true: with or without tokens, and
     the batch limit it sets."""
-    served = json.loads(json.dumps(document))
+    served: dict[str, Any] = json.loads(json.dumps(document))
     served["components"]["schemas"]["TriggerRequest"]["properties"]["runs"]["maxItems"] = config.server.max_batch_runs
     if config.auth.enabled:
         return served
