@@ -29,7 +29,7 @@ from jobd.daemon import Daemon  # noqa: E402
 from jobd.models import now_ms  # noqa: E402
 from jobd.store import SQLiteStore  # noqa: E402
 from jobd.web import create_app  # noqa: E402
-from jobd.web.api import encode_cursor  # noqa: E402
+from jobd.web.routes.runs import encode_cursor  # noqa: E402
 
 JOBS = tuple(f"job{i}" for i in range(20))
 

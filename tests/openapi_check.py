@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from datetime import date, datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -14,8 +15,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from jobd.web.openapi_gen import OUTPUT
-
+OUTPUT = Path(__file__).resolve().parent.parent / "jobd" / "web" / "openapi.json"
 DOC: dict[str, Any] = json.loads(OUTPUT.read_text(encoding="utf-8"))
 DOC_URI = "urn:jobd:openapi"
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head")

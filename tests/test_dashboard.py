@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from jobd.web.dashboard import STATIC_DIR
-from jobd.web.session import served_features
+from jobd.web.routes.dashboard import STATIC_DIR
+from jobd.web.routes.whoami import served_features
 
 JOBS = {"noop": {"handler": "sample_jobs:noop"}}
 TOKENS = {

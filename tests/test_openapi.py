@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +14,7 @@ from jsonschema import Draft202012Validator
 from openapi_check import (
     DOC,
     NOT_YET_SERVED,
+    OUTPUT,
     app_operations,
     check_response,
     documented_operations,
@@ -20,8 +24,8 @@ from openapi_check import (
 
 from jobd.daemon import Daemon
 from jobd.web import create_app, sse
-from jobd.web.openapi_gen import OUTPUT, render
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {
     "read": "read-token-123",
     "trigger": "trigger-token-123",
@@ -30,7 +34,10 @@ TOKENS = {
 
 
 def test_the_committed_document_is_what_the_generator_writes():
-    assert OUTPUT.read_text(encoding="utf-8") == render(), "run: python -m jobd.web.openapi_gen"
+    generator = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "openapi_gen.py"), "--check"], capture_output=True, text=True
+    )
+    assert generator.returncode == 0, generator.stderr
 
 
 def test_the_document_is_well_formed():
@@ -52,7 +59,7 @@ async def test_every_route_is_documented_and_every_documented_route_is_served(ma
     served = app_operations(app)
     documented = documented_operations()
     print(f"documented but served by other branches, not here yet: {sorted(NOT_YET_SERVED)}")
-    assert set(served) - set(documented) == set(), "routes missing from jobd/web/openapi_gen.py"
+    assert set(served) - set(documented) == set(), "routes missing from scripts/openapi_gen.py"
     assert set(documented) - set(served) == NOT_YET_SERVED, "documented routes the app does not serve"
     assert set(documented) >= NOT_YET_SERVED
     for key, handler in served.items():
@@ -236,3 +243,41 @@ async def test_responses_match_the_document(start_daemon):
 )
 def test_template_matching(path, template):
     assert template_for(path) == template
+
+
+def _requirements(document: dict[str, Any]) -> dict[str, Any]:
+    """Where the document asks for credentials: at the top, and per operation."""
+    found = {"(top)": document.get("security")}
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            if "security" in op:
+                found[f"{method.upper()} {path}"] = op["security"]
+    return {where: security for where, security in found.items() if security is not None}
+
+
+async def test_the_served_document_asks_for_tokens_only_when_there_are_some(start_daemon, tmp_path):
+    jobs = {"noop": {"handler": "sample_jobs:noop"}}
+    tokens = {"auth": {"tokens": [{"name": "ops", "token": "admin-token-123", "scope": "admin"}]}}
+
+    def store(name: str) -> dict[str, str]:
+        return {"path": str(tmp_path / name / "jobd.db")}
+
+    with_tokens = await start_daemon(jobs, **tokens, server={"max_batch_runs": 7}, store=store("a"))
+    served = await with_tokens.get_json("/api/v1/openapi.json")
+    assert _requirements(served)["(top)"] == [{"bearer": []}, {"apiKey": []}]
+    assert _requirements(served)["GET /healthz"] == []  # public
+    assert set(served["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    # The batch limit is the daemon's own.
+    assert served["components"]["schemas"]["TriggerRequest"]["properties"]["runs"]["maxItems"] == 7
+
+    without = await start_daemon(jobs, store=store("b"))
+    served = await without.get_json("/api/v1/openapi.json")
+    assert _requirements(served) == {}
+    assert "securitySchemes" not in served["components"]
+    for (method, path), op in documented_operations(served).items():
+        assert "security" not in op, (method, path)
+
+    scrape_only = await start_daemon(jobs, metrics={"token": "metrics-token-123"}, store=store("c"))
+    served = await scrape_only.get_json("/api/v1/openapi.json")
+    assert _requirements(served) == {"GET /metrics": [{"bearer": []}, {"apiKey": []}]}
+    assert set(served["components"]["securitySchemes"]) == {"bearer", "apiKey"}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from jobd.web import api, contract, cors, dashboard, observability, session, sse, tickets
+from jobd.web import cors, routes, sse, tickets
 from jobd.web.auth import Authenticator
 from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
@@ -15,7 +15,7 @@ from jobd.web.middleware import make_middleware
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
 
-STATIC_DIR = dashboard.STATIC_DIR
+STATIC_DIR = routes.dashboard.STATIC_DIR
 
 
 def create_app(daemon: Daemon) -> web.Application:
@@ -28,15 +28,10 @@ def create_app(daemon: Daemon) -> web.Application:
     )
     app[DAEMON] = daemon
     app.on_response_prepare.append(daemon.metrics.count_response)
-    app.add_routes(api.routes)
-    app.add_routes(observability.routes)
-    app.add_routes(contract.routes)
-    tickets.setup(app, ticketer)
+    routes.setup(app, ticketer)
     sse.setup(app, daemon)
     daemon.metrics.count_streams(lambda: len(app[sse.STREAMS]))
     cors.setup(app, daemon.config.server.cors_origins)
-    app.add_routes(session.routes)
-    dashboard.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await daemon.start()

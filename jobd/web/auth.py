@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -18,7 +18,7 @@ from jobd.errors import Forbidden, Unauthorized
 from jobd.web.keys import TOKEN
 
 SCOPE_RANK = {"read": 1, "trigger": 2, "admin": 3}
-Handler = Callable[[web.Request], Any]
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 def requires(scope: str) -> Callable[[Handler], Handler]:

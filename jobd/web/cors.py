@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-API-Key, X-Request-ID"
@@ -33,7 +34,7 @@ class Cors:
 
     def middleware(self) -> Any:
         @web.middleware
-        async def preflight(request: web.Request, handler: Any) -> web.StreamResponse:
+        async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
             if (
                 request.method == "OPTIONS"
                 and "Access-Control-Request-Method" in request.headers

@@ -1,6 +1,6 @@
 """Request middleware: request ids, authentication, the access log, and problem+json for every error.
 
-All errors leave through `problem()`: domain errors map to their status, aiohttp's own HTTP
+All errors leave through `responses.problem()`: domain errors map to their status, aiohttp's own HTTP
 errors (unknown route, wrong method, body too large) keep theirs, and anything unexpected is a
 generic 500 whose traceback goes to the log only.
 """
@@ -8,7 +8,6 @@ generic 500 whose traceback goes to the log only.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import re
 import time
@@ -18,36 +17,17 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from jobd.errors import JobdError
 from jobd.web.keys import REQUEST_ID
+from jobd.web.responses import problem
 
-PROBLEM_TYPE = "application/problem+json"
 # A caller's id is kept if it is printable ASCII without spaces (UUIDs, base64, "trace/span"): safe to
 # echo in a header and to log; anything else gets an id of our own.
 _REQUEST_ID = re.compile(r"^[!-~]{1,200}$")
 # Query parameters where clients put credentials (jobd reads only ticket; the rest are mistakes to hide).
 _SECRET_QUERY = re.compile(r"((?:^|[?&])(?:ticket|token|access_token|api_key|apikey|key)=)[^&]*", re.IGNORECASE)
-
-
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    *,
-    slug: str,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> web.Response:
-    body: dict[str, Any] = {"type": f"urn:jobd:problem:{slug}", "title": title, "status": status, "detail": detail}
-    for key, value in (extra or {}).items():
-        body.setdefault(key, value)
-    return web.Response(
-        status=status,
-        body=json.dumps(body, default=str).encode(),
-        content_type=PROBLEM_TYPE,
-        headers=headers,
-    )
 
 
 def redact(path_qs: str) -> str:
@@ -68,7 +48,7 @@ def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | N
     counter = itertools.count(1)
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{prefix}{next(counter):012x}"

@@ -19,12 +19,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from jobd.errors import BadRequest, Unauthorized
-from jobd.models import iso_ms, now_ms
-from jobd.web.api import json_response
-from jobd.web.auth import check_scope, requires
-from jobd.web.keys import TOKEN
-from jobd.web.params import PREFIX, read_json_object
+from jobd.errors import Unauthorized
+from jobd.models import now_ms
 
 # The streams a ticket can be minted for, and the scope each needs. A run's path is a stream only
 # with `Accept: text/event-stream`, which EventSource sends: a ticket for it opens nothing else.
@@ -83,7 +79,7 @@ class Tickets:
         if not isinstance(claims.get("x"), int) or claims["x"] <= self.clock():
             raise Unauthorized("the ticket has expired; mint a new one with POST /api/v1/tickets")
         scope = claims.get("s")
-        if scope not in ("read", "trigger", "admin"):
+        if not isinstance(scope, str) or scope not in ("read", "trigger", "admin"):
             raise Unauthorized("invalid ticket")
         return scope
 
@@ -100,36 +96,5 @@ class Tickets:
 
 
 TICKETS: web.AppKey[Tickets] = web.AppKey("tickets", Tickets)
-routes = web.RouteTableDef()
 
-
-@routes.post(PREFIX + "/tickets")
-@requires("read")
-async def mint_ticket(request: web.Request) -> web.Response:
-    body = await read_json_object(request)
-    unknown = sorted(set(body) - {"stream"})
-    if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r} (expected stream)")
-    stream = body.get("stream")
-    if not isinstance(stream, str):
-        raise BadRequest("stream is required: the path of the stream, e.g. /api/v1/runs/42/events")
-    path = stream.partition("?")[0]
-    needed = stream_scope(path)
-    if needed is None:
-        raise BadRequest(
-            f"{path!r} is not a stream; tickets are for /api/v1/runs/{{id}}/events, /api/v1/runs/{{id}} "
-            "(as a stream) and /api/v1/events"
-        )
-    token = request.get(TOKEN)
-    scope = token.scope if token is not None else "admin"  # no token: auth is off
-    check_scope(scope, needed)
-    ticket, expires = request.app[TICKETS].mint(path, scope)
-    return json_response({"ticket": ticket, "stream": path, "expires_at": iso_ms(expires)}, status=201)
-
-
-def setup(app: web.Application, tickets: Tickets) -> None:
-    app[TICKETS] = tickets
-    app.add_routes(routes)
-
-
-__all__ = ["TICKETS", "Tickets", "setup", "stream_scope"]
+__all__ = ["RUN_VIEW", "STREAM_PATHS", "TICKETS", "Tickets", "stream_scope"]

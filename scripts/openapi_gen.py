@@ -1,7 +1,7 @@
 """Writes jobd/web/openapi.json, the OpenAPI 3.1 document of jobd's HTTP API.
 
-    python -m jobd.web.openapi_gen          # rewrite the file
-    python -m jobd.web.openapi_gen --check  # exit 1 when the file is not what this script writes
+    python scripts/openapi_gen.py          # rewrite the file
+    python scripts/openapi_gen.py --check  # exit 1 when the file is not what this script writes
 
 The document is the contract: tests check that the app serves exactly its routes (and their scopes,
 `x-jobd-scope`) and that real responses, including fuzzed ones, match its schemas. So a change to
@@ -21,12 +21,18 @@ from jobd.config import OVERLAP_POLICIES
 from jobd.models import RunStatus, TriggerSource
 from jobd.stats import MAX_DAYS
 
-OUTPUT = Path(__file__).with_name("openapi.json")
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "jobd" / "web" / "openapi.json"
 V1 = "/api/v1"
 Schema = dict[str, Any]
 
 STATUSES = [status.value for status in RunStatus]
 SOURCES = [source.value for source in TriggerSource]
+# Why a stream may end with an `error` message (jobd.web.sse).
+STREAM_ERRORS = {
+    "lagging": "the client fell behind the events or stopped reading, and was cut off",
+    "internal": "the stream failed on the server; the log says why",
+}
 
 
 # -- building blocks -------------------------------------------------------------------------------
@@ -92,6 +98,27 @@ def path_param(name: str, schema: Schema, description: str) -> Schema:
 
 def header(name: str, schema: Schema, description: str) -> Schema:
     return {"name": name, "in": "header", "required": False, "description": description, "schema": schema}
+
+
+def any_case(word: str) -> str:
+    """A pattern for `word` in any letter case (JSON Schema patterns have no flags)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+def names_list(values: list[str]) -> Schema:
+    """A comma-separated list of these names, as the server reads one: any case, spaces around
+    a name and empty items ignored (so an empty value is no filter)."""
+    name = "(?:" + "|".join(any_case(value) for value in values) + ")"
+    item = rf"\s*{name}?\s*"
+    return {"type": "string", "pattern": f"^{item}(?:,{item})*$"}
+
+
+def cursor_schema() -> Schema:
+    """A page cursor as jobd writes one: a run id (1 to 18 digits) in unpadded base64url."""
+    lead = "(?:[MN][DTjz]|O[DT])"  # a digit's high bits, then the next one's
+    group = f"{lead}[AEIMQUYcgk][w-z0-5]"  # three digits
+    tails = f"(?:[MN][AQgw]|O[AQ]|{lead}[AEIMQUYcgk])"  # one or two digits
+    return {"type": "string", "pattern": f"^(?:(?:{group}){{1,6}}|(?:{group}){{0,5}}{tails})?$"}
 
 
 JOB_NAME = path_param("name", STR, "the job's name, as in the config")
@@ -236,14 +263,15 @@ def schemas() -> dict[str, Schema]:
                     "description": "a batch (up to server.max_batch_runs), instead of params",
                 },
                 "overlap": {
-                    "type": "string",
-                    "enum": list(OVERLAP_POLICIES),
-                    "description": "this trigger's overlap policy instead of the job's",
+                    "type": ["string", "null"],
+                    "enum": [*OVERLAP_POLICIES, None],
+                    "description": "this trigger's overlap policy instead of the job's (null: the job's)",
                 },
                 "triggered_by": {"type": "string", "enum": ["api", "manual"], "default": "api"},
             },
             optional=("params", "runs", "overlap", "triggered_by"),
-        ),
+        )
+        | {"not": {"required": ["params", "runs"]}, "description": "params for one run, or runs for a batch"},
         "RunPage": obj(
             {
                 "runs": {"type": "array", "items": ref("Run")},
@@ -326,7 +354,13 @@ def schemas() -> dict[str, Schema]:
         ),
         "Health": obj({"status": STR}),
         "TicketRequest": obj(
-            {"stream": {"type": "string", "description": "the stream's path, e.g. /api/v1/runs/12/events"}}
+            {
+                "stream": {
+                    "type": "string",
+                    "pattern": r"^/api/v1/(?:runs/[0-9]{1,18}(?:/events)?|events)(?:\?[\s\S]*)?$",
+                    "description": "the stream's path, e.g. /api/v1/runs/12/events (a query string is ignored)",
+                }
+            }
         ),
         "Ticket": obj(
             {
@@ -348,24 +382,106 @@ def schemas() -> dict[str, Schema]:
                 },
             }
         ),
-        "StreamMessage": obj(
+        **stream_schemas(by_status),
+    }
+
+
+def stream_schemas(by_status: Schema) -> dict[str, Schema]:
+    """The JSON messages of a stream, one schema per `type`, and the SSE event that carries one."""
+    run_id = {"type": "integer", "minimum": 1}
+    messages = {
+        "connected": obj(
+            {"run_id": {**nullable(run_id), "description": "the run streamed; null on the firehose"}},
+            description="the first message: the stream is open (its id is 0, or the Last-Event-ID resumed from)",
+        ),
+        "status_update": obj(
             {
-                "type": {
-                    "type": "string",
-                    "enum": ["connected", "status_update", "log", "summary", "fire_skipped", "shutdown"],
-                }
+                "run_id": run_id,
+                "job": STR,
+                "status": ref("RunStatus"),
+                "progress": {"type": "number", "minimum": 0, "maximum": 100},
+                "message": nullable(STR),
+                "counts": ref("Counts"),
+                "error": nullable(STR),
+                "result": {"description": "what the run returned (any JSON)"},
+                "attempt": {"type": "integer", "minimum": 1},
+                "updated_at": TIME,
             },
-            extra=True,
+            description="a run's state: its current one when the stream opens, then every change",
+        ),
+        "log": obj(
+            {"run_id": run_id, "job": STR, "stream": {"type": "string", "enum": ["stdout", "stderr"]}, "line": STR},
+            description="a line of the run's output (with ?log=1)",
+        ),
+        "summary": obj(
+            {
+                "queue": obj({"pending": COUNT, "processing": COUNT}),
+                "workers": obj({"busy": COUNT, "total": COUNT}),
+                "counts": by_status,
+            },
+            description="firehose: queue and workers, sent when they change (at most once per events.summary_interval_s)",
+        ),
+        "fire_skipped": obj(
+            {
+                "job": STR,
+                "scheduled_for": TIME,
+                "skipped_at": TIME,
+                "skipped_fires": COUNT,
+                "active_run_ids": {"type": "array", "items": run_id},
+                "reason": STR,
+            },
+            description="firehose: a cron fire the job's overlap policy skipped",
+        ),
+        "shutdown": obj({}, description="jobd is stopping: the stream ends; reconnect to the next instance"),
+        "error": obj(
+            {
+                "message": STR,
+                "reason": {
+                    "type": "string",
+                    "enum": list(STREAM_ERRORS),
+                    "description": "; ".join(f"{code}: {meaning}" for code, meaning in STREAM_ERRORS.items()),
+                },
+            },
             description=(
-                "the JSON in each SSE `data:` line; every message also has an `id:` line, and there are no "
-                "`event:` names, so EventSource.onmessage sees them all. connected: {run_id}; status_update: "
-                "{run_id, job, status, progress, message, counts, error, result, attempt, updated_at}; log: "
-                "{run_id, job, stream, line} (with ?log=1); summary (firehose): {queue, workers, counts}; "
-                "fire_skipped (firehose): {job, scheduled_for, skipped_at, skipped_fires, active_run_ids, reason}, "
-                "a cron fire the overlap policy skipped; shutdown."
+                "the stream ends for another reason than its run's end or a shutdown; reconnecting with "
+                "Last-Event-ID resumes where it ended"
             ),
         ),
     }
+    schemas = {}
+    for kind, schema in messages.items():
+        name = "".join(part.title() for part in kind.split("_")) + "Message"
+        properties = {"type": {"type": "string", "const": kind}, **schema["properties"]}
+        schemas[name] = {**schema, "properties": properties, "required": ["type", *schema.get("required", [])]}
+    schemas["StreamMessage"] = {
+        "description": (
+            "the JSON in each SSE `data:` field, told apart by `type`; a client ignores types it does not know"
+        ),
+        "oneOf": [ref(name) for name in schemas],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {kind: f"#/components/schemas/{name}" for kind, name in zip(messages, schemas)},
+        },
+    }
+    schemas["StreamEvent"] = obj(
+        {
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": ref("StreamMessage"),
+                "description": "one StreamMessage, as JSON",
+            },
+            "event": {"type": "string", "enum": ["message"], "description": "jobd sends no event names"},
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the id to resume after (Last-Event-ID)"},
+            "retry": {"type": "integer", "minimum": 0, "description": "the reconnect delay hint, at the start"},
+        },
+        optional=("event", "id", "retry"),
+        description=(
+            "one Server-Sent Event: every one has an `id:` and a `data:` field, and no `event:` name, so "
+            "EventSource.onmessage sees them all. Comment lines are heartbeats."
+        ),
+    )
+    return schemas
 
 
 # -- paths -----------------------------------------------------------------------------------------
@@ -377,9 +493,7 @@ def paths() -> dict[str, Schema]:
     not_found_job = problem("no job by that name")
     not_found_run = problem("no run with that id")
     bad_request = problem("a parameter or the body is not valid")
-    stream = text_content(
-        "text/event-stream", "Server-Sent Events, each data line a StreamMessage", ref("StreamMessage")
-    )
+    stream = text_content("text/event-stream", "Server-Sent Events, each a StreamEvent", ref("StreamEvent"))
     stream_done = {"description": "resumed (Last-Event-ID) after the run's final state: nothing more to send"}
     too_many_streams = problem("too many open streams (server.max_streams), or shutting down")
     health = json_content(ref("Health"), "alive")
@@ -389,8 +503,8 @@ def paths() -> dict[str, Schema]:
     }
     run_filters = (
         query("job", STR, "only this job's runs"),
-        query("status", STR, f"comma-separated statuses: {', '.join(STATUSES)}"),
-        query("triggered_by", STR, f"comma-separated trigger sources: {', '.join(SOURCES)}"),
+        query("status", names_list(STATUSES), f"comma-separated statuses: {', '.join(STATUSES)}"),
+        query("triggered_by", names_list(SOURCES), f"comma-separated trigger sources: {', '.join(SOURCES)}"),
         query("since", {"type": "string", "format": "date-time"}, "created at or after"),
         query("until", {"type": "string", "format": "date-time"}, "created before"),
     )
@@ -432,7 +546,7 @@ def paths() -> dict[str, Schema]:
                 tag="observability",
                 scope=None,
                 operation_id="metrics",
-                security=[{"bearer": []}, {"apiKey": []}, {}],
+                security=[{"bearer": []}, {"apiKey": []}],
                 description=(
                     "The Prometheus text format. With `[metrics] token` set, send it as a Bearer token "
                     "(API tokens work too when API auth is on); without it, the read scope applies."
@@ -549,8 +663,8 @@ def paths() -> dict[str, Schema]:
                 parameters=(
                     *run_filters,
                     query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
-                    query("offset", {"type": "integer", "minimum": 0, "default": 0}, "runs to skip"),
-                    query("cursor", STR, "from pagination.next_cursor: the page starts after that run"),
+                    query("offset", {"type": "integer", "minimum": 0, "maximum": 10**12, "default": 0}, "runs to skip"),
+                    query("cursor", cursor_schema(), "from pagination.next_cursor: the page starts after that run"),
                 ),
                 responses={"200": json_content(ref("RunPage"), "a page of runs"), "400": bad_request},
             )
@@ -561,7 +675,7 @@ def paths() -> dict[str, Schema]:
                 tag="runs",
                 scope="read",
                 operation_id="lastRun",
-                parameters=(query("job", STR, "the job", required=True),),
+                parameters=(query("job", {"type": "string", "minLength": 1}, "the job", required=True),),
                 responses={"200": run_answer, "400": problem("job is missing"), "404": problem("the job has no runs")},
             )
         },
@@ -578,7 +692,7 @@ def paths() -> dict[str, Schema]:
                         "description": "the run",
                         "content": {
                             "application/json": {"schema": obj({"run": ref("RunWithLog")})},
-                            "text/event-stream": {"schema": ref("StreamMessage")},
+                            "text/event-stream": {"schema": ref("StreamEvent")},
                         },
                     },
                     "204": stream_done,
@@ -651,7 +765,7 @@ def paths() -> dict[str, Schema]:
                     query("job", STR, "comma-separated jobs"),
                     query(
                         "status",
-                        STR,
+                        names_list(STATUSES),
                         f"comma-separated statuses: {', '.join(STATUSES)}; run events only "
                         "(summary and fire_skipped have no status and pass)",
                     ),
@@ -756,14 +870,14 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobd.web.openapi_gen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python scripts/openapi_gen.py", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
         if current != text:
-            print(f"{OUTPUT} is out of date: run python -m jobd.web.openapi_gen", file=sys.stderr)
+            print(f"{OUTPUT} is out of date: run python scripts/openapi_gen.py", file=sys.stderr)
             return 1
         return 0
     OUTPUT.write_text(text, encoding="utf-8")

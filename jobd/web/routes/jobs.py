@@ -1,9 +1,7 @@
-"""The JSON API under /api/v1: jobs, runs, the queue and health."""
+"""Jobs: `/api/v1/jobs`, one job, and triggering, pausing and resuming it."""
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -12,20 +10,17 @@ from aiohttp import web
 
 from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
-from jobd.errors import BadRequest, NotFound
-from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
-from jobd.runlog import log_path
+from jobd.errors import BadRequest
+from jobd.models import Run, RunStatus, TriggerSource, iso_ms
 from jobd.runs import Submission
-from jobd.store import RunFilter
-from jobd.web import sse
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
-from jobd.web.params import PREFIX, enum_list, int_param, read_json_object, run_id_of, time_param
+from jobd.web.params import PREFIX, read_json_object
+from jobd.web.responses import json_response, json_text_response
 
 if TYPE_CHECKING:
     from jobd.daemon import Daemon
 
-MAX_PAGE = 500
 MAX_IDEMPOTENCY_KEY = 200
 _TRIGGER_FIELDS = frozenset({"params", "runs", "overlap", "triggered_by"})
 _TRIGGER_SOURCES = {"api": TriggerSource.API, "manual": TriggerSource.MANUAL}
@@ -34,17 +29,6 @@ routes = web.RouteTableDef()
 
 def _daemon(request: web.Request) -> Daemon:
     return request.app[DAEMON]
-
-
-def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return json_text_response(compact_json(data), status=status, headers=headers)
-
-
-def json_text_response(text: str, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=text.encode(), status=status, content_type="application/json", headers=headers)
-
-
-# -- jobs ------------------------------------------------------------------------------------------
 
 
 def _local_time(epoch_ms: int | None, zone: str) -> str | None:
@@ -184,146 +168,3 @@ async def resume_job(request: web.Request) -> web.Response:
     job = daemon.runs.job(request.match_info["name"])
     await daemon.set_paused(job.name, False)
     return await _job_answer(daemon, job)
-
-
-# -- runs ------------------------------------------------------------------------------------------
-
-
-def run_filter(request: web.Request) -> RunFilter:
-    job = request.query.get("job")
-    return RunFilter(
-        job=job or None,
-        status=enum_list(request, "status", RunStatus),
-        triggered_by=enum_list(request, "triggered_by", TriggerSource),
-        since=time_param(request, "since"),
-        until=time_param(request, "until"),
-    )
-
-
-def encode_cursor(run_id: int) -> str:
-    return base64.urlsafe_b64encode(str(run_id).encode()).decode().rstrip("=")
-
-
-def cursor_param(request: web.Request) -> int | None:
-    """`?cursor=` from a previous page's pagination.next_cursor: the page starts below that run."""
-    raw = request.query.get("cursor")
-    if not raw:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        text = ""
-    if not text.isdigit() or len(text) > 18:
-        raise BadRequest("cursor is not valid: pass pagination.next_cursor from a previous page")
-    return int(text)
-
-
-@routes.get(PREFIX + "/runs")
-@requires("read")
-async def list_runs(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
-    where = run_filter(request)
-    limit = int_param(request, "limit", 50, 1, MAX_PAGE)
-    offset = int_param(request, "offset", 0, 0, 10**12)
-    before = cursor_param(request)
-    page = where if before is None else dataclasses.replace(where, before_id=before)
-    # One run more than asked tells whether another page follows, with or without a cursor.
-    runs, total = await daemon.runs.list(page, limit=limit + 1, offset=offset)
-    has_more = len(runs) > limit
-    runs = runs[:limit]
-    statistics = await daemon.store.summarize_runs(where)
-    return json_response(
-        {
-            "runs": [run.to_json() for run in runs],
-            "pagination": {
-                "total": total,
-                "limit": limit,
-                "offset": offset,
-                "has_more": has_more,
-                "next_cursor": encode_cursor(runs[-1].id) if has_more else None,
-            },
-            "statistics": statistics,
-        }
-    )
-
-
-@routes.get(PREFIX + "/runs/last")
-@requires("read")
-async def last_run(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
-    job = request.query.get("job")
-    if not job:
-        raise BadRequest("the job query parameter is required, e.g. /api/v1/runs/last?job=nightly")
-    run = (await daemon.runs.last_runs_of([job])).get(job) or await daemon.store.last_run(job)
-    if run is None:
-        raise NotFound(f"job {job!r} has no runs yet", job=job)
-    run = daemon.runs.active.get(run.id, run)
-    return json_response({"run": run.to_json()})
-
-
-@routes.get(PREFIX + "/runs/{run_id}")
-@requires("read")
-async def get_run(request: web.Request) -> web.StreamResponse:
-    if sse.wants_stream(request):
-        return await sse.run_events(request)
-    daemon = _daemon(request)
-    run = await daemon.runs.get(run_id_of(request))
-    data = run.to_json(with_log=True)
-    if run.id in daemon.runs.active:
-        data["log_tail"] = daemon.pool.live_tail(run.id)
-    return json_response({"run": data})
-
-
-@routes.get(PREFIX + "/runs/{run_id}/log")
-@requires("read")
-async def get_run_log(request: web.Request) -> web.StreamResponse:
-    daemon = _daemon(request)
-    run = await daemon.runs.get(run_id_of(request))
-    path = log_path(daemon.config.store.logs_dir, run.id)
-    if not path.exists():
-        return web.Response(text=run.log_tail, content_type="text/plain", charset="utf-8")
-    return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
-
-
-@routes.post(PREFIX + "/runs/{run_id}/cancel")
-@requires("trigger")
-async def cancel_run(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
-    run = await daemon.runs.cancel(run_id_of(request))
-    return json_response({"run": run.to_json()})
-
-
-@routes.post(PREFIX + "/runs/{run_id}/retry")
-@requires("trigger")
-async def retry_run(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
-    run = await daemon.runs.retry(run_id_of(request))
-    return json_response({"run": run.to_json()}, status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"})
-
-
-# -- the queue and health --------------------------------------------------------------------------
-
-
-@routes.get(PREFIX + "/queue")
-@requires("read")
-async def queue(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
-    return json_response(daemon.runs.queue_snapshot(daemon.pool.concurrency))
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    daemon = _daemon(request)
-    if daemon.ready:
-        return json_response({"status": "ready"})
-    reason = "shutting down" if daemon.stopping else "starting"
-    return json_response({"status": reason}, status=503)
-
-
-for path in ("/healthz", PREFIX + "/healthz"):
-    routes.get(path)(healthz)
-for path in ("/readyz", PREFIX + "/readyz"):
-    routes.get(path)(readyz)

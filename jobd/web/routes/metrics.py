@@ -1,4 +1,4 @@
-"""Statistics (GET /api/v1/stats) and Prometheus metrics (GET /metrics)."""
+"""`GET /metrics`: the Prometheus text format, behind the metrics token when one is set."""
 
 from __future__ import annotations
 
@@ -6,26 +6,10 @@ from aiohttp import web
 
 from jobd.errors import Unauthorized
 from jobd.metrics import CONTENT_TYPE
-from jobd.stats import MAX_DAYS, period, stats_json
-from jobd.web.api import json_response
-from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, requires, secret_matches
+from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, secret_matches
 from jobd.web.keys import DAEMON
-from jobd.web.params import PREFIX, int_param
 
 routes = web.RouteTableDef()
-
-
-@routes.get(PREFIX + "/stats")
-@requires("read")
-async def stats(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    days = int_param(request, "days", 30, 1, MAX_DAYS)
-    job = request.query.get("job") or None
-    if job is not None:
-        daemon.runs.job(job)  # 404 for a job that is not configured
-    first_day, last_day = period(daemon.runs.clock(), days)
-    raw = await daemon.store.run_stats(first_day=first_day, last_day=last_day, job=job)
-    return json_response(stats_json(raw, job=job, jobs=daemon.runs.jobs))
 
 
 def check_metrics_access(request: web.Request) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from jobd.errors import Unauthorized
-from jobd.web.api import json_response
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON, TOKEN
 from jobd.web.params import PREFIX
+from jobd.web.responses import json_response
 
 routes = web.RouteTableDef()
 

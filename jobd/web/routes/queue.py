@@ -1,0 +1,19 @@
+"""`GET /api/v1/queue`: run counts by status, the workers, the oldest PENDING run."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from jobd.web.auth import requires
+from jobd.web.keys import DAEMON
+from jobd.web.params import PREFIX
+from jobd.web.responses import json_response
+
+routes = web.RouteTableDef()
+
+
+@routes.get(PREFIX + "/queue")
+@requires("read")
+async def queue(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    return json_response(daemon.runs.queue_snapshot(daemon.pool.concurrency))

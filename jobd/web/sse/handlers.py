@@ -1,0 +1,127 @@
+"""The stream endpoints: one run's events (also `GET /runs/{id}` with `Accept: text/event-stream`)
+and the firehose of every run. Both are `serve` with what they follow bound to it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from jobd.events import SubscriberOverflow, SubscriptionClosed
+from jobd.summary import RunStates
+from jobd.web.auth import requires
+from jobd.web.keys import DAEMON, REQUEST_ID
+from jobd.web.params import PREFIX, run_id_of
+from jobd.web.sse import frames, query
+from jobd.web.sse.opening import Selection, open_stream
+from jobd.web.sse.streams import INTERNAL, Stream, Streams
+
+STREAMS: web.AppKey[Streams] = web.AppKey("streams", Streams)
+RUN_STATES: web.AppKey[RunStates] = web.AppKey("run_states", RunStates)
+Select = Callable[[web.Request, Streams], Selection]
+
+routes = web.RouteTableDef()
+
+
+def run_selection(request: web.Request, streams: Streams) -> Selection:
+    return Selection(run_id=run_id_of(request), wants_logs=query.flag(request, "log"))
+
+
+def firehose_selection(request: web.Request, streams: Streams) -> Selection:
+    jobs = query.names(request, "job")
+    statuses = query.statuses(request)
+    accepts = streams.firehose_filter(jobs, statuses)
+    return Selection(None, query.flag(request, "log"), accepts, jobs, statuses)
+
+
+async def _start(request: web.Request, stream: Stream) -> tuple[web.StreamResponse, AbstractStreamWriter]:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Request-ID": request.get(REQUEST_ID, ""),
+        }
+    )
+    writer = await response.prepare(request)
+    assert writer is not None
+    stream.start(response)
+    # The headers are out: the dict of them would otherwise stay for as long as the stream.
+    response.headers.clear()
+    return response, writer
+
+
+async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
+    """An open stream, from subscribing to its end, in one coroutine: every frame of a handler
+    chain lives as long as its stream, so the handlers are this function with `select` bound."""
+    streams = request.app[STREAMS]
+    daemon = request.app[DAEMON]
+    stream = streams.open(request)
+    try:
+        selection = select(request, streams)
+        until_terminal = selection.until_terminal
+        stream.sub = sub = selection.subscribe(daemon.bus)
+        opening = await open_stream(daemon, request.app[RUN_STATES], selection, query.last_event_id(request))
+        del selection
+        if opening is None:
+            return web.Response(status=204)
+        response, writer = await _start(request, stream)
+        try:
+            data = frames.retry_hint(daemon.config.server.sse_retry_ms) + b"".join(opening.frames)
+            stream.position, finished = opening.position, opening.finished
+            del opening  # a firehose's may hold every active run's state
+            stream.send(data)
+            del data
+            if finished:
+                return response
+            stream.deliver_at_once(until_terminal=until_terminal)
+            while True:
+                if stream.behind():
+                    await writer.drain()
+                if stream.ending == "error":
+                    return response
+                try:
+                    event = sub.poll()
+                    while isinstance(event, asyncio.Future):
+                        await event
+                        event = sub.poll()
+                except SubscriptionClosed:
+                    if stream.ending == "shutdown":
+                        stream.send(frames.shutdown(stream.position))
+                    return response
+                if event is None:  # poked
+                    continue
+                chunks = [event.frame]
+                last = event
+                done = until_terminal and frames.ends_run(event)
+                while not done and (more := sub.get_nowait()) is not None:
+                    chunks.append(more.frame)
+                    last = more
+                    done = until_terminal and frames.ends_run(more)
+                stream.send(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+                stream.position = last.id
+                del chunks
+                if done:
+                    return response
+        except SubscriberOverflow:
+            streams.cut_off(stream, "fell behind the events and was cut off")
+        except ConnectionError:
+            stream.end("gone")
+        except Exception:
+            # The headers are out: the middleware's problem+json is too late, the stream says it instead.
+            streams.log.exception("stream_failed", path=request.path)
+            stream.fail(INTERNAL, "the stream failed on the server; reconnect with Last-Event-ID to resume")
+        return response
+    finally:
+        streams.close(stream)
+
+
+# One run: connected, its current state, every change; ends after the terminal state.
+run_events = requires("read")(functools.partial(serve, select=run_selection))
+routes.get(PREFIX + "/runs/{run_id}/events", allow_head=False)(run_events)
+# Every run's events, filtered by `job` and `status`, plus `summary` and `fire_skipped` messages.
+firehose = requires("admin")(functools.partial(serve, select=firehose_selection))
+routes.get(PREFIX + "/events", allow_head=False)(firehose)
