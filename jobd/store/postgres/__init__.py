@@ -1,0 +1,43 @@
+"""The cluster store on PostgreSQL (psycopg 3): the schema and the SQL operations that several
+jobd nodes share. Each operation is a small function taking a connection; transactions are the
+caller's, so a change and its event commit together.
+
+    schema   migrate(), migrate_sync(): the schema, under an advisory lock
+    runs     runs: create, admit, claim, the owner's writes (claim token), cancel requests
+    cluster  cron fires, job state, nodes and heartbeats, declaring dead nodes
+    events   the feed of committed changes, and payload-free notifications
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+
+def open_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 8, **kwargs: Any
+) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
+    """A pool of autocommit connections (a claim is its own transaction; grouped writes open
+    one with `conn.transaction()`). Not opened yet: `await pool.open(wait=True)`."""
+    return AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True, **kwargs},
+        name="jobd",
+    )
+
+
+async def connect(dsn: str, **kwargs: Any) -> AsyncConnection[TupleRow]:
+    """One autocommit connection outside the pool (LISTEN needs a dedicated one)."""
+    return await AsyncConnection.connect(dsn, autocommit=True, **kwargs)
+
+
+def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[TupleRow]:
+    """A blocking connection, for the command line (`jobd migrate`, `jobd copy-store`)."""
+    return psycopg.connect(dsn, autocommit=True, **kwargs)

@@ -1,0 +1,288 @@
+"""The runs of the cluster: creating them, admission under a job's lock, claiming, the owner's
+writes checked against its claim token, cancel requests.
+
+Each function takes a connection and leaves the transaction to the caller, so a change and the
+event that announces it (events.append_event) commit together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
+from psycopg.rows import TupleRow
+
+from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
+from jobd.store.base import IdempotencyKey
+from jobd.store.postgres.schema import LOCK_JOB
+
+Conn = AsyncConnection[TupleRow]
+
+RUN_COLUMNS = (
+    "id",
+    "job",
+    "status",
+    "progress",
+    "message",
+    "triggered_by",
+    "params",
+    "attempt",
+    "max_attempts",
+    "scheduled_for",
+    "run_after",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "counts_total",
+    "counts_success",
+    "counts_failed",
+    "counts_skipped",
+    "result",
+    "error",
+    "exit_code",
+    "retry_of",
+    "log_tail",
+    "updated_at",
+)
+# What a run is never changes after it is created; the owner's writes leave these alone.
+_IMMUTABLE = frozenset(
+    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
+)
+_MUTABLE = tuple(col for col in RUN_COLUMNS if col not in _IMMUTABLE)
+SELECT_RUN = ", ".join(RUN_COLUMNS) + ", node, claim_token"
+_INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})"
+_SET_MUTABLE = ", ".join(f"{col} = %s" for col in _MUTABLE)
+_WRITE_CLAIMED = (
+    f"UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND claim_token = %s AND status = 'PROCESSING' RETURNING id"
+)
+_WRITE_FROM = f"UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND status = %s RETURNING id"
+_CLAIM = f"SELECT {SELECT_RUN} FROM jobd_claim(%s, %s, COALESCE(%s, jobd_now_ms()), %s, %s)"
+_LOCK_JOB = f"SELECT pg_advisory_xact_lock({LOCK_JOB}, hashtext(%s))"
+_COUNT_ACTIVE = (
+    "SELECT count(*) FILTER (WHERE status = 'PENDING'), count(*) FILTER (WHERE status = 'PROCESSING') "
+    "FROM runs WHERE job = %s AND status IN ('PENDING', 'PROCESSING')"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claimed:
+    """A run this node owns: its final write must carry `token`."""
+
+    run: Run
+    node: str
+    token: uuid.UUID
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    """A job's active runs, counted under its lock: what the overlap policy decides on."""
+
+    pending: int
+    processing: int
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL's text cannot hold NUL, which a process's output may contain."""
+    if value is None or "\x00" not in value:
+        return value
+    return value.replace("\x00", "\ufffd")
+
+
+def run_to_row(run: Run) -> tuple[Any, ...]:
+    c = run.counts
+    return (
+        run.id,
+        run.job,
+        run.status.value,
+        run.progress,
+        _text(run.message),
+        run.triggered_by.value,
+        compact_json(run.params) if run.params else "{}",
+        run.attempt,
+        run.max_attempts,
+        run.scheduled_for,
+        run.run_after,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.duration_ms,
+        c.total,
+        c.success,
+        c.failed,
+        c.skipped,
+        None if run.result is None else compact_json(run.result),
+        _text(run.error),
+        run.exit_code,
+        run.retry_of,
+        _text(run.log_tail),
+        run.updated_at,
+    )
+
+
+def _mutable_values(run: Run) -> list[Any]:
+    row = run_to_row(run)
+    return [value for col, value in zip(RUN_COLUMNS, row) if col not in _IMMUTABLE]
+
+
+def row_to_run(row: Sequence[Any]) -> Run:
+    (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for) = row[:10]
+    (run_after, created_at, started_at, finished_at, _duration, total, success, failed, skipped) = row[10:19]
+    result, error, exit_code, retry_of, log_tail, updated_at = row[19:25]
+    return Run(
+        id=rid,
+        job=job,
+        status=RunStatus(status),
+        triggered_by=TriggerSource(triggered_by),
+        created_at=created_at,
+        params=json.loads(params),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        progress=progress,
+        message=message,
+        scheduled_for=scheduled_for,
+        run_after=run_after,
+        started_at=started_at,
+        finished_at=finished_at,
+        counts=Counts(total, success, failed, skipped),
+        result=None if result is None else json.loads(result),
+        error=error,
+        exit_code=exit_code,
+        retry_of=retry_of,
+        log_tail=log_tail or "",
+        updated_at=updated_at,
+    )
+
+
+def row_to_claimed(row: Sequence[Any]) -> Claimed:
+    return Claimed(row_to_run(row), row[25], row[26])
+
+
+async def next_run_ids(conn: Conn, count: int = 1) -> list[int]:
+    """Ids for runs about to be created, from the cluster's one sequence."""
+    cur = await conn.execute("SELECT nextval('runs_id_seq') FROM generate_series(1, %s)", (count,))
+    return [int(row[0]) for row in await cur.fetchall()]
+
+
+async def insert_runs(conn: Conn, runs: Iterable[Run]) -> None:
+    """Create runs (their ids from next_run_ids())."""
+    async with conn.cursor() as cur:
+        await cur.executemany(_INSERT, [run_to_row(run) for run in runs])
+
+
+async def get_run(conn: Conn, run_id: int) -> Run | None:
+    cur = await conn.execute(f"SELECT {SELECT_RUN} FROM runs WHERE id = %s", (run_id,))
+    row = await cur.fetchone()
+    return None if row is None else row_to_run(row)
+
+
+async def admit(conn: Conn, job: str) -> Admission:
+    """Take `job`'s lock for the rest of the transaction and count its active runs.
+
+    Creating a run under this lock makes the overlap decision hold across nodes: the claim takes
+    the same lock, and a second admission of the job waits for the first to commit. A transaction
+    admitting several jobs takes them in sorted order, as claim() does."""
+    if conn.info.transaction_status is TransactionStatus.IDLE:
+        raise RuntimeError("admit() holds its lock until the transaction ends: call it inside one")
+    # Two statements: the count's snapshot is taken once the lock is held, so it sees every run
+    # committed by the admission or claim that held it before (READ COMMITTED, the default).
+    async with conn.pipeline():
+        await conn.execute(_LOCK_JOB, (job,))
+        cur = await conn.execute(_COUNT_ACTIVE, (job,))
+    row = await cur.fetchone()
+    assert row is not None
+    return Admission(pending=int(row[0]), processing=int(row[1]))
+
+
+async def claim(
+    conn: Conn, node: str, limit: int, caps: Mapping[str, int], *, now_ms: int | None = None
+) -> list[Claimed]:
+    """Make up to `limit` startable runs PROCESSING on `node`, oldest first; each gets a fresh
+    claim token. `caps` are the jobs this node can run and how many runs of each may be
+    PROCESSING in the whole cluster; runs of other jobs are left for nodes that know them.
+    `now_ms` (default: the database's clock) is the time run_after is compared with.
+
+    One call of jobd_claim(): under the locks of the jobs that have a startable run (taken in one
+    order by every node), the free slots per job are counted on a snapshot that sees every claim
+    committed before, and the candidates are locked with FOR UPDATE SKIP LOCKED in a
+    materialized CTE before the UPDATE, so concurrent claimers never wait on, nor take, the same
+    row. The locks are held until the transaction ends: run it in autocommit mode, or commit at once.
+    """
+    cur = await conn.execute(_CLAIM, (node, limit, now_ms, list(caps), list(caps.values())))
+    return [row_to_claimed(row) for row in await cur.fetchall()]
+
+
+async def finish(conn: Conn, run: Run, token: uuid.UUID) -> bool:
+    """The owner's write of its run (a progress report, or its end): applied only while the run
+    is PROCESSING under this claim token. False when it changed nothing: the node was declared
+    dead and the run was taken over, or it was already written as ended."""
+    cur = await conn.execute(_WRITE_CLAIMED, (*_mutable_values(run), run.id, token))
+    return await cur.fetchone() is not None
+
+
+async def finish_many(conn: Conn, claims: Sequence[tuple[Run, uuid.UUID]]) -> set[int]:
+    """finish() for a batch; returns the ids that were written."""
+    if not claims:
+        return set()
+    written: set[int] = set()
+    async with conn.cursor() as cur:
+        params = [(*_mutable_values(run), run.id, token) for run, token in claims]
+        await cur.executemany(_WRITE_CLAIMED, params, returning=True)
+        while True:
+            row = await cur.fetchone()
+            if row is not None:
+                written.add(int(row[0]))
+            if not cur.nextset():
+                break
+    return written
+
+
+async def update_run(conn: Conn, run: Run, *, was: RunStatus) -> bool:
+    """A write by any node to a run nobody owns (cancelling a PENDING run, for one): applied only
+    if the run is still `was`."""
+    cur = await conn.execute(_WRITE_FROM, (*_mutable_values(run), run.id, was.value))
+    return await cur.fetchone() is not None
+
+
+async def find_idempotent(conn: Conn, job: str, key: str) -> int | None:
+    """The run an idempotency key already created (ask under the job's admission lock)."""
+    cur = await conn.execute("SELECT run_id FROM idempotency WHERE job = %s AND key = %s", (job, key))
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def save_idempotent(conn: Conn, key: IdempotencyKey) -> None:
+    await conn.execute(
+        "INSERT INTO idempotency (job, key, run_id, created_at) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (job, key) DO UPDATE SET run_id = excluded.run_id, created_at = excluded.created_at",
+        (key.job, key.key, key.run_id, key.created_at),
+    )
+
+
+async def request_cancel(conn: Conn, run_id: int) -> str | None:
+    """Mark a PROCESSING run to be stopped by its owner; returns the owning node, None if the
+    run is not PROCESSING. Send a NOTIFY on the control channel in the same transaction."""
+    cur = await conn.execute(
+        "UPDATE runs SET cancel_requested = true WHERE id = %s AND status = 'PROCESSING' RETURNING node", (run_id,)
+    )
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def cancel_requests(conn: Conn, node: str) -> list[int]:
+    """The runs `node` owns that it was asked to stop (what a node polls for)."""
+    cur = await conn.execute(
+        "SELECT id FROM runs WHERE node = %s AND status = 'PROCESSING' AND cancel_requested ORDER BY id", (node,)
+    )
+    return [int(row[0]) for row in await cur.fetchall()]
+
+
+async def owned_runs(conn: Conn, node: str) -> list[Claimed]:
+    """The runs PROCESSING on `node` (a node restarting under the same name recovers them)."""
+    cur = await conn.execute(f"SELECT {SELECT_RUN} FROM runs WHERE node = %s AND status = 'PROCESSING'", (node,))
+    return [row_to_claimed(row) for row in await cur.fetchall()]

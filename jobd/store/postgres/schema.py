@@ -1,0 +1,204 @@
+"""The cluster's schema: migrations applied in order under an advisory lock, so any number of
+nodes may start at once; `schema_version` records the last one applied.
+
+Times are epoch milliseconds (bigint) as in the SQLite store, so a run's row means the same in
+both and `copy-store` moves it as it is; `jobd_now_ms()` is the database's clock, the one every
+node agrees on (heartbeats, readiness of a run's run_after).
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection, Connection
+from psycopg.rows import TupleRow
+
+from jobd.store.base import StoreError
+
+# Advisory lock keys, (namespace, key) pairs: one namespace per purpose, so they never collide.
+LOCK_JOB = 1  # with hashtext(job): admission and claims of one job
+LOCK_MIGRATE = (2, 0)
+LOCK_REAPER = (3, 0)
+
+_STATUSES = "'PENDING', 'PROCESSING', 'COMPLETED', 'PARTIAL', 'FAILED', 'CANCELLED'"
+_SOURCES = "'cron', 'api', 'manual', 'retry', 'catchup'"
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE FUNCTION jobd_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
+        AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+    CREATE TABLE runs (
+        id bigserial PRIMARY KEY,
+        job text NOT NULL,
+        status text NOT NULL CHECK (status IN ({_STATUSES})),
+        progress double precision NOT NULL DEFAULT 0,
+        message text,
+        triggered_by text NOT NULL CHECK (triggered_by IN ({_SOURCES})),
+        params text NOT NULL DEFAULT '{{}}',
+        attempt integer NOT NULL DEFAULT 1,
+        max_attempts integer NOT NULL DEFAULT 1,
+        scheduled_for bigint,
+        run_after bigint,
+        created_at bigint NOT NULL,
+        started_at bigint,
+        finished_at bigint,
+        duration_ms bigint,
+        counts_total bigint,
+        counts_success bigint NOT NULL DEFAULT 0,
+        counts_failed bigint NOT NULL DEFAULT 0,
+        counts_skipped bigint NOT NULL DEFAULT 0,
+        result text,
+        error text,
+        exit_code integer,
+        retry_of bigint,
+        log_tail text NOT NULL DEFAULT '',
+        updated_at bigint NOT NULL DEFAULT 0,
+        node text,
+        claim_token uuid,
+        cancel_requested boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX runs_job ON runs (job, id);
+    CREATE INDEX runs_status ON runs (status, id);
+    CREATE INDEX runs_created ON runs (created_at);
+    CREATE INDEX runs_trigger ON runs (triggered_by, id);
+    CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX runs_pending ON runs (job, id) WHERE status = 'PENDING';
+    CREATE INDEX runs_processing ON runs (job) WHERE status = 'PROCESSING';
+    CREATE INDEX runs_node ON runs (node) WHERE status = 'PROCESSING';
+
+    CREATE TABLE job_state (
+        job text PRIMARY KEY,
+        paused boolean NOT NULL DEFAULT false,
+        last_fire_at bigint,
+        skipped_fires bigint NOT NULL DEFAULT 0,
+        last_skipped_at bigint,
+        consecutive_failures bigint NOT NULL DEFAULT 0,
+        last_run_id bigint
+    );
+    CREATE TABLE idempotency (
+        job text NOT NULL,
+        key text NOT NULL,
+        run_id bigint NOT NULL,
+        created_at bigint NOT NULL,
+        PRIMARY KEY (job, key)
+    );
+    -- One row per cron fire of the cluster, whichever node made it: the key is what makes a fire
+    -- happen once, and the last row per job is where catch-up starts after downtime.
+    CREATE TABLE fires (
+        job text NOT NULL,
+        scheduled_for bigint NOT NULL,
+        node text NOT NULL,
+        created_at bigint NOT NULL DEFAULT jobd_now_ms(),
+        run_id bigint,
+        skipped boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (job, scheduled_for)
+    );
+    CREATE TABLE nodes (
+        name text PRIMARY KEY,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        started_at bigint NOT NULL,
+        heartbeat_at bigint NOT NULL,
+        dead_at bigint
+    );
+    -- Every committed change, in the transaction that made it. `xid` orders the feed: readers
+    -- take rows of transactions older than every transaction still running, so a transaction
+    -- that took its id early and commits late is read after, never skipped.
+    CREATE TABLE events (
+        id bigserial PRIMARY KEY,
+        xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        type text NOT NULL,
+        run_id bigint,
+        job text,
+        status text,
+        data text NOT NULL,
+        created_at bigint NOT NULL DEFAULT jobd_now_ms()
+    );
+    CREATE INDEX events_feed ON events (xid, id);
+
+    -- The claim: see jobd/store/postgres/runs.py, claim(). A function so that its second
+    -- statement runs on a snapshot taken after the job locks of the first are held.
+    CREATE FUNCTION jobd_claim(p_node text, p_limit integer, p_now bigint, p_jobs text[], p_caps integer[])
+    RETURNS SETOF runs LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        v_jobs text[];
+    BEGIN
+        SELECT array_agg(ready.job) INTO v_jobs FROM (
+            SELECT r.job FROM runs r
+            WHERE r.status = 'PENDING' AND COALESCE(r.run_after, 0) <= p_now AND r.job = ANY (p_jobs)
+            GROUP BY r.job ORDER BY min(r.id) LIMIT p_limit
+        ) ready;
+        IF v_jobs IS NULL THEN
+            RETURN;
+        END IF;
+        PERFORM pg_advisory_xact_lock({LOCK_JOB}, hashtext(j)) FROM unnest(v_jobs) j ORDER BY hashtext(j);
+        RETURN QUERY
+        WITH free AS (
+            SELECT l.job, l.cap - (
+                SELECT count(*) FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING'
+            ) AS slots
+            FROM unnest(p_jobs, p_caps) AS l (job, cap)
+            WHERE l.job = ANY (v_jobs)
+        ),
+        candidates AS MATERIALIZED (
+            SELECT r.id FROM runs r
+            WHERE r.id IN (
+                SELECT head.id FROM free f CROSS JOIN LATERAL (
+                    SELECT q.id FROM runs q
+                    WHERE q.job = f.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
+                    ORDER BY q.id LIMIT greatest(f.slots, 0)
+                ) head
+            )
+            ORDER BY r.id LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        ),
+        claimed AS (
+            UPDATE runs SET status = 'PROCESSING', node = p_node, claim_token = gen_random_uuid(),
+                started_at = p_now, updated_at = p_now
+            FROM candidates
+            WHERE runs.id = candidates.id AND runs.status = 'PENDING'
+            RETURNING runs.*
+        )
+        SELECT * FROM claimed ORDER BY claimed.id;
+    END
+    $$;
+    """,
+)
+
+_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
+_LOCK = f"SELECT pg_advisory_xact_lock({LOCK_MIGRATE[0]}, {LOCK_MIGRATE[1]})"
+_READ_VERSION = "SELECT COALESCE(max(version), 0) FROM schema_version"
+_WRITE_VERSION = "DELETE FROM schema_version; INSERT INTO schema_version VALUES ({})"
+
+
+def _check(version: int) -> None:
+    if version > len(MIGRATIONS):
+        raise StoreError(f"the database has schema version {version}, newer than this jobd knows ({len(MIGRATIONS)})")
+
+
+async def migrate(conn: AsyncConnection[TupleRow]) -> int:
+    """Bring the schema up to date in one transaction; returns the version now in force.
+    Nodes starting together wait for the first one's transaction, then find nothing to do."""
+    async with conn.transaction():
+        await conn.execute(_LOCK)
+        await conn.execute(_VERSION_TABLE)
+        row = await (await conn.execute(_READ_VERSION)).fetchone()
+        version = int(row[0]) if row else 0
+        _check(version)
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await conn.execute(script.encode())
+            await conn.execute(_WRITE_VERSION.format(number).encode())
+    return len(MIGRATIONS)
+
+
+def migrate_sync(conn: Connection[TupleRow]) -> int:
+    """migrate() for the command line."""
+    with conn.transaction():
+        conn.execute(_LOCK)
+        conn.execute(_VERSION_TABLE)
+        row = conn.execute(_READ_VERSION).fetchone()
+        version = int(row[0]) if row else 0
+        _check(version)
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute(script.encode())
+            conn.execute(_WRITE_VERSION.format(number).encode())
+    return len(MIGRATIONS)
