@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from process import DaemonProcess
 
 from jobd.config import ConfigError, parse_config
 from jobd.config.sections import StoreConfig
@@ -210,3 +211,17 @@ def test_serve_refuses_a_postgresql_store_it_cannot_serve_yet(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("jobd: cannot start: this jobd serves a SQLite store only")
     assert "s3cret" not in result.stderr and not (tmp_path / "state").exists()
+
+
+async def test_serve_logs_each_warning_as_config_warning(tmp_path):
+    config = tmp_path / "jobd.toml"
+    config.write_text('[server]\nport = 0\n[cluster]\nnode_name = "a"\n')
+    daemon = DaemonProcess(config)
+    try:
+        await daemon.start()
+        [line] = daemon.events("config_warning")
+        assert line["problem"] == "cluster: ignored with a SQLite store; it takes effect with [store] url or url_env"
+        assert line["level"] == "warning"
+        assert await daemon.stop() == 0
+    finally:
+        await daemon.cleanup()

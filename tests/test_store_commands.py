@@ -313,16 +313,16 @@ async def test_copy_store_moves_every_run_state_and_key(tmp_path: Path, fresh_db
             assert copied == run
     finally:
         await conn.close()
-    with connect_sync(fresh_db) as conn:
+    with connect_sync(fresh_db) as db:
         # The run left PROCESSING belongs to no live node: the reaper takes it over with its token.
-        owned = conn.execute(
+        owned = db.execute(
             "SELECT id, node, claim_token IS NOT NULL FROM runs WHERE claim_token IS NOT NULL OR node IS NOT NULL"
         ).fetchall()
         assert owned == [(2, None, True)]
-        assert conn.execute("SELECT job, scheduled_for, node, run_id FROM fires").fetchall() == [
+        assert db.execute("SELECT job, scheduled_for, node, run_id FROM fires").fetchall() == [
             ("etl", states[0].last_fire_at, "copy-store", None)
         ]
-        assert conn.execute("SELECT nextval('runs_id_seq')").fetchone() == (max(r.id for r in runs) + 1,)
+        assert db.execute("SELECT nextval('runs_id_seq')").fetchone() == (max(r.id for r in runs) + 1,)
     # The source is free again: a daemon may open it.
     store = SQLiteStore(path)
     await store.open()
@@ -383,6 +383,7 @@ async def test_copy_store_refuses_a_store_a_running_jobd_holds_then_copies_its_h
                 return len(listed) == 3 and all(r["status"] in ("COMPLETED", "FAILED") for r in listed)
 
             await wait_for(all_ended, timeout=30, interval=0.05)
+        assert daemon.proc is not None
         refused = await asyncio.to_thread(jobd, "copy-store", "--from", str(path), "--to", fresh_db)
         assert refused.returncode == 2
         assert refused.stderr == (
