@@ -89,6 +89,8 @@ async def test_a_node_claims_only_the_jobs_it_knows(pg_db: str) -> None:
         [a, b] = await create(conn, ["a", "b"])
         assert [c.run.id for c in await claim(conn, "n1", 10, {"b": 1})] == [b]
         assert [c.run.id for c in await claim(conn, "n2", 10, {"a": 1})] == [a]
+        await create(conn, ["a"])
+        assert await claim(conn, "n3", 10, {}) == []
 
 
 async def test_max_concurrency_counts_processing_runs(pg_db: str) -> None:
@@ -238,3 +240,13 @@ async def create_in(conn: Conn, job: str) -> list[int]:
         conn, [Run(id=ids[0], job=job, status=RunStatus.PENDING, triggered_by=TriggerSource.API, created_at=now_ms())]
     )
     return ids
+
+
+async def test_a_job_at_its_limit_does_not_hide_the_runs_behind_it(pg_db: str) -> None:
+    async with await connect(pg_db) as conn:
+        await create(conn, ["busy"] * 3)
+        [running] = await claim(conn, "n1", 1, {"busy": 1})
+        [other] = await create(conn, ["other"])
+        [claimed] = await claim(conn, "n1", 1, {"busy": 1, "other": 1})
+        assert claimed.run.id == other
+        assert running.run.job == "busy"

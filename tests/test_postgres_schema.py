@@ -31,8 +31,8 @@ async def test_migrations_run_concurrently_are_applied_once(pg_dsn: str) -> None
     finally:
         for conn in connections:
             await conn.close()
-    with connect_sync(pg_dsn) as conn:
-        assert migrate_sync(conn) == len(MIGRATIONS)  # nothing left to do
+    with connect_sync(pg_dsn) as blocking:
+        assert migrate_sync(blocking) == len(MIGRATIONS)  # nothing left to do
 
 
 def test_a_database_from_a_newer_jobd_is_refused(pg_dsn: str) -> None:

@@ -62,7 +62,7 @@ _WRITE_CLAIMED = (
     f"UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND claim_token = %s AND status = 'PROCESSING' RETURNING id"
 )
 _WRITE_FROM = f"UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND status = %s RETURNING id"
-_CLAIM = f"SELECT {SELECT_RUN} FROM jobd_claim(%s, %s, COALESCE(%s, jobd_now_ms()), %s, %s)"
+_CLAIM = f"SELECT {SELECT_RUN} FROM jobd_claim(%s, %s, COALESCE(%s::bigint, jobd_now_ms()), %s::text[], %s::integer[])"
 _LOCK_JOB = f"SELECT pg_advisory_xact_lock({LOCK_JOB}, hashtext(%s))"
 _COUNT_ACTIVE = (
     "SELECT count(*) FILTER (WHERE status = 'PENDING'), count(*) FILTER (WHERE status = 'PROCESSING') "

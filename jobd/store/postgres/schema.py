@@ -61,8 +61,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_created ON runs (created_at);
     CREATE INDEX runs_trigger ON runs (triggered_by, id);
     CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
-    CREATE INDEX runs_pending ON runs (job, id) WHERE status = 'PENDING';
-    CREATE INDEX runs_processing ON runs (job) WHERE status = 'PROCESSING';
+    -- The active runs by status and job: a job's next PENDING runs in order, its PROCESSING
+    -- count, and the jobs that have PENDING runs are each a range of this one small index.
+    CREATE INDEX runs_active ON runs (status, job, id) WHERE status IN ('PENDING', 'PROCESSING');
     CREATE INDEX runs_node ON runs (node) WHERE status = 'PROCESSING';
 
     CREATE TABLE job_state (
@@ -122,11 +123,31 @@ MIGRATIONS: tuple[str, ...] = (
     DECLARE
         v_jobs text[];
     BEGIN
-        SELECT array_agg(ready.job) INTO v_jobs FROM (
-            SELECT r.job FROM runs r
-            WHERE r.status = 'PENDING' AND COALESCE(r.run_after, 0) <= p_now AND r.job = ANY (p_jobs)
-            GROUP BY r.job ORDER BY min(r.id) LIMIT p_limit
-        ) ready;
+        -- The jobs to lock: those with a startable run and, as far as this snapshot knows, a
+        -- free slot, oldest run first. A job at its limit must not hide the others behind it.
+        -- The jobs with PENDING runs are found by skipping through the index from one job to
+        -- the next, so the cost follows the number of such jobs, not the length of the queue.
+        WITH RECURSIVE pending (job) AS (
+            (SELECT r.job FROM runs r WHERE r.status = 'PENDING' ORDER BY r.job LIMIT 1)
+            UNION ALL
+            SELECT (
+                SELECT r.job FROM runs r WHERE r.status = 'PENDING' AND r.job > pending.job ORDER BY r.job LIMIT 1
+            )
+            FROM pending WHERE pending.job IS NOT NULL
+        ),
+        ready AS (
+            SELECT l.job, head.id AS first
+            FROM pending JOIN unnest(p_jobs, p_caps) AS l (job, cap) ON l.job = pending.job
+            CROSS JOIN LATERAL (
+                SELECT q.id FROM runs q
+                WHERE q.job = l.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
+                ORDER BY q.id LIMIT 1
+            ) head
+            WHERE l.cap > (SELECT count(*) FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING')
+        )
+        SELECT array_agg(chosen.job) INTO v_jobs FROM (
+            SELECT ready.job FROM ready ORDER BY ready.first LIMIT p_limit
+        ) chosen;
         IF v_jobs IS NULL THEN
             RETURN;
         END IF;
@@ -141,13 +162,13 @@ MIGRATIONS: tuple[str, ...] = (
         ),
         candidates AS MATERIALIZED (
             SELECT r.id FROM runs r
-            WHERE r.id IN (
+            WHERE r.id = ANY (ARRAY(
                 SELECT head.id FROM free f CROSS JOIN LATERAL (
                     SELECT q.id FROM runs q
                     WHERE q.job = f.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
-                    ORDER BY q.id LIMIT greatest(f.slots, 0)
+                    ORDER BY q.id LIMIT least(greatest(f.slots, 0), p_limit)
                 ) head
-            )
+            ))
             ORDER BY r.id LIMIT p_limit
             FOR UPDATE SKIP LOCKED
         ),
