@@ -31,8 +31,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load(args.config, sys.stderr)
     if config is None:
         return EXIT_USAGE
+    if config.store.url is not None:
+        # Better no daemon than one that quietly keeps its runs in a SQLite file nobody else sees.
+        print(
+            "jobd: cannot start: this jobd serves a SQLite store only; a PostgreSQL store (store.url) "
+            "can be prepared with jobd migrate and jobd copy-store",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     json_logs = None if args.log_format is None else args.log_format == "json"
     log = configure_logging(level=args.log_level, json=json_logs)
+    for warning in config.warnings:
+        log.warning("config_warning", problem=warning)
     try:
         return asyncio.run(serve(config, log=log))
     except ConfigError as exc:  # found only once serving (a socket systemd passed)
@@ -74,10 +84,25 @@ def cmd_check(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_USAGE
+    for warning in config.warnings:
+        print(f"jobd: warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"ok": True, "jobs": {name: {"next": times} for name, times in fires.items()}}, indent=2))
+        report = {
+            "ok": True,
+            "store": {"backend": config.store.backend, "location": config.store.describe()},
+            "warnings": list(config.warnings),
+            "jobs": {name: {"next": times} for name, times in fires.items()},
+        }
+        print(json.dumps(report, indent=2))
         return EXIT_OK
     print(f"{args.config}: OK, {len(config.jobs)} job(s)")
+    print(f"store: {config.store.backend}, {config.store.describe()}")
+    if config.store.url is not None:
+        cluster = config.cluster
+        print(
+            f"cluster node: {cluster.node_name} (heartbeat every {cluster.heartbeat_s:g} s, "
+            f"dead after {cluster.dead_after_s:g} s)"
+        )
     for name, job in config.jobs.items():
         if not job.schedule:
             print(f"\n{name}: no schedule (manual triggers only)")

@@ -17,6 +17,7 @@ from jobd.cli.api_commands import (
     cmd_watch,
 )
 from jobd.cli.config_commands import cmd_check, cmd_serve
+from jobd.cli.store_commands import cmd_copy_store, cmd_migrate
 from jobd.client import DEFAULT_URL
 
 
@@ -37,6 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--count", type=int, default=5, help="fire times per job (default 5)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_check)
+
+    migrate = sub.add_parser("migrate", help="bring a PostgreSQL store's schema up to date")
+    migrate.add_argument("-c", "--config", required=True)
+    migrate.set_defaults(func=cmd_migrate)
+
+    copy = sub.add_parser("copy-store", help="move a single node's SQLite history into an empty PostgreSQL store")
+    copy.add_argument("--from", dest="source", required=True, metavar="FILE", help="the SQLite store (jobd.db)")
+    target = copy.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="URL", help="postgresql://user:password@host:5432/dbname")
+    target.add_argument("--to-env", metavar="VAR", help="the environment variable holding that URL")
+    copy.set_defaults(func=cmd_copy_store)
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)

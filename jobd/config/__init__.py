@@ -5,7 +5,8 @@ Every error names the key it is about, on one line, e.g.
 Unknown keys are refused so that a misspelt option never goes unnoticed.
 
 `sections` holds the dataclasses, `table` the typed reads of one TOML table, `load` the
-checks of each table, `handlers` the import of a Python handler.
+checks of each table (`cluster` those of [store] and [cluster]), `handlers` the import of a
+Python handler.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jobd.config.sections import (
     SYNCHRONOUS_MODES,
     AlertsConfig,
     AuthConfig,
+    ClusterConfig,
     Config,
     EventsConfig,
     JobConfig,
@@ -40,6 +42,7 @@ __all__ = [
     "SYNCHRONOUS_MODES",
     "AlertsConfig",
     "AuthConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "EventsConfig",

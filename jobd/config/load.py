@@ -12,13 +12,13 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jobd import cronspec
+from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.sections import (
     JOB_NAME,
     MISFIRE_POLICIES,
     OVERLAP_POLICIES,
     SCOPES,
-    SYNCHRONOUS_MODES,
     AlertsConfig,
     AuthConfig,
     Config,
@@ -28,7 +28,6 @@ from jobd.config.sections import (
     RetentionConfig,
     SchedulerConfig,
     ServerConfig,
-    StoreConfig,
     Token,
     WorkersConfig,
 )
@@ -60,7 +59,8 @@ def parse_config(
 ) -> Config:
     top = Table(raw, "")
     server = _server(top.table("server"))
-    store = _store(top.table("store"), base_dir)
+    warnings: list[str] = []
+    store = parse_store(top.table("store"), base_dir, environ, warnings)
     workers = _workers(top.table("workers"))
     auth = _auth(top.table("auth"), environ)
     scheduler = _scheduler(top.table("scheduler"), environ)
@@ -68,6 +68,7 @@ def parse_config(
     alerts = _alerts(top.table("alerts"))
     retention = _retention(top.table("retention"))
     metrics = _metrics(top.table("metrics"))
+    cluster = parse_cluster(top.table("cluster"), store, warnings)
     jobs_table = top.table("jobs")
     jobs = {name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir) for name in list(jobs_table.raw)}
     jobs_table.done()
@@ -87,8 +88,10 @@ def parse_config(
         alerts=alerts,
         retention=retention,
         metrics=metrics,
+        cluster=cluster,
         jobs=jobs,
         source=source,
+        warnings=tuple(warnings),
     )
 
 
@@ -128,16 +131,6 @@ def _server(t: Table) -> ServerConfig:
         sse_heartbeat_s=t.number("sse_heartbeat_s", d.sse_heartbeat_s, minimum=0.05),
         sse_retry_ms=t.integer("sse_retry_ms", d.sse_retry_ms, minimum=0),
         max_batch_runs=t.integer("max_batch_runs", d.max_batch_runs, minimum=1),
-    )
-    t.done()
-    return config
-
-
-def _store(t: Table, base_dir: Path) -> StoreConfig:
-    path = Path(t.string("path", str(StoreConfig().path)))
-    config = StoreConfig(
-        path=path if path.is_absolute() else base_dir / path,
-        synchronous=t.string("synchronous", "normal", choices=SYNCHRONOUS_MODES),
     )
     t.done()
     return config

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from jobd.config.handlers import import_handler
+from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
 MISFIRE_POLICIES = ("run_once", "skip")
@@ -31,12 +34,27 @@ class ServerConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """SQLite at `path`, or PostgreSQL at `url` (then `path` only places the run logs)."""
+
     path: Path = Path("state/jobd.db")
     synchronous: str = "normal"
+    url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    url_env: str | None = None  # the variable `url` was read from
 
     @property
     def logs_dir(self) -> Path:
         return self.path.parent / "logs"
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.url is None else "postgresql"
+
+    def describe(self) -> str:
+        """The store as it may be printed or logged: the path, or the URL without its password."""
+        if self.url is None:
+            return str(self.path)
+        shown = redact_url(self.url)
+        return shown if self.url_env is None else f"{shown} (from ${self.url_env})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,6 +117,19 @@ class MetricsConfig:
     token: str | None = dataclasses.field(default=None, repr=False)
 
 
+def default_node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """This node among others on one PostgreSQL; meaningless with a SQLite store."""
+
+    node_name: str = dataclasses.field(default_factory=default_node_name)
+    heartbeat_s: float = 5.0
+    dead_after_s: float = 30.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobConfig:
     name: str
@@ -141,5 +172,7 @@ class Config:
     alerts: AlertsConfig = AlertsConfig()
     retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
     source: Path | None = None
+    warnings: tuple[str, ...] = ()  # valid but probably not meant, one line each, naming the key
