@@ -224,6 +224,22 @@ class Run:
         return _copy(self)
 
 
+def status_update(run: Run) -> dict[str, Any]:
+    """The `status_update` event of a run's change."""
+    return {
+        "run_id": run.id,
+        "job": run.job,
+        "status": run.status.value,
+        "progress": run.progress,
+        "message": run.message,
+        "counts": run.counts.as_dict(),
+        "error": run.error,
+        "result": run.result,
+        "attempt": run.attempt,
+        "updated_at": iso_ms(run.updated_at or run.created_at),
+    }
+
+
 _RUN_FIELDS = tuple(field.name for field in dataclasses.fields(Run))
 
 

@@ -9,7 +9,7 @@ import prometheus_client
 from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobd.daemon import Daemon
+from jobd.app import Daemon
 from jobd.web import create_app
 from tests.fakeclock import FakeClock
 

@@ -18,7 +18,7 @@ from openapi_check import (
     template_for,
 )
 
-from jobd.daemon import Daemon
+from jobd.app import Daemon
 from jobd.web import create_app, sse
 from jobd.web.openapi_gen import OUTPUT, render
 
