@@ -254,12 +254,12 @@ class WorkerPool:
         """Cut the grace period short (a second stop signal)."""
         self._hurry.set()
 
-    async def _drain(self, grace_s: float) -> set[asyncio.Task[None]]:
+    async def _drain(self, grace_s: float) -> set[asyncio.Task[Any]]:
         """Wait for busy workers until they are done, the grace is over, or hurry() is called."""
-        busy = {task for task in self._workers if not task.done()}
+        busy: set[asyncio.Task[Any]] = {task for task in self._workers if not task.done()}
         if not busy:
             return busy
-        hurry = asyncio.create_task(self._hurry.wait())
+        hurry: asyncio.Task[Any] = asyncio.create_task(self._hurry.wait())
         try:
             async with asyncio.timeout(grace_s):
                 while busy and not self._hurry.is_set():

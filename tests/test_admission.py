@@ -1,4 +1,4 @@
-"""The overlap policies as a table: policy × (pending, processing, new runs) → decision."""
+"""The overlap policies as a table: policy x (pending, processing, new runs) → decision."""
 
 from __future__ import annotations
 

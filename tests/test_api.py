@@ -17,8 +17,8 @@ from test_runner import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
 from jobd import runner
 from jobd.config import load_config
-from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
 from jobd.lifecycle import INTERRUPTED
+from jobd.models import InvalidTransition, RunStatus, now_ms, parse_iso_ms
 
 NOOP = {"handler": "sample_jobs:noop"}
 SLEEPY = {"handler": "sample_jobs:sleepy", "overlap": "allow", "max_concurrency": 10}

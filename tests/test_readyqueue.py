@@ -14,7 +14,9 @@ class Lines:
     def __init__(self, **limits: int | None) -> None:
         self.limits = limits
         self.orphans: list[int] = []
-        self.queue = ReadyQueue(limit_of=self.limits.get, clock=now_ms, orphaned=lambda run: self.orphans.append(run.id))
+        self.queue = ReadyQueue(
+            limit_of=self.limits.get, clock=now_ms, orphaned=lambda run: self.orphans.append(run.id)
+        )
         self.next_id = 0
 
     def add(self, job: str, *, run_after: int | None = None) -> Run:

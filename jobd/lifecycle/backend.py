@@ -60,7 +60,6 @@ class RunBackend(Protocol):
     accepting: bool  # False once a stop began: creations are refused (503)
     clock: Callable[[], int]  # epoch ms
 
-
     # -- start and stop ----------------------------------------------------------------------------
 
     def feed_to(self, feed: Feed) -> None:

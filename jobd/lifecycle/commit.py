@@ -20,7 +20,7 @@ MAX_RETRY_S = 30.0
 
 def retry_delay_s(attempt: int) -> float:
     """The wait before writing again after `attempt` refused writes."""
-    return min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** (attempt - 1))
+    return min(MAX_RETRY_S, FIRST_RETRY_S * 2.0 ** (attempt - 1))
 
 
 class TerminalWrite:

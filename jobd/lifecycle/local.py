@@ -166,7 +166,10 @@ class LocalBackend:
 
     async def _admit(self, job: JobConfig, policy: str, count: int) -> None:
         decision = admission.decide(
-            policy, pending=self._active.pending_of(job.name), processing=self._active.processing_of(job.name), count=count
+            policy,
+            pending=self._active.pending_of(job.name),
+            processing=self._active.processing_of(job.name),
+            count=count,
         )
         if decision is admission.Decision.REFUSE:
             raise admission.refusal(job.name, policy, self._active.of_job(job.name))

@@ -14,7 +14,7 @@ INTERRUPTED = "interrupted: jobd stopped while the run was in progress"
 
 def backoff_s(job: JobConfig, attempt: int, rng: random.Random) -> float:
     """How long the retry after failed attempt `attempt` waits: exponential, ±20 % jitter, at most a day."""
-    base = job.retry_backoff_s * (2 ** (attempt - 1))
+    base = job.retry_backoff_s * 2.0 ** (attempt - 1)
     return min(MAX_BACKOFF_S, base * rng.uniform(0.8, 1.2))
 
 
