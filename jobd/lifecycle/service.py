@@ -8,22 +8,44 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from jobd.config import JobConfig
 from jobd.lifecycle.backend import RunBackend, Submission
 from jobd.models import Run, TriggerSource
-from jobd.scheduler import FireRequest, Scheduler
 from jobd.store import JobState, RunFilter
+
+
+class Fire(Protocol):
+    """A cron fire the scheduler asks for (jobd.scheduler.FireRequest)."""
+
+    @property
+    def job(self) -> str: ...
+
+    @property
+    def scheduled_for(self) -> datetime: ...
+
+    @property
+    def catchup(self) -> bool: ...
+
+
+class Schedule(Protocol):
+    """The cron loop, as pause/resume and next_run_at see it (jobd.scheduler.Scheduler)."""
+
+    def pause(self, job: str) -> None: ...
+
+    def resume(self, job: str) -> None: ...
+
+    def next_run_at(self, job: str) -> datetime | None: ...
 
 
 class Runs:
     def __init__(self, backend: RunBackend, *, scheduler_clock: Callable[[], datetime]) -> None:
         self.backend = backend
         self._scheduler_now = scheduler_clock
-        self._scheduler: Scheduler | None = None
+        self._scheduler: Schedule | None = None
 
-    def use_scheduler(self, scheduler: Scheduler | None) -> None:
+    def use_scheduler(self, scheduler: Schedule | None) -> None:
         """The cron loop that pause/resume and next_run_at speak to (None while it is not running)."""
         self._scheduler = scheduler
 
@@ -71,7 +93,7 @@ class Runs:
             job, submissions, triggered_by=triggered_by, overlap=overlap, scheduled_for=scheduled_for
         )
 
-    async def fire(self, request: FireRequest) -> None:
+    async def fire(self, request: Fire) -> None:
         """The scheduler's callback: a cron fire, or its skip, recorded."""
         await self.backend.fire(
             request.job,
