@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -78,16 +79,15 @@ class _Signals:
                 daemon.notifier.ready(daemon.status_line())
 
 
-async def serve(config: Config, *, log: Any = None) -> int:
-    """Run jobd until SIGTERM/SIGINT; returns the process exit code.
+async def serve(config: Config, *, make_app: Callable[[Daemon], web.Application], log: Any = None) -> int:
+    """Run jobd until SIGTERM/SIGINT; returns the process exit code. `make_app` is the HTTP
+    surface over the daemon (jobd.web.create_app; the web layer sits above this module).
 
     This owns the process: its signals, its systemd variables (taken out of os.environ, so that
     nothing jobd starts inherits them) and, once a stop begins, a hard deadline after which it
     exits whatever is stuck (a Python handler ignoring its cancellation, a thread that never
     returns). Everything accepted is in the store by then, or recovered at the next start.
     """
-    from jobd.web import create_app
-
     daemon = Daemon(config, log=log)
     for key in set(os.environ) - set(clean_child_environ(os.environ)):
         del os.environ[key]  # the daemon has its copy; Python handlers' own subprocesses must not see them
@@ -101,7 +101,7 @@ async def serve(config: Config, *, log: Any = None) -> int:
             max_streams=config.server.max_streams,
             hint="raise LimitNOFILE= (systemd) or ulimit -Hn, or lower server.max_streams",
         )
-    app = create_app(daemon)
+    app = make_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     loop = asyncio.get_running_loop()
     signals = _Signals(daemon, _StopDeadline(daemon))
