@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.machine import describe, filesystem, header
 from bench.report import Figure, markdown, merge, table, write_json
 from bench.scenarios import Context, registry
-from jobd.daemon import raise_open_files_limit
+from jobd.server import raise_open_files_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -29,7 +29,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from jobd.daemon import raise_open_files_limit
+from jobd.server import raise_open_files_limit
 
 RUN_EVENT = re.compile(rb'"type":"status_update","run_id":(\d+)')
 CONNECTED = b'"type":"connected"'

@@ -1,6 +1,6 @@
 """Failure and recovery alerts: a log line always, a JSON webhook POST when configured.
 
-The run table calls `run_finished` (a finished hook) after every terminal run. It decides synchronously
+The run backend calls `run_finished` (an on_finished hook) after every terminal run it commits. It decides synchronously
 and hands deliveries to background tasks, so a slow or dead webhook never holds up a run.
 """
 

@@ -1,6 +1,6 @@
 """Prometheus metrics of one daemon, in a registry of its own (no global registry, no global state).
 
-Two kinds: what happens is counted as it happens (finished runs through RunService.finished_hooks,
+Two kinds: what happens is counted as it happens (finished runs through the run backend's on_finished,
 HTTP requests through a middleware), and what the daemon holds (queue, workers, streams, the event
 bus, skipped fires) is read from it at scrape time by a collector, so nothing has to be kept in step.
 """
@@ -53,6 +53,15 @@ class DaemonCollector(Collector):
         )
         yield GaugeMetricFamily("jobd_event_subscribers", "Subscribers of the event bus.", value=bus.subscriber_count)
         yield CounterMetricFamily("jobd_events_published", "Events published on the bus.", value=bus.published)
+        alerter = daemon.alerter
+        yield CounterMetricFamily(
+            "jobd_alert_webhooks_sent", "Alert webhook messages delivered (2xx).", value=alerter.sent
+        )
+        yield CounterMetricFamily(
+            "jobd_alert_webhooks_failed",
+            "Alert webhook messages given up on: refused, retries used up, dropped or cut off at stop.",
+            value=alerter.failed,
+        )
         yield CounterMetricFamily(
             "jobd_events_dropped",
             "Events not delivered because a subscriber fell behind and was cut off.",
@@ -106,7 +115,7 @@ class Metrics:
         self.stream_counter = counter
 
     def run_finished(self, job: JobConfig, run: Run, state: JobState, previous_failures: int) -> None:
-        """A RunService finished hook."""
+        """A finished-run hook (RunBackend.on_finished)."""
         key = (run.job, run.status.value)
         finished = self._finished_by.get(key)
         if finished is None:

@@ -11,24 +11,35 @@ deletions, so statistics cover the runs that are kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from jobd.config import RetentionConfig
+from jobd.lifecycle import idempotency
 from jobd.models import DAY_MS, RunStatus, now_ms
 from jobd.runlog import log_path
-from jobd.runs import IDEMPOTENCY_WINDOW_MS, RunService
-from jobd.store import Store
+from jobd.store.base import DeletedRuns
 
 # After each batch: lets queued commits and reads through, and keeps the clean-up's I/O share small.
 BATCH_PAUSE_S = 0.05
 KEPT_LONGER = (RunStatus.COMPLETED, RunStatus.PARTIAL, RunStatus.CANCELLED)
+
+
+class RunTable(Protocol):
+    """Who owns the runs (the run backend): it deletes them and keeps its totals in step."""
+
+    async def delete_finished(
+        self, *, cutoffs: Mapping[RunStatus, int], limit: int, after: tuple[int, int] | None = None
+    ) -> DeletedRuns: ...
+
+    async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -44,21 +55,38 @@ class Retention:
         self,
         config: RetentionConfig,
         *,
-        store: Store,
-        runs: RunService,
+        runs: RunTable,
         logs_dir: Path,
         clock: Callable[[], int] = now_ms,
         pause_s: float = BATCH_PAUSE_S,
         log: Any = None,
     ) -> None:
         self.config = config
-        self.store = store
         self.runs = runs
         self.logs_dir = logs_dir
         self.clock = clock
         self.pause_s = pause_s
         self.log = log or structlog.get_logger("jobd.retention")
-        self.sweeps = 0  # clean-ups done
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="retention")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def cancel(self) -> None:
+        """Stop at once (a drain: nothing is deleted while runs are being stopped)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     def cutoffs(self, now: int) -> dict[RunStatus, int]:
         """Per status, the finish time before which a run is deleted; statuses kept for ever are absent."""
@@ -86,10 +114,9 @@ class Retention:
         cutoffs = self.cutoffs(now)
         cursor: tuple[int, int] | None = None
         while cutoffs:
-            batch = await self.store.delete_runs(cutoffs=cutoffs, limit=self.config.batch_size, after=cursor)
+            batch = await self.runs.delete_finished(cutoffs=cutoffs, limit=self.config.batch_size, after=cursor)
             result.batches += 1
             if batch.deleted:
-                self.runs.forget(status for _, status in batch.deleted)
                 result.runs.update(status for _, status in batch.deleted)
                 result.logs += await self._remove_logs(run_id for run_id, _ in batch.deleted)
             if batch.cursor is None:
@@ -97,14 +124,13 @@ class Retention:
             cursor = batch.cursor
             await asyncio.sleep(self.pause_s)
         while True:
-            deleted = await self.store.delete_idempotency_keys(
-                created_before=now - IDEMPOTENCY_WINDOW_MS, limit=self.config.batch_size
+            deleted = await self.runs.delete_idempotency_keys(
+                created_before=idempotency.window_start(now), limit=self.config.batch_size
             )
             result.keys += deleted
             if deleted < self.config.batch_size:
                 break
             await asyncio.sleep(self.pause_s)
-        self.sweeps += 1
         self.log.info(
             "retention_sweep",
             runs_deleted=sum(result.runs.values()),

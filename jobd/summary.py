@@ -15,7 +15,7 @@ from jobd.events import Event
 from jobd.models import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
-    from jobd.daemon import Daemon
+    from jobd.app import Daemon
 
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
 

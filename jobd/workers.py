@@ -1,8 +1,9 @@
-"""The worker pool: N tasks taking runs from the ready queue and running their handlers.
+"""The worker pool: N tasks claiming runs from the run backend and running their handlers.
 
-Stopping is staged: idle workers stop at once; busy ones get a grace period to finish; what is
-busy running after it is interrupted (process groups terminated, then killed; Python tasks
-cancelled) and recorded as such by the run table.
+The pool owns the tasks that run handlers: the backend asks it to stop a run (`cancel()`), and
+nothing else touches them. Stopping is staged: idle workers stop at once; busy ones get a grace
+period to finish; what is busy running after it is interrupted (process groups terminated, then
+killed; Python tasks cancelled) and recorded as such by the backend.
 """
 
 from __future__ import annotations
@@ -17,25 +18,29 @@ import structlog
 
 from jobd import runner
 from jobd.config import JobConfig
+from jobd.lifecycle import INTERRUPTED, RunBackend
 from jobd.models import Run, RunStatus
 from jobd.runlog import RunLog, log_file
-from jobd.runs import INTERRUPTED, RunService, no_longer_configured
 
 OUTLASTED = INTERRUPTED + " (its handler outlasted the kill grace)"
 
 
 class _Reporter:
-    """What a handler reports, forwarded to the run table and the run's log."""
+    """What a handler reports, forwarded to the backend and the run's log."""
 
-    __slots__ = ("run", "run_log", "runs")
+    __slots__ = ("backend", "run", "run_log")
 
-    def __init__(self, runs: RunService, run: Run, run_log: RunLog) -> None:
-        self.runs = runs
+    def __init__(self, backend: RunBackend, run: Run, run_log: RunLog) -> None:
+        self.backend = backend
         self.run = run
         self.run_log = run_log
 
     def progress(self, percent: float, message: str | None) -> None:
-        self.runs.report_progress(self.run, percent, message)
+        run = self.run
+        run.progress = max(0.0, min(100.0, float(percent)))
+        if message is not None:
+            run.message = message
+        self.backend.report(run)
 
     def counts(
         self,
@@ -44,20 +49,25 @@ class _Reporter:
         failed: int | None = None,
         skipped: int | None = None,
     ) -> None:
-        self.runs.report_counts(self.run, total=total, success=success, failed=failed, skipped=skipped)
+        counts = self.run.counts
+        for name, value in (("total", total), ("success", success), ("failed", failed), ("skipped", skipped)):
+            if value is not None:
+                setattr(counts, name, int(value))
+        self.backend.report(self.run)
 
     def result(self, value: Any) -> None:
-        self.runs.report_result(self.run, value)
+        self.run.result = value
+        self.run.updated_at = self.backend.clock()
 
     def log(self, line: str, stream: str) -> None:
         self.run_log.write(stream, line)
-        self.runs.report_log(self.run, line, stream)
+        self.backend.report_log(self.run, line, stream)
 
 
 class WorkerPool:
     def __init__(
         self,
-        runs: RunService,
+        backend: RunBackend,
         *,
         concurrency: int,
         logs_dir: Path,
@@ -67,7 +77,7 @@ class WorkerPool:
         environ: Mapping[str, str],
         log: Any = None,
     ) -> None:
-        self.runs = runs
+        self.backend = backend
         self.concurrency = concurrency
         self.logs_dir = logs_dir
         self._logs_dir = str(logs_dir)
@@ -79,6 +89,7 @@ class WorkerPool:
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, asyncio.Task[Any]] = {}  # a run's task, or its worker's (see _run_here)
+        self._running: dict[int, Run] = {}
         self._logs: dict[int, RunLog] = {}
         self._stopping = False
         self._give_up_at: float | None = None  # loop time when a stop stops waiting for interrupted runs
@@ -94,8 +105,15 @@ class WorkerPool:
         return run_log.tail() if run_log is not None else ""
 
     def start(self) -> None:
+        self.backend.on_cancel(self.cancel)
         for index in range(self.concurrency):
             self._workers.append(asyncio.create_task(self._work(), name=f"worker-{index}"))
+
+    def cancel(self, run_id: int) -> None:
+        """Stop the run's handler (an operator's cancel; the backend records it as such)."""
+        handler = self._handlers.get(run_id)
+        if handler is not None:
+            handler.cancel()
 
     async def _work(self) -> None:
         me = asyncio.current_task()
@@ -103,30 +121,25 @@ class WorkerPool:
         while not self._stopping:
             self._idle.add(me)
             try:
-                run = await self.runs.queue.get()
+                run, job = await self.backend.claim()
             finally:
                 self._idle.discard(me)
             try:
-                await self._execute(run)
+                await self._execute(run, job)
             except Exception:  # one broken run must not take a worker down with it
                 self.log.exception("worker_error", run_id=run.id, job=run.job)
             finally:
-                self.runs.release_slot(run.job)
+                self.backend.release(run)
 
-    async def _execute(self, run: Run) -> None:
-        if not self.runs.startable(run):
-            return  # cancelled while it waited in the queue
-        job = self.runs.jobs.get(run.job)
-        if job is None:
-            self.runs.finish(run, RunStatus.FAILED, error=no_longer_configured(run.job))
-            return
-        self.runs.start(run)
-        if run.id in self.runs.cancel_requested:
-            self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
+    async def _execute(self, run: Run, job: JobConfig) -> None:
+        backend = self.backend
+        if backend.cancel_requested(run.id):
+            backend.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled")
             return
         run_log = RunLog(log_file(self._logs_dir, run.id), max_bytes=self.max_log_bytes, tail_bytes=self.log_tail_bytes)
-        reporter = _Reporter(self.runs, run, run_log)
+        reporter = _Reporter(backend, run, run_log)
         self._logs[run.id] = run_log
+        self._running[run.id] = run
         try:
             if job.kind == "python":
                 outcome = await self._run_here(job, run, reporter)
@@ -135,6 +148,7 @@ class WorkerPool:
         finally:
             self._handlers.pop(run.id, None)
             self._logs.pop(run.id, None)
+            self._running.pop(run.id, None)
             run_log.close()
         tail = run_log.tail()
         if outcome is None:  # stopped before its end
@@ -142,18 +156,18 @@ class WorkerPool:
                 # What stop() records for a run still here at its deadline; one that, ended in the
                 # same moment, reached this worker first is recorded the same way.
                 self._abandoned(run, tail)
-            elif run.id in self.runs.cancel_requested:
-                self.runs.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled", log_tail=tail)
+            elif backend.cancel_requested(run.id):
+                backend.finish(run, RunStatus.CANCELLED, error=run.error or "cancelled", log_tail=tail)
             else:
                 run.log_tail = tail
-                self.runs.interrupt(run, INTERRUPTED)
+                backend.interrupt(run, INTERRUPTED)
             return
         if outcome.error is None:
             status = RunStatus.PARTIAL if run.counts.failed > 0 else RunStatus.COMPLETED
         else:
             status = RunStatus.FAILED
         # The worker moves on at once; the run leaves the table when its commit is done.
-        self.runs.finish(
+        backend.finish(
             run, status, error=outcome.error, exit_code=outcome.exit_code, result=outcome.result, log_tail=tail
         )
 
@@ -165,7 +179,6 @@ class WorkerPool:
             name=f"run-{run.id}",
         )
         self._handlers[run.id] = handler
-        self.runs.attach_task(run, handler)
         await runner.ended(handler)
         return None if handler.cancelled() else handler.result()
 
@@ -177,7 +190,6 @@ class WorkerPool:
         me = asyncio.current_task()
         assert me is not None
         self._handlers[run.id] = me
-        self.runs.attach_task(run, me)
         try:
             return await runner.execute(job, run, reporter, kill_grace_s=self.kill_grace_s, environ=self.environ)
         except asyncio.CancelledError:
@@ -187,7 +199,9 @@ class WorkerPool:
                 pass
             return None
         finally:
-            self.runs.detach_task(run, me)
+            # The handler has ended: a cancel must not reach this worker, which goes on to other runs.
+            if self._handlers.get(run.id) is me:
+                del self._handlers[run.id]
 
     async def stop(self, grace_s: float) -> int:
         """Stop taking runs, let busy workers finish for up to `grace_s`, then interrupt the rest.
@@ -213,7 +227,7 @@ class WorkerPool:
             # loop, or a process that SIGKILL cannot end yet (uninterruptible I/O). Its worker is
             # cancelled below without recording the run, so it is recorded here, or it would stay
             # PROCESSING until the next start.
-            run = self.runs.active.get(run_id)
+            run = self._running.get(run_id)
             self._handlers.pop(run_id, None)
             run_log = self._logs.get(run_id)
             if run is not None and run.status is RunStatus.PROCESSING:
@@ -230,7 +244,7 @@ class WorkerPool:
         self.log.warning("run_abandoned", run_id=run.id, job=run.job, reason="handler outlasted the kill grace")
         if tail is not None:
             run.log_tail = tail
-        self.runs.interrupt(run, OUTLASTED)
+        self.backend.interrupt(run, OUTLASTED)
 
     def _outlasted(self) -> bool:
         """Whether a stop has waited for the interrupted runs as long as it does (see stop())."""
@@ -240,12 +254,12 @@ class WorkerPool:
         """Cut the grace period short (a second stop signal)."""
         self._hurry.set()
 
-    async def _drain(self, grace_s: float) -> set[asyncio.Task[None]]:
+    async def _drain(self, grace_s: float) -> set[asyncio.Task[Any]]:
         """Wait for busy workers until they are done, the grace is over, or hurry() is called."""
-        busy = {task for task in self._workers if not task.done()}
+        busy: set[asyncio.Task[Any]] = {task for task in self._workers if not task.done()}
         if not busy:
             return busy
-        hurry = asyncio.create_task(self._hurry.wait())
+        hurry: asyncio.Task[Any] = asyncio.create_task(self._hurry.wait())
         try:
             async with asyncio.timeout(grace_s):
                 while busy and not self._hurry.is_set():

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from jobd.app import Daemon
 from jobd.config import Config, parse_config
-from jobd.daemon import Daemon
 from jobd.models import Run, RunStatus
 from jobd.web import create_app
 

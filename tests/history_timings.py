@@ -24,8 +24,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
 
 from rungen import generate_runs, insert_runs  # noqa: E402
 
+from jobd.app import Daemon  # noqa: E402
 from jobd.config import parse_config  # noqa: E402
-from jobd.daemon import Daemon  # noqa: E402
 from jobd.models import now_ms  # noqa: E402
 from jobd.store import SQLiteStore  # noqa: E402
 from jobd.web import create_app  # noqa: E402

@@ -16,7 +16,7 @@ from aiohttp import web
 from conftest import wait_for
 from sse_jobs import control
 
-from jobd.daemon import Daemon
+from jobd.app import Daemon
 from jobd.web import create_app
 from jobd.web.sse import RUN_STATES
 

@@ -24,9 +24,9 @@ from conftest import Harness, wait_for
 from process import DaemonProcess
 from ssehelp import SSEReader
 
+from jobd.app import Daemon
 from jobd.config import Config, load_config
 from jobd.cronspec import CronSpec
-from jobd.daemon import Daemon
 from jobd.models import iso_ms
 from jobd.scheduler import FireRequest, Scheduler
 from jobd.web import create_app

@@ -9,7 +9,7 @@ import prometheus_client
 from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobd.daemon import Daemon
+from jobd.app import Daemon
 from jobd.web import create_app
 from tests.fakeclock import FakeClock
 
@@ -67,6 +67,9 @@ async def test_run_metrics_after_real_runs(start_daemon):
     assert value(samples, "jobd_ready") == 1
     assert value(samples, "jobd_events_published_total") >= 10
     assert value(samples, "jobd_events_dropped_total") >= 1
+    # No webhook configured: nothing sent, nothing given up on.
+    assert value(samples, "jobd_alert_webhooks_sent_total") == 0
+    assert value(samples, "jobd_alert_webhooks_failed_total") == 0
     assert value(samples, "jobd_event_subscribers") == 0  # the cut-off subscriber is gone
     assert value(samples, "jobd_sse_streams_open") == 0
     requests = {labels: n for (name, labels), n in samples.items() if name == "jobd_http_requests_total"}

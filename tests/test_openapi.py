@@ -22,7 +22,7 @@ from openapi_check import (
     template_for,
 )
 
-from jobd.daemon import Daemon
+from jobd.app import Daemon
 from jobd.web import create_app, sse
 
 ROOT = Path(__file__).resolve().parent.parent

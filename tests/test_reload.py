@@ -40,7 +40,7 @@ async def test_reload_applies_to_runs_that_wait(tmp_path: Path, start_daemon) ->
 
     # The limit goes up; `gone` and `flaky` go away.
     write(path, gate, limit=3, removed=True)
-    assert h.daemon.reload()
+    assert await h.daemon.reload()
     # Waiting runs of `wide` start at once under the new limit.
     await wait_for(lambda: all(runs.active[r["id"]].status is RunStatus.PROCESSING for r in wide))
     # Runs of removed jobs that wait fail at once instead of waiting for ever ...

@@ -25,8 +25,7 @@ def retention_at(daemon, when: int, **config) -> Retention:
     """The daemon's own store, run table and logs, cleaned as if it were `when`."""
     return Retention(
         dataclasses.replace(daemon.config.retention, **config),
-        store=daemon.store,
-        runs=daemon.runs,
+        runs=daemon.backend,
         logs_dir=daemon.config.store.logs_dir,
         clock=lambda: when,
         pause_s=0,
@@ -94,7 +93,7 @@ async def test_old_runs_and_their_logs_go_and_the_job_state_stays(start_daemon):
     assert queue["counts"] == {status.value: n for status, n in stored.items()}
     assert queue["counts"]["COMPLETED"] == 2 and queue["counts"]["FAILED"] == 1
     # Ids are never handed out again, even after a restart.
-    await daemon.close()
+    await h.client.close()  # stops that daemon: the store is free for the next one
     h2 = await start_daemon(JOBS, retention={"first_delay_s": 3600})
     again = await h2.trigger("ok")
     assert again["id"] > max(everything)
@@ -130,8 +129,7 @@ async def test_a_big_clean_up_goes_in_batches_while_the_api_answers(start_daemon
         path.write_text("old output\n")
     retention = Retention(
         daemon.config.retention,
-        store=daemon.store,
-        runs=daemon.runs,
+        runs=daemon.backend,
         logs_dir=daemon.config.store.logs_dir,
         clock=lambda: now,
     )  # the real pause
@@ -174,10 +172,13 @@ async def test_the_daemon_cleans_up_shortly_after_start(start_daemon, make_confi
     await store.write([old, recent])
     await store.close()
     h = await start_daemon(config=config)
-    await wait_for(lambda: h.daemon.retention.sweeps > 0)
-    assert await stored_ids(h.daemon) == {recent.id}
+
+    async def only_the_recent_one_left() -> bool:
+        return await stored_ids(h.daemon) == {recent.id}
+
+    await wait_for(only_the_recent_one_left)
     # It carries on: the next pass comes `interval_s` (a day) later.
-    assert not next(t for t in h.daemon._tasks if t.get_name() == "retention").done()
+    assert h.daemon.retention.running
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from conftest import wait_for
 from process import DaemonProcess
 
 from jobd.client import JobdClient
-from jobd.daemon import raise_open_files_limit
+from jobd.server import raise_open_files_limit
 
 
 def write_config(tmp_path, jobs: str, extra: str = "", server: str = "") -> object:

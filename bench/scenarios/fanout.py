@@ -21,7 +21,7 @@ from bench.daemon import noop_job
 from bench.holder import HolderGroup
 from bench.report import Figure, at_most, percentile
 from bench.scenarios import Context, own_cpu_s
-from jobd.daemon import raise_open_files_limit
+from jobd.server import raise_open_files_limit
 
 STREAM_PATH = "/api/v1/events?job=bench&status=PENDING"
 KB = 1024

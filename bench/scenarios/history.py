@@ -36,7 +36,7 @@ async def _timed_get(http: aiohttp.ClientSession, url: str, repeat: int) -> list
 
 def _import_s() -> float:
     """How long a bare interpreter takes to start and import what `jobd serve` imports."""
-    code = "import jobd.cli, jobd.daemon, jobd.web, jobd.logs"
+    code = "import jobd.cli, jobd.server, jobd.app, jobd.web, jobd.logs"
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
     return time.perf_counter() - started

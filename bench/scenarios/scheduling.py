@@ -23,8 +23,8 @@ from bench.daemon import noop_job
 from bench.holder import HolderGroup
 from bench.report import Figure, at_most, percentile
 from bench.scenarios import Context
-from jobd.daemon import raise_open_files_limit
 from jobd.models import parse_iso_ms
+from jobd.server import raise_open_files_limit
 
 
 async def _cron_runs(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:

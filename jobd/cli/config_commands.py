@@ -25,8 +25,9 @@ def load(path: str, err: TextIO) -> Config | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from jobd.daemon import serve
     from jobd.logs import configure_logging
+    from jobd.server import serve
+    from jobd.web import create_app
 
     config = load(args.config, sys.stderr)
     if config is None:
@@ -44,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         log.warning("config_warning", problem=warning)
     try:
-        return asyncio.run(serve(config, log=log))
+        return asyncio.run(serve(config, make_app=create_app, log=log))
     except ConfigError as exc:  # found only once serving (a socket systemd passed)
         print(f"jobd: invalid config: {exc}", file=sys.stderr)
         return EXIT_USAGE

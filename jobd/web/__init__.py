@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -13,13 +12,14 @@ from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
 
 if TYPE_CHECKING:
-    from jobd.daemon import Daemon
+    from jobd.app import Daemon
 
 STATIC_DIR = routes.dashboard.STATIC_DIR
 
 
 def create_app(daemon: Daemon) -> web.Application:
-    """The whole HTTP surface. Its startup starts the daemon; its cleanup stops it."""
+    """The whole HTTP surface. Its startup starts the daemon's services in order; its cleanup stops
+    them in reverse (see Daemon.contexts)."""
     ticketer = tickets.Tickets(daemon.config.auth.ticket_ttl_s)
     auth = Authenticator(daemon.config.auth, ticket_check=ticketer.check)
     app = web.Application(
@@ -32,11 +32,5 @@ def create_app(daemon: Daemon) -> web.Application:
     sse.setup(app, daemon)
     daemon.metrics.count_streams(lambda: len(app[sse.STREAMS]))
     cors.setup(app, daemon.config.server.cors_origins)
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await daemon.start()
-        yield
-        await daemon.close()
-
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.extend(daemon.contexts())
     return app

@@ -9,7 +9,7 @@ from aiohttp import web
 from jobd.config import Token
 
 if TYPE_CHECKING:
-    from jobd.daemon import Daemon
+    from jobd.app import Daemon
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

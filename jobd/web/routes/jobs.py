@@ -11,15 +11,15 @@ from aiohttp import web
 from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest
+from jobd.lifecycle import Submission
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms
-from jobd.runs import Submission
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
 from jobd.web.responses import json_response, json_text_response
 
 if TYPE_CHECKING:
-    from jobd.daemon import Daemon
+    from jobd.app import Daemon
 
 MAX_IDEMPOTENCY_KEY = 200
 _TRIGGER_FIELDS = frozenset({"params", "runs", "overlap", "triggered_by"})

@@ -19,7 +19,7 @@ from jobd.web.params import PREFIX, enum_list, int_param, run_id_of, time_param
 from jobd.web.responses import json_response
 
 if TYPE_CHECKING:
-    from jobd.daemon import Daemon
+    from jobd.app import Daemon
 
 MAX_PAGE = 500
 routes = web.RouteTableDef()

@@ -29,7 +29,7 @@ from jobd.web.sse.query import wants_stream
 from jobd.web.sse.streams import Stream, Streams
 
 if TYPE_CHECKING:
-    from jobd.daemon import Daemon
+    from jobd.app import Daemon
 
 
 def setup(app: web.Application, daemon: Daemon) -> None:

@@ -7,8 +7,7 @@ it is; there are no `event:` names, so a plain EventSource with `onmessage` sees
 from __future__ import annotations
 
 from jobd.events import Event, encode_frame
-from jobd.models import Run
-from jobd.runs import status_update
+from jobd.models import Run, status_update
 from jobd.summary import TERMINAL
 
 HEARTBEAT = b": ping\n\n"

@@ -20,7 +20,7 @@ from jobd.web.sse import frames
 from jobd.web.sse.query import NOTHING
 
 if TYPE_CHECKING:
-    from jobd.daemon import Daemon
+    from jobd.app import Daemon
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
