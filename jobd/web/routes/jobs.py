@@ -12,7 +12,7 @@ from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest
 from jobd.lifecycle import Submission
-from jobd.models import Run, RunStatus, TriggerSource, iso_ms
+from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
