@@ -244,14 +244,6 @@ class Daemon:
         """Cut the grace short (a second stop signal)."""
         self.pool.hurry()
 
-    # -- what the web layer calls ------------------------------------------------------------------
-
-    async def set_paused(self, job: str, paused: bool) -> None:
-        await self.runs.set_paused(job, paused)
-
-    def next_run_at(self, job: str) -> int | None:
-        return self.runs.next_run_at(job)
-
     def status_line(self) -> str:
         """systemd's STATUS=: a short summary for `systemctl status`."""
         backend = self.backend

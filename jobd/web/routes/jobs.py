@@ -41,7 +41,7 @@ def _local_time(epoch_ms: int | None, zone: str) -> str | None:
 def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]:
     runs = daemon.runs
     state = runs.job_state(job.name)
-    next_at = daemon.next_run_at(job.name)
+    next_at = daemon.runs.next_run_at(job.name)
     active = runs.active_of(job.name)
     return {
         "name": job.name,
@@ -157,7 +157,7 @@ async def trigger_job(request: web.Request) -> web.Response:
 async def pause_job(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     job = daemon.runs.job(request.match_info["name"])
-    await daemon.set_paused(job.name, True)
+    await daemon.runs.set_paused(job.name, True)
     return await _job_answer(daemon, job)
 
 
@@ -166,5 +166,5 @@ async def pause_job(request: web.Request) -> web.Response:
 async def resume_job(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     job = daemon.runs.job(request.match_info["name"])
-    await daemon.set_paused(job.name, False)
+    await daemon.runs.set_paused(job.name, False)
     return await _job_answer(daemon, job)
