@@ -103,6 +103,34 @@ class PgServer:
         """Nothing to remove: the databases were dropped by their modules."""
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_orphans(bindir: Path) -> None:
+    """Clusters left by a pytest run that was killed before its teardown: stopped and removed,
+    so a killed run costs one cluster's lifetime, not a server forever."""
+    for root in Path(tempfile.gettempdir()).glob("jobd-pg-*"):
+        try:
+            owner = int((root / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        if (root / "data" / "postmaster.pid").exists():
+            command = [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w", "stop"]
+            if os.geteuid() == 0:
+                command = ["runuser", "-u", CLUSTER_USER, "--", *command]
+            subprocess.run(command, cwd=root, capture_output=True, timeout=60, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 class LocalCluster(PgServer):
     """initdb into a temporary directory, served on 127.0.0.1 at a free port and on a unix socket
     in that directory, trust authentication, no fsync: data the tests can afford to lose."""
@@ -113,6 +141,7 @@ class LocalCluster(PgServer):
         self.bindir = bindir
         self.user = _cluster_user()
         self.root = Path(tempfile.mkdtemp(prefix="jobd-pg-"))
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -196,6 +225,7 @@ def _open_server() -> PgServer | str:
             "PostgreSQL unavailable: no initdb/pg_ctl/postgres on PATH or under /usr/lib/postgresql/*/bin "
             f"and no {DSN_ENV} (bash scripts/ensure-postgres installs them)"
         )
+    _remove_orphans(bindir)
     cluster = LocalCluster(bindir)
     atexit.register(cluster.destroy)  # a run interrupted before the fixture's teardown still removes it
     try:

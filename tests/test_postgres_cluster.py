@@ -129,6 +129,7 @@ async def test_a_dead_node_s_runs_are_taken_over_and_its_late_write_changes_noth
                     assert await finish(alive, run, owned.token)
 
         assert not await heartbeat(dead, "dead")  # fenced: it must stop
+        assert await claim(dead, "dead", 5, {"a": 3}) == []  # and claims nothing more
         for owned in on_dead:
             owned.run.status, owned.run.finished_at = RunStatus.COMPLETED, now_ms()
             assert not await finish(dead, owned.run, owned.token)

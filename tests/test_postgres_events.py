@@ -16,7 +16,7 @@ from jobd.store.postgres.events import (
     event_position,
     events_after,
     feed_end,
-    notify,
+    notify_wakeup,
 )
 from jobd.store.postgres.runs import Conn
 
@@ -115,7 +115,7 @@ async def test_a_reader_resumes_from_an_event_id(pg_db: str) -> None:
 async def test_a_notification_carries_no_payload(pg_db: str) -> None:
     async with await connect(pg_db) as listener, await connect(pg_db) as sender:
         await listener.execute(f"LISTEN {CHANNEL_WAKEUP}")
-        await notify(sender, CHANNEL_WAKEUP)
+        await notify_wakeup(sender)
         async with asyncio.timeout(5):
             async for note in listener.notifies():
                 assert (note.channel, note.payload) == (CHANNEL_WAKEUP, "")

@@ -114,3 +114,8 @@ async def trim_events(conn: Conn, before_ms: int, limit: int = 10_000) -> int:
 async def notify(conn: Conn, channel: str) -> None:
     """A wake-up with no payload, sent when the transaction commits (at once in autocommit)."""
     await conn.execute("SELECT pg_notify(%s, '')", (channel,))
+
+
+async def notify_wakeup(conn: Conn) -> None:
+    """New runs to claim: every node looks."""
+    await notify(conn, CHANNEL_WAKEUP)

@@ -116,13 +116,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_feed ON events (xid, id);
 
-    -- The claim: see jobd/store/postgres/runs.py, claim(). A function so that its second
-    -- statement runs on a snapshot taken after the job locks of the first are held.
+    -- The claim: see jobd/store/postgres/runs.py, claim(). A function so that its last
+    -- statement runs on a snapshot taken after the job locks are held. Busy slots are counted
+    -- up to the job's limit only: a job without a real limit is not counted run by run.
     CREATE FUNCTION jobd_claim(p_node text, p_limit integer, p_now bigint, p_jobs text[], p_caps integer[])
     RETURNS SETOF runs LANGUAGE plpgsql VOLATILE AS $$
     DECLARE
         v_jobs text[];
     BEGIN
+        -- A node declared dead claims nothing more: its runs have been taken over.
+        IF EXISTS (SELECT 1 FROM nodes WHERE name = p_node AND dead_at IS NOT NULL) THEN
+            RETURN;
+        END IF;
         -- The jobs to lock: those with a startable run and, as far as this snapshot knows, a
         -- free slot, oldest run first. A job at its limit must not hide the others behind it.
         -- The jobs with PENDING runs are found by skipping through the index from one job to
@@ -143,7 +148,9 @@ MIGRATIONS: tuple[str, ...] = (
                 WHERE q.job = l.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
                 ORDER BY q.id LIMIT 1
             ) head
-            WHERE l.cap > (SELECT count(*) FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING')
+            WHERE l.cap > (
+                SELECT count(*) FROM (SELECT FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING' LIMIT l.cap) busy
+            )
         )
         SELECT array_agg(chosen.job) INTO v_jobs FROM (
             SELECT ready.job FROM ready ORDER BY ready.first LIMIT p_limit
@@ -155,14 +162,14 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN QUERY
         WITH free AS (
             SELECT l.job, l.cap - (
-                SELECT count(*) FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING'
+                SELECT count(*) FROM (SELECT FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING' LIMIT l.cap) busy
             ) AS slots
             FROM unnest(p_jobs, p_caps) AS l (job, cap)
             WHERE l.job = ANY (v_jobs)
         ),
         candidates AS MATERIALIZED (
             SELECT r.id FROM runs r
-            WHERE r.id = ANY (ARRAY(
+            WHERE r.status = 'PENDING' AND r.id = ANY (ARRAY(
                 SELECT head.id FROM free f CROSS JOIN LATERAL (
                     SELECT q.id FROM runs q
                     WHERE q.job = f.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
