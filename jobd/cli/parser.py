@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+from collections.abc import Callable
 
 from jobd import __version__
 from jobd.cli.api_commands import (
@@ -17,8 +19,17 @@ from jobd.cli.api_commands import (
     cmd_watch,
 )
 from jobd.cli.config_commands import cmd_check, cmd_serve
-from jobd.cli.store_commands import cmd_copy_store, cmd_migrate
 from jobd.client import DEFAULT_URL
+
+
+def imported_when_run(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command whose module is imported only when it runs: the PostgreSQL driver would
+    otherwise slow down the start of every other command."""
+
+    def command(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="bring a PostgreSQL store's schema up to date")
     migrate.add_argument("-c", "--config", required=True)
-    migrate.set_defaults(func=cmd_migrate)
+    migrate.set_defaults(func=imported_when_run("jobd.cli.store_commands", "cmd_migrate"))
 
     copy = sub.add_parser("copy-store", help="move a single node's SQLite history into an empty PostgreSQL store")
     copy.add_argument("--from", dest="source", required=True, metavar="FILE", help="the SQLite store (jobd.db)")
     target = copy.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", metavar="URL", help="postgresql://user:password@host:5432/dbname")
     target.add_argument("--to-env", metavar="VAR", help="the environment variable holding that URL")
-    copy.set_defaults(func=cmd_copy_store)
+    copy.set_defaults(func=imported_when_run("jobd.cli.store_commands", "cmd_copy_store"))
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
