@@ -54,29 +54,3 @@ def test_the_server_can_be_stopped_and_started_mid_test(pg_dsn: str, pg_restarta
     pg_restartable.start()
     with connect_sync(pg_dsn) as conn:
         assert conn.execute("SELECT n FROM kept").fetchall() == [(1,)]
-
-
-def test_a_single_node_history_is_copied_in_bulk(pg_dsn: str) -> None:
-    from jobd.models import Run, RunStatus, TriggerSource
-    from jobd.store.base import IdempotencyKey, JobState
-    from jobd.store.postgres.bulk import advance_run_ids, copy_idempotency_keys, copy_job_states, copy_runs
-
-    runs = [
-        Run(i, "a", RunStatus.COMPLETED, TriggerSource.CRON, created_at=1_000 + i, params={"i": i}, log_tail="x\x00y")
-        for i in (3, 7, 40)
-    ]
-    with connect_sync(pg_dsn) as conn:
-        migrate_sync(conn)
-        with conn.transaction():
-            assert copy_runs(conn, runs) == 3
-            advance_run_ids(conn)
-            copy_job_states(conn, [JobState("a", paused=True, last_run_id=40)])
-            copy_idempotency_keys(conn, [IdempotencyKey("a", "k", 7, 1_007)])
-        assert conn.execute("SELECT id, params, log_tail FROM runs ORDER BY id").fetchall() == [
-            (3, '{"i":3}', "x\ufffdy"),
-            (7, '{"i":7}', "x\ufffdy"),
-            (40, '{"i":40}', "x\ufffdy"),
-        ]
-        assert conn.execute("SELECT nextval('runs_id_seq')").fetchone() == (41,)
-        assert conn.execute("SELECT paused, last_run_id FROM job_state").fetchall() == [(True, 40)]
-        assert conn.execute("SELECT run_id FROM idempotency WHERE job = 'a' AND key = 'k'").fetchall() == [(7,)]

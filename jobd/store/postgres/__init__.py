@@ -6,7 +6,6 @@ caller's, so a change and its event commit together.
     runs     runs: create, admit, claim, the owner's writes (claim token), cancel requests
     cluster  cron fires, job state, nodes and heartbeats, declaring dead nodes
     events   the feed of committed changes, and payload-free notifications
-    bulk     COPY of a single node's history into a cluster (blocking, for the command line)
 """
 
 from __future__ import annotations
