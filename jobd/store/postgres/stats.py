@@ -27,10 +27,11 @@ _BY_DAY = (
     "COALESCE(sum(duration_ms), 0)::bigint FROM runs WHERE {where} GROUP BY 1, 2, 3"
 )
 _COUNT_STATUSES = ", ".join(f"count(*) FILTER (WHERE status = '{s.value}')" for s in _STATUSES)
-# job (NULL: every job of the period together), runs by status, timed, duration sum, p95
+# job and whether the row is the whole period's (1) rather than that job's, runs by status, timed, duration sum, p95
 _BY_JOB = (
-    f"SELECT job, grouping(job), {_COUNT_STATUSES}, count(duration_ms), COALESCE(sum(duration_ms), 0)::bigint, "
-    "percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM runs WHERE {where} GROUP BY {groups}"
+    "SELECT {key}, "
+    f"{_COUNT_STATUSES}, count(duration_ms), COALESCE(sum(duration_ms), 0)::bigint, "
+    "percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM runs WHERE {where}{groups}"
 )
 
 
@@ -50,13 +51,16 @@ async def read_run_stats(conn: Conn, first_day: int, last_day: int, job: str | N
     args = {"since": first_day * DAY_MS, "until": (last_day + 1) * DAY_MS, "job": job}
     where = _PERIOD + (_OF_JOB if job is not None else "")
     # Every job and the whole period in one pass when no job is asked for; only the period otherwise.
-    groups = "GROUPING SETS ((job), ())" if job is None else "()"
+    if job is None:
+        key, groups = "job, grouping(job)", " GROUP BY GROUPING SETS ((job), ())"
+    else:
+        key, groups = "NULL, 1", ""
     previous = conn.isolation_level
     await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
     try:
         async with conn.transaction(), conn.pipeline():
             by_day = await conn.execute(_BY_DAY.format(where=where), args)
-            by_job = await conn.execute(_BY_JOB.format(where=where, groups=groups), args)
+            by_job = await conn.execute(_BY_JOB.format(key=key, where=where, groups=groups), args)
             day_rows = await by_day.fetchall()
             job_rows = await by_job.fetchall()
     finally:
