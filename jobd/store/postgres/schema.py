@@ -190,6 +190,13 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # Reads and retention: retention walks finished runs in (finished_at, id) order from a cursor;
+    # expired idempotency keys are found by age.
+    """
+    CREATE INDEX runs_finished_id ON runs (finished_at, id) WHERE finished_at IS NOT NULL;
+    DROP INDEX runs_finished;
+    CREATE INDEX idempotency_created ON idempotency (created_at);
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
