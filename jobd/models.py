@@ -176,8 +176,27 @@ class Run:
 
     def assign(self, other: Run) -> None:
         """Take every field of `other` (a copy of this run with a newer state)."""
-        for name, value in zip(_RUN_ATTRIBUTES, _run_attributes_of(other)):
-            setattr(self, name, value)
+        self.id = other.id
+        self.job = other.job
+        self.status = other.status
+        self.triggered_by = other.triggered_by
+        self.created_at = other.created_at
+        self.params = other.params
+        self.attempt = other.attempt
+        self.max_attempts = other.max_attempts
+        self.progress = other.progress
+        self.message = other.message
+        self.scheduled_for = other.scheduled_for
+        self.run_after = other.run_after
+        self.started_at = other.started_at
+        self.finished_at = other.finished_at
+        self.counts = other.counts
+        self.result = other.result
+        self.error = other.error
+        self.exit_code = other.exit_code
+        self.retry_of = other.retry_of
+        self.log_tail = other.log_tail
+        self.updated_at = other.updated_at
 
     def copy(self) -> Run:
         """A copy that shares nothing mutable but params and result, which are never changed in place."""
@@ -205,10 +224,6 @@ class Run:
             log_tail=self.log_tail,
             updated_at=self.updated_at,
         )
-
-
-_RUN_ATTRIBUTES = tuple(field.name for field in dataclasses.fields(Run))
-_run_attributes_of = attrgetter(*_RUN_ATTRIBUTES)
 
 
 # -- the run on the wire: one table, from which its JSON, its status updates and their schemas come --
