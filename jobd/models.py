@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import functools
 import json
 import math
 import time
@@ -92,7 +93,6 @@ def now_ms() -> int:
 
 
 DAY_MS = 86_400_000
-_SECOND_PREFIXES: dict[int, str] = {}
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
@@ -100,14 +100,15 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     if epoch_ms is None:
         return None
     second, millis = divmod(epoch_ms, 1000)
-    # Formatting a datetime costs more than the rest of a run's JSON; most times share a second.
-    prefix = _SECOND_PREFIXES.get(second)
-    if prefix is None:
-        if len(_SECOND_PREFIXES) > 4096:
-            _SECOND_PREFIXES.clear()
-        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        _SECOND_PREFIXES[second] = prefix
-    return f"{prefix}{millis:03d}Z"
+    return f"{_second_prefix(second)}{millis:03d}Z"
+
+
+# Performance: see docs/performance.md (Run JSON: times formatted once a second)
+@functools.lru_cache(maxsize=4096)
+def _second_prefix(second: int) -> str:
+    """2026-11-23T19:06:01. for the epoch second: formatting a datetime costs more than the rest of
+    a run's JSON, and the times written together mostly share a second."""
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def parse_iso_ms(text: str) -> int:
