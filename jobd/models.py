@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import functools
 import json
 import math
 import time
@@ -92,7 +93,6 @@ def now_ms() -> int:
 
 
 DAY_MS = 86_400_000
-_SECOND_PREFIXES: dict[int, str] = {}
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
@@ -100,14 +100,15 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     if epoch_ms is None:
         return None
     second, millis = divmod(epoch_ms, 1000)
-    # Formatting a datetime costs more than the rest of a run's JSON; most times share a second.
-    prefix = _SECOND_PREFIXES.get(second)
-    if prefix is None:
-        if len(_SECOND_PREFIXES) > 4096:
-            _SECOND_PREFIXES.clear()
-        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        _SECOND_PREFIXES[second] = prefix
-    return f"{prefix}{millis:03d}Z"
+    return f"{_second_prefix(second)}{millis:03d}Z"
+
+
+# Performance: see docs/performance.md (Run JSON: times formatted once a second)
+@functools.lru_cache(maxsize=4096)
+def _second_prefix(second: int) -> str:
+    """2026-11-23T19:06:01. for the epoch second: formatting a datetime costs more than the rest of
+    a run's JSON, and the times written together mostly share a second."""
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def parse_iso_ms(text: str) -> int:
@@ -176,8 +177,27 @@ class Run:
 
     def assign(self, other: Run) -> None:
         """Take every field of `other` (a copy of this run with a newer state)."""
-        for name, value in zip(_RUN_ATTRIBUTES, _run_attributes_of(other)):
-            setattr(self, name, value)
+        self.id = other.id
+        self.job = other.job
+        self.status = other.status
+        self.triggered_by = other.triggered_by
+        self.created_at = other.created_at
+        self.params = other.params
+        self.attempt = other.attempt
+        self.max_attempts = other.max_attempts
+        self.progress = other.progress
+        self.message = other.message
+        self.scheduled_for = other.scheduled_for
+        self.run_after = other.run_after
+        self.started_at = other.started_at
+        self.finished_at = other.finished_at
+        self.counts = other.counts
+        self.result = other.result
+        self.error = other.error
+        self.exit_code = other.exit_code
+        self.retry_of = other.retry_of
+        self.log_tail = other.log_tail
+        self.updated_at = other.updated_at
 
     def copy(self) -> Run:
         """A copy that shares nothing mutable but params and result, which are never changed in place."""
@@ -205,10 +225,6 @@ class Run:
             log_tail=self.log_tail,
             updated_at=self.updated_at,
         )
-
-
-_RUN_ATTRIBUTES = tuple(field.name for field in dataclasses.fields(Run))
-_run_attributes_of = attrgetter(*_RUN_ATTRIBUTES)
 
 
 # -- the run on the wire: one table, from which its JSON, its status updates and their schemas come --

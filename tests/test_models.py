@@ -129,12 +129,15 @@ def test_the_schemas_are_those_of_the_api_document():
 
 
 def test_a_copy_has_every_field_and_counts_of_its_own():
+    assert all(getattr(FINISHED, f.name) != f.default for f in dataclasses.fields(Run))  # none left to chance
     copy = FINISHED.copy()
     assert copy == FINISHED and copy is not FINISHED
     assert copy.counts == FINISHED.counts and copy.counts is not FINISHED.counts
 
 
 def test_assign_takes_every_field():
-    run = BASE.copy()
+    # FINISHED differs from this run in every field, as from each field's default.
+    run = Run(id=8, job="other", status=RunStatus.PROCESSING, triggered_by=TriggerSource.CRON, created_at=1)
+    assert all(getattr(run, f.name) != getattr(FINISHED, f.name) for f in dataclasses.fields(Run))
     run.assign(FINISHED)
     assert run == FINISHED

@@ -123,6 +123,7 @@ def _migrate_and_next_id(conn: sqlite3.Connection) -> int:
 Statement = tuple[str, Sequence[Any], bool]
 
 
+# Performance: see docs/performance.md (Group commit: the rows as one JSON document)
 def _upsert(statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> Statement:
     payload = _rows_json(rows)
     if "\\u0000" in payload:  # json_extract() would cut a string at a NUL: bind these row by row
