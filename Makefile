@@ -18,14 +18,14 @@ run: $(BIN)/jobd
 check: $(BIN)/jobd
 	$(BIN)/jobd check -c $(CONFIG)
 
+# ruff, mypy --strict on jobd/ and the import contracts of pyproject.toml.
 lint: $(BIN)/jobd
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-
-# mypy --strict on jobd/ and the import layers of pyproject.toml; part of lint once the whole tree passes.
-typecheck: $(BIN)/jobd
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+typecheck: lint
 
 test: $(BIN)/jobd lint
 	bash scripts/ensure-chromium

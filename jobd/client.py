@@ -14,8 +14,8 @@ import contextlib
 import json
 import random
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, cast
 
 import aiohttp
 
@@ -119,10 +119,10 @@ class JobdClient:
     # -- jobs ------------------------------------------------------------------------------
 
     async def jobs(self) -> list[dict[str, Any]]:
-        return (await self.request("GET", "/api/v1/jobs"))["jobs"]
+        return cast("list[dict[str, Any]]", (await self.request("GET", "/api/v1/jobs"))["jobs"])
 
     async def job(self, name: str) -> dict[str, Any]:
-        return (await self.request("GET", _job_path(name)))["job"]
+        return cast("dict[str, Any]", (await self.request("GET", _job_path(name)))["job"])
 
     async def trigger(
         self,
@@ -137,7 +137,10 @@ class JobdClient:
         if overlap:
             body["overlap"] = overlap
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return (await self.request("POST", _job_path(job, "trigger"), json_body=body, headers=headers))["run"]
+        return cast(
+            "dict[str, Any]",
+            (await self.request("POST", _job_path(job, "trigger"), json_body=body, headers=headers))["run"],
+        )
 
     async def trigger_many(
         self, job: str, params: Sequence[Mapping[str, Any]], *, triggered_by: str = "api", overlap: str | None = None
@@ -145,7 +148,9 @@ class JobdClient:
         body: dict[str, Any] = {"runs": [{"params": dict(p)} for p in params], "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
-        return (await self.request("POST", _job_path(job, "trigger"), json_body=body))["runs"]
+        return cast(
+            "list[dict[str, Any]]", (await self.request("POST", _job_path(job, "trigger"), json_body=body))["runs"]
+        )
 
     async def trigger_batched(
         self,
@@ -177,33 +182,33 @@ class JobdClient:
         return runs
 
     async def pause(self, job: str) -> dict[str, Any]:
-        return (await self.request("POST", _job_path(job, "pause")))["job"]
+        return cast("dict[str, Any]", (await self.request("POST", _job_path(job, "pause")))["job"])
 
     async def resume(self, job: str) -> dict[str, Any]:
-        return (await self.request("POST", _job_path(job, "resume")))["job"]
+        return cast("dict[str, Any]", (await self.request("POST", _job_path(job, "resume")))["job"])
 
     # -- runs ------------------------------------------------------------------------------
 
     async def get_run(self, run_id: int) -> dict[str, Any]:
-        return (await self.request("GET", f"/api/v1/runs/{run_id}"))["run"]
+        return cast("dict[str, Any]", (await self.request("GET", f"/api/v1/runs/{run_id}"))["run"])
 
     async def runs(self, **filters: Any) -> dict[str, Any]:
-        return await self.request("GET", "/api/v1/runs", params=filters)
+        return cast("dict[str, Any]", await self.request("GET", "/api/v1/runs", params=filters))
 
     async def last_run(self, job: str) -> dict[str, Any]:
-        return (await self.request("GET", "/api/v1/runs/last", params={"job": job}))["run"]
+        return cast("dict[str, Any]", (await self.request("GET", "/api/v1/runs/last", params={"job": job}))["run"])
 
     async def log(self, run_id: int) -> str:
-        return await self.request("GET", f"/api/v1/runs/{run_id}/log")
+        return cast("str", await self.request("GET", f"/api/v1/runs/{run_id}/log"))
 
     async def cancel(self, run_id: int) -> dict[str, Any]:
-        return (await self.request("POST", f"/api/v1/runs/{run_id}/cancel"))["run"]
+        return cast("dict[str, Any]", (await self.request("POST", f"/api/v1/runs/{run_id}/cancel"))["run"])
 
     async def retry(self, run_id: int) -> dict[str, Any]:
-        return (await self.request("POST", f"/api/v1/runs/{run_id}/retry"))["run"]
+        return cast("dict[str, Any]", (await self.request("POST", f"/api/v1/runs/{run_id}/retry"))["run"])
 
     async def queue(self) -> dict[str, Any]:
-        return await self.request("GET", "/api/v1/queue")
+        return cast("dict[str, Any]", await self.request("GET", "/api/v1/queue"))
 
     # -- live status -----------------------------------------------------------------------
 
@@ -287,7 +292,7 @@ class JobdClient:
 
     async def _event_stream(
         self, path: str, last_event_id: str | None
-    ) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[str | None, dict[str, Any]], None]:
         """(id, data) of each message of one connection to an event stream."""
         headers = self.headers({"Accept": "text/event-stream"})
         if last_event_id is not None:
@@ -366,5 +371,5 @@ class SSEParser:
 
 def backoff_s(failures: int, max_backoff: float, base: float = 0.25) -> float:
     """Exponential backoff with jitter: about base·2^(failures-1), at most `max_backoff`."""
-    delay = min(max_backoff, base * (2 ** min(failures - 1, 20)))
+    delay = min(max_backoff, base * (2.0 ** min(failures - 1, 20)))
     return delay * random.uniform(0.5, 1.0)

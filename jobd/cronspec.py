@@ -254,7 +254,8 @@ def _resolve_hashes(parts: list[str], hash_key: str) -> str:
     jobs can share (see _compile).
     """
     hash_id = hash_key.encode()
-    expander = HashExpander(croniter)
+    # croniter hands its expanders the class itself (croniter._expand); the stub wants an instance.
+    expander = HashExpander(croniter)  # type: ignore[arg-type]
     return " ".join(
         expander.expand(part.lower(), index, part.lower(), hash_id=hash_id) if _HASH_PART.fullmatch(part) else part
         for index, part in enumerate(parts)

@@ -9,15 +9,32 @@ firehose's `summary` message when the figures change.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from jobd.events import Event
+from jobd.events import Event, EventBus
+from jobd.lifecycle import Runs
 from jobd.models import TERMINAL_STATUSES
 
-if TYPE_CHECKING:
-    from jobd.app import Daemon
-
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
+
+
+class _Pool(Protocol):
+    @property
+    def concurrency(self) -> int: ...
+
+
+class Daemon(Protocol):
+    """What the summary reads from the daemon, named here so that this layer need not import the
+    wiring above it (jobd.app's `Daemon` has these)."""
+
+    @property
+    def runs(self) -> Runs: ...
+
+    @property
+    def pool(self) -> _Pool: ...
+
+    @property
+    def bus(self) -> EventBus: ...
 
 
 class RunStates:
