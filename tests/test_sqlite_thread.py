@@ -12,8 +12,14 @@ from jobd.store import RunFilter, SQLiteStore
 from jobd.store.sqlite_thread import ConnectionThread
 
 
-def store_threads() -> set[str]:
-    return {thread.name.rpartition("_")[0] for thread in threading.enumerate() if thread.name.startswith("jobd-")}
+def new_store_threads(before: set[threading.Thread]) -> list[str]:
+    """The names of jobd's threads started since `before` (a store an earlier test left closing
+    may still have its own)."""
+    return sorted(
+        thread.name.rpartition("_")[0]
+        for thread in set(threading.enumerate()) - before
+        if thread.name.startswith("jobd-")
+    )
 
 
 async def test_a_transaction_commits_whole_or_not_at_all(tmp_path):
@@ -42,13 +48,13 @@ async def test_a_transaction_commits_whole_or_not_at_all(tmp_path):
 
 
 async def test_the_store_reaches_sqlite_through_its_writer_and_its_reader_only(tmp_path):
-    before = store_threads()
+    before = set(threading.enumerate())
     store = SQLiteStore(tmp_path / "jobd.db")
     await store.open()
     try:
-        assert store_threads() - before == {"jobd-store-writer", "jobd-store-reader"}
+        assert new_store_threads(before) == ["jobd-store-reader", "jobd-store-writer"]
         await store.run_stats(first_day=0, last_day=1)
         await store.list_runs(RunFilter(), limit=10, offset=0)
-        assert store_threads() - before == {"jobd-store-writer", "jobd-store-reader"}
+        assert new_store_threads(before) == ["jobd-store-reader", "jobd-store-writer"]
     finally:
         await store.close()
