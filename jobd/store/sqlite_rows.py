@@ -1,0 +1,232 @@
+"""The SQLite store's rows: how a Run and a JobState are written as rows and read back, the
+group commit's upsert statements, and the WHERE clause of a RunFilter."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
+from jobd.store.base import RunFilter
+
+RUN_COLUMNS = (
+    "id",
+    "job",
+    "status",
+    "progress",
+    "message",
+    "triggered_by",
+    "params",
+    "attempt",
+    "max_attempts",
+    "scheduled_for",
+    "run_after",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "counts_total",
+    "counts_success",
+    "counts_failed",
+    "counts_skipped",
+    "result",
+    "error",
+    "exit_code",
+    "retry_of",
+    "log_tail",
+    "updated_at",
+)
+# What a run is never changes after it is created; leaving these columns out of the update spares
+# SQLite the upkeep of the indexes on them at every transition.
+_IMMUTABLE = frozenset(
+    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
+)
+JOB_STATE_COLUMNS = (
+    "job",
+    "paused",
+    "last_fire_at",
+    "skipped_fires",
+    "last_skipped_at",
+    "consecutive_failures",
+    "last_run_id",
+)
+
+
+def _upserts(table: str, columns: Sequence[str], key: str, keep: Iterable[str] = ()) -> tuple[str, str]:
+    """(the upsert of one row, the same for a JSON array of rows) into `table`; on conflict with
+    `key`, every column but those in `keep` takes the new value.
+
+    A group commit uses the second: one statement, so SQLite's thread takes the GIL once per
+    batch. executemany() binds each row holding the GIL and releases it around each row's step,
+    trading it with the event loop once per row, and neither then runs at full speed. The JSON
+    functions are part of SQLite since 3.38 (and of most builds long before).
+    """
+    names = ", ".join(columns)
+    update = ", ".join(f"{col} = excluded.{col}" for col in columns if col != key and col not in keep)
+    conflict = f"ON CONFLICT({key}) DO UPDATE SET {update}"
+    extract = ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(columns)))
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}",
+        # WHERE true: SQLite's upsert grammar needs it after a SELECT.
+        f"INSERT INTO {table} ({names}) SELECT {extract} FROM json_each(?) WHERE true {conflict}",
+    )
+
+
+UPSERT_RUN = _upserts("runs", RUN_COLUMNS, "id", _IMMUTABLE)
+UPSERT_JOB_STATE = _upserts("job_state", JOB_STATE_COLUMNS, "job")
+# UTF-8 as it is (SQLite copies it), and no NaN: it would not be JSON.
+_rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+INSERT_KEY = "INSERT OR REPLACE INTO idempotency (job, key, run_id, created_at) VALUES (?, ?, ?, ?)"
+
+
+# A statement for the writer's thread: SQL, its parameters, and whether they are many rows.
+Statement = tuple[str, Sequence[Any], bool]
+
+
+# Performance: see docs/performance.md (Group commit: the rows as one JSON document)
+def upsert(statements: tuple[str, str], rows: list[tuple[Any, ...]]) -> Statement:
+    payload = _rows_json(rows)
+    if "\\u0000" in payload:  # json_extract() would cut a string at a NUL: bind these row by row
+        return statements[0], rows, True
+    return statements[1], (payload,), False
+
+
+def execute_all(statements: list[Statement], conn: sqlite3.Connection) -> None:
+    for sql, args, many in statements:
+        if many:
+            conn.executemany(sql, args)
+        else:
+            conn.execute(sql, args)
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else compact_json(value)
+
+
+def run_to_row(run: Run) -> tuple[Any, ...]:
+    c = run.counts
+    return (
+        run.id,
+        run.job,
+        run.status.value,
+        run.progress,
+        run.message,
+        run.triggered_by.value,
+        compact_json(run.params) if run.params else "{}",
+        run.attempt,
+        run.max_attempts,
+        run.scheduled_for,
+        run.run_after,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.duration_ms,
+        c.total,
+        c.success,
+        c.failed,
+        c.skipped,
+        _json_or_none(run.result),
+        run.error,
+        run.exit_code,
+        run.retry_of,
+        run.log_tail,
+        run.updated_at,
+    )
+
+
+def row_to_run(row: Sequence[Any]) -> Run:
+    (
+        rid,
+        job,
+        status,
+        progress,
+        message,
+        triggered_by,
+        params,
+        attempt,
+        max_attempts,
+        scheduled_for,
+        run_after,
+        created_at,
+        started_at,
+        finished_at,
+        _duration,
+        total,
+        success,
+        failed,
+        skipped,
+        result,
+        error,
+        exit_code,
+        retry_of,
+        log_tail,
+        updated_at,
+    ) = row
+    return Run(
+        id=rid,
+        job=job,
+        status=RunStatus(status),
+        triggered_by=TriggerSource(triggered_by),
+        created_at=created_at,
+        params=json.loads(params),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        progress=progress,
+        message=message,
+        scheduled_for=scheduled_for,
+        run_after=run_after,
+        started_at=started_at,
+        finished_at=finished_at,
+        counts=Counts(total, success, failed, skipped),
+        result=None if result is None else json.loads(result),
+        error=error,
+        exit_code=exit_code,
+        retry_of=retry_of,
+        log_tail=log_tail or "",
+        updated_at=updated_at,
+    )
+
+
+def summary_of(row: Sequence[Any]) -> dict[str, Any]:
+    runs, ok, failed, items, success, items_failed, skipped, timed, duration_sum = row
+    return {
+        "runs": runs or 0,
+        "successful_runs": ok or 0,
+        "failed_runs": failed or 0,
+        "total_items": items or 0,
+        "successful_items": success or 0,
+        "failed_items": items_failed or 0,
+        "skipped_items": skipped or 0,
+        "average_duration_ms": round(duration_sum / timed, 1) if timed else None,
+    }
+
+
+def rollup_answers(f: RunFilter) -> bool:
+    """Whether the rollups (plus the active runs) can answer for this filter: no time bounds."""
+    return f.since is None and f.until is None
+
+
+def where_clause(f: RunFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if f.job is not None:
+        clauses.append("job = ?")
+        args.append(f.job)
+    if f.status:
+        clauses.append(f"status IN ({', '.join('?' * len(f.status))})")
+        args.extend(s.value for s in f.status)
+    if f.triggered_by:
+        clauses.append(f"triggered_by IN ({', '.join('?' * len(f.triggered_by))})")
+        args.extend(t.value for t in f.triggered_by)
+    if f.since is not None:
+        clauses.append("created_at >= ?")
+        args.append(f.since)
+    if f.until is not None:
+        clauses.append("created_at < ?")
+        args.append(f.until)
+    if f.before_id is not None:
+        clauses.append("id < ?")
+        args.append(f.before_id)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
