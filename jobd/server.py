@@ -135,7 +135,7 @@ async def serve(config: Config, *, make_app: Callable[[Daemon], web.Application]
 def tune_gc() -> None:
     """Keep the cyclic garbage collector off the hot path once start-up is over: what start-up made
     lives as long as the process and is moved out of the collector's sight, and collections come
-    less often. See docs/performance.md (garbage collector)."""
+    less often. See docs/performance.md (the gc.freeze() row of "The shortcuts")."""
     gc.freeze()
     gc.set_threshold(2000, 10, 100)
 

@@ -87,9 +87,10 @@ class Stream:
         self._until_terminal = until_terminal
         self.sub.sink = self.take
 
+    # Performance: see docs/performance.md (SSE: an event written as it is published)
     def take(self, event: Event) -> bool:
         """The bus offers `event` here while nothing is queued for this stream: written at once to a
-        client that keeps up, rather than waking the stream's task for it (docs/performance.md)."""
+        client that keeps up, rather than waking the stream's task for it."""
         if (
             self.ending is not None
             or (self._until_terminal and frames.ends_run(event))  # the task sends that one, and ends the stream
