@@ -84,8 +84,12 @@ class ReadyQueue:
         if entry is not None:
             entry[1].cancel()
         waiting = self._waiting.get(run.job)
-        if waiting and run in waiting:
-            waiting.remove(run)
+        if waiting:
+            # By identity: Run's dataclass equality compares every field, and a job's line can be long.
+            for index, queued in enumerate(waiting):
+                if queued is run:
+                    del waiting[index]
+                    break
 
     def withdraw_timed(self, pred: Callable[[Run], bool]) -> list[Run]:
         """Take the runs waiting on a timer that match `pred` off it; returns them."""

@@ -221,7 +221,8 @@ class Transitions:
         """After the terminal state is committed: leave the table, announce, retry, run the hooks."""
         self.active.remove(run)
         self._cancel_requested.discard(run.id)
-        self.ready.withdraw(run)
+        if previous_status is RunStatus.PENDING:  # only a run that never started waits in a line or on a timer
+            self.ready.withdraw(run)
         self.last.note(again or run)
         self.publish(run)
         self.log.info(
