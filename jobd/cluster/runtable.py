@@ -1,0 +1,132 @@
+"""The cluster's active runs as this node knows them: kept from the tailed events, so that the
+API, the streams' openings and the queue figures show every node's runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jobd.lifecycle.views import StatusTotals
+from jobd.models import Counts, Run, RunStatus
+from jobd.store.postgres import events
+from jobd.store.postgres.runs import SELECT_RUN, Conn, row_to_run
+
+_ACTIVE = f"SELECT {SELECT_RUN} FROM runs WHERE status IN ('PENDING', 'PROCESSING') ORDER BY id"
+_BY_IDS = f"SELECT {SELECT_RUN} FROM runs WHERE id = ANY(%s)"
+_COUNTS = "SELECT status, count(*) FROM runs GROUP BY status"
+
+
+async def load_active(conn: Conn) -> list[Run]:
+    cur = await conn.execute(_ACTIVE)
+    return [row_to_run(row) for row in await cur.fetchall()]
+
+
+def decode(event: events.Event) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(event.data)
+    return data
+
+
+def ended_copy(
+    run: Run,
+    status: RunStatus,
+    now: int,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+    log_tail: str | None = None,
+) -> Run:
+    final = run.copy()
+    final.status = status
+    final.updated_at = final.finished_at = now
+    if error is not None:
+        final.error = error
+    if exit_code is not None:
+        final.exit_code = exit_code
+    if log_tail is not None:
+        final.log_tail = log_tail
+    if status is RunStatus.COMPLETED or status is RunStatus.PARTIAL:
+        final.progress = 100.0
+    return final
+
+
+class RunTable:
+    def __init__(self) -> None:
+        self.runs: dict[int, Run] = {}
+        self.totals = StatusTotals()
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+
+    async def load_totals(self, conn: Conn) -> None:
+        cur = await conn.execute(_COUNTS)
+        self.totals.reset({RunStatus(status): int(n) for status, n in await cur.fetchall()})
+
+    def put(self, run: Run) -> None:
+        if not run.status.terminal:
+            self.runs[run.id] = run
+
+    def count(self, status: RunStatus) -> int:
+        return sum(1 for run in self.runs.values() if run.status is status)
+
+    async def apply(
+        self, batch: Sequence[events.Event], connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
+    ) -> None:
+        unknown = [
+            e.run_id
+            for e in batch
+            if e.type == "status_update"
+            and e.run_id is not None
+            and e.run_id not in self.runs
+            and e.status in ("PENDING", "PROCESSING")
+        ]
+        fetched: dict[int, Run] = {}
+        if unknown:
+            with contextlib.suppress(Exception):
+                async with connection() as conn:
+                    cur = await conn.execute(_BY_IDS, (unknown,))
+                    fetched = {run.id: run for run in map(row_to_run, await cur.fetchall())}
+        for event in batch:
+            if event.type != "status_update" or event.run_id is None or event.status is None:
+                continue
+            status = RunStatus(event.status)
+            run = self.runs.get(event.run_id)
+            if run is None:
+                if status.terminal:
+                    self.totals.moved(RunStatus.PROCESSING, status)
+                    self._wake(event.run_id)
+                    continue
+                run = fetched.get(event.run_id)
+                if run is None:
+                    continue
+                self.totals.created()
+                run.status = RunStatus.PENDING
+            self._update(run, status, decode(event))
+            if status.terminal:
+                self.runs.pop(run.id, None)
+                self._wake(run.id)
+            else:
+                self.runs[run.id] = run
+
+    def _update(self, run: Run, status: RunStatus, data: dict[str, Any]) -> None:
+        if run.status is not status:
+            self.totals.moved(run.status, status)
+        run.status = status
+        run.progress = data.get("progress", run.progress)
+        run.message = data.get("message", run.message)
+        run.error = data.get("error", run.error)
+        counts = data.get("counts")
+        if counts:
+            run.counts = Counts(counts["total"], counts["success"], counts["failed"], counts["skipped"])
+
+    def _wake(self, run_id: int) -> None:
+        for waiter in self._waiters.pop(run_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_finished(self, run_id: int) -> None:
+        if run_id not in self.runs:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(waiter)
+        await waiter
