@@ -234,6 +234,10 @@ class PostgresBackend:
     async def fire(self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int) -> Run | None:
         config = self.job(job)
         async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT paused FROM job_state WHERE job = %s", (job,))
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                return None  # paused on another node
             if not await cluster.record_fire(conn, job, scheduled_for, self.node):
                 return None  # another node made this fire
             await runs.admit(conn, job)
