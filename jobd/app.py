@@ -105,6 +105,7 @@ class Daemon:
         self.notifier = SystemdNotifier.from_environ(self.environ, log=self.log.bind(component="systemd"))
         self.scheduler: Scheduler | None = None
         self.ready = False
+        self.started_at = now_ms()
         self.stopping = False
         self.closed = False
         self.stop_requested = asyncio.Event()

@@ -82,6 +82,7 @@ RUN_FIELDS = {
     "error",
     "exit_code",
     "retry_of",
+    "node",
 }
 
 

@@ -519,7 +519,16 @@ class PostgresBackend:
 
     async def list(self, where: RunFilter, *, limit: int, offset: int) -> tuple[list[Run], int]:
         found, total = await self.store.list_runs(where, limit=limit, offset=offset)
-        return [self.table.runs.get(run.id) or run for run in found], total
+        return [self._fresher(run) for run in found], total
+
+    def _fresher(self, stored: Run) -> Run:
+        """The cached copy of an active run has its latest progress; the stored one its node."""
+        cached = self.table.runs.get(stored.id)
+        if cached is None:
+            return stored
+        if cached.node is None:
+            cached.node = stored.node
+        return cached
 
     async def last_runs_of(self, jobs: Iterable[str]) -> dict[str, Run]:
         last: dict[str, Run] = {}
