@@ -25,10 +25,10 @@ from jobd.cluster.wakeup import Listener, Notifier
 from jobd.cluster.writer import EndWriter
 from jobd.config import ClusterConfig, JobConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
-from jobd.lifecycle import admission, retry
+from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
 from jobd.lifecycle.views import queue_snapshot
-from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
+from jobd.models import InvalidTransition, Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, RunFilter, Store
 from jobd.store.postgres import cluster, events, runs
 from jobd.store.postgres.runs import Claimed, Conn
@@ -70,6 +70,7 @@ class PostgresBackend:
         self._tokens: dict[int, Claimed] = {}  # runs this node executes → their claims
         self._executing: set[int] = set()
         self._cancel_requested: set[int] = set()
+        self._ending: set[int] = set()
         self._buffer: asyncio.Queue[tuple[Run, JobConfig]] = asyncio.Queue()
         self.listener = Listener(
             dsn, (events.CHANNEL_WAKEUP, events.CHANNEL_CONTROL, events.CHANNEL_EVENTS), rng=self.rng
@@ -108,8 +109,9 @@ class PostgresBackend:
         await self.life.register()
         async with self.pool.connection() as conn:
             self._states = {s.job: s for s in await cluster.load_job_states(conn)}
+            await self.table.load_totals(conn)
             for run in await runtable.load_active(conn):
-                self.table.put(run)
+                self.table.loaded(run)
             mine = await runs.owned_runs(conn, self.node)  # left by an earlier life of this node
         await self.tail.start_at_end()
         if mine:
@@ -201,11 +203,9 @@ class PostgresBackend:
             async with self.pool.connection() as conn, conn.transaction():
                 await runs.admit(conn, job)
                 if keyed:
-                    existing = await runs.find_idempotent(conn, job, str(submissions[0].idempotency_key))
-                    if existing is not None:
-                        found = await runs.get_run(conn, existing)
-                        if found is not None:
-                            return [found]
+                    found = await self._keyed(conn, job, str(submissions[0].idempotency_key))
+                    if found is not None:
+                        return [found]
                 await self._admit(conn, config, overlap or config.overlap, len(submissions))
                 new = [self._new_run(config, s.params, triggered_by, scheduled_for) for s in submissions]
                 await writes.create(conn, new)
@@ -214,8 +214,19 @@ class PostgresBackend:
                         await runs.save_idempotent(conn, IdempotencyKey(job, s.idempotency_key, run.id, run.created_at))
         except psycopg.OperationalError as exc:
             raise Unavailable(f"the database is unreachable: {exc}", retry_after_s=5) from exc
+        for run in new:
+            self.table.put(run)
         self._woken()
         return new
+
+    async def _keyed(self, conn: Conn, job: str, key: str) -> Run | None:
+        """The run the key created within the window (under the job's lock)."""
+        cur = await conn.execute(
+            "SELECT run_id FROM idempotency WHERE job = %s AND key = %s AND created_at >= %s",
+            (job, key, idempotency.window_start(self.clock())),
+        )
+        row = await cur.fetchone()
+        return None if row is None else await runs.get_run(conn, int(row[0]))
 
     async def _admit(self, conn: Conn, job: JobConfig, policy: str, count: int) -> None:
         active = await writes.active_of(conn, job.name)
@@ -265,6 +276,7 @@ class PostgresBackend:
             run = self._new_run(config, {}, triggered_by, scheduled_for)
             await writes.create(conn, [run])
             await cluster.settle_fire(conn, job, scheduled_for, run.id)
+            self.table.put(run)
             await conn.execute(
                 "INSERT INTO job_state (job, last_fire_at) VALUES (%s, %s) ON CONFLICT (job) DO UPDATE "
                 "SET last_fire_at = GREATEST(job_state.last_fire_at, excluded.last_fire_at)",
@@ -286,6 +298,7 @@ class PostgresBackend:
         again = retry.retry_run(previous, run_id=0, now=self.clock())
         async with self.pool.connection() as conn, conn.transaction():
             await writes.create(conn, [again])
+        self.table.put(again)
         self._woken()
         return again
 
@@ -320,7 +333,7 @@ class PostgresBackend:
             for c in claimed:
                 self._tokens[c.run.id] = c
                 self._executing.add(c.run.id)
-                self.table.put(c.run)
+                self.table.put(c.run.copy())  # the worker's copy is its own: the feed lags behind it
                 self._buffer.put_nowait((c.run, self._jobs[c.run.job]))
             if len(claimed) < min(free, CLAIM_BATCH):
                 await self._wakeup.wait()
@@ -400,9 +413,21 @@ class PostgresBackend:
         log_tail: str | None = None,
         again: Run | None,
     ) -> asyncio.Future[None]:
+        if run.status.terminal or run.id in self._ending:
+            raise InvalidTransition(run.id, run.status, status)
+        self._ending.add(run.id)
         final = runtable.ended_copy(run, status, self.clock(), error=error, exit_code=exit_code, log_tail=log_tail)
+        final.node = self.node
         claim = self._tokens.get(run.id)
-        return self.writer.end(final, None if claim is None else claim.token, again)
+        done = self.writer.end(final, None if claim is None else claim.token, again)
+
+        def committed(future: asyncio.Future[None]) -> None:
+            self._ending.discard(run.id)
+            if not future.cancelled() and future.exception() is None:
+                run.assign(final)
+
+        done.add_done_callback(committed)
+        return done
 
     def _ended(self, final: Run, written: bool, streak: int) -> None:
         self._tokens.pop(final.id, None)
@@ -411,6 +436,12 @@ class PostgresBackend:
             self.log.warning("finish_fenced", run_id=final.id, job=final.job, status=final.status.value)
             return
         self.log.info("run_finished", run_id=final.id, job=final.job, status=final.status.value, error=final.error)
+        state = self.job_state(final.job)
+        if final.status is RunStatus.FAILED:
+            state.consecutive_failures = streak + 1
+        elif final.status is not RunStatus.CANCELLED:
+            state.consecutive_failures = 0
+        state.last_run_id = max(final.id, state.last_run_id or 0)
         job = self._jobs.get(final.job)
         if job is not None:
             for hook in self._hooks:
@@ -461,7 +492,14 @@ class PostgresBackend:
                 asyncio.get_running_loop().call_soon(self._stop_run, run.id)
 
     async def wait_finished(self, run: Run) -> None:
-        await self.table.wait_finished(run.id)
+        if run.status.terminal:
+            return
+
+        async def still_active() -> bool:
+            stored = await self.store.get_run(run.id)
+            return stored is not None and not stored.status.terminal
+
+        await self.table.wait_finished(run.id, still_active)
 
     async def delete_finished(
         self, *, cutoffs: Mapping[RunStatus, int], limit: int, after: tuple[int, int] | None = None

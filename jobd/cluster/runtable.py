@@ -4,9 +4,10 @@ API, the streams' openings and the queue figures show every node's runs."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from jobd.lifecycle.views import StatusTotals
@@ -57,14 +58,30 @@ class RunTable:
         self.runs: dict[int, Run] = {}
         self.totals = StatusTotals()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        # Runs seen ending lately: a creator's put() that comes after the feed told of the end
+        # must not bring the run back.
+        self._ended: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._ended_set: set[int] = set()
+        self._fed: dict[int, RunStatus] = {}  # the status the feed last told of each active run
 
     async def load_totals(self, conn: Conn) -> None:
         cur = await conn.execute(_COUNTS)
         self.totals.reset({RunStatus(status): int(n) for status, n in await cur.fetchall()})
 
+    def loaded(self, run: Run) -> None:
+        """An active run read at start: counted as the feed last told of it."""
+        self.put(run)
+        self._fed[run.id] = run.status
+
     def put(self, run: Run) -> None:
-        if not run.status.terminal:
+        if not run.status.terminal and run.id not in self._ended_set:
             self.runs[run.id] = run
+
+    def _forget(self, run_id: int) -> None:
+        if len(self._ended) == self._ended.maxlen:
+            self._ended_set.discard(self._ended[0])
+        self._ended.append(run_id)
+        self._ended_set.add(run_id)
 
     def count(self, status: RunStatus) -> int:
         return sum(1 for run in self.runs.values() if run.status is status)
@@ -90,27 +107,39 @@ class RunTable:
             if event.type != "status_update" or event.run_id is None or event.status is None:
                 continue
             status = RunStatus(event.status)
+            self._count(event.run_id, status)
             run = self.runs.get(event.run_id)
             if run is None:
                 if status.terminal:
-                    self.totals.moved(RunStatus.PROCESSING, status)
+                    self._forget(event.run_id)
                     self._wake(event.run_id)
                     continue
                 run = fetched.get(event.run_id)
                 if run is None:
                     continue
-                self.totals.created()
-                run.status = RunStatus.PENDING
             self._update(run, status, decode(event))
             if status.terminal:
                 self.runs.pop(run.id, None)
+                self._forget(run.id)
                 self._wake(run.id)
             else:
                 self.runs[run.id] = run
 
+    def _count(self, run_id: int, status: RunStatus) -> None:
+        before = self._fed.get(run_id)
+        if before is None:
+            if status is RunStatus.PENDING:
+                self.totals.created()
+            else:  # a run this node began tailing after it started
+                self.totals.moved(RunStatus.PROCESSING, status)
+        elif before is not status:
+            self.totals.moved(before, status)
+        if status.terminal:
+            self._fed.pop(run_id, None)
+        else:
+            self._fed[run_id] = status
+
     def _update(self, run: Run, status: RunStatus, data: dict[str, Any]) -> None:
-        if run.status is not status:
-            self.totals.moved(run.status, status)
         run.status = status
         run.progress = data.get("progress", run.progress)
         run.message = data.get("message", run.message)
@@ -124,9 +153,22 @@ class RunTable:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait_finished(self, run_id: int) -> None:
-        if run_id not in self.runs:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(run_id, []).append(waiter)
-        await waiter
+    async def wait_finished(self, run_id: int, still_active: Callable[[], Awaitable[bool]]) -> None:
+        """Until the feed tells of the run's end; `still_active` (the database) is asked now
+        and then, for a run whose events this node has not read yet."""
+        while run_id not in self._ended_set:
+            waiter = asyncio.get_running_loop().create_future()
+            waiters = self._waiters.setdefault(run_id, [])
+            waiters.append(waiter)
+            try:
+                async with asyncio.timeout(1.0):
+                    await waiter
+                return
+            except TimeoutError:
+                if not await still_active():
+                    return
+            finally:
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(run_id, None)

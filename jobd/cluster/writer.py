@@ -36,6 +36,7 @@ class EndWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._inflight = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pg-writer")
@@ -50,7 +51,7 @@ class EndWriter:
                 await self._task
 
     async def wait_settled(self) -> None:
-        while self._ends:
+        while self._ends or self._inflight:
             self._idle.clear()
             await self._idle.wait()
 
@@ -76,12 +77,13 @@ class EndWriter:
             ends, self._ends = self._ends, []
             progress: list[tuple[Run, uuid.UUID]] = []
             if loop.time() - last_progress >= PROGRESS_EVERY_S:
-                progress = [(run.copy(), token) for run, token in self._progress.values()]
+                progress = [(writes.cleaned(run.copy()), token) for run, token in self._progress.values()]
                 self._progress.clear()
                 last_progress = loop.time()
             if not ends and not progress:
                 self._idle.set()
                 continue
+            self._inflight = len(ends)
             try:
                 async with self._connection() as conn, conn.transaction():
                     streaks = await writes.ended(conn, [(f, t, a) for f, t, a, _ in ends])
@@ -95,6 +97,8 @@ class EndWriter:
                 await asyncio.sleep(min(MAX_RETRY_S, 0.1 * 2**failures))
                 self._more.set()
                 continue
+            finally:
+                self._inflight = 0
             failures = 0
             for final, _, _, done in ends:
                 self._ended(final, final.id in streaks, streaks.get(final.id, 0))

@@ -23,6 +23,20 @@ _STATE_ENDED = (
 _ACTIVE_OF_JOB = f"SELECT {SELECT_RUN} FROM runs WHERE job = %s AND status IN ('PENDING', 'PROCESSING') ORDER BY id"
 
 
+def _clean(text: str | None) -> str | None:
+    """Lone surrogates (a handler's broken text) cannot be sent to PostgreSQL: replaced."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def cleaned(run: Run) -> Run:
+    run.message = _clean(run.message)
+    run.error = _clean(run.error)
+    run.log_tail = _clean(run.log_tail) or ""
+    return run
+
+
 def status_event(run: Run) -> events.NewEvent:
     return events.NewEvent(
         "status_update", encode(status_update(run)), run_id=run.id, job=run.job, status=run.status.value
@@ -59,6 +73,8 @@ async def ended(conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | 
     written if still PENDING), the retries they call for, the job states and the events.
     Returns, for each run written, its job's failure streak before it."""
     written: set[int] = set()
+    for final, _, _ in finals:
+        cleaned(final)
     owned = [(final, token) for final, token, _ in finals if token is not None]
     written |= await runs.finish_many(conn, owned)
     for final, token, _ in finals:
