@@ -436,6 +436,7 @@ class PostgresBackend:
             self.log.warning("finish_fenced", run_id=final.id, job=final.job, status=final.status.value)
             return
         self.log.info("run_finished", run_id=final.id, job=final.job, status=final.status.value, error=final.error)
+        self.table.ended(final)
         state = self.job_state(final.job)
         if final.status is RunStatus.FAILED:
             state.consecutive_failures = streak + 1

@@ -70,12 +70,28 @@ class RunTable:
 
     def loaded(self, run: Run) -> None:
         """An active run read at start: counted as the feed last told of it."""
-        self.put(run)
         self._fed[run.id] = run.status
+        self.runs[run.id] = run
 
     def put(self, run: Run) -> None:
-        if not run.status.terminal and run.id not in self._ended_set:
+        """A run this node just created or claimed: counted now, not when the feed tells of it."""
+        if run.id in self._ended_set:
+            return
+        before = self._fed.get(run.id)
+        if (before is None and run.status is RunStatus.PENDING) or (
+            before is RunStatus.PENDING and run.status is RunStatus.PROCESSING
+        ):
+            self._count(run.id, run.status)
+        if not run.status.terminal:
             self.runs[run.id] = run
+
+    def ended(self, run: Run) -> None:
+        """A run whose end this node committed."""
+        if run.id not in self._ended_set:
+            self._count(run.id, run.status)
+            self.runs.pop(run.id, None)
+            self._forget(run.id)
+            self._wake(run.id)
 
     def _forget(self, run_id: int) -> None:
         if len(self._ended) == self._ended.maxlen:
@@ -107,6 +123,8 @@ class RunTable:
             if event.type != "status_update" or event.run_id is None or event.status is None:
                 continue
             status = RunStatus(event.status)
+            if event.run_id in self._ended_set:
+                continue
             self._count(event.run_id, status)
             run = self.runs.get(event.run_id)
             if run is None:
