@@ -14,11 +14,14 @@ from jobd.models import Run, RunStatus, status_update
 from jobd.store.postgres import events, runs
 from jobd.store.postgres.runs import SELECT_RUN, Conn, row_to_run
 
+_STATE_ROW = "INSERT INTO job_state (job) VALUES (%s) ON CONFLICT (job) DO NOTHING"
+# One update per job and batch: `reset` when a run of the batch ended neither FAILED nor
+# CANCELLED, then `failures` failed after the last such run. Returns the streak before.
 _STATE_ENDED = (
-    "INSERT INTO job_state (job, consecutive_failures, last_run_id) VALUES (%s, %s, %s) "
-    "ON CONFLICT (job) DO UPDATE SET consecutive_failures = CASE WHEN %s THEN job_state.consecutive_failures + 1 "
-    "WHEN %s THEN job_state.consecutive_failures ELSE 0 END, "
-    "last_run_id = GREATEST(job_state.last_run_id, excluded.last_run_id) RETURNING consecutive_failures"
+    "UPDATE job_state j SET consecutive_failures = CASE WHEN %(reset)s THEN %(failures)s "
+    "ELSE o.old + %(failures)s END, last_run_id = GREATEST(j.last_run_id, %(newest)s) "
+    "FROM (SELECT consecutive_failures AS old FROM job_state WHERE job = %(job)s FOR UPDATE) o "
+    "WHERE j.job = %(job)s RETURNING o.old"
 )
 _ACTIVE_OF_JOB = f"SELECT {SELECT_RUN} FROM runs WHERE job = %s AND status IN ('PENDING', 'PROCESSING') ORDER BY id"
 
@@ -86,13 +89,28 @@ async def ended(conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | 
         for again, run_id in zip(retries, await runs.next_run_ids(conn, len(retries))):
             again.id = run_id
     streaks: dict[int, int] = {}
+    by_job: dict[str, list[tuple[Run, Run | None]]] = {}
     for final, again in done:
-        failed = final.status is RunStatus.FAILED
-        kept = final.status is RunStatus.CANCELLED
-        cur = await conn.execute(_STATE_ENDED, (final.job, 1 if failed else 0, (again or final).id, failed, kept))
+        by_job.setdefault(final.job, []).append((final, again))
+    for job in sorted(by_job):  # one lock order for every node
+        ended_runs = by_job[job]
+        failures, reset = 0, False
+        for final, _ in ended_runs:
+            if final.status is RunStatus.FAILED:
+                failures += 1
+            elif final.status is not RunStatus.CANCELLED:
+                failures, reset = 0, True
+        newest = max((again or final).id for final, again in ended_runs)
+        await conn.execute(_STATE_ROW, (job,))
+        cur = await conn.execute(_STATE_ENDED, {"reset": reset, "failures": failures, "newest": newest, "job": job})
         row = await cur.fetchone()
         streak = int(row[0]) if row else 0
-        streaks[final.id] = streak - 1 if failed else streak
+        for final, _ in ended_runs:
+            streaks[final.id] = streak
+            if final.status is RunStatus.FAILED:
+                streak += 1
+            elif final.status is not RunStatus.CANCELLED:
+                streak = 0
     if done:
         await announce(conn, [final for final, _ in done])
     if retries:
