@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psycopg
 import structlog
@@ -50,9 +51,7 @@ class Signal:
 class Listener:
     """One connection LISTENing on the cluster's channels, setting each channel's signals."""
 
-    def __init__(
-        self, dsn: str, channels: Iterable[str], *, rng: random.Random | None = None, log: object = None
-    ) -> None:
+    def __init__(self, dsn: str, channels: Iterable[str], *, rng: random.Random | None = None, log: Any = None) -> None:
         self.dsn = dsn
         self.rng = rng or random.Random()
         self.log = log or structlog.get_logger("jobd.cluster")

@@ -86,12 +86,12 @@ async def ended(conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | 
     done = [(final, again) for final, _, again in finals if final.id in written]
     retries = [again for _, again in done if again is not None]
     if retries:
-        for again, run_id in zip(retries, await runs.next_run_ids(conn, len(retries))):
-            again.id = run_id
+        for new, run_id in zip(retries, await runs.next_run_ids(conn, len(retries))):
+            new.id = run_id
     streaks: dict[int, int] = {}
     by_job: dict[str, list[tuple[Run, Run | None]]] = {}
-    for final, again in done:
-        by_job.setdefault(final.job, []).append((final, again))
+    for ended_run, its_retry in done:
+        by_job.setdefault(ended_run.job, []).append((ended_run, its_retry))
     for job in sorted(by_job):  # one lock order for every node
         ended_runs = by_job[job]
         failures, reset = 0, False
