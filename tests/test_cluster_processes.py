@@ -208,3 +208,27 @@ async def test_the_runs_of_a_killed_node_are_taken_over_after_dead_after_s(tmp_p
         assert took <= 3 + 5
         assert set(ids) >= owned
         print(json.dumps({"failover_s": round(took, 2)}))
+
+
+async def test_a_paused_node_whose_runs_were_taken_over_writes_no_final_state_for_them(tmp_path, pg_dsn):
+    async with nodes(tmp_path, pg_dsn, 2) as daemons, aiohttp.ClientSession() as session:
+        ids = await trigger(session, daemons[0].url, "sleepy", 4, {"seconds": 4})
+        processing = "SELECT count(*) FROM runs WHERE status = 'PROCESSING' AND id = ANY(%s)"
+        await wait_for(lambda: query(pg_dsn, processing, ids)[0][0] == 4)
+        [(victim_name,)] = query(pg_dsn, "SELECT node FROM runs WHERE id = %s", ids[0])
+        victim = daemons[int(victim_name[4:])]
+        owned = [
+            rid for (rid,) in query(pg_dsn, "SELECT id FROM runs WHERE node = %s AND id = ANY(%s)", victim_name, ids)
+        ]
+        victim.signal(signal.SIGSTOP)
+        try:
+            ended = "SELECT count(*) FROM runs WHERE status = 'FAILED' AND id = ANY(%s)"
+            await wait_for(lambda: query(pg_dsn, ended, owned)[0][0] == len(owned), timeout=10, interval=0.2)
+        finally:
+            victim.signal(signal.SIGCONT)
+        # Awake again, it finds itself declared dead: it stops its runs and its late writes change nothing.
+        await wait_for(lambda: len(victim.events("finish_fenced")) >= len(owned), timeout=15)
+        assert victim.events("node_fenced")
+        rows = query(pg_dsn, "SELECT status, error FROM runs WHERE id = ANY(%s)", owned)
+        assert [status for status, _ in rows] == ["FAILED"] * len(owned)
+        assert all(error.startswith("interrupted: its node stopped answering") for _, error in rows)
