@@ -17,13 +17,12 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
 from jobd.alerts import Alerter
-from jobd.cluster import PostgresBackend, cluster_backend, migrate_at_start
 from jobd.config import Config, ConfigError, load_config
 from jobd.events import EventBus
 from jobd.leftovers import STORE_VARIABLE, find_leftovers, stop_leftovers, store_marker
@@ -37,6 +36,9 @@ from jobd.scheduler import Scheduler, SystemClock
 from jobd.store import SQLiteStore, Store
 from jobd.systemd import SystemdNotifier
 from jobd.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from jobd.cluster import PostgresBackend
 
 # What a stop may take beyond the grace and the kill grace: pipes draining, streams told
 # `shutdown`, the last commit. Past it the process exits anyway (see server.py).
@@ -77,6 +79,9 @@ class Daemon:
             )
             self.backend = LocalBackend(jobs=config.jobs, store=self.store, log=self.log.bind(component="runs"))
         else:
+            # Imported only here: a single node on SQLite never loads the PostgreSQL driver.
+            from jobd.cluster import cluster_backend
+
             self.store, self.cluster = cluster_backend(config, self.log.bind(component="runs"))
             self.backend = self.cluster
         self.backend.feed_to(self.bus)
@@ -139,6 +144,8 @@ class Daemon:
     @contextlib.asynccontextmanager
     async def _store(self, app: web.Application) -> AsyncIterator[None]:
         if self.config.store.url is not None:
+            from jobd.cluster import migrate_at_start
+
             await migrate_at_start(self.config.store.url)
         await self.store.open()
         try:
