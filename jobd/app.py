@@ -17,7 +17,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -27,14 +27,18 @@ from jobd.config import Config, ConfigError, load_config
 from jobd.events import EventBus
 from jobd.leftovers import STORE_VARIABLE, find_leftovers, stop_leftovers, store_marker
 from jobd.lifecycle import INTERRUPTED, LocalBackend, Runs
+from jobd.lifecycle.backend import RunBackend
 from jobd.lifecycle.views import status_line
 from jobd.metrics import Metrics
 from jobd.models import now_ms
 from jobd.retention import Retention
 from jobd.scheduler import Scheduler, SystemClock
-from jobd.store import SQLiteStore
+from jobd.store import SQLiteStore, Store
 from jobd.systemd import SystemdNotifier
 from jobd.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from jobd.cluster import PostgresBackend
 
 # What a stop may take beyond the grace and the kill grace: pipes draining, streams told
 # `shutdown`, the last commit. Past it the process exits anyway (see server.py).
@@ -58,17 +62,28 @@ class Daemon:
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock or SystemClock()
         self.log = log or structlog.get_logger("jobd")
-        self.store = SQLiteStore(
-            config.store.path, synchronous=config.store.synchronous, log=self.log.bind(component="store")
-        )
+        self.cluster: PostgresBackend | None = None
         self.bus = EventBus(
             ring_size=config.events.ring_size,
             subscriber_buffer=config.events.subscriber_buffer,
-            # Seeded from the clock so ids keep increasing across restarts (see EventBus).
-            first_id=now_ms() * 1000,
+            # Seeded from the clock so ids keep increasing across restarts (see EventBus); in a
+            # cluster the ids are the events table's.
+            first_id=now_ms() * 1000 if config.store.url is None else 1,
             log=self.log.bind(component="events"),
         )
-        self.backend = LocalBackend(jobs=config.jobs, store=self.store, log=self.log.bind(component="runs"))
+        self.store: Store
+        self.backend: RunBackend
+        if config.store.url is None:
+            self.store = SQLiteStore(
+                config.store.path, synchronous=config.store.synchronous, log=self.log.bind(component="store")
+            )
+            self.backend = LocalBackend(jobs=config.jobs, store=self.store, log=self.log.bind(component="runs"))
+        else:
+            # Imported only here: a single node on SQLite never loads the PostgreSQL driver.
+            from jobd.cluster import cluster_backend
+
+            self.store, self.cluster = cluster_backend(config, self.log.bind(component="runs"))
+            self.backend = self.cluster
         self.backend.feed_to(self.bus)
         self.runs = Runs(self.backend, scheduler_clock=self.clock.now)
         self.pool = WorkerPool(
@@ -95,6 +110,7 @@ class Daemon:
         self.notifier = SystemdNotifier.from_environ(self.environ, log=self.log.bind(component="systemd"))
         self.scheduler: Scheduler | None = None
         self.ready = False
+        self.started_at = now_ms()
         self.stopping = False
         self.closed = False
         self.stop_requested = asyncio.Event()
@@ -127,6 +143,10 @@ class Daemon:
 
     @contextlib.asynccontextmanager
     async def _store(self, app: web.Application) -> AsyncIterator[None]:
+        if self.config.store.url is not None:
+            from jobd.cluster import migrate_at_start
+
+            await migrate_at_start(self.config.store.url)
         await self.store.open()
         try:
             yield
@@ -147,6 +167,8 @@ class Daemon:
             yield
         finally:
             self.backend.accepting = False
+            if self.cluster is not None:
+                await self.cluster.close()
             self.bus.close_all()
 
     @contextlib.asynccontextmanager

@@ -320,10 +320,13 @@ class EventBus:
         status: str | None = None,
         coalescible: bool = False,
         replayable: bool = True,
+        event_id: int | None = None,
     ) -> Event:
-        """Assign the next id, encode once, remember in the ring and hand to every subscriber."""
-        event_id = self._next_id
-        self._next_id += 1
+        """Assign the next id, encode once, remember in the ring and hand to every subscriber.
+        `event_id`: the id a shared feed gave the event (cluster mode), above every id before it."""
+        if event_id is None:
+            event_id = self._next_id
+        self._next_id = max(self._next_id, event_id + 1)
         payload = {"type": type_, **data}
         event = Event(event_id, type_, run_id, job, status, payload, coalescible)
         if replayable:

@@ -159,6 +159,7 @@ class Run:
     log_tail: str = ""
     # Bumped on every change; lets events and caches tell a fresh copy from a stale one.
     updated_at: int = 0
+    node: str | None = None  # the cluster node that executes or executed it (None on SQLite)
 
     @property
     def duration_ms(self) -> int | None:
@@ -224,6 +225,7 @@ class Run:
             retry_of=self.retry_of,
             log_tail=self.log_tail,
             updated_at=self.updated_at,
+            node=self.node,
         )
 
 
@@ -294,6 +296,7 @@ RUN_JSON: tuple[WireField, ...] = (
     WireField("error", "error", _nullable(_STR)),
     WireField("exit_code", "exit_code", _nullable(_INT)),
     WireField("retry_of", "retry_of", _nullable(_ID)),
+    WireField("node", "node", _nullable(_STR)),
 )
 # Shown only where one run is asked for with its log.
 LOG_TAIL = WireField("log_tail", "log_tail", {"type": "string", "description": "the last part of the run's log"})

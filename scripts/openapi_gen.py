@@ -192,6 +192,7 @@ def schemas() -> dict[str, Schema]:
         "error": nullable(STR),
         "exit_code": nullable(INT),
         "retry_of": nullable({"type": "integer", "minimum": 1}),
+        "node": nullable(STR),
     }
     by_status = obj({status: COUNT for status in STATUSES})
     by_trigger = obj({source: COUNT for source in SOURCES})
@@ -310,6 +311,25 @@ def schemas() -> dict[str, Schema]:
                 "workers": obj({"busy": COUNT, "total": COUNT}),
                 "oldest_pending_age_s": nullable({"type": "number"}),
             }
+        ),
+        "Nodes": obj(
+            {
+                "nodes": {
+                    "type": "array",
+                    "items": obj(
+                        {
+                            "name": STR,
+                            "host": STR,
+                            "pid": COUNT,
+                            "started_at": TIME,
+                            "heartbeat_at": TIME,
+                            "running": COUNT,
+                            "alive": BOOL,
+                        }
+                    ),
+                }
+            },
+            description="the nodes sharing the store; one on SQLite",
         ),
         "Stats": obj(
             {
@@ -808,6 +828,15 @@ def paths() -> dict[str, Schema]:
                 scope="read",
                 operation_id="queue",
                 responses={"200": json_content(ref("Queue"), "run counts by status, workers, oldest PENDING run")},
+            )
+        },
+        V1 + "/nodes": {
+            "get": operation(
+                "The nodes of the cluster",
+                tag="observability",
+                scope="read",
+                operation_id="nodes",
+                responses={"200": json_content(ref("Nodes"), "each node with its heartbeat and running runs")},
             )
         },
         V1 + "/stats": {

@@ -37,11 +37,40 @@ async def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, inter
         await asyncio.sleep(interval)
 
 
+def pg_url(dsn: str) -> str:
+    """A keyword DSN (the PostgreSQL fixtures') as the URL `[store] url` takes."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(dsn)
+    return f"postgresql://{info['user']}@{info['host']}:{info['port']}/{info['dbname']}"
+
+
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The run backend the daemon of a test uses: "sqlite" unless a module parametrizes it
+    (`pytest.mark.parametrize("backend", BACKENDS, indirect=True)`)."""
+    return getattr(request, "param", "sqlite")
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def sqlite_only(backend: str, why: str) -> None:
+    """For a test of the single-node backend's own parts, in a module run on both backends."""
+    if backend != "sqlite":
+        pytest.skip(f"single-node backend only: {why}")
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Callable[..., Config]:
+    store: dict[str, Any] = {"path": str(tmp_path / "state" / "jobd.db")}
+    if backend == "postgresql":
+        pytest.importorskip("jobd.store.postgres.store", reason="PostgresStore is not in this tree yet")
+        store = {"url": pg_url(request.getfixturevalue("pg_db"))}
+
     def make(jobs: dict[str, Any] | None = None, **sections: Any) -> Config:
         raw: dict[str, Any] = {
-            "store": {"path": str(tmp_path / "state" / "jobd.db")},
+            "store": dict(store),
             "workers": {"shutdown_grace_s": 2.0, "kill_grace_s": 0.5},
         }
         for name, values in sections.items():

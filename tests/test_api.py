@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 import sample_jobs
 import sched_jobs
-from conftest import PYTHON, SCRIPTS, wait_for
+from conftest import BACKENDS, PYTHON, SCRIPTS, sqlite_only, wait_for
 from runner_helpers import strays, wait_gone  # noqa: F401 (strays is a fixture)
 
 from jobd import runner
@@ -40,7 +40,8 @@ async def test_trigger_runs_to_completed_and_is_stored(start_daemon):
     assert body["run"]["created_at"].endswith("Z")
 
 
-async def test_a_trigger_the_store_cannot_commit_is_503_and_leaves_nothing(start_daemon):
+async def test_a_trigger_the_store_cannot_commit_is_503_and_leaves_nothing(start_daemon, backend):
+    sqlite_only(backend, "blocks the SQLite file")
     """Another connection holds the store's write lock past the busy timeout: the trigger is a
     retryable 503 problem, nothing is queued, and the same trigger succeeds once the lock is gone."""
     h = await start_daemon({"noop": NOOP})
@@ -60,6 +61,8 @@ async def test_a_trigger_the_store_cannot_commit_is_503_and_leaves_nothing(start
 
 ISO_MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 # The fields the core issue lists, plus run_after and updated_at (README, "HTTP API").
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
 RUN_FIELDS = {
     "id",
     "job",
@@ -82,6 +85,7 @@ RUN_FIELDS = {
     "error",
     "exit_code",
     "retry_of",
+    "node",
 }
 
 
@@ -490,7 +494,8 @@ async def test_a_handler_that_ignores_cancellation_is_left_behind_after_the_kill
     assert response.status == 200 and (await response.json())["run"]["status"] == "CANCELLED"
 
 
-async def test_callers_that_stop_waiting_for_a_run_leave_no_waiter_behind(start_daemon):
+async def test_callers_that_stop_waiting_for_a_run_leave_no_waiter_behind(start_daemon, backend):
+    sqlite_only(backend, "reads LocalBackend's waiters")
     h = await start_daemon({"slow": SLEEPY})
     run = await h.daemon.runs.get((await h.trigger("slow", {"seconds": 30}))["id"])
     for _ in range(3):  # e.g. cancel requests whose clients went away
@@ -526,7 +531,8 @@ async def test_pause_and_resume(start_daemon):
     assert jobs[0]["name"] == "tick" and jobs[0]["last_run"]["id"] == run["id"]
 
 
-async def test_a_jobs_last_run_is_shown_after_a_restart(start_daemon, make_config):
+async def test_a_jobs_last_run_is_shown_after_a_restart(start_daemon, make_config, backend):
+    sqlite_only(backend, "reads LocalBackend's last-run cache")
     config = make_config({"tick": NOOP, "other": NOOP, "never": NOOP})
     first = await start_daemon(config=config)
     older = await first.trigger("tick")

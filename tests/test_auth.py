@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import BACKENDS
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 TOKENS = {
     "tokens": [

@@ -204,15 +204,6 @@ def test_check_prints_the_store_without_its_password_and_the_warnings(tmp_path):
     assert report["warnings"] == ["cluster: ignored with a SQLite store; it takes effect with [store] url or url_env"]
 
 
-def test_serve_refuses_a_postgresql_store_it_cannot_serve_yet(tmp_path):
-    config = tmp_path / "jobd.toml"
-    config.write_text(f'[store]\nurl = "{URL}"\n')
-    result = run_cli("serve", "-c", str(config))
-    assert result.returncode == 2
-    assert result.stderr.startswith("jobd: cannot start: this jobd serves a SQLite store only")
-    assert "s3cret" not in result.stderr and not (tmp_path / "state").exists()
-
-
 async def test_serve_logs_each_warning_as_config_warning(tmp_path):
     config = tmp_path / "jobd.toml"
     config.write_text('[server]\nport = 0\n[cluster]\nnode_name = "a"\n')

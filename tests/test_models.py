@@ -75,6 +75,7 @@ def test_a_run_as_json():
         "error": "exit code 1: bad",
         "exit_code": -9,
         "retry_of": 6,
+        "node": None,
     }
     assert FINISHED.to_json(with_log=True) == {**FINISHED.to_json(), "log_tail": "the end\n"}
     # Not changed since it was created: updated_at is the creation time.

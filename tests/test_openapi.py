@@ -172,6 +172,7 @@ async def test_responses_match_the_document(start_daemon):
     await r.call("POST", f"/api/v1/runs/{slow['id']}/cancel", 409)
     await r.call("POST", "/api/v1/runs/999999/cancel", 404)
     await r.call("GET", "/api/v1/queue", 200)
+    await r.call("GET", "/api/v1/nodes", 200)
 
     # streams, and tickets for them
     streams = h.client.app[sse.STREAMS]

@@ -7,12 +7,15 @@ import asyncio
 import sqlite3
 import uuid
 
+import pytest
 import structlog
-from conftest import wait_for
+from conftest import BACKENDS, sqlite_only, wait_for
 from sse_jobs import control
 from ssehelp import NOOP, STEPPER, Served, serve  # noqa: F401  (serve is a fixture)
 
 from jobd.web.sse import STREAMS
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 def status_updates(messages):
@@ -112,7 +115,8 @@ async def test_failed_run_stream_ends_with_error(serve):
     assert "it broke" in rest[-1].data["error"]
 
 
-async def test_last_event_id_replays_without_gap_or_duplicate(serve):
+async def test_last_event_id_replays_without_gap_or_duplicate(serve, backend):
+    sqlite_only(backend, "every progress step is an event here; a cluster coalesces progress")
     s = await serve()
     run_id, steps = await s.stepper()
     published: list[int] = []
@@ -144,7 +148,8 @@ async def test_last_event_id_replays_without_gap_or_duplicate(serve):
     await wait_for(lambda: run_id not in s.daemon.runs.active)
 
 
-async def test_snapshot_when_the_id_has_left_the_ring(serve):
+async def test_snapshot_when_the_id_has_left_the_ring(serve, backend):
+    sqlite_only(backend, "every progress step is an event here; a cluster coalesces progress")
     s = await serve(events={"ring_size": 10})
     run_id, steps = await s.stepper()
     first, stream = await s.open(f"/api/v1/runs/{run_id}/events")
@@ -213,7 +218,8 @@ async def test_firehose_snapshot_lists_active_runs_and_needs_admin(serve):
     await steps.put(None)
 
 
-async def test_a_terminal_state_the_store_refuses_is_written_again_and_only_then_announced(serve):
+async def test_a_terminal_state_the_store_refuses_is_written_again_and_only_then_announced(serve, backend):
+    sqlite_only(backend, "blocks the SQLite file")
     """Another connection holds the store's write lock while a run ends: the commit fails after
     the busy timeout, the run still shows PROCESSING, and once the lock is gone the retry commits
     it and the stream gets COMPLETED."""

@@ -7,12 +7,15 @@ import asyncio
 import json
 import socket
 
+import pytest
 import structlog
-from conftest import wait_for
+from conftest import BACKENDS, sqlite_only, wait_for
 from openapi_check import schema_errors
 from ssehelp import NOOP, STEPPER, Served, serve  # noqa: F401  (serve is a fixture)
 
 from jobd.web.sse import STREAMS
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 async def raw_stream(s: Served, path: str) -> socket.socket:
@@ -211,7 +214,8 @@ async def test_shutdown_is_sent_to_every_stream_on_stop(serve):
     await stopping
 
 
-async def test_idle_streams_cause_no_store_queries(serve):
+async def test_idle_streams_cause_no_store_queries(serve, backend):
+    sqlite_only(backend, "counts SQLite store queries")
     s = await serve(server={"sse_heartbeat_s": 0.05})
     run_id, steps = await s.stepper()
     done = await s.trigger("noop")

@@ -32,14 +32,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load(args.config, sys.stderr)
     if config is None:
         return EXIT_USAGE
-    if config.store.url is not None:
-        # Better no daemon than one that quietly keeps its runs in a SQLite file nobody else sees.
-        print(
-            "jobd: cannot start: this jobd serves a SQLite store only; a PostgreSQL store (store.url) "
-            "can be prepared with jobd migrate and jobd copy-store",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     json_logs = None if args.log_format is None else args.log_format == "json"
     log = configure_logging(level=args.log_level, json=json_logs)
     for warning in config.warnings:

@@ -156,6 +156,7 @@ def row_to_run(row: Sequence[Any]) -> Run:
         retry_of=retry_of,
         log_tail=log_tail or "",
         updated_at=updated_at,
+        node=row[25] if len(row) > 25 else None,
     )
 
 

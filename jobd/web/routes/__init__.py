@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from jobd.web.routes import dashboard, health, jobs, metrics, openapi, queue, runs, stats, tickets, whoami
+from jobd.web.routes import dashboard, health, jobs, metrics, nodes, openapi, queue, runs, stats, tickets, whoami
 from jobd.web.tickets import TICKETS, Tickets
 
 
@@ -12,7 +12,7 @@ def setup(app: web.Application, ticketer: Tickets) -> None:
     """Every route but the streams' (see jobd.web.sse). `/runs/last` is registered before
     `/runs/{run_id}`, which would otherwise take it."""
     app[TICKETS] = ticketer
-    for module in (jobs, runs, queue, health, stats, metrics):
+    for module in (jobs, runs, queue, nodes, health, stats, metrics):
         app.add_routes(module.routes)
     openapi.setup(app)
     app.add_routes(tickets.routes)

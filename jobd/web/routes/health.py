@@ -17,6 +17,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    if daemon.ready and daemon.cluster is not None and not daemon.cluster.reachable:
+        return json_response({"status": "database unreachable"}, status=503, headers={"Retry-After": "5"})
     if daemon.ready:
         return json_response({"status": "ready"})
     reason = "shutting down" if daemon.stopping else "starting"

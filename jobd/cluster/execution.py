@@ -1,0 +1,221 @@
+"""Executing runs on this node: claims batched into a local buffer the worker pool takes from,
+progress and ends handed to the group-committing writer (each checked against its claim
+token), cancel requests from other nodes, the take-over of dead nodes' runs, and fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from jobd.cluster import runtable, writes
+from jobd.cluster.wakeup import Signal
+from jobd.cluster.writer import EndWriter
+from jobd.config import JobConfig
+from jobd.lifecycle import admission, retry
+from jobd.lifecycle.backend import Feed, FinishedHook
+from jobd.models import InvalidTransition, Run, RunStatus
+from jobd.store.base import JobState
+from jobd.store.postgres import events, runs
+from jobd.store.postgres.runs import Claimed, Conn
+
+CLAIM_BATCH = 64
+
+
+class Execution:
+    """The executing half of PostgresBackend (which sets these attributes up)."""
+
+    _jobs: dict[str, JobConfig]
+    pool: AsyncConnectionPool[Conn]
+    node: str
+    capacity: int
+    clock: Callable[[], int]
+    rng: random.Random
+    log: Any
+    accepting: bool
+    fenced: bool
+    table: runtable.RunTable
+    writer: EndWriter
+    _feed: Feed | None
+    _stop_run: Callable[[int], None]
+    _hooks: list[FinishedHook]
+    _tokens: dict[int, Claimed]
+    _executing: set[int]
+    _cancel_requested: set[int]
+    _ending: set[int]
+    _buffer: asyncio.Queue[tuple[Run, JobConfig]]
+    _wakeup: Signal
+    _control: Signal
+    _states: dict[str, JobState]
+
+    def _fence(self, reason: str) -> None:
+        self.fenced = True
+        while not self._buffer.empty():
+            run, _ = self._buffer.get_nowait()
+            self._executing.discard(run.id)
+        for run_id in list(self._tokens):
+            self._stop_run(run_id)
+
+    def _unfence(self) -> None:
+        self.fenced = False
+        self._wakeup.set()
+
+    # -- executing ---------------------------------------------------------------------------------
+
+    async def claim(self) -> tuple[Run, JobConfig]:
+        return await self._buffer.get()
+
+    async def _claim_loop(self) -> None:
+        while True:
+            free = self.capacity - len(self._executing)
+            if free <= 0 or self.fenced or not self.accepting:
+                await self._wakeup.wait()
+                continue
+            caps = {name: admission.slot_limit(job) for name, job in self._jobs.items()}
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    claimed = await runs.claim(conn, self.node, min(free, CLAIM_BATCH), caps)
+                    if claimed:
+                        await writes.announce(conn, [c.run for c in claimed])
+            except psycopg.Error as exc:
+                self.log.warning("claim_failed", error=str(exc))
+                await self._wakeup.wait()
+                continue
+            for c in claimed:
+                self._tokens[c.run.id] = c
+                self._executing.add(c.run.id)
+                self.table.put(c.run.copy())  # the worker's copy is its own: the feed lags behind it
+                self._buffer.put_nowait((c.run, self._jobs[c.run.job]))
+            if len(claimed) < min(free, CLAIM_BATCH):
+                await self._wakeup.wait()
+
+    def release(self, run: Run) -> None:
+        self._executing.discard(run.id)
+        self._wakeup.set()
+
+    def cancel_requested(self, run_id: int) -> bool:
+        return run_id in self._cancel_requested
+
+    async def _cancel_loop(self) -> None:
+        while True:
+            await self._control.wait()
+            if not self._tokens:
+                continue
+            try:
+                async with self.pool.connection() as conn:
+                    ids = await runs.cancel_requests(conn, self.node)
+            except psycopg.Error:
+                continue
+            for run_id in ids:
+                if run_id in self._tokens and run_id not in self._cancel_requested:
+                    self._cancel_requested.add(run_id)
+                    self._stop_run(run_id)
+
+    def report(self, run: Run) -> None:
+        run.updated_at = self.clock()
+        claim = self._tokens.get(run.id)
+        if claim is not None:
+            self.writer.progress(run, claim.token)
+
+    def report_log(self, run: Run, line: str, stream: str) -> None:
+        feed = self._feed
+        if feed is not None and feed.wants_logs(run.id):  # this node's followers only
+            feed.publish(
+                "log",
+                {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
+                run_id=run.id,
+                job=run.job,
+                status=run.status.value,
+            )
+
+    def finish(
+        self,
+        run: Run,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        exit_code: int | None = None,
+        result: Any = None,
+        log_tail: str | None = None,
+    ) -> asyncio.Future[None]:
+        if result is not None:
+            run.result = result
+        again = None
+        job = self._jobs.get(run.job)
+        if retry.retries_after_failure(run, status, job):
+            assert job is not None
+            delay = retry.backoff_s(job, run.attempt, self.rng)
+            again = retry.retry_run(run, run_id=0, now=self.clock(), delay_s=delay)
+        return self._end(run, status, error=error, exit_code=exit_code, log_tail=log_tail, again=again)
+
+    def interrupt(self, run: Run, reason: str) -> asyncio.Future[None]:
+        again = None
+        if retry.retries_after_interrupt(self._jobs.get(run.job)):
+            again = retry.retry_run(run, run_id=0, now=self.clock())
+        return self._end(run, RunStatus.FAILED, error=reason, again=again)
+
+    def _end(
+        self,
+        run: Run,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        exit_code: int | None = None,
+        log_tail: str | None = None,
+        again: Run | None,
+    ) -> asyncio.Future[None]:
+        if run.status.terminal or run.id in self._ending:
+            raise InvalidTransition(run.id, run.status, status)
+        self._ending.add(run.id)
+        final = runtable.ended_copy(run, status, self.clock(), error=error, exit_code=exit_code, log_tail=log_tail)
+        final.node = self.node
+        claim = self._tokens.get(run.id)
+        done = self.writer.end(final, None if claim is None else claim.token, again)
+
+        def committed(future: asyncio.Future[None]) -> None:
+            self._ending.discard(run.id)
+            if not future.cancelled() and future.exception() is None:
+                run.assign(final)
+
+        done.add_done_callback(committed)
+        return done
+
+    def _ended(self, final: Run, written: bool, streak: int) -> None:
+        self._tokens.pop(final.id, None)
+        self._cancel_requested.discard(final.id)
+        if not written:
+            self.log.warning("finish_fenced", run_id=final.id, job=final.job, status=final.status.value)
+            return
+        self.log.info("run_finished", run_id=final.id, job=final.job, status=final.status.value, error=final.error)
+        self.table.ended(final)
+        state = self._states.get(final.job)
+        if state is None:
+            state = self._states[final.job] = JobState(final.job)
+        if final.status is RunStatus.FAILED:
+            state.consecutive_failures = streak + 1
+        elif final.status is not RunStatus.CANCELLED:
+            state.consecutive_failures = 0
+        state.last_run_id = max(final.id, state.last_run_id or 0)
+        job = self._jobs.get(final.job)
+        if job is not None:
+            for hook in self._hooks:
+                try:
+                    hook(job, final, state, streak)
+                except Exception:  # a hook (metrics, alerts) must never fail a run
+                    self.log.exception("finished_hook_failed", run_id=final.id, job=final.job)
+
+    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], reason: str) -> None:
+        """End runs whose node is gone, as a crash would (on_interrupt), in the caller's transaction."""
+        finals = []
+        for c in claimed:
+            again = None
+            if retry.retries_after_interrupt(self._jobs.get(c.run.job)):
+                again = retry.retry_run(c.run, run_id=0, now=self.clock())
+            final = runtable.ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
+            finals.append((final, c.token, again))
+        await writes.ended(conn, finals)
+        await events.notify_wakeup(conn)

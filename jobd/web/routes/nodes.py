@@ -1,0 +1,50 @@
+"""`GET /api/v1/nodes`: the nodes of the cluster with their heartbeats (one node on SQLite)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from aiohttp import web
+
+from jobd.models import iso_ms
+from jobd.web.auth import requires
+from jobd.web.keys import DAEMON
+from jobd.web.params import PREFIX
+from jobd.web.responses import json_response
+
+routes = web.RouteTableDef()
+
+
+@routes.get(PREFIX + "/nodes")
+@requires("read")
+async def nodes(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    cluster = daemon.cluster
+    if cluster is None:
+        now = daemon.runs.clock()
+        listed = [
+            {
+                "name": daemon.config.cluster.node_name,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": iso_ms(daemon.started_at),
+                "heartbeat_at": iso_ms(now),
+                "running": daemon.backend.processing_count(),
+                "alive": True,
+            }
+        ]
+    else:
+        listed = [
+            {
+                "name": node.name,
+                "host": node.host,
+                "pid": node.pid,
+                "started_at": iso_ms(node.started_at),
+                "heartbeat_at": iso_ms(node.heartbeat_at),
+                "running": node.running,
+                "alive": node.alive,
+            }
+            for node in await cluster.life.nodes()
+        ]
+    return json_response({"nodes": listed})
