@@ -33,7 +33,8 @@ from jobd.metrics import Metrics
 from jobd.models import now_ms
 from jobd.retention import Retention
 from jobd.scheduler import Scheduler, SystemClock
-from jobd.store import SQLiteStore, Store
+from jobd.store import SQLiteStore
+from jobd.store.base import StoreReads
 from jobd.systemd import SystemdNotifier
 from jobd.workers import WorkerPool
 
@@ -71,13 +72,14 @@ class Daemon:
             first_id=now_ms() * 1000 if config.store.url is None else 1,
             log=self.log.bind(component="events"),
         )
-        self.store: Store
+        self.store: StoreReads  # what the web layer reads; each backend writes in its own way
         self.backend: RunBackend
         if config.store.url is None:
-            self.store = SQLiteStore(
+            sqlite = SQLiteStore(
                 config.store.path, synchronous=config.store.synchronous, log=self.log.bind(component="store")
             )
-            self.backend = LocalBackend(jobs=config.jobs, store=self.store, log=self.log.bind(component="runs"))
+            self.store = sqlite
+            self.backend = LocalBackend(jobs=config.jobs, store=sqlite, log=self.log.bind(component="runs"))
         else:
             # Imported only here: a single node on SQLite never loads the PostgreSQL driver.
             from jobd.cluster import cluster_backend

@@ -17,12 +17,12 @@ from typing import Any
 
 from jobd.cluster.backend import PostgresBackend
 from jobd.config import Config
-from jobd.store.base import Store
+from jobd.store.base import StoreReads
 from jobd.store.postgres import connect, open_pool
 from jobd.store.postgres.schema import migrate
 
 
-def cluster_backend(config: Config, log: Any) -> tuple[Store, PostgresBackend]:
+def cluster_backend(config: Config, log: Any) -> tuple[StoreReads, PostgresBackend]:
     """The store and the backend of a node on the PostgreSQL at `[store] url`."""
     from jobd.store.postgres.store import PostgresStore
 

@@ -30,7 +30,7 @@ from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Una
 from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
-from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, Store
+from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, StoreReads
 from jobd.store.postgres import cluster, events, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
@@ -42,7 +42,7 @@ class PostgresBackend(Execution, Reads):
         jobs: Mapping[str, JobConfig],
         pool: AsyncConnectionPool[Conn],
         dsn: str,
-        store: Store,
+        store: StoreReads,
         config: ClusterConfig,
         capacity: int,
         host: str,

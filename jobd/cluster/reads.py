@@ -10,7 +10,7 @@ from jobd.config import JobConfig
 from jobd.errors import RunNotFound
 from jobd.lifecycle.views import queue_snapshot
 from jobd.models import Run, RunStatus
-from jobd.store.base import JobState, RunFilter, Store
+from jobd.store.base import JobState, RunFilter, StoreReads
 
 
 class Reads:
@@ -19,7 +19,7 @@ class Reads:
     _jobs: dict[str, JobConfig]
     _states: dict[str, JobState]
     table: runtable.RunTable
-    store: Store
+    store: StoreReads
     clock: Callable[[], int]
 
     # -- reading -----------------------------------------------------------------------------------
