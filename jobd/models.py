@@ -199,6 +199,7 @@ class Run:
         self.retry_of = other.retry_of
         self.log_tail = other.log_tail
         self.updated_at = other.updated_at
+        self.node = other.node
 
     def copy(self) -> Run:
         """A copy that shares nothing mutable but params and result, which are never changed in place."""

@@ -42,6 +42,7 @@ FINISHED = dataclasses.replace(
     retry_of=6,
     log_tail="the end\n",
     updated_at=1_764_000_002_345,
+    node="jobs-2",
 )
 RUNS = [
     BASE,
@@ -75,7 +76,7 @@ def test_a_run_as_json():
         "error": "exit code 1: bad",
         "exit_code": -9,
         "retry_of": 6,
-        "node": None,
+        "node": "jobs-2",
     }
     assert FINISHED.to_json(with_log=True) == {**FINISHED.to_json(), "log_tail": "the end\n"}
     # Not changed since it was created: updated_at is the creation time.
