@@ -18,7 +18,13 @@ from typing import Any
 
 from jobd import __version__
 from jobd.config import OVERLAP_POLICIES
-from jobd.models import RunStatus, TriggerSource
+from jobd.models import (
+    RunStatus,
+    TriggerSource,
+    json_schema_components,
+    run_json_schema,
+    status_update_json_schema,
+)
 from jobd.stats import MAX_DAYS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,34 +172,8 @@ def operation(
 
 
 def schemas() -> dict[str, Schema]:
-    counts = obj(
-        {"total": nullable(COUNT), "success": COUNT, "failed": COUNT, "skipped": COUNT},
-        description="items a run reported handling (::counts:: or ctx.counts)",
-    )
-    run_properties: dict[str, Schema] = {
-        "id": {"type": "integer", "minimum": 1},
-        "job": STR,
-        "status": ref("RunStatus"),
-        "progress": {"type": "number", "minimum": 0, "maximum": 100},
-        "message": nullable(STR),
-        "triggered_by": ref("TriggerSource"),
-        "params": {"type": "object"},
-        "attempt": {"type": "integer", "minimum": 1},
-        "max_attempts": {"type": "integer", "minimum": 1},
-        "scheduled_for": MAYBE_TIME,
-        "run_after": MAYBE_TIME,
-        "created_at": TIME,
-        "started_at": MAYBE_TIME,
-        "finished_at": MAYBE_TIME,
-        "updated_at": TIME,
-        "duration_ms": nullable(COUNT),
-        "counts": ref("Counts"),
-        "result": {"description": "what the run returned (any JSON)"},
-        "error": nullable(STR),
-        "exit_code": nullable(INT),
-        "retry_of": nullable({"type": "integer", "minimum": 1}),
-        "node": nullable(STR),
-    }
+    # The run's fields, and what they share, come from the one wire table in jobd.models.
+    shared = json_schema_components()
     by_status = obj({status: COUNT for status in STATUSES})
     by_trigger = obj({source: COUNT for source in SOURCES})
     rate = nullable({"type": "number", "minimum": 0, "maximum": 1})
@@ -206,13 +186,11 @@ def schemas() -> dict[str, Schema]:
                 "RFC 9457 problem details; some problems add fields (job, run_id, request_id, max_batch_runs, ...)"
             ),
         ),
-        "RunStatus": {"type": "string", "enum": STATUSES},
-        "TriggerSource": {"type": "string", "enum": SOURCES},
-        "Counts": counts,
-        "Run": obj(run_properties),
-        "RunWithLog": obj(
-            {**run_properties, "log_tail": {"type": "string", "description": "the last part of the run's log"}}
-        ),
+        "RunStatus": shared["RunStatus"],
+        "TriggerSource": shared["TriggerSource"],
+        "Counts": shared["Counts"],
+        "Run": run_json_schema(ref=ref),
+        "RunWithLog": run_json_schema(with_log=True, ref=ref),
         "RunAnswer": obj({"run": ref("Run")}),
         "Job": obj(
             {
@@ -415,18 +393,7 @@ def stream_schemas(by_status: Schema) -> dict[str, Schema]:
             description="the first message: the stream is open (its id is 0, or the Last-Event-ID resumed from)",
         ),
         "status_update": obj(
-            {
-                "run_id": run_id,
-                "job": STR,
-                "status": ref("RunStatus"),
-                "progress": {"type": "number", "minimum": 0, "maximum": 100},
-                "message": nullable(STR),
-                "counts": ref("Counts"),
-                "error": nullable(STR),
-                "result": {"description": "what the run returned (any JSON)"},
-                "attempt": {"type": "integer", "minimum": 1},
-                "updated_at": TIME,
-            },
+            {key: schema for key, schema in status_update_json_schema(ref=ref)["properties"].items() if key != "type"},
             description="a run's state: its current one when the stream opens, then every change",
         ),
         "log": obj(
