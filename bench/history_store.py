@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource
+from jobd.store.base import RUN_COLUMNS
 from jobd.store.migrations import DAY_MS, MIGRATIONS
-from jobd.store.sqlite_rows import RUN_COLUMNS, run_to_row
+from jobd.store.sqlite_rows import run_to_row
 
 STATUS_WEIGHTS = {RunStatus.COMPLETED: 70, RunStatus.PARTIAL: 8, RunStatus.FAILED: 16, RunStatus.CANCELLED: 6}
 SOURCE_WEIGHTS = {

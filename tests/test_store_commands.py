@@ -23,9 +23,9 @@ from psycopg import conninfo
 from jobd.dburl import redact_url
 from jobd.models import Counts, Run, RunStatus, TriggerSource, now_ms
 from jobd.store import SQLiteStore
-from jobd.store.base import IdempotencyKey, JobState
+from jobd.store.base import RUN_COLUMNS, IdempotencyKey, JobState
 from jobd.store.postgres import connect, connect_sync
-from jobd.store.postgres.runs import RUN_COLUMNS, get_run
+from jobd.store.postgres.runs import get_run
 from jobd.store.postgres.schema import MIGRATIONS
 
 if TYPE_CHECKING:

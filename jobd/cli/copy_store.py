@@ -27,8 +27,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg.rows import TupleRow
 
+from jobd.store.base import RUN_COLUMNS
 from jobd.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
-from jobd.store.postgres.runs import RUN_COLUMNS
 
 BATCH_ROWS = 5000
 FIRE_NODE = "copy-store"  # the node named in the fire records made from the SQLite job state

@@ -191,3 +191,55 @@ class Store(StoreReads, Protocol):
     def write_lazy(self, run: Run) -> None: ...
 
     async def flush(self) -> None: ...
+
+
+# -- what both stores share ------------------------------------------------------------------------
+
+# The columns of a run's row, in SQLite and in PostgreSQL alike (copy-store moves them as they are).
+RUN_COLUMNS = (
+    "id",
+    "job",
+    "status",
+    "progress",
+    "message",
+    "triggered_by",
+    "params",
+    "attempt",
+    "max_attempts",
+    "scheduled_for",
+    "run_after",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "counts_total",
+    "counts_success",
+    "counts_failed",
+    "counts_skipped",
+    "result",
+    "error",
+    "exit_code",
+    "retry_of",
+    "log_tail",
+    "updated_at",
+)
+# What a run is never changes after it is created: writes of a run leave these columns alone.
+IMMUTABLE_RUN_COLUMNS = frozenset(
+    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
+)
+
+
+def summary_of(row: Sequence[Any]) -> dict[str, Any]:
+    """summarize_runs() from one aggregate row: runs, ok, failed, items, success, failed items,
+    skipped items, timed runs, the sum of their durations."""
+    runs, ok, failed, items, success, items_failed, skipped, timed, duration_sum = row
+    return {
+        "runs": runs or 0,
+        "successful_runs": ok or 0,
+        "failed_runs": failed or 0,
+        "total_items": items or 0,
+        "successful_items": success or 0,
+        "failed_items": items_failed or 0,
+        "skipped_items": skipped or 0,
+        "average_duration_ms": round(duration_sum / timed, 1) if timed else None,
+    }

@@ -9,40 +9,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
-from jobd.store.base import RunFilter
+from jobd.store.base import IMMUTABLE_RUN_COLUMNS, RUN_COLUMNS, RunFilter
 
-RUN_COLUMNS = (
-    "id",
-    "job",
-    "status",
-    "progress",
-    "message",
-    "triggered_by",
-    "params",
-    "attempt",
-    "max_attempts",
-    "scheduled_for",
-    "run_after",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "counts_total",
-    "counts_success",
-    "counts_failed",
-    "counts_skipped",
-    "result",
-    "error",
-    "exit_code",
-    "retry_of",
-    "log_tail",
-    "updated_at",
-)
-# What a run is never changes after it is created; leaving these columns out of the update spares
-# SQLite the upkeep of the indexes on them at every transition.
-_IMMUTABLE = frozenset(
-    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
-)
 JOB_STATE_COLUMNS = (
     "job",
     "paused",
@@ -74,7 +42,7 @@ def _upserts(table: str, columns: Sequence[str], key: str, keep: Iterable[str] =
     )
 
 
-UPSERT_RUN = _upserts("runs", RUN_COLUMNS, "id", _IMMUTABLE)
+UPSERT_RUN = _upserts("runs", RUN_COLUMNS, "id", IMMUTABLE_RUN_COLUMNS)
 UPSERT_JOB_STATE = _upserts("job_state", JOB_STATE_COLUMNS, "job")
 # UTF-8 as it is (SQLite copies it), and no NaN: it would not be JSON.
 _rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -187,20 +155,6 @@ def row_to_run(row: Sequence[Any]) -> Run:
         log_tail=log_tail or "",
         updated_at=updated_at,
     )
-
-
-def summary_of(row: Sequence[Any]) -> dict[str, Any]:
-    runs, ok, failed, items, success, items_failed, skipped, timed, duration_sum = row
-    return {
-        "runs": runs or 0,
-        "successful_runs": ok or 0,
-        "failed_runs": failed or 0,
-        "total_items": items or 0,
-        "successful_items": success or 0,
-        "failed_items": items_failed or 0,
-        "skipped_items": skipped or 0,
-        "average_duration_ms": round(duration_sum / timed, 1) if timed else None,
-    }
 
 
 def rollup_answers(f: RunFilter) -> bool:

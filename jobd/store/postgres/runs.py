@@ -18,43 +18,12 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
-from jobd.store.base import IdempotencyKey
+from jobd.store.base import IMMUTABLE_RUN_COLUMNS, RUN_COLUMNS, IdempotencyKey
 from jobd.store.postgres.schema import LOCK_JOB
 
 Conn = AsyncConnection[TupleRow]
 
-RUN_COLUMNS = (
-    "id",
-    "job",
-    "status",
-    "progress",
-    "message",
-    "triggered_by",
-    "params",
-    "attempt",
-    "max_attempts",
-    "scheduled_for",
-    "run_after",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "counts_total",
-    "counts_success",
-    "counts_failed",
-    "counts_skipped",
-    "result",
-    "error",
-    "exit_code",
-    "retry_of",
-    "log_tail",
-    "updated_at",
-)
-# What a run is never changes after it is created; the owner's writes leave these alone.
-_IMMUTABLE = frozenset(
-    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
-)
-_MUTABLE = tuple(col for col in RUN_COLUMNS if col not in _IMMUTABLE)
+_MUTABLE = tuple(col for col in RUN_COLUMNS if col not in IMMUTABLE_RUN_COLUMNS)
 SELECT_RUN = ", ".join(RUN_COLUMNS) + ", node, claim_token"
 _INSERT = f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})"
 _SET_MUTABLE = ", ".join(f"{col} = %s" for col in _MUTABLE)
@@ -127,7 +96,7 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
 
 def _mutable_values(run: Run) -> list[Any]:
     row = run_to_row(run)
-    return [value for col, value in zip(RUN_COLUMNS, row) if col not in _IMMUTABLE]
+    return [value for col, value in zip(RUN_COLUMNS, row) if col not in IMMUTABLE_RUN_COLUMNS]
 
 
 def row_to_run(row: Sequence[Any]) -> Run:

@@ -20,9 +20,9 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from jobd.models import Run, RunStatus
-from jobd.store.base import DeletedRuns, JobState, RunFilter, RunStats
+from jobd.store.base import RUN_COLUMNS, DeletedRuns, JobState, RunFilter, RunStats, summary_of
 from jobd.store.postgres.cluster import load_job_states
-from jobd.store.postgres.runs import RUN_COLUMNS, row_to_run
+from jobd.store.postgres.runs import row_to_run
 from jobd.store.postgres.stats import read_run_stats
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
@@ -62,20 +62,6 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
         clauses.append("id < %s")
         args.append(f.before_id)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
-
-def _summary(row: Sequence[Any]) -> dict[str, Any]:
-    runs, ok, failed, items, success, items_failed, skipped, timed, duration_sum = row
-    return {
-        "runs": runs or 0,
-        "successful_runs": ok or 0,
-        "failed_runs": failed or 0,
-        "total_items": items or 0,
-        "successful_items": success or 0,
-        "failed_items": items_failed or 0,
-        "skipped_items": skipped or 0,
-        "average_duration_ms": round(duration_sum / timed, 1) if timed else None,
-    }
 
 
 class PostgresStore:
@@ -134,7 +120,7 @@ class PostgresStore:
     async def summarize_runs(self, where: RunFilter) -> dict[str, Any]:
         clause, args = _where(where)
         rows = await self._fetchall(f"{_SUMMARY}{clause}", args)
-        return _summary(rows[0])
+        return summary_of(rows[0])
 
     async def run_stats(self, *, first_day: int, last_day: int, job: str | None = None) -> RunStats:
         async with self.pool.connection() as conn:
