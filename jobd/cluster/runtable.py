@@ -12,8 +12,9 @@ from typing import Any
 
 from jobd.lifecycle.views import StatusTotals
 from jobd.models import Counts, Run, RunStatus
+from jobd.store.base import row_to_run
 from jobd.store.postgres import events
-from jobd.store.postgres.runs import SELECT_RUN, Conn, row_to_run
+from jobd.store.postgres.runs import SELECT_RUN, Conn
 
 _ACTIVE = f"SELECT {SELECT_RUN} FROM runs WHERE status IN ('PENDING', 'PROCESSING') ORDER BY id"
 _BY_IDS = f"SELECT {SELECT_RUN} FROM runs WHERE id = ANY(%s)"

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from jobd.cluster.eventfeed import encode
 from jobd.models import Run, RunStatus, status_update
+from jobd.store.base import row_to_run
 from jobd.store.postgres import events, runs
-from jobd.store.postgres.runs import SELECT_RUN, Conn, row_to_run
+from jobd.store.postgres.runs import SELECT_RUN, Conn
 
 _STATE_ROW = "INSERT INTO job_state (job) VALUES (%s) ON CONFLICT (job) DO NOTHING"
 # One update per job and batch: `reset` when a run of the batch ended neither FAILED nor

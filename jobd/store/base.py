@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from jobd.errors import Unavailable
-from jobd.models import Run, RunStatus, TriggerSource
+from jobd.models import Counts, Run, RunStatus, TriggerSource
 
 
 class StoreError(Exception):
@@ -243,3 +244,34 @@ def summary_of(row: Sequence[Any]) -> dict[str, Any]:
         "skipped_items": skipped or 0,
         "average_duration_ms": round(duration_sum / timed, 1) if timed else None,
     }
+
+
+def row_to_run(row: Sequence[Any]) -> Run:
+    """A Run from a row of RUN_COLUMNS, in either store; a cluster's rows may add the node after them."""
+    (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for) = row[:10]
+    (run_after, created_at, started_at, finished_at, _duration, total, success, failed, skipped) = row[10:19]
+    result, error, exit_code, retry_of, log_tail, updated_at = row[19:25]
+    return Run(
+        id=rid,
+        job=job,
+        status=RunStatus(status),
+        triggered_by=TriggerSource(triggered_by),
+        created_at=created_at,
+        params=json.loads(params),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        progress=progress,
+        message=message,
+        scheduled_for=scheduled_for,
+        run_after=run_after,
+        started_at=started_at,
+        finished_at=finished_at,
+        counts=Counts(total, success, failed, skipped),
+        result=None if result is None else json.loads(result),
+        error=error,
+        exit_code=exit_code,
+        retry_of=retry_of,
+        log_tail=log_tail or "",
+        updated_at=updated_at,
+        node=row[25] if len(row) > 25 else None,
+    )

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobd.models import Run, RunStatus
-from jobd.store.base import RUN_COLUMNS, JobState, RunFilter, RunStats, summary_of
-from jobd.store.sqlite_rows import rollup_answers, row_to_run, where_clause
+from jobd.store.base import RUN_COLUMNS, JobState, RunFilter, RunStats, row_to_run, summary_of
+from jobd.store.sqlite_rows import rollup_answers, where_clause
 from jobd.store.sqlite_stats import ACTIVE, read_run_stats
 from jobd.store.sqlite_thread import ConnectionThread
 

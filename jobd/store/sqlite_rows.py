@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
+from jobd.models import Run, compact_json
 from jobd.store.base import IMMUTABLE_RUN_COLUMNS, RUN_COLUMNS, RunFilter
 
 JOB_STATE_COLUMNS = (
@@ -101,59 +101,6 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
         run.retry_of,
         run.log_tail,
         run.updated_at,
-    )
-
-
-def row_to_run(row: Sequence[Any]) -> Run:
-    (
-        rid,
-        job,
-        status,
-        progress,
-        message,
-        triggered_by,
-        params,
-        attempt,
-        max_attempts,
-        scheduled_for,
-        run_after,
-        created_at,
-        started_at,
-        finished_at,
-        _duration,
-        total,
-        success,
-        failed,
-        skipped,
-        result,
-        error,
-        exit_code,
-        retry_of,
-        log_tail,
-        updated_at,
-    ) = row
-    return Run(
-        id=rid,
-        job=job,
-        status=RunStatus(status),
-        triggered_by=TriggerSource(triggered_by),
-        created_at=created_at,
-        params=json.loads(params),
-        attempt=attempt,
-        max_attempts=max_attempts,
-        progress=progress,
-        message=message,
-        scheduled_for=scheduled_for,
-        run_after=run_after,
-        started_at=started_at,
-        finished_at=finished_at,
-        counts=Counts(total, success, failed, skipped),
-        result=None if result is None else json.loads(result),
-        error=error,
-        exit_code=exit_code,
-        retry_of=retry_of,
-        log_tail=log_tail or "",
-        updated_at=updated_at,
     )
 
 

@@ -8,7 +8,6 @@ event that announces it (events.append_event) commit together.
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,8 +16,8 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
-from jobd.models import Counts, Run, RunStatus, TriggerSource, compact_json
-from jobd.store.base import IMMUTABLE_RUN_COLUMNS, RUN_COLUMNS, IdempotencyKey
+from jobd.models import Run, RunStatus, compact_json
+from jobd.store.base import IMMUTABLE_RUN_COLUMNS, RUN_COLUMNS, IdempotencyKey, row_to_run
 from jobd.store.postgres.schema import LOCK_JOB
 
 Conn = AsyncConnection[TupleRow]
@@ -97,36 +96,6 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
 def _mutable_values(run: Run) -> list[Any]:
     row = run_to_row(run)
     return [value for col, value in zip(RUN_COLUMNS, row) if col not in IMMUTABLE_RUN_COLUMNS]
-
-
-def row_to_run(row: Sequence[Any]) -> Run:
-    (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for) = row[:10]
-    (run_after, created_at, started_at, finished_at, _duration, total, success, failed, skipped) = row[10:19]
-    result, error, exit_code, retry_of, log_tail, updated_at = row[19:25]
-    return Run(
-        id=rid,
-        job=job,
-        status=RunStatus(status),
-        triggered_by=TriggerSource(triggered_by),
-        created_at=created_at,
-        params=json.loads(params),
-        attempt=attempt,
-        max_attempts=max_attempts,
-        progress=progress,
-        message=message,
-        scheduled_for=scheduled_for,
-        run_after=run_after,
-        started_at=started_at,
-        finished_at=finished_at,
-        counts=Counts(total, success, failed, skipped),
-        result=None if result is None else json.loads(result),
-        error=error,
-        exit_code=exit_code,
-        retry_of=retry_of,
-        log_tail=log_tail or "",
-        updated_at=updated_at,
-        node=row[25] if len(row) > 25 else None,
-    )
 
 
 def row_to_claimed(row: Sequence[Any]) -> Claimed:

@@ -20,9 +20,8 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from jobd.models import Run, RunStatus
-from jobd.store.base import RUN_COLUMNS, DeletedRuns, JobState, RunFilter, RunStats, summary_of
+from jobd.store.base import RUN_COLUMNS, DeletedRuns, JobState, RunFilter, RunStats, row_to_run, summary_of
 from jobd.store.postgres.cluster import load_job_states
-from jobd.store.postgres.runs import row_to_run
 from jobd.store.postgres.stats import read_run_stats
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
