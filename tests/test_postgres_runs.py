@@ -4,10 +4,11 @@ concurrency between connections), the owner's writes checked against its claim t
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 
-from jobd.models import Run, RunStatus, TriggerSource, now_ms
+from jobd.models import Run, RunStatus, TriggerSource, now_ms, status_update
 from jobd.store.base import IdempotencyKey
 from jobd.store.postgres import connect
 from jobd.store.postgres.runs import (
@@ -248,3 +249,40 @@ async def test_a_job_at_its_limit_does_not_hide_the_runs_behind_it(pg_db: str) -
         [claimed] = await claim(conn, "n1", 1, {"busy": 1, "other": 1})
         assert claimed.run.id == other
         assert running.run.job == "busy"
+
+
+async def test_a_claim_announces_each_run_as_models_status_update_would(pg_db: str) -> None:
+    """The claim writes its events in SQL (jobd_status_update): the same message the node's
+    Python would have written, for runs with and without the optional fields."""
+    async with await connect(pg_db) as conn:
+        ids = await next_run_ids(conn, 3)
+        now = 1_765_000_000_007
+        runs = [
+            Run(ids[0], "announce", RunStatus.PENDING, TriggerSource.API, created_at=now),
+            Run(
+                ids[1],
+                "announce",
+                RunStatus.PENDING,
+                TriggerSource.RETRY,
+                created_at=now,
+                attempt=2,
+                max_attempts=3,
+                message='a "quoted" é message',
+                error="previous \\ error",
+                result={"rows": [1, 2.5, None], "ok": True},
+                progress=0.25,
+            ),
+            Run(ids[2], "announce", RunStatus.PENDING, TriggerSource.CRON, created_at=now),
+        ]
+        runs[1].counts.total, runs[1].counts.success, runs[1].counts.failed = 10, 7, 1
+        async with conn.transaction():
+            await insert_runs(conn, runs)
+        claimed = await claim(conn, "n1", 10, {"announce": 10}, now_ms=now + 999)
+        cur = await conn.execute("SELECT run_id, type, status, data FROM events WHERE job = 'announce' ORDER BY id", ())
+        rows = await cur.fetchall()
+    assert [c.run.id for c in claimed] == ids
+    assert [(run_id, kind, status) for run_id, kind, status, _ in rows] == [
+        (run_id, "status_update", "PROCESSING") for run_id in ids
+    ]
+    for c, (_, _, _, data) in zip(claimed, rows):
+        assert json.loads(data) == status_update(c.run)

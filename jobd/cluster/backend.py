@@ -14,11 +14,11 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from jobd.cluster import runtable, writes
+from jobd.cluster.creating import Creator
 from jobd.cluster.eventfeed import EventTail, encode
 from jobd.cluster.execution import Execution
 from jobd.cluster.nodes import NodeLife
@@ -30,7 +30,7 @@ from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Una
 from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
-from jobd.store.base import DeletedRuns, IdempotencyKey, JobState, StoreReads
+from jobd.store.base import DeletedRuns, JobState, StoreReads
 from jobd.store.postgres import cluster, events, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
@@ -81,6 +81,13 @@ class PostgresBackend(Execution, Reads):
             pool.connection, self.listener.signal(events.CHANNEL_EVENTS), self._delivered, log=self.log
         )
         self.writer = EndWriter(pool.connection, self._ended, log=self.log)
+        self.creator = Creator(
+            pool.connection,
+            new_run=lambda job, submission, source, at: self._new_run(job, submission.params, source, at),
+            keyed=self._keyed,
+            replace=self._cancel_locked,
+            created=self._created,
+        )
         self.life = NodeLife(
             pool.connection,
             config,
@@ -118,6 +125,7 @@ class PostgresBackend(Execution, Reads):
                 await self._take_over(conn, mine, interrupted)
         self.listener.start()
         self.writer.start()
+        self.creator.start()
         self.life.start()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="pg-claim"),
@@ -129,6 +137,7 @@ class PostgresBackend(Execution, Reads):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.creator.stop()
         await self.writer.stop()
         await self.life.stop(leave=not self._tokens)
         await self._notify_wakeup.stop()
@@ -185,26 +194,18 @@ class PostgresBackend(Execution, Reads):
     ) -> list[Run]:
         self._check_open()
         config = self.job(job)
-        keyed = len(submissions) == 1 and submissions[0].idempotency_key
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                await runs.admit(conn, job)
-                if keyed:
-                    found = await self._keyed(conn, job, str(submissions[0].idempotency_key))
-                    if found is not None:
-                        return [found]
-                await self._admit(conn, config, overlap or config.overlap, len(submissions))
-                new = [self._new_run(config, s.params, triggered_by, scheduled_for) for s in submissions]
-                await writes.create(conn, new)
-                for s, run in zip(submissions, new):
-                    if s.idempotency_key:
-                        await runs.save_idempotent(conn, IdempotencyKey(job, s.idempotency_key, run.id, run.created_at))
-        except psycopg.OperationalError as exc:
-            raise Unavailable(f"the database is unreachable: {exc}", retry_after_s=5) from exc
+        return await self.creator.create(
+            config,
+            submissions,
+            triggered_by=triggered_by,
+            overlap=overlap or config.overlap,
+            scheduled_for=scheduled_for,
+        )
+
+    def _created(self, new: list[Run]) -> None:
         for run in new:
             self.table.put(run)
         self._woken()
-        return new
 
     async def _keyed(self, conn: Conn, job: str, key: str) -> Run | None:
         """The run the key created within the window (under the job's lock)."""
@@ -215,14 +216,18 @@ class PostgresBackend(Execution, Reads):
         row = await cur.fetchone()
         return None if row is None else await runs.get_run(conn, int(row[0]))
 
-    async def _admit(self, conn: Conn, job: JobConfig, policy: str, count: int) -> None:
-        active = await writes.active_of(conn, job.name)
-        pending = sum(1 for r in active if r.status is RunStatus.PENDING)
-        decision = admission.decide(policy, pending=pending, processing=len(active) - pending, count=count)
+    async def _admit(self, conn: Conn, job: JobConfig, policy: str, count: int, active: runs.Admission) -> None:
+        """The overlap policy on the counts taken under the job's lock; the active runs
+        themselves are read only when they are refused or replaced (a backlog of thousands of
+        PENDING runs of an `allow` job is not read at every trigger)."""
+        decision = admission.decide(policy, pending=active.pending, processing=active.processing, count=count)
+        if decision is admission.Decision.ADMIT:
+            return
+        rows = await writes.active_of(conn, job.name)
         if decision is admission.Decision.REFUSE:
-            raise admission.refusal(job.name, policy, active)
+            raise admission.refusal(job.name, policy, rows)
         if decision is admission.Decision.REPLACE:
-            for run in active:
+            for run in rows:
                 await self._cancel_locked(conn, run, f"replaced by a newer run of {job.name!r}")
 
     def _woken(self) -> None:
@@ -238,11 +243,11 @@ class PostgresBackend(Execution, Reads):
                 return None  # paused on another node
             if not await cluster.record_fire(conn, job, scheduled_for, self.node):
                 return None  # another node made this fire
-            await runs.admit(conn, job)
+            counts = await runs.admit(conn, job)
             state = self.job_state(job)
             state.last_fire_at = max(state.last_fire_at or 0, scheduled_for)
             try:
-                await self._admit(conn, config, config.overlap, 1)
+                await self._admit(conn, config, config.overlap, 1, counts)
             except OverlapConflict as exc:
                 state.skipped_fires += 1
                 state.last_skipped_at = now

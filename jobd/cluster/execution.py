@@ -77,10 +77,8 @@ class Execution:
                 continue
             caps = {name: admission.slot_limit(job) for name, job in self._jobs.items()}
             try:
-                async with self.pool.connection() as conn, conn.transaction():
+                async with self.pool.connection() as conn:  # autocommit: one statement, announced
                     claimed = await runs.claim(conn, self.node, min(free, CLAIM_BATCH), caps)
-                    if claimed:
-                        await writes.announce(conn, [c.run for c in claimed])
             except psycopg.Error as exc:
                 self.log.warning("claim_failed", error=str(exc))
                 await self._wakeup.wait()

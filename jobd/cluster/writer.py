@@ -85,11 +85,16 @@ class EndWriter:
                 continue
             self._inflight = len(ends)
             try:
-                async with self._connection() as conn, conn.transaction():
-                    streaks = await writes.ended(conn, [(f, t, a) for f, t, a, _ in ends])
-                    if progress:
-                        written = await runs.finish_many(conn, progress)
-                        await writes.announce(conn, [run for run, _ in progress if run.id in written])
+                async with self._connection() as conn:
+                    # The COMMIT goes out with the last statements (writes.Ended says why).
+                    async with conn.pipeline(), conn.transaction():
+                        await runs.finish_many(conn, progress)
+                        ended = await writes.ended(conn, [(f, t, a) for f, t, a, _ in ends], last_runs_later=True)
+                    streaks = await ended.streaks()
+                    try:
+                        await ended.save_last_runs(conn)
+                    except psycopg.Error as exc:  # the ends are committed; a later end of the job writes a newer one
+                        self.log.warning("last_runs_not_saved", error=str(exc))
             except psycopg.Error as exc:
                 failures += 1
                 self.log.error("finish_not_committed", runs=len(ends), error=str(exc), attempt=failures)

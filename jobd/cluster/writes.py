@@ -9,20 +9,35 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from jobd.cluster.eventfeed import encode
-from jobd.models import Run, RunStatus, status_update
+from psycopg import AsyncCursor
+from psycopg.rows import TupleRow
+
+from jobd.models import Run, RunStatus
 from jobd.store.base import row_to_run
-from jobd.store.postgres import events, runs
+from jobd.store.postgres import runs
 from jobd.store.postgres.runs import SELECT_RUN, Conn
 
+# A job's failure streak after a batch of its runs ended: `reset` when a run of the batch ended
+# neither FAILED nor CANCELLED, then `failures` failed after the last such run. Each returns the
+# streak before. Only a batch with failures locks the job's row: one that ended well takes the
+# lock only if there is a streak to reset, so the nodes' writers do not queue on a busy job's row.
 _STATE_ROW = "INSERT INTO job_state (job) VALUES (%s) ON CONFLICT (job) DO NOTHING"
-# One update per job and batch: `reset` when a run of the batch ended neither FAILED nor
-# CANCELLED, then `failures` failed after the last such run. Returns the streak before.
-_STATE_ENDED = (
+_STATE_FAILED = (
     "UPDATE job_state j SET consecutive_failures = CASE WHEN %(reset)s THEN %(failures)s "
-    "ELSE o.old + %(failures)s END, last_run_id = GREATEST(j.last_run_id, %(newest)s) "
+    "ELSE o.old + %(failures)s END "
     "FROM (SELECT consecutive_failures AS old FROM job_state WHERE job = %(job)s FOR UPDATE) o "
     "WHERE j.job = %(job)s RETURNING o.old"
+)
+_STATE_RESET = (
+    "UPDATE job_state j SET consecutive_failures = 0 "
+    "FROM (SELECT consecutive_failures AS old FROM job_state "
+    "WHERE job = %(job)s AND consecutive_failures <> 0 FOR UPDATE) o "
+    "WHERE j.job = %(job)s RETURNING o.old"
+)
+_STATE_READ = "SELECT consecutive_failures FROM job_state WHERE job = %(job)s"
+_LAST_RUNS = (
+    "INSERT INTO job_state (job, last_run_id) SELECT * FROM unnest(%s::text[], %s::int8[]) "
+    "ON CONFLICT (job) DO UPDATE SET last_run_id = GREATEST(job_state.last_run_id, excluded.last_run_id)"
 )
 _ACTIVE_OF_JOB = f"SELECT {SELECT_RUN} FROM runs WHERE job = %s AND status IN ('PENDING', 'PROCESSING') ORDER BY id"
 
@@ -41,24 +56,12 @@ def cleaned(run: Run) -> Run:
     return run
 
 
-def status_event(run: Run) -> events.NewEvent:
-    return events.NewEvent(
-        "status_update", encode(status_update(run)), run_id=run.id, job=run.job, status=run.status.value
-    )
-
-
-async def announce(conn: Conn, changed: Sequence[Run]) -> None:
-    await events.append_events(conn, [status_event(run) for run in changed])
-    await events.notify(conn, events.CHANNEL_EVENTS)
-
-
 async def create(conn: Conn, new: Sequence[Run]) -> None:
-    """Insert runs built with id 0: their ids are taken from the cluster's sequence here."""
+    """Insert runs built with id 0, announced: their ids are taken from the cluster's sequence here."""
     ids = await runs.next_run_ids(conn, len(new))
     for run, run_id in zip(new, ids):
         run.id = run_id
-    await runs.insert_runs(conn, new)
-    await announce(conn, new)
+    await runs.create_runs(conn, new)
 
 
 async def active_of(conn: Conn, job: str) -> list[Run]:
@@ -72,10 +75,44 @@ async def lock_run(conn: Conn, run_id: int) -> tuple[Run, str | None] | None:
     return None if row is None else (row_to_run(row), row[25])
 
 
-async def ended(conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | None]]) -> dict[int, int]:
+class Ended:
+    """What ended() leaves for after the commit: the failure streak each ended run's job had
+    before it (the job_state statements go last, just before the COMMIT, so that in a pipeline
+    the row lock they may take is held for no round trip), and each job's newest ended run."""
+
+    def __init__(self) -> None:
+        self._jobs: list[tuple[AsyncCursor[TupleRow], list[Run]]] = []
+        self.last_runs: dict[str, int] = {}
+
+    def add(self, cursor: AsyncCursor[TupleRow], ended_runs: list[Run]) -> None:
+        self._jobs.append((cursor, ended_runs))
+
+    async def streaks(self) -> dict[int, int]:
+        streaks: dict[int, int] = {}
+        for cursor, ended_runs in self._jobs:
+            row = await cursor.fetchone()
+            streak = int(row[0]) if row else 0
+            for final in ended_runs:
+                streaks[final.id] = streak
+                if final.status is RunStatus.FAILED:
+                    streak += 1
+                elif final.status is not RunStatus.CANCELLED:
+                    streak = 0
+        return streaks
+
+    async def save_last_runs(self, conn: Conn) -> None:
+        """Each job's newest ended run, in a statement of its own (autocommit): every ending
+        batch writes it, and alone it holds the job's row only while PostgreSQL applies it."""
+        if self.last_runs:
+            await conn.execute(_LAST_RUNS, (list(self.last_runs), list(self.last_runs.values())))
+
+
+async def ended(
+    conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | None]], *, last_runs_later: bool = False
+) -> Ended:
     """Write terminal states (each checked against its claim token; None: a run nobody owns,
-    written if still PENDING), the retries they call for, the job states and the events.
-    Returns, for each run written, its job's failure streak before it."""
+    written if still PENDING), the retries they call for, their events and the job states.
+    With `last_runs_later` the caller saves the jobs' last runs after the commit."""
     written: set[int] = set()
     for final, _, _ in finals:
         cleaned(final)
@@ -89,10 +126,11 @@ async def ended(conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | 
     if retries:
         for new, run_id in zip(retries, await runs.next_run_ids(conn, len(retries))):
             new.id = run_id
-    streaks: dict[int, int] = {}
+        await runs.create_runs(conn, retries)
     by_job: dict[str, list[tuple[Run, Run | None]]] = {}
     for ended_run, its_retry in done:
         by_job.setdefault(ended_run.job, []).append((ended_run, its_retry))
+    result = Ended()
     for job in sorted(by_job):  # one lock order for every node
         ended_runs = by_job[job]
         failures, reset = 0, False
@@ -101,20 +139,14 @@ async def ended(conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | 
                 failures += 1
             elif final.status is not RunStatus.CANCELLED:
                 failures, reset = 0, True
-        newest = max((again or final).id for final, again in ended_runs)
-        await conn.execute(_STATE_ROW, (job,))
-        cur = await conn.execute(_STATE_ENDED, {"reset": reset, "failures": failures, "newest": newest, "job": job})
-        row = await cur.fetchone()
-        streak = int(row[0]) if row else 0
-        for final, _ in ended_runs:
-            streaks[final.id] = streak
-            if final.status is RunStatus.FAILED:
-                streak += 1
-            elif final.status is not RunStatus.CANCELLED:
-                streak = 0
-    if done:
-        await announce(conn, [final for final, _ in done])
-    if retries:
-        await runs.insert_runs(conn, retries)
-        await announce(conn, retries)
-    return streaks
+        result.last_runs[job] = max((again or final).id for final, again in ended_runs)
+        values = {"reset": reset, "failures": failures, "job": job}
+        if failures:
+            await conn.execute(_STATE_ROW, (job,))
+            cur = await conn.execute(_STATE_FAILED, values)
+        else:
+            cur = await conn.execute(_STATE_RESET if reset else _STATE_READ, values)
+        result.add(cur, [final for final, _ in ended_runs])
+    if not last_runs_later:
+        await result.save_last_runs(conn)
+    return result

@@ -32,6 +32,12 @@ def decide(policy: str, *, pending: int, processing: int, count: int) -> Decisio
     return Decision.ADMIT  # queue, allow: the ready queue's slots hold them back
 
 
+def counts_matter(policy: str) -> bool:
+    """Whether decide() can answer anything but ADMIT under `policy`: only then must the job's
+    active runs be counted (and, in a cluster, its lock be taken) before creating runs."""
+    return policy in ("skip", "buffer_one", "replace")
+
+
 def refusal(job: str, policy: str, active: Sequence[Run]) -> OverlapConflict:
     """What a refused request is told: which runs stand in the way."""
     ids = [run.id for run in active]

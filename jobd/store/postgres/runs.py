@@ -29,8 +29,38 @@ _SET_MUTABLE = ", ".join(f"{col} = %s" for col in _MUTABLE)
 _WRITE_CLAIMED = (
     f"UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND claim_token = %s AND status = 'PROCESSING' RETURNING id"
 )
-_WRITE_FROM = f"UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND status = %s RETURNING id"
-_CLAIM = f"SELECT {SELECT_RUN} FROM jobd_claim(%s, %s, COALESCE(%s::bigint, jobd_now_ms()), %s::text[], %s::integer[])"
+# Batches go to PostgreSQL as one array per column (unnest), so a batch is one statement.
+_TYPES = {"progress": "float8", "attempt": "int4", "max_attempts": "int4", "exit_code": "int4"}
+_TEXT = {"job", "status", "message", "triggered_by", "params", "result", "error", "log_tail"}
+
+
+def _arrays(columns: Sequence[str]) -> str:
+    return ", ".join(f"%s::{'text' if c in _TEXT else _TYPES.get(c, 'int8')}[]" for c in columns)
+
+
+# The status_update event of each written run, built by jobd_status_update() (schema.py) from
+# the row as written, and the wake-up of the nodes that tail the events.
+_ANNOUNCE = (
+    "announced AS (INSERT INTO events (type, run_id, job, status, data) "
+    "SELECT 'status_update', (w.run).id, (w.run).job, (w.run).status, jobd_status_update(w.run) "
+    "FROM written w ORDER BY (w.run).id)"
+)
+_CREATE = (
+    f"WITH written AS (INSERT INTO runs ({', '.join(RUN_COLUMNS)}) SELECT * FROM unnest({_arrays(RUN_COLUMNS)}) "
+    f"RETURNING runs AS run), {_ANNOUNCE} SELECT pg_notify('jobd_events', '')"
+)
+_FINISH = (
+    f"WITH v AS (SELECT * FROM unnest(%s::int8[], %s::uuid[], {_arrays(_MUTABLE)}) "
+    f"AS v (id, token, {', '.join(_MUTABLE)})), "
+    f"written AS (UPDATE runs SET {', '.join(f'{col} = v.{col}' for col in _MUTABLE)} FROM v "
+    "WHERE runs.id = v.id AND runs.claim_token = v.token AND runs.status = 'PROCESSING' RETURNING runs AS run), "
+    f"{_ANNOUNCE} SELECT (w.run).id, pg_notify('jobd_events', '') FROM written w"
+)
+_WRITE_FROM = (
+    f"WITH written AS (UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND status = %s RETURNING runs AS run), "
+    f"{_ANNOUNCE} SELECT (w.run).id, pg_notify('jobd_events', '') FROM written w"
+)
+_CLAIM = f"SELECT {SELECT_RUN} FROM jobd_claim_announced(%s, %s, COALESCE(%s::bigint, jobd_now_ms()), %s::text[], %s::integer[])"
 _LOCK_JOB = f"SELECT pg_advisory_xact_lock({LOCK_JOB}, hashtext(%s))"
 _COUNT_ACTIVE = (
     "SELECT count(*) FILTER (WHERE status = 'PENDING'), count(*) FILTER (WHERE status = 'PROCESSING') "
@@ -114,6 +144,12 @@ async def insert_runs(conn: Conn, runs: Iterable[Run]) -> None:
         await cur.executemany(_INSERT, [run_to_row(run) for run in runs])
 
 
+async def create_runs(conn: Conn, runs: Sequence[Run]) -> None:
+    """insert_runs() in one statement that also writes each run's status_update event."""
+    if runs:
+        await conn.execute(_CREATE, [list(column) for column in zip(*map(run_to_row, runs))])
+
+
 async def get_run(conn: Conn, run_id: int) -> Run | None:
     cur = await conn.execute(f"SELECT {SELECT_RUN} FROM runs WHERE id = %s", (run_id,))
     row = await cur.fetchone()
@@ -151,6 +187,7 @@ async def claim(
     committed before, and the candidates are locked with FOR UPDATE SKIP LOCKED in a
     materialized CTE before the UPDATE, so concurrent claimers never wait on, nor take, the same
     row. The locks are held until the transaction ends: run it in autocommit mode, or commit at once.
+    The claim writes its runs' status_update events and the NOTIFY that announces them itself.
     """
     cur = await conn.execute(_CLAIM, (node, limit, now_ms, list(caps), list(caps.values())))
     return [row_to_claimed(row) for row in await cur.fetchall()]
@@ -165,25 +202,18 @@ async def finish(conn: Conn, run: Run, token: uuid.UUID) -> bool:
 
 
 async def finish_many(conn: Conn, claims: Sequence[tuple[Run, uuid.UUID]]) -> set[int]:
-    """finish() for a batch; returns the ids that were written."""
+    """finish() for a batch, in one statement that also writes each written run's
+    status_update event; returns the ids that were written."""
     if not claims:
         return set()
-    written: set[int] = set()
-    async with conn.cursor() as cur:
-        params = [(*_mutable_values(run), run.id, token) for run, token in claims]
-        await cur.executemany(_WRITE_CLAIMED, params, returning=True)
-        while True:
-            row = await cur.fetchone()
-            if row is not None:
-                written.add(int(row[0]))
-            if not cur.nextset():
-                break
-    return written
+    rows = [(run.id, token, *_mutable_values(run)) for run, token in claims]
+    cur = await conn.execute(_FINISH, [list(column) for column in zip(*rows)])
+    return {int(row[0]) for row in await cur.fetchall()}
 
 
 async def update_run(conn: Conn, run: Run, *, was: RunStatus) -> bool:
-    """A write by any node to a run nobody owns (cancelling a PENDING run, for one): applied only
-    if the run is still `was`."""
+    """A write by any node to a run nobody owns (cancelling a PENDING run, for one), announced:
+    applied only if the run is still `was`."""
     cur = await conn.execute(_WRITE_FROM, (*_mutable_values(run), run.id, was.value))
     return await cur.fetchone() is not None
 

@@ -197,6 +197,46 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX runs_finished;
     CREATE INDEX idempotency_created ON idempotency (created_at);
     """,
+    # A claim announces the runs it made PROCESSING in its own statement, so the locks it holds
+    # are released when that statement commits, not a round trip to the node later. The event's
+    # data is models.status_update() of the claimed run (tests/test_postgres_runs.py holds the
+    # two together).
+    """
+    CREATE FUNCTION jobd_iso_ms(ms bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+        SELECT to_char(to_timestamp(ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.')
+            || lpad((ms % 1000)::text, 3, '0') || 'Z'
+    $$;
+    CREATE FUNCTION jobd_status_update(r runs) RETURNS text LANGUAGE sql STABLE AS $$
+        SELECT json_build_object(
+            'run_id', r.id, 'job', r.job, 'status', r.status, 'progress', r.progress,
+            'message', r.message,
+            'counts', json_build_object(
+                'total', r.counts_total, 'success', r.counts_success,
+                'failed', r.counts_failed, 'skipped', r.counts_skipped
+            ),
+            'error', r.error, 'result', r.result::json, 'attempt', r.attempt,
+            'updated_at', jobd_iso_ms(r.updated_at)
+        )::text
+    $$;
+    CREATE FUNCTION jobd_claim_announced(p_node text, p_limit integer, p_now bigint, p_jobs text[], p_caps integer[])
+    RETURNS SETOF runs LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        RETURN QUERY
+        WITH claimed AS MATERIALIZED (
+            SELECT c AS run FROM jobd_claim(p_node, p_limit, p_now, p_jobs, p_caps) c
+        ),
+        announced AS (
+            INSERT INTO events (type, run_id, job, status, data)
+            SELECT 'status_update', (c.run).id, (c.run).job, (c.run).status, jobd_status_update(c.run)
+            FROM claimed c ORDER BY (c.run).id
+        )
+        SELECT (c.run).* FROM claimed c ORDER BY (c.run).id;
+        IF FOUND THEN
+            PERFORM pg_notify('jobd_events', '');
+        END IF;
+    END
+    $$;
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
