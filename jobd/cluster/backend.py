@@ -351,11 +351,11 @@ class PostgresBackend(Execution, Reads):
     # -- the feed ----------------------------------------------------------------------------------
 
     async def _delivered(self, batch: Sequence[events.Event]) -> None:
-        await self.table.apply(batch, self.pool.connection)
+        messages = [runtable.decode(event) for event in batch]  # once, for the table and the bus
+        await self.table.apply(batch, messages, self.pool.connection)
         feed = self._feed
         if feed is None:
             return
-        for event in batch:
-            data = runtable.decode(event)
+        for event, message in zip(batch, messages):
             publish: Any = feed.publish
-            publish(event.type, data, run_id=event.run_id, job=event.job, status=event.status, event_id=event.id)
+            publish(event.type, message, run_id=event.run_id, job=event.job, status=event.status, event_id=event.id)

@@ -104,8 +104,12 @@ class RunTable:
         return sum(1 for run in self.runs.values() if run.status is status)
 
     async def apply(
-        self, batch: Sequence[events.Event], connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
+        self,
+        batch: Sequence[events.Event],
+        data: Sequence[dict[str, Any]],
+        connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
     ) -> None:
+        """The feed's events (`data`: each one's decoded message) applied to the table."""
         unknown = [
             e.run_id
             for e in batch
@@ -120,7 +124,7 @@ class RunTable:
                 async with connection() as conn:
                     cur = await conn.execute(_BY_IDS, (unknown,))
                     fetched = {run.id: run for run in map(row_to_run, await cur.fetchall())}
-        for event in batch:
+        for event, message in zip(batch, data):
             if event.type != "status_update" or event.run_id is None or event.status is None:
                 continue
             status = RunStatus(event.status)
@@ -136,7 +140,7 @@ class RunTable:
                 run = fetched.get(event.run_id)
                 if run is None:
                     continue
-            self._update(run, status, decode(event))
+            self._update(run, status, message)
             if status.terminal:
                 self.runs.pop(run.id, None)
                 self._forget(run.id)
