@@ -110,13 +110,15 @@ class RunTable:
         connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
     ) -> None:
         """The feed's events (`data`: each one's decoded message) applied to the table."""
+        # Runs another node created are read from the database, unless this batch also ends them.
+        last: dict[int, str] = {}
+        for e in batch:
+            if e.type == "status_update" and e.run_id is not None and e.status is not None:
+                last[e.run_id] = e.status
         unknown = [
-            e.run_id
-            for e in batch
-            if e.type == "status_update"
-            and e.run_id is not None
-            and e.run_id not in self.runs
-            and e.status in ("PENDING", "PROCESSING")
+            run_id
+            for run_id, status in last.items()
+            if status in ("PENDING", "PROCESSING") and run_id not in self.runs and run_id not in self._ended_set
         ]
         fetched: dict[int, Run] = {}
         if unknown:
