@@ -68,8 +68,9 @@ class Daemon:
             ring_size=config.events.ring_size,
             subscriber_buffer=config.events.subscriber_buffer,
             # Seeded from the clock so ids keep increasing across restarts (see EventBus); in a
-            # cluster the ids are the events table's.
+            # cluster the ids are the events table's feed positions.
             first_id=now_ms() * 1000 if config.store.url is None else 1,
+            shared_ids=config.store.url is not None,
             log=self.log.bind(component="events"),
         )
         self.store: StoreReads  # what the web layer reads; each backend writes in its own way

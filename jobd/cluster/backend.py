@@ -353,4 +353,4 @@ class PostgresBackend(Execution, Reads):
         for event in batch:
             data = runtable.decode(event)
             publish: Any = feed.publish
-            publish(event.type, data, run_id=event.run_id, job=event.job, status=event.status, event_id=event.id)
+            publish(event.type, data, run_id=event.run_id, job=event.job, status=event.status, event_id=event.key)
