@@ -6,11 +6,19 @@ from the table, gets every later event once, including one whose row id is small
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import aiohttp
+import psycopg
 from conftest import wait_for
+from process import DaemonProcess
+from ssehelp import NO_TIMEOUT, Message, SSEReader
+from test_cluster_processes import executions, node_config, nodes, trigger
 
 from jobd.cluster.eventfeed import EventTail, decode
 from jobd.cluster.wakeup import Signal
@@ -137,3 +145,115 @@ async def test_an_id_retention_took_or_too_far_behind_cannot_be_resumed(pg_db: s
         assert resumed is not None and ids(resumed[1]) == rows[4:]
         assert await a.tail.resume(key_of((xid, 10**9)), limit=100) is None  # no such event
         assert await a.tail.resume(0, limit=100) is None
+
+
+# -- real nodes ---------------------------------------------------------------------------------
+
+TERMINAL = ("COMPLETED", "PARTIAL", "FAILED", "CANCELLED")
+
+
+def ended(messages: list[Message]) -> list[int]:
+    """The runs whose terminal status_update these messages hold, in order, repeats included."""
+    return [m.data["run_id"] for m in messages if m.type == "status_update" and m.data["status"] in TERMINAL]
+
+
+async def read(reader: SSEReader, until: Any, timeout: float = 60) -> None:
+    """Read messages into reader.messages until `until()` holds."""
+    async with asyncio.timeout(timeout):
+        while not until():
+            assert await reader.next(timeout) is not None, "the stream ended"
+
+
+def out_of_id_order(messages: list[Message]) -> int | None:
+    """The index of a message followed later by a run's end with a smaller row id (a feed key
+    ends with the row id), or None: where a resume by row id would lose that end."""
+    rows = [None if m.id is None else m.id % KEY_BASE for m in messages]
+    for j, m in enumerate(messages):
+        if m.type == "status_update" and m.data["status"] in TERMINAL and rows[j] is not None:
+            for i in range(max(0, j - 50), j):
+                row = rows[i]
+                if row is not None and row > rows[j] and messages[i].type == "status_update":  # type: ignore[operator]
+                    return i
+    return None
+
+
+def fed_ids_increase(messages: list[Message]) -> bool:
+    """Ids never go down in a stream (the messages a stream makes itself may repeat one)."""
+    ids = [m.id for m in messages if m.id is not None]
+    return ids == sorted(ids)
+
+
+async def resume_on(session: aiohttp.ClientSession, url: str, last_id: int, sentinel: int) -> list[Message]:
+    """The messages of a firehose on `url` resumed from `last_id`, up to the end of run
+    `sentinel`, which was created after every other run had ended: its end comes after theirs in
+    the feed, so a resumed stream that reaches it has had every end it is going to have."""
+    async with session.get(
+        f"{url}/api/v1/events", headers={"Last-Event-ID": str(last_id)}, timeout=NO_TIMEOUT
+    ) as response:
+        assert response.status == 200
+        reader = SSEReader(response)
+        await read(reader, lambda: sentinel in ended(reader.messages), timeout=30)
+        return reader.messages
+
+
+def all_ended(dsn: str, ids: list[int]) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM runs WHERE id = ANY(%s) AND status = ANY(%s)", (ids, list(TERMINAL))
+        ).fetchone()
+    return row is not None and row[0] == len(ids)
+
+
+async def test_a_client_resumes_on_another_node_with_no_gap_and_no_duplicate(tmp_path: Path, pg_db: str) -> None:
+    async with nodes(tmp_path, pg_db, 3) as daemons, aiohttp.ClientSession() as session:
+        a, b, c = daemons
+        created: list[int] = []
+        enough_seen = asyncio.Event()
+
+        async def load() -> None:
+            # Batches on B and C, from several clients at once, so that transactions of different
+            # nodes commit out of their id order, until the client has left A and a bit more.
+            rounds = 0
+            while rounds < 20 or not enough_seen.is_set():
+                batches = [trigger(session, node.url, "noop", 10) for node in (b, c, b, c)]
+                for ids in await asyncio.gather(*batches):
+                    created.extend(ids)
+                rounds += 1
+
+        loading = asyncio.create_task(load())
+        async with session.get(f"{a.url}/api/v1/events", timeout=NO_TIMEOUT) as response:
+            assert response.status == 200
+            first = SSEReader(response)
+            await read(first, lambda: len(ended(first.messages)) >= 150 and out_of_id_order(first.messages) is not None)
+        enough_seen.set()
+        # The client stops right after an event that came before one with a smaller row id.
+        cut = out_of_id_order(first.messages)
+        assert cut is not None
+        seen = first.messages[: cut + 1]
+        last_id = seen[-1].id
+        assert last_id is not None
+        await loading
+        await wait_for(lambda: all_ended(pg_db, created), timeout=30)
+        [sentinel] = await trigger(session, b.url, "noop", 1)
+        wanted = {*created, sentinel}
+        before = ended(seen)
+        second = await resume_on(session, c.url, last_id, sentinel)
+        assert second[0].type == "connected" and second[0].id == last_id  # resumed, not reset
+        after = ended(second)
+        counted = collections.Counter(before + after)
+        assert sorted(wanted - set(counted)) == [], "missed"
+        assert [run for run, n in counted.items() if n > 1] == [], "duplicates"
+        assert fed_ids_increase(first.messages) and fed_ids_increase(second)
+        assert a.proc is not None
+        assert any(pid != a.proc.pid for _, pid in executions(tmp_path)), "runs executed on B or C"
+
+        # A node started after the client left has none of that in its ring: the events table.
+        d = DaemonProcess(node_config(tmp_path, pg_db, "node3"), env=a.env)
+        try:
+            await d.start()
+            third = await resume_on(session, d.url, last_id, sentinel)
+        finally:
+            await d.cleanup()
+        assert third[0].type == "connected" and third[0].id == last_id
+        counted = collections.Counter(before + ended(third))
+        assert sorted(wanted - set(counted)) == [] and max(counted.values()) == 1
