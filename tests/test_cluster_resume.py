@@ -24,7 +24,7 @@ from jobd.cluster.eventfeed import EventTail, decode
 from jobd.cluster.wakeup import Signal
 from jobd.events import Event, EventBus
 from jobd.store.postgres import connect, open_pool
-from jobd.store.postgres.events import KEY_BASE, append_event, key_of, trim_events
+from jobd.store.postgres.events import KEY_BASE, append_event, events_following, key_of, position_of, trim_events
 
 
 class Node:
@@ -141,6 +141,12 @@ async def test_an_id_retention_took_or_too_far_behind_cannot_be_resumed(pg_db: s
             xid, _ = divmod(keys[2], KEY_BASE)
             assert await trim_events(conn, through=(xid, rows[2]), created_before=2**62, limit=100) == 3
         assert await a.tail.resume(keys[2], limit=100) is None
+        async with await connect(pg_db) as conn:
+            # A tail that had read up to a row retention took knows that it may have missed some.
+            following, unbroken = await events_following(conn, position_of(keys[2]))
+            assert not unbroken and [e.id for e in following] == rows[3:]
+            following, unbroken = await events_following(conn, position_of(keys[3]))
+            assert unbroken and [e.id for e in following] == rows[4:]
         resumed = await a.tail.resume(keys[3], limit=100)
         assert resumed is not None and ids(resumed[1]) == rows[4:]
         assert await a.tail.resume(key_of((xid, 10**9)), limit=100) is None  # no such event

@@ -63,11 +63,15 @@ class EventTail:
         while True:
             try:
                 async with self._connection() as conn:
-                    batch = await events.events_after(conn, self.position, BATCH)
+                    batch, unbroken = await events.events_following(conn, self.position, BATCH)
             except psycopg.Error as exc:
                 self.log.warning("event_tail_failed", error=str(exc))
                 await self._signal.wait()
                 continue
+            if not unbroken:
+                # Retention keeps an hour of events at least: this node was away far longer.
+                # Restarting it rebuilds its view of the cluster from the database.
+                self.log.error("event_feed_gap", position=events.key_of(self.position))
             if batch:
                 self.position = batch[-1].position
                 result = self._deliver(batch)

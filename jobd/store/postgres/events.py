@@ -112,6 +112,16 @@ async def events_after(conn: Conn, position: Position, limit: int = 1000) -> lis
     return [Event(*row) for row in await cur.fetchall()]
 
 
+async def events_following(conn: Conn, position: Position, limit: int = 1000) -> tuple[list[Event], bool]:
+    """events_after() for a reader that read the row at `position` itself, and whether that row is
+    still there: once retention has deleted it, rows after it may have gone unread (False)."""
+    cur = await conn.execute(_FROM, (position[0], position[1], limit + 1))
+    rows = [Event(*row) for row in await cur.fetchall()]
+    if rows and rows[0].position == position:
+        return rows[1:], True
+    return rows[:limit], position == START
+
+
 async def feed_end(conn: Conn) -> Position:
     """Where a reader that wants only what comes from now on starts."""
     cur = await conn.execute(_END)
