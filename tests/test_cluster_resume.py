@@ -15,9 +15,10 @@ from typing import Any
 
 import aiohttp
 import psycopg
+import pytest
 from conftest import wait_for
 from process import DaemonProcess
-from ssehelp import NO_TIMEOUT, Message, SSEReader
+from ssehelp import NO_TIMEOUT, NOOP, Message, SSEReader, serve  # noqa: F401  (serve is a fixture)
 from test_cluster_processes import executions, node_config, nodes, trigger
 
 from jobd.cluster.eventfeed import EventTail, decode
@@ -263,3 +264,50 @@ async def test_a_client_resumes_on_another_node_with_no_gap_and_no_duplicate(tmp
         assert third[0].type == "connected" and third[0].id == last_id
         counted = collections.Counter(before + ended(third))
         assert sorted(wanted - set(counted)) == [] and max(counted.values()) == 1
+
+
+# -- two nodes in one process ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_node_started_later_resumes_from_the_table_or_says_it_cannot(serve, pg_db: str) -> None:
+    jobs = {"noop": {**NOOP, "overlap": "allow"}}
+    a = await serve(jobs, cluster={"node_name": "a"})
+    response, stream = await a.open("/api/v1/events")
+    runs = [(await a.trigger("noop"))["id"] for _ in range(3)]
+    await read(stream, lambda: set(runs) <= set(ended(stream.messages)))
+    response.close()
+    ends = {
+        m.data["run_id"]: m.id for m in stream.messages if m.type == "status_update" and m.data["status"] in TERMINAL
+    }
+    first, last = min(runs), max(runs)
+    key = ends[first]
+    assert key is not None and key >= KEY_BASE
+
+    b = await serve(jobs, cluster={"node_name": "b"})  # its ring holds none of it
+
+    async def resume(path: str, last_id: int) -> tuple[int, list[Message]]:
+        response, reader = await b.open(path, {"Last-Event-ID": str(last_id)})
+        if response.status == 204:
+            return 204, []
+        if path.endswith("/events") and "runs" not in path:
+            await read(reader, lambda: any(m.type == "summary" for m in reader.messages))
+            response.close()
+            return response.status, reader.messages
+        return response.status, await reader.rest()
+
+    after_first = sorted(r for r in runs if ends[r] > key)  # type: ignore[operator]
+    for last_id in (key, key % KEY_BASE):  # a feed key, and the row id an earlier jobd sent
+        status, messages = await resume("/api/v1/events", last_id)
+        assert status == 200 and messages[0].type == "connected" and messages[0].id == key
+        assert sorted(ended(messages)) == after_first
+    # A run's stream: the rest of a run that ended, or 204 once the client has its end.
+    status, messages = await resume(f"/api/v1/runs/{last}/events", key)
+    assert status == 200 and ended(messages) == ([last] if ends[last] > key else [])  # type: ignore[operator]
+    assert (await resume(f"/api/v1/runs/{first}/events", key))[0] == 204
+
+    async with await connect(pg_db) as conn:  # retention takes the client's place
+        await trim_events(conn, through=position_of(key), created_before=2**62, limit=100)
+    status, messages = await resume("/api/v1/events", key)
+    assert status == 200 and messages[0].id == 0  # a fresh start: connected, the active runs, a summary
+    assert ended(messages) == []
