@@ -31,7 +31,7 @@ from jobd.lifecycle.backend import RunBackend
 from jobd.lifecycle.views import status_line
 from jobd.metrics import Metrics
 from jobd.models import now_ms
-from jobd.retention import Retention
+from jobd.retention import Retention, SharedTables
 from jobd.scheduler import Scheduler, SystemClock
 from jobd.store import SQLiteStore
 from jobd.store.base import StoreReads
@@ -68,12 +68,14 @@ class Daemon:
             ring_size=config.events.ring_size,
             subscriber_buffer=config.events.subscriber_buffer,
             # Seeded from the clock so ids keep increasing across restarts (see EventBus); in a
-            # cluster the ids are the events table's.
+            # cluster the ids are the events table's feed positions.
             first_id=now_ms() * 1000 if config.store.url is None else 1,
+            shared_ids=config.store.url is not None,
             log=self.log.bind(component="events"),
         )
         self.store: StoreReads  # what the web layer reads; each backend writes in its own way
         self.backend: RunBackend
+        shared: SharedTables | None = None  # a cluster's tables that retention trims too
         if config.store.url is None:
             sqlite = SQLiteStore(
                 config.store.path, synchronous=config.store.synchronous, log=self.log.bind(component="store")
@@ -84,7 +86,8 @@ class Daemon:
             # Imported only here: a single node on SQLite never loads the PostgreSQL driver.
             from jobd.cluster import cluster_backend
 
-            self.store, self.cluster = cluster_backend(config, self.log.bind(component="runs"))
+            shared, self.cluster = cluster_backend(config, self.log.bind(component="runs"))
+            self.store = shared
             self.backend = self.cluster
         self.backend.feed_to(self.bus)
         self.runs = Runs(self.backend, scheduler_clock=self.clock.now)
@@ -107,6 +110,8 @@ class Daemon:
             config.retention,
             runs=self.backend,
             logs_dir=config.store.logs_dir,
+            shared=shared,
+            keep_events=config.events.ring_size,
             log=self.log.bind(component="retention"),
         )
         self.notifier = SystemdNotifier.from_environ(self.environ, log=self.log.bind(component="systemd"))

@@ -26,7 +26,7 @@ class Event:
     """One published event. Its SSE frame is encoded when first asked for, then kept: once per
     event at most, and not at all for an event no stream takes (and none replays)."""
 
-    __slots__ = ("_frame", "coalescible", "data", "id", "job", "run_id", "status", "type")
+    __slots__ = ("_frame", "coalescible", "data", "fed", "id", "job", "run_id", "status", "type")
 
     def __init__(
         self,
@@ -37,6 +37,7 @@ class Event:
         status: str | None,
         data: dict[str, Any],
         coalescible: bool = False,
+        fed: bool = False,
     ) -> None:
         self.id = id
         self.type = type
@@ -46,6 +47,8 @@ class Event:
         self.data = data
         # A progress-only update: a later one for the same run makes this one redundant.
         self.coalescible = coalescible
+        # Its id came from a shared feed (cluster mode) rather than from this bus.
+        self.fed = fed
         self._frame: bytes | None = None
 
     @property
@@ -91,6 +94,7 @@ class Subscriber:
         "bus",
         "capacity",
         "closed",
+        "floor",
         "overflowed",
         "run_id",
         "sink",
@@ -121,10 +125,24 @@ class Subscriber:
         self.overflowed = False
         self.closed = False
         self.sink: Callable[[Event], bool] | None = None
+        self.floor = 0  # fed events up to this id are already the client's (see `resume_after`)
+
+    def resume_after(self, event_id: int) -> None:
+        """The client already has every fed event up to `event_id` (a stream's opening replayed
+        them, or described the state they led to): drop those queued meanwhile, and those still
+        to come (a node behind the one the client came from publishes them later)."""
+        self.floor = event_id
+        for entry in self._entries or ():
+            event = entry[0]
+            if event is not None and event.fed and event.id <= event_id:
+                entry[0] = None
+                self._live -= 1
+                if event.run_id is not None and self._by_run.get(event.run_id) is entry:
+                    del self._by_run[event.run_id]
 
     def offer(self, event: Event) -> bool:
         """Queue an event without waiting; False when this subscriber has to be cut off."""
-        if self.closed:
+        if self.closed or (event.fed and event.id <= self.floor):
             return True
         if self.sink is not None and not self._live and self.sink(event):
             return True
@@ -229,13 +247,22 @@ class Subscriber:
 
 class EventBus:
     def __init__(
-        self, *, ring_size: int = 10_000, subscriber_buffer: int = 1000, first_id: int = 1, log: Any = None
+        self,
+        *,
+        ring_size: int = 10_000,
+        subscriber_buffer: int = 1000,
+        first_id: int = 1,
+        shared_ids: bool = False,
+        log: Any = None,
     ) -> None:
         self._ring: deque[Event] = deque(maxlen=ring_size)
         self._buffer = subscriber_buffer
         # The daemon seeds ids from the clock, so ids keep increasing across restarts and an id
         # from an earlier process is recognised as "before this ring" rather than "in the future".
         self._next_id = first_id
+        # Ids from a shared feed (cluster mode): an event of this process alone (a log line, a
+        # summary) takes none, and carries the last one, which a later fed event may otherwise own.
+        self._shared_ids = shared_ids
         self._by_run: dict[int, set[Subscriber]] = {}
         # Firehose subscribers by (filter, wants_logs): streams opened with the same filters share
         # one function (see the SSE layer), so an event is tested once per group, not per stream.
@@ -324,11 +351,12 @@ class EventBus:
     ) -> Event:
         """Assign the next id, encode once, remember in the ring and hand to every subscriber.
         `event_id`: the id a shared feed gave the event (cluster mode), above every id before it."""
+        fed = event_id is not None
         if event_id is None:
-            event_id = self._next_id
+            event_id = self.last_id if self._shared_ids else self._next_id
         self._next_id = max(self._next_id, event_id + 1)
         payload = {"type": type_, **data}
-        event = Event(event_id, type_, run_id, job, status, payload, coalescible)
+        event = Event(event_id, type_, run_id, job, status, payload, coalescible, fed)
         if replayable:
             if len(self._ring) == self._ring.maxlen:
                 self._evicted_up_to = self._ring[0].id
@@ -368,7 +396,8 @@ class EventBus:
             return []
         if last_id > self.last_id or last_id < self._evicted_up_to:
             return None
-        # Ids in the ring are increasing but not contiguous (non-replayable events skip it).
+        # Ids in the ring are increasing but not contiguous (non-replayable events skip it), and
+        # with shared ids an event of this process repeats the one before it.
         return [event for event in self._ring if event.id > last_id]
 
     def close_all(self) -> None:

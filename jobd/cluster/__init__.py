@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobd.cluster.backend import PostgresBackend
 from jobd.config import Config
-from jobd.store.base import StoreReads
 from jobd.store.postgres import connect, open_pool
 from jobd.store.postgres.schema import migrate
 
+if TYPE_CHECKING:
+    from jobd.store.postgres.store import PostgresStore
 
-def cluster_backend(config: Config, log: Any) -> tuple[StoreReads, PostgresBackend]:
+
+def cluster_backend(config: Config, log: Any) -> tuple[PostgresStore, PostgresBackend]:
     """The store and the backend of a node on the PostgreSQL at `[store] url`."""
     from jobd.store.postgres.store import PostgresStore
 

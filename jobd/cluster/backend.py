@@ -358,4 +358,4 @@ class PostgresBackend(Execution, Reads):
             return
         for event, message in zip(batch, messages):
             publish: Any = feed.publish
-            publish(event.type, message, run_id=event.run_id, job=event.job, status=event.status, event_id=event.id)
+            publish(event.type, message, run_id=event.run_id, job=event.job, status=event.status, event_id=event.key)

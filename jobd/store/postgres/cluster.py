@@ -11,7 +11,7 @@ import psycopg
 
 from jobd.store.base import JobState
 from jobd.store.postgres.runs import SELECT_RUN, Claimed, Conn, row_to_claimed
-from jobd.store.postgres.schema import LOCK_REAPER
+from jobd.store.postgres.schema import LOCK_REAPER, LOCK_RETENTION
 
 JOB_STATE_COLUMNS = (
     "job",
@@ -57,12 +57,15 @@ async def last_fires(conn: Conn) -> dict[str, int]:
     return {str(job): int(at) for job, at in await cur.fetchall()}
 
 
-async def trim_fires(conn: Conn, before_ms: int) -> int:
-    """Forget fires older than `before_ms`, keeping each job's last one (catch-up reads it)."""
+async def trim_fires(conn: Conn, before_ms: int, limit: int = 10_000) -> int:
+    """Forget up to `limit` fires older than `before_ms`, keeping each job's last one (catch-up
+    reads it); returns how many went."""
     cur = await conn.execute(
-        "DELETE FROM fires f WHERE f.scheduled_for < %s "
-        "AND f.scheduled_for < (SELECT max(l.scheduled_for) FROM fires l WHERE l.job = f.job)",
-        (before_ms,),
+        "DELETE FROM fires WHERE (job, scheduled_for) IN ("
+        "SELECT f.job, f.scheduled_for FROM fires f WHERE f.scheduled_for < %s "
+        "AND EXISTS (SELECT 1 FROM fires l WHERE l.job = f.job AND l.scheduled_for > f.scheduled_for) "
+        "ORDER BY f.job, f.scheduled_for LIMIT %s)",
+        (before_ms, limit),
     )
     return cur.rowcount
 
@@ -151,7 +154,21 @@ async def list_nodes(conn: Conn, dead_after_s: float) -> list[Node]:
 async def reaper_lock(conn: Conn) -> AsyncIterator[bool]:
     """Whether this connection is the one reaper of the cluster for the block (a session-level
     advisory lock, tried, not waited for: another node reaping now is as good)."""
-    cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_REAPER)
+    async with _tried_lock(conn, LOCK_REAPER) as held:
+        yield held
+
+
+@contextlib.asynccontextmanager
+async def retention_lock(conn: Conn) -> AsyncIterator[bool]:
+    """Whether this connection's node is the one running retention for the block (tried, as
+    reaper_lock(): another node's clean-up now is as good as this one's)."""
+    async with _tried_lock(conn, LOCK_RETENTION) as held:
+        yield held
+
+
+@contextlib.asynccontextmanager
+async def _tried_lock(conn: Conn, key: tuple[int, int]) -> AsyncIterator[bool]:
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
     row = await cur.fetchone()
     held = bool(row and row[0])
     try:
@@ -159,7 +176,7 @@ async def reaper_lock(conn: Conn) -> AsyncIterator[bool]:
     finally:
         if held:
             with contextlib.suppress(psycopg.Error):  # a broken connection took the lock with it
-                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", LOCK_REAPER)
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

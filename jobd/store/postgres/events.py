@@ -4,8 +4,9 @@ Every change writes an event row in its own transaction. Rows are read in (xid, 
 only those of transactions older than every transaction still running (the snapshot's xmin):
 those are all settled, and no row can appear before them any more. Row ids alone would not do:
 a transaction may take an id, commit after a later id's transaction, and be skipped by a reader
-that had moved past it. A row's `id` is what clients see (the SSE id); `Position` is where a
-reader is in the feed, and event_position() finds it again from an id.
+that had moved past it. Every node reads the same settled rows in the same order, so a row's
+`Position` is its place in one order the whole cluster shares; its `key` (the position as one
+number) is the SSE id, and a client resuming on any node continues right after it.
 
 Notifications carry no data: they only say "look again", and readers poll as well, so a lost one
 costs latency, never a change.
@@ -25,11 +26,22 @@ CHANNEL_EVENTS = "jobd_events"  # new rows in the feed
 Position = tuple[int, int]  # (xid, id) of the last row read
 START: Position = (0, 0)
 
+# A position as one number: the xid, then the row id in 19 decimal digits (a bigint never has more),
+# so keys compare as positions do. Every key is at least KEY_BASE (xids start at 3); a smaller
+# number is a row id, the SSE id of earlier versions of jobd.
+KEY_BASE = 10**19
+
 _COLUMNS = "id, xid::text::bigint, type, run_id, job, status, data, created_at"
 _INSERT = "INSERT INTO events (type, run_id, job, status, data) VALUES (%s, %s, %s, %s, %s) RETURNING id"
 _AFTER = (
     f"SELECT {_COLUMNS} FROM events "
     "WHERE (xid, id) > (%s::text::xid8, %s) AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
+    "ORDER BY xid, id LIMIT %s"
+)
+# The resume point itself, then what follows it: a missing first row means retention took it.
+_FROM = (
+    f"SELECT {_COLUMNS} FROM events "
+    "WHERE (xid, id) >= (%s::text::xid8, %s) AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
     "ORDER BY xid, id LIMIT %s"
 )
 _END = (
@@ -52,6 +64,19 @@ class Event:
     @property
     def position(self) -> Position:
         return (self.xid, self.id)
+
+    @property
+    def key(self) -> int:
+        return key_of(self.position)
+
+
+def key_of(position: Position) -> int:
+    return position[0] * KEY_BASE + position[1]
+
+
+def position_of(key: int) -> Position:
+    """The position of a key (see KEY_BASE); a key below KEY_BASE is a row id, for event_position()."""
+    return divmod(key, KEY_BASE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +112,16 @@ async def events_after(conn: Conn, position: Position, limit: int = 1000) -> lis
     return [Event(*row) for row in await cur.fetchall()]
 
 
+async def events_following(conn: Conn, position: Position, limit: int = 1000) -> tuple[list[Event], bool]:
+    """events_after() for a reader that read the row at `position` itself, and whether that row is
+    still there: once retention has deleted it, rows after it may have gone unread (False)."""
+    cur = await conn.execute(_FROM, (position[0], position[1], limit + 1))
+    rows = [Event(*row) for row in await cur.fetchall()]
+    if rows and rows[0].position == position:
+        return rows[1:], True
+    return rows[:limit], position == START
+
+
 async def feed_end(conn: Conn) -> Position:
     """Where a reader that wants only what comes from now on starts."""
     cur = await conn.execute(_END)
@@ -102,12 +137,46 @@ async def event_position(conn: Conn, event_id: int) -> Position | None:
     return None if row is None else (int(row[0]), int(row[1]))
 
 
-async def trim_events(conn: Conn, before_ms: int, limit: int = 10_000) -> int:
-    """Retention: delete up to `limit` events older than `before_ms`; returns how many."""
+async def events_resumed(conn: Conn, position: Position, limit: int) -> list[Event] | None:
+    """The settled events after `position`, in feed order, for a client resuming there; None when
+    they cannot all be had: the row at `position` is gone (retention deletes the feed from its
+    start, so while a row is there, everything after it is too) or more than `limit` follow it."""
+    cur = await conn.execute(_FROM, (position[0], position[1], limit + 2))
+    rows = [Event(*row) for row in await cur.fetchall()]
+    if not rows or rows[0].position != position or len(rows) > limit + 1:
+        return None
+    return rows[1:]
+
+
+async def trim_horizon(conn: Conn, keep: int) -> Position | None:
+    """Where retention may delete up to: the position before the newest `keep` settled events (the
+    ones a client may still resume from); None while there are no more than that."""
     cur = await conn.execute(
-        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at < %s ORDER BY id LIMIT %s)",
-        (before_ms, limit),
+        "SELECT xid::text::bigint, id FROM events WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) "
+        "ORDER BY xid DESC, id DESC OFFSET %s LIMIT 1",
+        (keep,),
     )
+    row = await cur.fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+async def trim_events(conn: Conn, *, through: Position, created_before: int, limit: int) -> int:
+    """Retention: delete the oldest events, in feed order, up to and including `through` but
+    stopping at the first one created at or after `created_before`; at most `limit` of them.
+    Always from the start of the feed, so what is left is a feed's unbroken tail (events_resumed()
+    relies on it). Returns how many went."""
+    cur = await conn.execute(
+        "SELECT id, created_at FROM events WHERE (xid, id) <= (%s::text::xid8, %s) ORDER BY xid, id LIMIT %s",
+        (through[0], through[1], limit),
+    )
+    doomed: list[int] = []
+    for row_id, created_at in await cur.fetchall():
+        if created_at >= created_before:
+            break
+        doomed.append(int(row_id))
+    if not doomed:
+        return 0
+    cur = await conn.execute("DELETE FROM events WHERE id = ANY(%s)", (doomed,))
     return cur.rowcount
 
 

@@ -17,6 +17,7 @@ from jobd.store.base import StoreError
 LOCK_JOB = 1  # with hashtext(job): admission and claims of one job
 LOCK_MIGRATE = (2, 0)
 LOCK_REAPER = (3, 0)
+LOCK_RETENTION = (4, 0)
 
 _STATUSES = "'PENDING', 'PROCESSING', 'COMPLETED', 'PARTIAL', 'FAILED', 'CANCELLED'"
 _SOURCES = "'cron', 'api', 'manual', 'retry', 'catchup'"

@@ -11,8 +11,9 @@ run ids come from the database's sequence, not from a counter in one process (wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -21,7 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from jobd.models import Run, RunStatus
 from jobd.store.base import RUN_COLUMNS, DeletedRuns, JobState, RunFilter, RunStats, row_to_run, summary_of
-from jobd.store.postgres.cluster import load_job_states
+from jobd.store.postgres import events
+from jobd.store.postgres.cluster import load_job_states, retention_lock, trim_fires
 from jobd.store.postgres.stats import read_run_stats
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
@@ -193,3 +195,27 @@ class PostgresStore:
                 (created_before, limit),
             )
             return max(0, cur.rowcount)
+
+    # -- retention of the tables the nodes share ----------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[bool]:
+        """Whether this node is the one running retention for the block: one node at a time
+        cleans up, under an advisory lock held by a connection kept for the block."""
+        async with self.pool.connection() as conn, retention_lock(conn) as held:
+            yield held
+
+    async def events_horizon(self, keep: int) -> events.Position | None:
+        """Where the events table may be trimmed up to: before its newest `keep` settled events."""
+        async with self.pool.connection() as conn:
+            return await events.trim_horizon(conn, keep)
+
+    async def trim_events(self, *, through: events.Position, created_before: int, limit: int) -> int:
+        """One batch of events.trim_events(); returns how many went."""
+        async with self.pool.connection() as conn:
+            return max(0, await events.trim_events(conn, through=through, created_before=created_before, limit=limit))
+
+    async def trim_fires(self, *, before: int, limit: int) -> int:
+        """One batch of fire records older than `before` (each job's last one is kept)."""
+        async with self.pool.connection() as conn:
+            return max(0, await trim_fires(conn, before, limit))

@@ -64,7 +64,7 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
         selection = select(request, streams)
         until_terminal = selection.until_terminal
         stream.sub = sub = selection.subscribe(daemon.bus)
-        opening = await open_stream(daemon, request.app[RUN_STATES], selection, query.last_event_id(request))
+        opening = await open_stream(daemon, request.app[RUN_STATES], selection, sub, query.last_event_id(request))
         del selection
         if opening is None:
             return web.Response(status=204)

@@ -2,8 +2,14 @@
 
 One path for the three stream endpoints. A stream follows a `Selection`: one run (until its
 final state) or every run that passes the firehose's filters (with a `summary` at the end of the
-opening). It subscribes to the bus *before* it reads the current state, with no await in between,
-so no event can fall between the snapshot (or the replay) and the live stream.
+opening). It subscribes to the bus *before* it reads the current state, so no event can fall
+between the snapshot (or the replay) and the live stream.
+
+From the ring the opening is read with no await after the subscription. In a cluster, a resume the
+ring cannot answer is read from the events table, and events published meanwhile wait in the
+subscription: the subscription drops those the opening already covers (`resume_after`), so none
+comes twice. The same holds when the client comes from a node ahead of this one: what it already
+has is dropped as this node catches up.
 """
 
 from __future__ import annotations
@@ -53,6 +59,16 @@ class Selection:
         return (not self.jobs or run.job in self.jobs) and (not self.statuses or run.status.value in self.statuses)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replay:
+    """The events after a client's Last-Event-ID (`after`), and the id that the stream has reached
+    with them: everything up to it is in `events` or filtered out."""
+
+    after: int
+    events: list[Event]
+    reached: int
+
+
 @dataclasses.dataclass(slots=True)
 class Opening:
     """The opening messages, the id of the last one (where the client then is), and whether the
@@ -64,14 +80,18 @@ class Opening:
 
 
 async def open_stream(
-    daemon: Daemon, states: RunStates, selection: Selection, resume_from: int | None
+    daemon: Daemon, states: RunStates, selection: Selection, sub: Subscriber, resume_from: int | None
 ) -> Opening | None:
-    """The opening of a stream just subscribed to `selection`, called at once after the subscription;
-    None when a run's stream resumes after the run's end (204). RunNotFound for a run that does not exist."""
+    """The opening of a stream just subscribed to `selection` (`sub`), called at once after the
+    subscription; None when a run's stream resumes after the run's end (204). RunNotFound for a run
+    that does not exist."""
     bus = daemon.bus
-    # Nothing awaits between the subscription and these reads: see the module docstring.
+    replay = None if resume_from is None else _from_ring(daemon, resume_from)
+    if replay is None and resume_from is not None and daemon.cluster is not None:
+        replay = await _from_table(daemon, resume_from)
+    # No await between these reads and the subscription, or the replay: see the module docstring.
     last_id = bus.last_id
-    replay = bus.since(resume_from) if resume_from is not None else None
+    sub.resume_after(last_id if replay is None else replay.reached)
     active = _active(daemon, selection)
     finished: Run | None = None
     if selection.run_id is not None and not active:
@@ -81,14 +101,18 @@ async def open_stream(
             raise RunNotFound(selection.run_id)
     opening: list[tuple[int, bytes]]
     if replay is not None:
-        assert resume_from is not None
-        events = [event for event in replay if selection.replays(event)]
+        events = [event for event in replay.events if selection.replays(event)]
         if finished is not None and not events:
             # The client already has the final state; 204 also stops EventSource reconnecting.
             return None
-        opening = [(resume_from, frames.connected(resume_from, selection.run_id))]
+        opening = [(replay.after, frames.connected(replay.after, selection.run_id))]
         opening += [(event.id, event.frame) for event in events]
-        ended = finished is not None or (selection.until_terminal and any(frames.ends_run(e) for e in events))
+        # A cluster's table of runs may know of an end before the feed brings its event: that
+        # event then comes live, after the replay.
+        ended = (finished is not None and daemon.cluster is None) or (
+            selection.until_terminal and any(frames.ends_run(e) for e in events)
+        )
+        last_id = replay.reached
     else:
         opening = [(0, frames.connected(0, selection.run_id))]
         if finished is not None:
@@ -99,6 +123,29 @@ async def open_stream(
     if not selection.until_terminal:
         opening.append((last_id, frames.summary(last_id, summary(daemon))))
     return Opening([frame for _, frame in opening], opening[-1][0], ended)
+
+
+def _from_ring(daemon: Daemon, resume_from: int) -> Replay | None:
+    """The replay from this node's ring, if it holds every event after `resume_from`."""
+    after: int | None = resume_from
+    if daemon.cluster is not None:
+        after = daemon.cluster.tail.key(resume_from)
+    events = None if after is None else daemon.bus.since(after)
+    if events is None:
+        return None
+    assert after is not None
+    return Replay(after, events, daemon.bus.last_id)
+
+
+async def _from_table(daemon: Daemon, resume_from: int) -> Replay | None:
+    """A cluster's replay from the events table: for an id from before this node's ring (or its
+    start), from another node ahead of this one, or from an earlier jobd (a row id)."""
+    assert daemon.cluster is not None
+    resumed = await daemon.cluster.tail.resume(resume_from, daemon.config.events.ring_size)
+    if resumed is None:
+        return None
+    after, events = resumed
+    return Replay(after, events, events[-1].id if events else after)
 
 
 def _active(daemon: Daemon, selection: Selection) -> list[Run]:

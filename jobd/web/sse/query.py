@@ -26,7 +26,8 @@ def last_event_id(request: web.Request) -> int | None:
     """Last-Event-ID (or `?last_event_id=` for clients that cannot set headers); junk is ignored."""
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or ""
     raw = raw.strip()
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else None  # "²" is a digit to isdigit()
+    # Up to 40 digits: a cluster's ids are feed positions (jobd.store.postgres.events.KEY_BASE).
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 40 else None  # "²" is a digit to isdigit()
 
 
 def names(request: web.Request, name: str) -> frozenset[str]:
