@@ -90,6 +90,8 @@ class JobdProcess:
         }
         for name, values in (sections or {}).items():
             merged[name] = {**merged.get(name, {}), **values}
+        if "url" in merged["store"]:  # a cluster node: PostgreSQL instead of the SQLite file
+            del merged["store"]["path"]
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_config(merged, jobs))
         self.proc: asyncio.subprocess.Process | None = None

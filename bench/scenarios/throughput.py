@@ -25,12 +25,13 @@ FINISHED = "COMPLETED,PARTIAL,FAILED,CANCELLED"
 JSON = {"Content-Type": "application/json"}
 
 
-async def _trigger_all(http: aiohttp.ClientSession, url: str, bodies: Sequence[bytes], clients: int) -> int:
-    """POST every body from `clients` concurrent clients; returns the runs accepted."""
+async def trigger_all(http: aiohttp.ClientSession, urls: Sequence[str], bodies: Sequence[bytes], clients: int) -> int:
+    """POST every body from `clients` concurrent clients, client i to urls[i % len(urls)] (the
+    nodes of a cluster, round-robin); returns the runs accepted."""
     queue = iter(bodies)
     accepted = 0
 
-    async def client() -> None:
+    async def client(url: str) -> None:
         nonlocal accepted
         for body in queue:
             async with http.post(url, data=body, headers=JSON) as response:
@@ -39,7 +40,7 @@ async def _trigger_all(http: aiohttp.ClientSession, url: str, bodies: Sequence[b
                     raise RuntimeError(f"trigger answered {response.status}: {data[:300]!r}")
                 accepted += data.count(b'"status":"PENDING"')
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(urls[index % len(urls)]) for index in range(clients)))
     return accepted
 
 
@@ -62,7 +63,7 @@ async def _measure(
             aiohttp.ClientSession(connector=connector) as http,
             Firehose(http, jobd.url, job="bench", status=FINISHED) as firehose,
         ):
-            await _trigger_all(http, url, [b"{}"] * WARMUP_RUNS, clients=8)
+            await trigger_all(http, [url], [b"{}"] * WARMUP_RUNS, clients=8)
             await firehose.wait_finished(WARMUP_RUNS, timeout=60)
             if per_request == 1:
                 bodies = [b'{"params": {"n": %d}}' % i for i in range(runs)]
@@ -74,7 +75,7 @@ async def _measure(
                 ]
             cpu, own = jobd.cpu_s(), own_cpu_s()
             started = time.monotonic()
-            accepted = await _trigger_all(http, url, bodies, clients=min(clients, len(bodies)))
+            accepted = await trigger_all(http, [url], bodies, clients=min(clients, len(bodies)))
             all_accepted = time.monotonic()
             last = await firehose.wait_finished(WARMUP_RUNS + runs, timeout=600)
             elapsed = last - started
