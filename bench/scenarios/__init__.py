@@ -80,7 +80,7 @@ def registry() -> dict[str, tuple[str, Scenario]]:
         "cluster-latency": ("8. trigger → COMPLETED on an idle 3-node cluster, 1,000 sequential runs", cluster.latency),
         "cluster-failover": ("9. SIGKILL of a node → its runs running on another", cluster.failover),
         "cluster-cron": (
-            "10. fire lag of 200 seconds-schedule jobs on 3 nodes, 30 s, duplicates, misses",
+            "10. fire lag of 50 seconds-schedule jobs on 3 nodes, 30 s, duplicates, misses",
             cluster.cron,
         ),
     }

@@ -25,20 +25,33 @@ FINISHED = "COMPLETED,PARTIAL,FAILED,CANCELLED"
 JSON = {"Content-Type": "application/json"}
 
 
-async def trigger_all(http: aiohttp.ClientSession, urls: Sequence[str], bodies: Sequence[bytes], clients: int) -> int:
+async def trigger_all(
+    http: aiohttp.ClientSession,
+    urls: Sequence[str],
+    bodies: Sequence[bytes],
+    clients: int,
+    refused: list[bytes] | None = None,
+) -> int:
     """POST every body from `clients` concurrent clients, client i to urls[i % len(urls)] (the
-    nodes of a cluster, round-robin); returns the runs accepted."""
+    nodes of a cluster, round-robin); returns the runs accepted. With a `refused` list, a 503 is
+    kept there and the body sent again after its Retry-After, as a client that honours it would."""
     queue = iter(bodies)
     accepted = 0
 
     async def client(url: str) -> None:
         nonlocal accepted
         for body in queue:
-            async with http.post(url, data=body, headers=JSON) as response:
-                data = await response.read()
-                if response.status != 202:
-                    raise RuntimeError(f"trigger answered {response.status}: {data[:300]!r}")
-                accepted += data.count(b'"status":"PENDING"')
+            while True:
+                async with http.post(url, data=body, headers=JSON) as response:
+                    data = await response.read()
+                    if response.status == 503 and refused is not None:
+                        refused.append(data)
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                        continue
+                    if response.status != 202:
+                        raise RuntimeError(f"trigger answered {response.status}: {data[:300]!r}")
+                    accepted += data.count(b'"status":"PENDING"')
+                    break
 
     await asyncio.gather(*(client(urls[index % len(urls)]) for index in range(clients)))
     return accepted
