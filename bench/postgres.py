@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -134,6 +136,22 @@ class Database:
         work to count is done: what the nodes do meanwhile, polls and heartbeats, counts too)."""
         await asyncio.sleep(STATS_FLUSH_S)
         return await asyncio.to_thread(self._counters)
+
+    def _commit_ms(self, count: int) -> float:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (at bigint)")
+            times = []
+            for _ in range(count):
+                started = time.perf_counter()
+                conn.execute("INSERT INTO bench_commit_probe VALUES (1)")
+                times.append((time.perf_counter() - started) * 1000)
+            conn.execute("DROP TABLE bench_commit_probe")
+        return statistics.median(times)
+
+    async def commit_ms(self, count: int = 20) -> float:
+        """The median time of a one-row insert committed on its own: what the server's durable
+        commit (its WAL flush) costs on this machine at this moment."""
+        return await asyncio.to_thread(self._commit_ms, count)
 
     def _top(self, limit: int, runs: int) -> list[dict[str, Any]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:

@@ -70,7 +70,8 @@ def test_quick_cluster_bench_runs_and_reports(tmp_path: Path) -> None:
     throughput = figures["cluster_3_runs_per_s"]
     assert throughput["value"] > 0 and throughput["target"] == {"op": ">=", "value": 2_000}
     assert throughput["verdict"] == "(quick)"
-    assert sum(throughput["notes"]["runs_executed_per_node"].values()) == throughput["notes"]["runs"] + 50
+    assert throughput["notes"]["finished"] > 0
+    assert sum(throughput["notes"]["runs_executed_per_node"].values()) >= throughput["notes"]["finished"] + 50
     assert figures["cluster_3_transactions_per_run"]["value"] > 0
     if results["postgresql"]["throwaway"]:  # its processes are ours to read, pg_stat_statements preloaded
         assert figures["cluster_3_pg_cpu_us_per_run"]["value"] > 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -97,12 +98,13 @@ def warnings_of(nodes: Sequence[JobdProcess]) -> list[dict[str, Any]]:
 
 
 def per_run(value: float | None, runs: int, scale: float = 1.0) -> float | None:
-    return None if value is None else round(value * scale / runs, 2)
+    return None if value is None or runs <= 0 else round(value * scale / runs, 2)
 
 
 async def _throughput(
     ctx: Context, count: int, *, runs: int, per_request: int, key: str, label: str, target: float | None
 ) -> list[Figure]:
+    cap_s = ctx.size(240, 60)
     async with cluster(ctx, count, {"bench": noop_job()}) as (database, nodes):
         urls = [f"{node.url}/api/v1/jobs/bench/trigger" for node in nodes]
         connector = aiohttp.TCPConnector(limit=CLIENTS + 4)
@@ -120,23 +122,40 @@ async def _throughput(
                     b'{"runs": [' + b", ".join([one] * min(per_request, runs - start)) + b"]}"
                     for start in range(0, runs, per_request)
                 ]
+            commit_ms = await database.commit_ms()
             before = await database.counters()
             await database.reset_statements()
             node_cpu = [node.cpu_s() for node in nodes]
             pg_cpu, own = database.cpu_s(), own_cpu_s()
             started = time.monotonic()
             refused: list[bytes] = []
-            accepted = await trigger_all(http, urls, bodies, clients=min(CLIENTS, len(bodies)), refused=refused)
+            deadline = started + cap_s
+            clients = min(CLIENTS, len(bodies))
+            accepted = await trigger_all(http, urls, bodies, clients=clients, refused=refused, until=deadline)
             all_accepted = time.monotonic()
-            last = await firehose.wait_finished(WARMUP_RUNS + runs, timeout=600)
+            try:
+                last = await firehose.wait_finished(
+                    WARMUP_RUNS + accepted, timeout=max(1.0, deadline - time.monotonic())
+                )
+                capped = accepted < runs
+            except TimeoutError:
+                last, capped = time.monotonic(), True
+            finished = firehose.finished - WARMUP_RUNS
+            if capped:
+                print(
+                    f"  {ctx.name}: stopped after {cap_s} s: {accepted:,} of {runs:,} runs accepted, "
+                    f"{finished:,} finished",
+                    file=sys.stderr,
+                    flush=True,
+                )
             elapsed = last - started
             node_cpu = [node.cpu_s() - used for node, used in zip(nodes, node_cpu, strict=True)]
             pg_after, loadgen_cpu = database.cpu_s(), own_cpu_s() - own
             pg_used = None if pg_cpu is None or pg_after is None else pg_after - pg_cpu
             after = await database.counters()
-            top = await database.top_statements(runs)
-            if accepted != runs or firehose.failed:
-                raise RuntimeError(f"{accepted} of {runs} accepted; not COMPLETED: {firehose.failed[:3]}")
+            top = await database.top_statements(max(1, finished))
+            if firehose.failed:
+                raise RuntimeError(f"not COMPLETED: {firehose.failed[:3]}")
         per_node = dict(await rows(database.dsn, "SELECT node, count(*) FROM runs GROUP BY node ORDER BY node"))
         warnings = warnings_of(nodes)
     jobd_cpu = sum(node_cpu)
@@ -149,7 +168,12 @@ async def _throughput(
         "clients": min(CLIENTS, len(bodies)),
         "workers_per_node": WORKERS,
         "elapsed_s": round(elapsed, 3),
-        "accepted_per_s": round(runs / (all_accepted - started)),
+        "capped": capped,
+        "cap_s": cap_s,
+        "accepted": accepted,
+        "finished": finished,
+        "accepted_per_s": round(accepted / (all_accepted - started)),
+        "commit_ms_before": round(commit_ms, 2),
         "refused_503": len(refused),
         "refused_503_first": refused[0].decode(errors="replace")[:300] if refused else None,
         "runs_executed_per_node": per_node,
@@ -157,16 +181,17 @@ async def _throughput(
         "jobd_cores_per_node": [round(used / elapsed, 2) for used in node_cpu],
         "postgres_cores": None if pg_used is None else round(pg_used / elapsed, 2),
         "loadgen_cores": round(loadgen_cpu / elapsed, 2),
-        "jobd_cpu_us_per_run": per_run(jobd_cpu, runs, 1e6),
-        "postgres_cpu_us_per_run": per_run(pg_used, runs, 1e6),
-        "statements_per_run": per_run(statements, runs),
+        "jobd_cpu_us_per_run": per_run(jobd_cpu, finished, 1e6),
+        "postgres_cpu_us_per_run": per_run(pg_used, finished, 1e6),
+        "statements_per_run": per_run(statements, finished),
         "statements_source": "pg_stat_statements (calls, BEGIN/COMMIT included)" if statements is not None else None,
-        "transactions_per_run": per_run(transactions, runs),
+        "transactions_per_run": per_run(transactions, finished),
         "transactions_source": "pg_stat_database xact_commit + xact_rollback",
         "top_statements_by_total_time": top,
         "daemon_warnings": warnings,
     }
-    figures = [Figure(key, label, "runs/s", [runs / elapsed], at_least(target) if target else None, notes=notes)]
+    value = finished / elapsed
+    figures = [Figure(key, label, "runs/s", [value], at_least(target) if target else None, notes=notes)]
     # A client that is refused waits for the Retry-After and sends again; the refusals count here.
     figures.append(
         Figure(
@@ -179,10 +204,10 @@ async def _throughput(
     )
     if count == 3 and per_request == 1:
         costs: list[tuple[str, str, str, float | None]] = [
-            ("jobd_cpu_us_per_run", "jobd CPU per run (all nodes)", "µs", per_run(jobd_cpu, runs, 1e6)),
-            ("pg_cpu_us_per_run", "PostgreSQL CPU per run", "µs", per_run(pg_used, runs, 1e6)),
-            ("statements_per_run", "SQL statements per run", "statements", per_run(statements, runs)),
-            ("transactions_per_run", "transactions per run", "transactions", per_run(transactions, runs)),
+            ("jobd_cpu_us_per_run", "jobd CPU per run (all nodes)", "µs", per_run(jobd_cpu, finished, 1e6)),
+            ("pg_cpu_us_per_run", "PostgreSQL CPU per run", "µs", per_run(pg_used, finished, 1e6)),
+            ("statements_per_run", "SQL statements per run", "statements", per_run(statements, finished)),
+            ("transactions_per_run", "transactions per run", "transactions", per_run(transactions, finished)),
         ]
         figures += [
             Figure(f"cluster_3_{name}", f"cluster, 3 nodes: {text}", unit, [value])

@@ -31,22 +31,28 @@ async def trigger_all(
     bodies: Sequence[bytes],
     clients: int,
     refused: list[bytes] | None = None,
+    until: float | None = None,
 ) -> int:
     """POST every body from `clients` concurrent clients, client i to urls[i % len(urls)] (the
     nodes of a cluster, round-robin); returns the runs accepted. With a `refused` list, a 503 is
-    kept there and the body sent again after its Retry-After, as a client that honours it would."""
+    kept there and the body sent again after its Retry-After, as a client that honours it would.
+    With `until` (a monotonic time), the clients send nothing more after it."""
     queue = iter(bodies)
     accepted = 0
 
     async def client(url: str) -> None:
         nonlocal accepted
         for body in queue:
+            if until is not None and time.monotonic() > until:
+                return
             while True:
                 async with http.post(url, data=body, headers=JSON) as response:
                     data = await response.read()
                     if response.status == 503 and refused is not None:
                         refused.append(data)
                         await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                        if until is not None and time.monotonic() > until:
+                            return
                         continue
                     if response.status != 202:
                         raise RuntimeError(f"trigger answered {response.status}: {data[:300]!r}")
