@@ -71,7 +71,7 @@ def registry() -> dict[str, tuple[str, Scenario]]:
         "idle": ("5. idle CPU with 10,000 hourly jobs and 1,000 idle streams, 30 s", scheduling.idle_cpu),
         "history": ("6. GET /runs, GET /stats, start-up with 1,000,000 runs and 10,000 jobs", history.history),
         "cluster-1": (
-            "7. cluster: 10,000 HTTP-triggered no-op runs, 64 clients, 1 node on PostgreSQL",
+            "7. cluster: 10,000 HTTP-triggered no-op runs (240 s at most), 64 clients, 1 node on PostgreSQL",
             cluster.one_node,
         ),
         "cluster-2": ("7. the same with 2 nodes (clients spread round-robin)", cluster.two_nodes),
