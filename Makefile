@@ -33,9 +33,11 @@ test: $(BIN)/jobd lint
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/jobd
+	bash scripts/ensure-postgres
 	$(BIN)/python -m bench
 
 bench-quick: $(BIN)/jobd
+	bash scripts/ensure-postgres
 	$(BIN)/python -m bench --quick
 
 clean:

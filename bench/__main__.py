@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from bench.machine import describe, filesystem, header
+from bench.postgres import BenchPostgres
 from bench.report import Figure, markdown, merge, table, write_json
 from bench.scenarios import Context, registry
 from jobd.server import raise_open_files_limit
@@ -86,31 +87,37 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     figures: list[Figure] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
-    for name in selected:
-        title, scenario = scenarios[name]
-        print(f"  {name}: {title} ...", file=sys.stderr, flush=True)
-        started = time.monotonic()
-        repeats = []
-        for repeat in range(args.repeat):
-            try:
-                context = Context(
-                    args.quick,
-                    workdir / f"{name}-{repeat + 1}",
-                    name=name,
-                    profile_dir=RESULTS / "profiles" if args.profile else None,
-                    log_level=args.log_level,
-                    synchronous=args.synchronous,
-                )
-                repeats.append(await scenario(context))
-            except Exception as exc:  # one broken scenario must not hide the others' figures
-                failures[name] = f"{type(exc).__name__}: {exc}"
-                print(f"  {name} FAILED: {failures[name]}", file=sys.stderr, flush=True)
-                break
-        timings[name] = round(time.monotonic() - started, 1)
-        for figure in merge(repeats):
-            figure.scenario = name
-            figures.append(figure)
-        print(f"  {name}: {timings[name]} s", file=sys.stderr, flush=True)
+    postgres = BenchPostgres()  # started by the first cluster scenario, if any
+    try:
+        for name in selected:
+            title, scenario = scenarios[name]
+            print(f"  {name}: {title} ...", file=sys.stderr, flush=True)
+            started = time.monotonic()
+            repeats = []
+            for repeat in range(args.repeat):
+                try:
+                    context = Context(
+                        args.quick,
+                        workdir / f"{name}-{repeat + 1}",
+                        name=name,
+                        profile_dir=RESULTS / "profiles" if args.profile else None,
+                        log_level=args.log_level,
+                        synchronous=args.synchronous,
+                        postgres=postgres,
+                    )
+                    repeats.append(await scenario(context))
+                except Exception as exc:  # one broken scenario must not hide the others' figures
+                    failures[name] = f"{type(exc).__name__}: {exc}"
+                    print(f"  {name} FAILED: {failures[name]}", file=sys.stderr, flush=True)
+                    break
+            timings[name] = round(time.monotonic() - started, 1)
+            for figure in merge(repeats):
+                figure.scenario = name
+                figures.append(figure)
+            print(f"  {name}: {timings[name]} s", file=sys.stderr, flush=True)
+        postgresql = postgres.describe()
+    finally:
+        postgres.close()
     print()
     print(table(figures, quick=args.quick))
     if args.markdown:
@@ -130,6 +137,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             "synchronous": args.synchronous,
             "scenario_seconds": timings,
             "failures": failures,
+            "postgresql": postgresql,
         },
     )
     print(f"\nwritten to {output}")

@@ -11,6 +11,7 @@ start-up is timed from spawning the process to that datagram. CPU time and RSS c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -90,6 +91,8 @@ class JobdProcess:
         }
         for name, values in (sections or {}).items():
             merged[name] = {**merged.get(name, {}), **values}
+        if "url" in merged["store"]:  # a cluster node: PostgreSQL instead of the SQLite file
+            del merged["store"]["path"]
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_config(merged, jobs))
         self.proc: asyncio.subprocess.Process | None = None
@@ -165,12 +168,21 @@ class JobdProcess:
             finally:
                 exited.cancel()
             self.startup_s = time.perf_counter() - started
+            # Read what the daemon says after READY (STATUS lines): unread, they fill the
+            # socket's buffer and the daemon warns that nobody listens.
+            loop.add_reader(notify.fileno(), self._drain_notify)
         except BaseException:
             notify.close()
             raise
         if self.profile is not None:
             self.profiler = await profiling.start(self.pid, self.profile)
         return self.startup_s
+
+    def _drain_notify(self) -> None:
+        assert self._notify is not None
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._notify.recv(4096)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -211,6 +223,7 @@ class JobdProcess:
                     await self.proc.wait()
         finally:
             if self._notify is not None:
+                asyncio.get_running_loop().remove_reader(self._notify.fileno())
                 self._notify.close()
                 self._notify = None
         if self.profiler is not None:

@@ -88,7 +88,7 @@ def merge(repeats: Sequence[Sequence[Figure]]) -> list[Figure]:
 
 
 def format_number(value: float, unit: str) -> str:
-    if unit in ("runs/s", "streams"):
+    if unit in ("runs/s", "streams", "fires", "requests"):
         text = f"{value:,.0f}"
     elif unit == "%":
         text = f"{value:.2f}"

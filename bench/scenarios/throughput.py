@@ -25,21 +25,41 @@ FINISHED = "COMPLETED,PARTIAL,FAILED,CANCELLED"
 JSON = {"Content-Type": "application/json"}
 
 
-async def _trigger_all(http: aiohttp.ClientSession, url: str, bodies: Sequence[bytes], clients: int) -> int:
-    """POST every body from `clients` concurrent clients; returns the runs accepted."""
+async def trigger_all(
+    http: aiohttp.ClientSession,
+    urls: Sequence[str],
+    bodies: Sequence[bytes],
+    clients: int,
+    refused: list[bytes] | None = None,
+    until: float | None = None,
+) -> int:
+    """POST every body from `clients` concurrent clients, client i to urls[i % len(urls)] (the
+    nodes of a cluster, round-robin); returns the runs accepted. With a `refused` list, a 503 is
+    kept there and the body sent again after its Retry-After, as a client that honours it would.
+    With `until` (a monotonic time), the clients send nothing more after it."""
     queue = iter(bodies)
     accepted = 0
 
-    async def client() -> None:
+    async def client(url: str) -> None:
         nonlocal accepted
         for body in queue:
-            async with http.post(url, data=body, headers=JSON) as response:
-                data = await response.read()
-                if response.status != 202:
-                    raise RuntimeError(f"trigger answered {response.status}: {data[:300]!r}")
-                accepted += data.count(b'"status":"PENDING"')
+            if until is not None and time.monotonic() > until:
+                return
+            while True:
+                async with http.post(url, data=body, headers=JSON) as response:
+                    data = await response.read()
+                    if response.status == 503 and refused is not None:
+                        refused.append(data)
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                        if until is not None and time.monotonic() > until:
+                            return
+                        continue
+                    if response.status != 202:
+                        raise RuntimeError(f"trigger answered {response.status}: {data[:300]!r}")
+                    accepted += data.count(b'"status":"PENDING"')
+                    break
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(urls[index % len(urls)]) for index in range(clients)))
     return accepted
 
 
@@ -62,7 +82,7 @@ async def _measure(
             aiohttp.ClientSession(connector=connector) as http,
             Firehose(http, jobd.url, job="bench", status=FINISHED) as firehose,
         ):
-            await _trigger_all(http, url, [b"{}"] * WARMUP_RUNS, clients=8)
+            await trigger_all(http, [url], [b"{}"] * WARMUP_RUNS, clients=8)
             await firehose.wait_finished(WARMUP_RUNS, timeout=60)
             if per_request == 1:
                 bodies = [b'{"params": {"n": %d}}' % i for i in range(runs)]
@@ -74,7 +94,7 @@ async def _measure(
                 ]
             cpu, own = jobd.cpu_s(), own_cpu_s()
             started = time.monotonic()
-            accepted = await _trigger_all(http, url, bodies, clients=min(clients, len(bodies)))
+            accepted = await trigger_all(http, [url], bodies, clients=min(clients, len(bodies)))
             all_accepted = time.monotonic()
             last = await firehose.wait_finished(WARMUP_RUNS + runs, timeout=600)
             elapsed = last - started
