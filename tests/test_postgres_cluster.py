@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from jobd.cluster.nodes import NodeLife
+from jobd.config import ClusterConfig
 from jobd.models import Run, RunStatus, TriggerSource, now_ms
 from jobd.store.base import JobState
-from jobd.store.postgres import connect
+from jobd.store.postgres import OwnConnection, connect, open_pool
 from jobd.store.postgres.cluster import (
     declare_dead,
     heartbeat,
@@ -138,3 +140,36 @@ async def test_a_dead_node_s_runs_are_taken_over_and_its_late_write_changes_noth
         assert (again.names, again.runs) == ([], [])
         stored = await get_run(alive, on_alive.run.id)
         assert stored is not None and stored.status is RunStatus.PROCESSING
+
+
+async def test_the_heartbeat_gets_through_while_the_pool_is_taken(pg_db: str) -> None:
+    """A node whose pool is busy (triggers, claims, ends) is alive: its heartbeat has a
+    connection of its own, so it neither goes unready nor fences itself."""
+    pool = open_pool(pg_db, min_size=1, max_size=1)
+    await pool.open(wait=True)
+    own = OwnConnection(pg_db)
+    fenced: list[str] = []
+    config = ClusterConfig(node_name="busy", heartbeat_s=0.3, dead_after_s=1.0)
+    life = NodeLife(
+        pool.connection,
+        config,
+        host="h",
+        pid=1,
+        take_over=lambda conn, runs, reason: asyncio.sleep(0),
+        fence=fenced.append,
+        unfence=lambda: None,
+        beat_connection=own,
+    )
+    try:
+        await life.register()
+        async with pool.connection():  # the pool's only connection, held by "a long transaction"
+            for _ in range(5):  # longer than dead_after_s - heartbeat_s in all
+                await asyncio.sleep(config.heartbeat_s)
+                await life.beat()
+                assert life.reachable and not fenced
+        async with await connect(pg_db) as conn:
+            [node] = [n for n in await list_nodes(conn, config.dead_after_s) if n.name == "busy"]
+        assert node.alive
+    finally:
+        await own.close()
+        await pool.close()

@@ -31,7 +31,7 @@ from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.store.base import DeletedRuns, JobState, StoreReads
-from jobd.store.postgres import cluster, events, runs
+from jobd.store.postgres import OwnConnection, cluster, events, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
 
@@ -88,6 +88,7 @@ class PostgresBackend(Execution, Reads):
             replace=self._cancel_locked,
             created=self._created,
         )
+        self._beat_connection = OwnConnection(dsn)
         self.life = NodeLife(
             pool.connection,
             config,
@@ -96,6 +97,7 @@ class PostgresBackend(Execution, Reads):
             take_over=self._take_over,
             fence=self._fence,
             unfence=self._unfence,
+            beat_connection=self._beat_connection,
             log=self.log,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,6 +142,7 @@ class PostgresBackend(Execution, Reads):
         await self.creator.stop()
         await self.writer.stop()
         await self.life.stop(leave=not self._tokens)
+        await self._beat_connection.close()
         await self._notify_wakeup.stop()
         await self.tail.stop()
         await self.listener.stop()

@@ -37,9 +37,11 @@ class NodeLife:
         take_over: TakeOver,
         fence: Callable[[str], None],
         unfence: Callable[[], None],
+        beat_connection: Connection | None = None,
         log: Any = None,
     ) -> None:
         self._connection = connection
+        self._beat_connection = beat_connection or connection  # best its own: see OwnConnection
         self.config = config
         self.name = config.node_name
         self.host = host
@@ -81,7 +83,7 @@ class NodeLife:
     async def beat(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.config.heartbeat_s), self._connection() as conn:
+            async with asyncio.timeout(self.config.heartbeat_s), self._beat_connection() as conn:
                 alive = await cluster.heartbeat(conn, self.name)
                 if not alive and not self.fenced:
                     self._set_fenced("declared dead by the cluster")

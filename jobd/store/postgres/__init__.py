@@ -10,6 +10,8 @@ caller's, so a change and its event commit together.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -36,6 +38,32 @@ def open_pool(
 async def connect(dsn: str, **kwargs: Any) -> AsyncConnection[TupleRow]:
     """One autocommit connection outside the pool (LISTEN needs a dedicated one)."""
     return await AsyncConnection.connect(dsn, autocommit=True, **kwargs)
+
+
+class OwnConnection:
+    """One autocommit connection kept for a task that must not queue behind the pool (the
+    heartbeat: a node whose pool is busy is still alive). Opened on first use and again after
+    it broke; use as `async with own() as conn:`."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: AsyncConnection[TupleRow] | None = None
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await connect(self.dsn)
+        try:
+            yield self._conn
+        except BaseException:
+            await self.close()  # its state is unknown (a timeout may have cut a statement short)
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
 
 def connect_sync(dsn: str, **kwargs: Any) -> psycopg.Connection[TupleRow]:
