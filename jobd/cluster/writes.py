@@ -101,10 +101,14 @@ class Ended:
         return streaks
 
     async def save_last_runs(self, conn: Conn) -> None:
-        """Each job's newest ended run, in a statement of its own (autocommit): every ending
-        batch writes it, and alone it holds the job's row only while PostgreSQL applies it."""
+        """Each job's newest ended run, after the commit of the ends (outside any transaction),
+        in a transaction of its own that holds the job's row
+        only while PostgreSQL applies it (every ending batch writes it). Not waited to disk: a
+        hint that a crash may leave one batch behind (the runs themselves are committed)."""
         if self.last_runs:
-            await conn.execute(_LAST_RUNS, (list(self.last_runs), list(self.last_runs.values())))
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute("SET LOCAL synchronous_commit TO off")
+                await conn.execute(_LAST_RUNS, (list(self.last_runs), list(self.last_runs.values())))
 
 
 async def ended(
@@ -147,6 +151,6 @@ async def ended(
         else:
             cur = await conn.execute(_STATE_RESET if reset else _STATE_READ, values)
         result.add(cur, [final for final, _ in ended_runs])
-    if not last_runs_later:
-        await result.save_last_runs(conn)
+    if not last_runs_later and result.last_runs:
+        await conn.execute(_LAST_RUNS, (list(result.last_runs), list(result.last_runs.values())))
     return result
