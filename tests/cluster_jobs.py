@@ -19,8 +19,12 @@ async def record(ctx: Any, params: dict[str, Any]) -> None:
 
 
 async def record_then_sleep(ctx: Any, params: dict[str, Any]) -> None:
+    """Sleeps `seconds` (default 60); a retry sleeps `retry_seconds` if given."""
     _record(ctx.run_id)
-    await asyncio.sleep(float(params.get("seconds", 60)))
+    seconds = params.get("seconds", 60)
+    if ctx.attempt > 1:
+        seconds = params.get("retry_seconds", seconds)
+    await asyncio.sleep(float(seconds))
 
 
 async def record_then_pause(ctx: Any, params: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from clusterhelp import TERMINAL, executions, nodes, query, unfinished
+from clusterhelp import TERMINAL, executions, nodes, query, trigger, unfinished
 from conftest import wait_for
 from process import DaemonProcess
 
@@ -93,6 +93,13 @@ async def test_postgresql_stopped_for_ten_seconds_under_load_loses_nothing_ackno
         loader = asyncio.create_task(keep_triggering(session, daemons, load))
         try:
             await wait_for(lambda: len(load.acknowledged) >= 300, timeout=60, interval=0.1)
+            # Runs that outlast the fencing: executing when PostgreSQL stops, still at it when
+            # their node gives up on its heartbeat (after dead_after_s - heartbeat_s).
+            long = [
+                (await trigger(session, d.url, "sleepy", 1, {"seconds": 30, "retry_seconds": 0}))[0] for d in daemons
+            ]
+            processing = "SELECT count(*) FROM runs WHERE status = 'PROCESSING' AND id = ANY(%s)"
+            await wait_for(lambda: query(pg_db, processing, long)[0][0] == len(long), timeout=20, interval=0.1)
             before = len(load.acknowledged)
             await asyncio.to_thread(pg_restartable.stop, "fast")
             stopped = time.monotonic()
@@ -120,6 +127,7 @@ async def test_postgresql_stopped_for_ten_seconds_under_load_loses_nothing_ackno
 
         await wait_for(lambda: unfinished(pg_db) == 0, timeout=60, interval=0.5)
         logged = tracebacks(daemons)
+        fenced = [bool(d.events("node_fenced")) for d in daemons]
 
     assert load.unexpected == []
     rows = {
@@ -156,7 +164,10 @@ async def test_postgresql_stopped_for_ten_seconds_under_load_loses_nothing_ackno
             run_id = retry_of[run_id]
         return run_id
 
-    assert {r for r in load.acknowledged if rows[last_of(r)][0] != "COMPLETED"} == set()
+    assert {r for r in load.acknowledged + long if rows[last_of(r)][0] != "COMPLETED"} == set()
+    assert [rows[r][0] for r in long] == ["FAILED"] * len(long), "fenced runs were interrupted"
+    assert [ran[r] for r in long] == [1] * len(long)
+    assert fenced == [True] * len(daemons), "each node fenced itself during the outage"
     assert logged == [], "tracebacks in the nodes' logs"
     print(
         json.dumps(
@@ -165,6 +176,7 @@ async def test_postgresql_stopped_for_ten_seconds_under_load_loses_nothing_ackno
                 "refused_503": load.refused,
                 "unanswered": load.unanswered,
                 "interrupted": len(failed),
+                "fenced_runs_ended": sorted({rows[r][1] for r in long}),
                 "all_unready_after_s": round(unready_after_s, 2),
                 "all_ready_after_restart_s": round(ready_after_s, 2),
             }
