@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 from clusterhelp import TERMINAL, executions, nodes, query, trigger, unfinished
 from conftest import wait_for
@@ -128,6 +129,7 @@ async def test_postgresql_stopped_for_ten_seconds_under_load_loses_nothing_ackno
         await wait_for(lambda: unfinished(pg_db) == 0, timeout=60, interval=0.5)
         logged = tracebacks(daemons)
         fenced = [bool(d.events("node_fenced")) for d in daemons]
+        declared_dead = sorted(name for d in daemons for e in d.events("nodes_declared_dead") for name in e["nodes"])
 
     assert load.unexpected == []
     rows = {
@@ -177,6 +179,7 @@ async def test_postgresql_stopped_for_ten_seconds_under_load_loses_nothing_ackno
                 "unanswered": load.unanswered,
                 "interrupted": len(failed),
                 "fenced_runs_ended": sorted({rows[r][1] for r in long}),
+                "declared_dead": declared_dead,
                 "all_unready_after_s": round(unready_after_s, 2),
                 "all_ready_after_restart_s": round(ready_after_s, 2),
             }
@@ -216,6 +219,7 @@ async def test_per_second_cron_with_nodes_killed_at_random_makes_each_fire_once(
         await wait_for(lambda: query(pg_db, fired, end)[0][0] == 3, timeout=15, interval=0.2)
         active = "SELECT count(*) FROM runs WHERE status IN ('PENDING', 'PROCESSING') AND scheduled_for <= %s"
         await wait_for(lambda: query(pg_db, active, end)[0][0] == 0, timeout=30, interval=0.2)
+        logged = tracebacks(daemons)
 
     fires = query(pg_db, "SELECT job, scheduled_for, run_id, skipped FROM fires WHERE scheduled_for <= %s", end)
     runs = query(
@@ -253,8 +257,30 @@ async def test_per_second_cron_with_nodes_killed_at_random_makes_each_fire_once(
     assert {r for r, (status, _) in ended.items() if status not in TERMINAL} == set()
     retried = {retry_of for _, _, _, _, retry_of, _, _ in runs if retry_of is not None}
     assert {r for r in retried if not ended[r][1].startswith("interrupted")} == set()
+    assert logged == [], "tracebacks in the nodes' logs"
     print(
         json.dumps(
             {"seed": seed, "kills": len(kills), "fires": len(fires), "skips": len(skips), "retries": len(retried)}
         )
     )
+
+
+async def test_a_reaper_paused_while_it_holds_the_lock_keeps_no_other_node_from_reaping(pg_db):
+    """A node SIGSTOPped inside its reaper block used to keep the session-level lock for as long
+    as it stayed stopped, and with it every other node from declaring anyone dead."""
+    from jobd.store.postgres import connect
+    from jobd.store.postgres.cluster import reaper_lock
+
+    async def reaps(conn: psycopg.AsyncConnection[Any]) -> bool:
+        async with reaper_lock(conn, hold_s=0.5) as held:
+            return held
+
+    async with await connect(pg_db) as paused, await connect(pg_db) as other:
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            async with reaper_lock(paused, hold_s=0.5) as held:
+                assert held
+                assert not await reaps(other)
+                # The holder sends nothing more, as a stopped process would: PostgreSQL ends
+                # its transaction after hold_s, and the lock with it.
+                await wait_for(lambda: reaps(other), timeout=10, interval=0.1)
+        assert paused.closed
