@@ -284,3 +284,23 @@ async def test_a_reaper_paused_while_it_holds_the_lock_keeps_no_other_node_from_
                 # its transaction after hold_s, and the lock with it.
                 await wait_for(lambda: reaps(other), timeout=10, interval=0.1)
         assert paused.closed
+
+
+async def test_a_node_paused_mid_transaction_holds_the_others_up_no_longer_than_its_pool_allows(pg_db):
+    """A node SIGSTOPped inside a cron fire's transaction used to keep the fire's row locked for
+    as long as it stayed stopped: every other node's fire of that second waited on it, and their
+    cron loops with it."""
+    from jobd.store.postgres import open_pool
+    from jobd.store.postgres.cluster import record_fire
+
+    pool = open_pool(pg_db, min_size=2, max_size=2, idle_in_transaction_s=0.5)
+    await pool.open(wait=True)
+    async with pool, pool.connection() as paused, pool.connection() as other:
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            async with paused.transaction():
+                assert await record_fire(paused, "tick", 1000, "paused")
+                # The paused node sends nothing more; the other's fire waits on its row until
+                # PostgreSQL ends the paused transaction, and then is the one made.
+                async with asyncio.timeout(10), other.transaction():
+                    assert await record_fire(other, "tick", 1000, "other")
+    assert query(pg_db, "SELECT node FROM fires WHERE job = 'tick'") == [("other",)]
