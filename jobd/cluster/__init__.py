@@ -30,7 +30,13 @@ def cluster_backend(config: Config, log: Any) -> tuple[PostgresStore, PostgresBa
 
     url = config.store.url
     assert url is not None
-    pool = open_pool(url, min_size=2, max_size=max(4, min(16, config.workers.concurrency // 4 + 4)))
+    pool = open_pool(
+        url,
+        min_size=2,
+        max_size=max(4, min(16, config.workers.concurrency // 4 + 4)),
+        # A node stuck that long mid-transaction is fencing itself: its locks go with it.
+        idle_in_transaction_s=config.cluster.dead_after_s - config.cluster.heartbeat_s,
+    )
     store = PostgresStore(pool)
     backend = PostgresBackend(
         jobs=config.jobs,

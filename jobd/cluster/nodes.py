@@ -113,16 +113,15 @@ class NodeLife:
             async with (
                 asyncio.timeout(self.config.dead_after_s),
                 self._connection() as conn,
-                cluster.reaper_lock(conn) as held,
+                cluster.reaper_lock(conn, hold_s=self.config.dead_after_s - self.config.heartbeat_s) as held,
             ):
                 if not held:
                     return
-                async with conn.transaction():
-                    dead = await cluster.declare_dead(conn, self.config.dead_after_s)
-                    if dead.names:
-                        self.log.warning("nodes_declared_dead", nodes=dead.names, runs=len(dead.runs))
-                    if dead.runs:
-                        await self._take_over(conn, dead.runs, "its node stopped answering")
+                dead = await cluster.declare_dead(conn, self.config.dead_after_s)
+                if dead.names:
+                    self.log.warning("nodes_declared_dead", nodes=dead.names, runs=len(dead.runs))
+                if dead.runs:
+                    await self._take_over(conn, dead.runs, "its node stopped answering")
         except (psycopg.Error, TimeoutError) as exc:
             self.log.warning("reaper_failed", error=str(exc) or type(exc).__name__)
 

@@ -21,16 +21,28 @@ from psycopg_pool import AsyncConnectionPool
 
 
 def open_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 8, **kwargs: Any
+    dsn: str, *, min_size: int = 2, max_size: int = 8, idle_in_transaction_s: float | None = None, **kwargs: Any
 ) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
     """A pool of autocommit connections (a claim is its own transaction; grouped writes open
-    one with `conn.transaction()`). Not opened yet: `await pool.open(wait=True)`."""
+    one with `conn.transaction()`). Not opened yet: `await pool.open(wait=True)`.
+
+    `idle_in_transaction_s`: PostgreSQL ends a transaction of the pool's that waits on its client
+    that long. The holder is stuck (a paused process), and its row locks, advisory locks and
+    snapshot would otherwise hold up the other nodes for as long as it stays so."""
+    configure = None
+    if idle_in_transaction_s is not None:
+        timeout_ms = str(round(idle_in_transaction_s * 1000))
+
+        async def configure(conn: AsyncConnection[TupleRow]) -> None:
+            await conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)", (timeout_ms,))
+
     return AsyncConnectionPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         open=False,
         kwargs={"autocommit": True, **kwargs},
+        configure=configure,
         name="jobd",
     )
 

@@ -151,11 +151,19 @@ async def list_nodes(conn: Conn, dead_after_s: float) -> list[Node]:
 
 
 @contextlib.asynccontextmanager
-async def reaper_lock(conn: Conn) -> AsyncIterator[bool]:
-    """Whether this connection is the one reaper of the cluster for the block (a session-level
-    advisory lock, tried, not waited for: another node reaping now is as good)."""
-    async with _tried_lock(conn, LOCK_REAPER) as held:
-        yield held
+async def reaper_lock(conn: Conn, hold_s: float = 30.0) -> AsyncIterator[bool]:
+    """A transaction for the block, and whether it is the one reaper of the cluster (an advisory
+    lock, tried, not waited for: another node reaping now is as good). The lock ends with the
+    transaction, and PostgreSQL ends a transaction left idle for `hold_s`: a node paused while
+    it holds the lock (SIGSTOP, a frozen VM) keeps no other node from reaping, itself included,
+    for longer than that. A session-level lock would be held for as long as the node is paused."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (str(round(hold_s * 1000)),)
+        )
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", LOCK_REAPER)
+        row = await cur.fetchone()
+        yield bool(row and row[0])
 
 
 @contextlib.asynccontextmanager
@@ -187,9 +195,9 @@ class DeadNodes:
 
 async def declare_dead(conn: Conn, dead_after_s: float) -> DeadNodes:
     """Declare dead the nodes whose last heartbeat is older than `dead_after_s`, and return the
-    PROCESSING runs of every node not alive. Call it inside a transaction under reaper_lock(),
-    and in that transaction end or re-queue the runs with finish() and their tokens (the
-    crash-recovery rules): a dead node that wakes up then finds its tokens spent."""
+    PROCESSING runs of every node not alive. Call it under reaper_lock(), and in its transaction
+    end or re-queue the runs with finish() and their tokens (the crash-recovery rules): a dead
+    node that wakes up then finds its tokens spent."""
     cur = await conn.execute(
         "UPDATE nodes SET dead_at = jobd_now_ms() "
         "WHERE dead_at IS NULL AND heartbeat_at < jobd_now_ms() - %s * 1000 RETURNING name",
