@@ -239,8 +239,7 @@ class PostgresBackend(Execution, Reads):
 
     async def fire(self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int) -> Run | None:
         config = self.job(job)
-        # In a pipeline, the statements whose answers the fire does not wait for travel together.
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute("SELECT paused FROM job_state WHERE job = %s", (job,))
             row = await cur.fetchone()
             if row is not None and row[0]:

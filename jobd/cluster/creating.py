@@ -131,8 +131,7 @@ class Creator:
 
     async def _commit(self, batch: list[Request]) -> None:
         try:
-            # In a pipeline, BEGIN and COMMIT travel with the statements beside them.
-            async with self._connection() as conn, conn.pipeline(), conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 outcomes, admitted = await self._admit(conn, batch)
         except psycopg.OperationalError as exc:
             self._fail(batch, Unavailable(f"the database is unreachable: {exc}", retry_after_s=5))

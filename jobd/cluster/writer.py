@@ -86,15 +86,10 @@ class EndWriter:
             self._inflight = len(ends)
             try:
                 async with self._connection() as conn:
-                    # The COMMIT goes out with the last statements (writes.Ended says why).
-                    async with conn.pipeline(), conn.transaction():
+                    async with conn.transaction():
                         await runs.finish_many(conn, progress)
                         ended = await writes.ended(conn, [(f, t, a) for f, t, a, _ in ends], last_runs_later=True)
-                    streaks = await ended.streaks()
-                    try:
-                        await ended.save_last_runs(conn)
-                    except psycopg.Error as exc:  # the ends are committed; a later end of the job writes a newer one
-                        self.log.warning("last_runs_not_saved", error=str(exc))
+                    streaks = await ended.streaks()  # answered before the COMMIT
             except psycopg.Error as exc:
                 failures += 1
                 self.log.error("finish_not_committed", runs=len(ends), error=str(exc), attempt=failures)
@@ -109,5 +104,10 @@ class EndWriter:
                 self._ended(final, final.id in streaks, streaks.get(final.id, 0))
                 if not done.done():
                     done.set_result(None)
+            try:
+                async with self._connection() as conn:
+                    await ended.save_last_runs(conn)
+            except psycopg.Error as exc:  # the ends are committed; a later end of the job writes a newer one
+                self.log.warning("last_runs_not_saved", error=str(exc))
             if not self._ends:
                 self._idle.set()

@@ -77,8 +77,8 @@ async def lock_run(conn: Conn, run_id: int) -> tuple[Run, str | None] | None:
 
 class Ended:
     """What ended() leaves for after the commit: the failure streak each ended run's job had
-    before it (the job_state statements go last, just before the COMMIT, so that in a pipeline
-    the row lock they may take is held for no round trip), and each job's newest ended run."""
+    before it (the job_state statements go last, just before the COMMIT, so the row lock they
+    may take is held as briefly as can be), and each job's newest ended run."""
 
     def __init__(self) -> None:
         self._jobs: list[tuple[AsyncCursor[TupleRow], list[Run]]] = []
@@ -102,13 +102,10 @@ class Ended:
 
     async def save_last_runs(self, conn: Conn) -> None:
         """Each job's newest ended run, after the commit of the ends (outside any transaction),
-        in a transaction of its own that holds the job's row
-        only while PostgreSQL applies it (every ending batch writes it). Not waited to disk: a
-        hint that a crash may leave one batch behind (the runs themselves are committed)."""
+        in a statement of its own: every ending batch writes it, and alone it holds the job's
+        row only while PostgreSQL applies it."""
         if self.last_runs:
-            async with conn.pipeline(), conn.transaction():
-                await conn.execute("SET LOCAL synchronous_commit TO off")
-                await conn.execute(_LAST_RUNS, (list(self.last_runs), list(self.last_runs.values())))
+            await conn.execute(_LAST_RUNS, (list(self.last_runs), list(self.last_runs.values())))
 
 
 async def ended(
