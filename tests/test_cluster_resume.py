@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+from clusterhelp import executions, node_config, nodes, trigger
 from conftest import wait_for
 from process import DaemonProcess
 from ssehelp import NO_TIMEOUT, NOOP, Message, SSEReader, serve  # noqa: F401  (serve is a fixture)
-from test_cluster_processes import executions, node_config, nodes, trigger
 
 from jobd.cluster.eventfeed import EventTail, decode
 from jobd.cluster.wakeup import Signal
