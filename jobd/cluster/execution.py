@@ -16,14 +16,19 @@ from jobd.cluster import runtable, writes
 from jobd.cluster.wakeup import Signal
 from jobd.cluster.writer import EndWriter
 from jobd.config import JobConfig
-from jobd.lifecycle import admission, retry
+from jobd.lifecycle import admission
 from jobd.lifecycle.backend import Feed, FinishedHook
+from jobd.lifecycle.transitions import ended_copy, publish_log, retry_after_failure, retry_after_interrupt
 from jobd.models import InvalidTransition, Run, RunStatus
 from jobd.store.base import JobState
 from jobd.store.postgres import events, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
 CLAIM_BATCH = 64
+
+
+def _no_id() -> int:
+    return 0
 
 
 class Execution:
@@ -122,15 +127,7 @@ class Execution:
             self.writer.progress(run, claim.token)
 
     def report_log(self, run: Run, line: str, stream: str) -> None:
-        feed = self._feed
-        if feed is not None and feed.wants_logs(run.id):  # this node's followers only
-            feed.publish(
-                "log",
-                {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
-                run_id=run.id,
-                job=run.job,
-                status=run.status.value,
-            )
+        publish_log(self._feed, run, line, stream)  # this node's followers (others proxy theirs here)
 
     def finish(
         self,
@@ -144,18 +141,12 @@ class Execution:
     ) -> asyncio.Future[None]:
         if result is not None:
             run.result = result
-        again = None
-        job = self._jobs.get(run.job)
-        if retry.retries_after_failure(run, status, job):
-            assert job is not None
-            delay = retry.backoff_s(job, run.attempt, self.rng)
-            again = retry.retry_run(run, run_id=0, now=self.clock(), delay_s=delay)
+        # Built with id 0: the cluster's sequence numbers it when it is written.
+        again = retry_after_failure(run, status, self._jobs.get(run.job), rng=self.rng, clock=self.clock, new_id=_no_id)
         return self._end(run, status, error=error, exit_code=exit_code, log_tail=log_tail, again=again)
 
     def interrupt(self, run: Run, reason: str) -> asyncio.Future[None]:
-        again = None
-        if retry.retries_after_interrupt(self._jobs.get(run.job)):
-            again = retry.retry_run(run, run_id=0, now=self.clock())
+        again = retry_after_interrupt(run, self._jobs.get(run.job), clock=self.clock, new_id=_no_id)
         return self._end(run, RunStatus.FAILED, error=reason, again=again)
 
     def _end(
@@ -171,7 +162,7 @@ class Execution:
         if run.status.terminal or run.id in self._ending:
             raise InvalidTransition(run.id, run.status, status)
         self._ending.add(run.id)
-        final = runtable.ended_copy(run, status, self.clock(), error=error, exit_code=exit_code, log_tail=log_tail)
+        final = ended_copy(run, status, self.clock(), error=error, exit_code=exit_code, log_tail=log_tail)
         final.node = self.node
         claim = self._tokens.get(run.id)
         done = self.writer.end(final, None if claim is None else claim.token, again)
@@ -212,10 +203,8 @@ class Execution:
         """End runs whose node is gone, as a crash would (on_interrupt), in the caller's transaction."""
         finals = []
         for c in claimed:
-            again = None
-            if retry.retries_after_interrupt(self._jobs.get(c.run.job)):
-                again = retry.retry_run(c.run, run_id=0, now=self.clock())
-            final = runtable.ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
+            again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
+            final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
             finals.append((final, c.token, again))
         await writes.ended(conn, finals)
         await events.notify_wakeup(conn)
