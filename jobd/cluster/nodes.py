@@ -48,6 +48,7 @@ class NodeLife:
         self._fence = fence
         self._unfence = unfence
         self.log = log or structlog.get_logger("jobd.cluster")
+        self.url = config.advertise_url  # where the other nodes reach this one; see advertise()
         self.fenced = False
         self.reachable = True  # the last heartbeat got through
         self._last_beat = 0.0
@@ -55,8 +56,21 @@ class NodeLife:
 
     async def register(self) -> None:
         async with self._connection() as conn:
-            await cluster.register_node(conn, self.name, self.host, self.pid)
+            await cluster.register_node(conn, self.name, self.host, self.pid, self.url)
         self._last_beat = asyncio.get_running_loop().time()
+
+    async def advertise(self, bound: Sequence[object]) -> None:
+        """Once the server listens: record where the other nodes reach this one, unless
+        `[cluster] advertise_url` says it (the default comes from the bound address)."""
+        if self.url is None:
+            self.url = default_url(bound, self.host)
+        try:
+            async with asyncio.timeout(self.config.dead_after_s), self._connection() as conn:
+                await cluster.set_node_url(conn, self.name, self.url)
+        except (psycopg.Error, TimeoutError) as exc:  # the next heartbeat writes it
+            self.log.warning("node_advertise_failed", node=self.name, error=str(exc) or type(exc).__name__)
+            return
+        self.log.info("node_advertised", node=self.name, url=self.url)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pg-node")
@@ -82,12 +96,12 @@ class NodeLife:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.heartbeat_s), self._connection() as conn:
-                alive = await cluster.heartbeat(conn, self.name)
+                alive = await cluster.heartbeat(conn, self.name, self.url)
                 if not alive and not self.fenced:
                     self._set_fenced("declared dead by the cluster")
                 if not alive:
                     # Its runs were taken over: the node may come back as new, with spent tokens.
-                    await cluster.register_node(conn, self.name, self.host, self.pid)
+                    await cluster.register_node(conn, self.name, self.host, self.pid, self.url)
             self.reachable = True
             self._last_beat = loop.time()
             if self.fenced:
@@ -127,3 +141,19 @@ class NodeLife:
     async def nodes(self) -> list[cluster.Node]:
         async with self._connection() as conn:
             return await cluster.list_nodes(conn, self.config.dead_after_s)
+
+    async def node(self, name: str) -> cluster.Node | None:
+        async with self._connection() as conn:
+            return await cluster.get_node(conn, name, self.config.dead_after_s)
+
+
+def default_url(bound: Sequence[object], host_name: str) -> str | None:
+    """http://HOST:PORT of the first TCP address the server is bound to; a wildcard address
+    (0.0.0.0, ::) becomes this machine's name. None when it listens on no TCP socket."""
+    for address in bound:
+        if isinstance(address, tuple) and len(address) >= 2:
+            host, port = str(address[0]), int(address[1])
+            if host in ("0.0.0.0", "::", ""):
+                host = host_name
+            return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return None
