@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
-from test_cluster_processes import nodes
+from conftest import wait_for
+from test_cluster_processes import nodes, query
 
 pytest.importorskip("jobd.store.postgres.store", reason="PostgresStore is not in this tree yet")
 
 JOBS = (
-    '[jobs.talk]\nhandler = "ops_jobs:talk"\nmax_concurrency = 8\noverlap = "allow"\n'
+    '[jobs.talk]\nhandler = "ops_jobs:talk"\nmax_concurrency = 1\noverlap = "allow"\n'
     '[jobs.fail]\nhandler = "ops_jobs:fail"\nmax_concurrency = 8\noverlap = "allow"\nalert_after_failures = 3\n'
 )
 
@@ -53,3 +58,95 @@ async def test_status_lists_the_nodes_of_the_cluster(tmp_path: Path, pg_db: str)
         listed = {n["name"]: n for n in snapshot["nodes"]}
         assert listed.keys() == {"node0", "node1"} and all(n["alive"] for n in listed.values())
         assert listed["node1"]["url"] == daemons[1].url
+
+
+AUTH = '[auth]\ntokens = [{ name = "ops", token = "ops-token-123", scope = "admin" }]\n'
+HEADERS = {"Authorization": "Bearer ops-token-123"}
+
+
+async def run_on(dsn: str, run_id: int) -> str | None:
+    rows = query(dsn, "SELECT node FROM runs WHERE id = %s", run_id)
+    return rows[0][0] if rows else None
+
+
+async def stream_messages(session: aiohttp.ClientSession, url: str, **headers: str) -> list[dict[str, Any]]:
+    """Every message of a stream until it ends."""
+    messages = []
+    async with session.get(url, headers={**HEADERS, **headers}) as resp:
+        assert resp.status == 200, await resp.text()
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                messages.append(json.loads(line[6:]))
+    return messages
+
+
+async def test_any_node_answers_for_the_log_of_a_run_executed_on_another(tmp_path: Path, pg_db: str) -> None:
+    async with nodes(tmp_path, pg_db, 2, AUTH + JOBS) as daemons, aiohttp.ClientSession() as session:
+        by_name = {f"node{i}": d for i, d in enumerate(daemons)}
+        # Two runs that wait for their job's one slot behind a first one: their streams open while
+        # they are PENDING, on both nodes, so that one of each pair follows a run executed elsewhere.
+        body = {"runs": [{"params": {"lines": 5, "pause": 0.2}} for _ in range(3)]}
+        async with session.post(f"{daemons[0].url}/api/v1/jobs/talk/trigger", json=body, headers=HEADERS) as resp:
+            assert resp.status == 202, await resp.text()
+            ids = [run["id"] for run in (await resp.json())["runs"]]
+        streams = [
+            stream_messages(session, f"{d.url}/api/v1/runs/{run_id}/events?log=1") for run_id in ids for d in daemons
+        ]
+        got = await asyncio.gather(*streams)
+        executed = {run_id: await run_on(pg_db, run_id) for run_id in ids}
+        for (run_id, daemon), messages in zip([(r, d) for r in ids for d in daemons], got):
+            lines = [m["line"] for m in messages if m["type"] == "log"]
+            every = [f"line {n} of run {run_id}" for n in range(5)]
+            if daemon is by_name[executed[run_id]]:
+                assert lines == every, messages
+            else:  # moved to the executing node when the run started: its first line may come before
+                assert lines in (every, every[1:]), messages
+            assert messages[-1]["type"] == "status_update" and messages[-1]["status"] == "COMPLETED"
+        # The whole log, from either node.
+        for run_id, owner in executed.items():
+            assert owner is not None
+            for daemon in daemons:
+                async with session.get(f"{daemon.url}/api/v1/runs/{run_id}/log", headers=HEADERS) as resp:
+                    assert resp.status == 200
+                    text = await resp.text()
+                assert text.splitlines() == [f"line {n} of run {run_id}" for n in range(5)]
+        # Without a token the relaying node refuses, as the executing one would.
+        elsewhere = next(d for name, d in by_name.items() if name != executed[ids[0]])
+        async with session.get(f"{elsewhere.url}/api/v1/runs/{ids[0]}/log") as resp:
+            assert resp.status == 401
+        # A node that stops answering: a 502 naming it, within the relay's time limits.
+        owner_name = executed[ids[0]]
+        other = next(d for name, d in by_name.items() if name != owner_name)
+        by_name[owner_name].signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            async with session.get(f"{other.url}/api/v1/runs/{ids[0]}/log", headers=HEADERS) as resp:
+                problem = await resp.json()
+            assert resp.status in (502, 503) and owner_name in problem["detail"], problem
+            assert time.monotonic() - started < 15
+            # Declared dead: a 503 at once.
+            await wait_for(
+                lambda: query(pg_db, "SELECT dead_at FROM nodes WHERE name = %s", owner_name)[0][0] is not None
+            )
+            async with session.get(f"{other.url}/api/v1/runs/{ids[0]}/log", headers=HEADERS) as resp:
+                problem = await resp.json()
+            assert resp.status == 503 and f"node {owner_name!r}, which is not alive" in problem["detail"], problem
+        finally:
+            by_name[owner_name].signal(signal.SIGCONT)
+
+
+async def test_a_stream_opened_on_another_node_while_the_run_runs_is_relayed(tmp_path: Path, pg_db: str) -> None:
+    async with nodes(tmp_path, pg_db, 2, AUTH + JOBS) as daemons, aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{daemons[0].url}/api/v1/jobs/talk/trigger", json={"params": {"lines": 30, "pause": 0.1}}, headers=HEADERS
+        ) as resp:
+            run_id = (await resp.json())["run"]["id"]
+        await wait_for(lambda: query(pg_db, "SELECT status FROM runs WHERE id = %s", run_id)[0][0] == "PROCESSING")
+        owner = await run_on(pg_db, run_id)
+        other = next(d for i, d in enumerate(daemons) if f"node{i}" != owner)
+        messages = await stream_messages(session, f"{other.url}/api/v1/runs/{run_id}/events?log=1")
+        assert messages[0]["type"] == "connected"
+        lines = [m["line"] for m in messages if m["type"] == "log"]
+        first = int(lines[0].split()[1])
+        assert lines == [f"line {n} of run {run_id}" for n in range(first, 30)] and first < 29
+        assert messages[-1]["status"] == "COMPLETED"

@@ -142,6 +142,10 @@ class NodeLife:
         async with self._connection() as conn:
             return await cluster.list_nodes(conn, self.config.dead_after_s)
 
+    async def cluster_key(self) -> bytes:
+        async with self._connection() as conn:
+            return await cluster.cluster_key(conn)
+
     async def node(self, name: str) -> cluster.Node | None:
         async with self._connection() as conn:
             return await cluster.get_node(conn, name, self.config.dead_after_s)

@@ -7,9 +7,10 @@ import asyncio
 import functools
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.abc import AbstractStreamWriter
 
+from jobd.errors import JobdError
 from jobd.events import SubscriberOverflow, SubscriptionClosed
 from jobd.summary import RunStates
 from jobd.web.auth import requires
@@ -17,6 +18,7 @@ from jobd.web.keys import DAEMON, REQUEST_ID
 from jobd.web.params import PREFIX, run_id_of
 from jobd.web.sse import frames, query
 from jobd.web.sse.opening import Selection, open_stream
+from jobd.web.sse.relay import NODE_UNREACHABLE, RELAY, Relay
 from jobd.web.sse.streams import INTERNAL, Stream, Streams
 
 STREAMS: web.AppKey[Streams] = web.AppKey("streams", Streams)
@@ -63,6 +65,15 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
     try:
         selection = select(request, streams)
         until_terminal = selection.until_terminal
+        # A run's log lines are on the node executing it: its stream is relayed from there.
+        relay = request.app[RELAY]
+        run_id = selection.run_id if selection.wants_logs and relay.may_move(request) else None
+        if run_id is not None and (node := await relay.follows_elsewhere(request, run_id)) is not None:
+            upstream = await relay.connect_stream(request, node, run_id, query.last_event_id(request))
+            response, writer = await _start(request, stream)
+            stream.send(frames.retry_hint(daemon.config.server.sse_retry_ms))
+            await _relay(stream, writer, upstream, relay, node, moved=False)
+            return response
         stream.sub = sub = selection.subscribe(daemon.bus)
         opening = await open_stream(daemon, request.app[RUN_STATES], selection, query.last_event_id(request))
         del selection
@@ -77,7 +88,8 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
             del data
             if finished:
                 return response
-            stream.deliver_at_once(until_terminal=until_terminal)
+            if run_id is None:  # a stream that may move sees each event, its run's start among them
+                stream.deliver_at_once(until_terminal=until_terminal)
             while True:
                 if stream.behind():
                     await writer.drain()
@@ -97,14 +109,29 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
                 chunks = [event.frame]
                 last = event
                 done = until_terminal and frames.ends_run(event)
+                started = event.status == "PROCESSING"
                 while not done and (more := sub.get_nowait()) is not None:
                     chunks.append(more.frame)
                     last = more
                     done = until_terminal and frames.ends_run(more)
+                    started = started or more.status == "PROCESSING"
                 stream.send(b"".join(chunks) if len(chunks) > 1 else chunks[0])
                 stream.position = last.id
                 del chunks
                 if done:
+                    return response
+                if run_id is not None and started:
+                    node = await relay.follows_elsewhere(request, run_id)
+                    if node is None:
+                        run_id = None  # it runs here: this node's bus has its log lines
+                        continue
+                    sub.close()  # the rest, from this position on, comes from the node executing the run
+                    try:
+                        upstream = await relay.connect_stream(request, node, run_id, stream.position)
+                    except JobdError as exc:
+                        stream.fail(NODE_UNREACHABLE, f"{exc.detail}; reconnect with Last-Event-ID to resume")
+                        return response
+                    await _relay(stream, writer, upstream, relay, node, moved=True)
                     return response
         except SubscriberOverflow:
             streams.cut_off(stream, "fell behind the events and was cut off")
@@ -117,6 +144,14 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
         return response
     finally:
         streams.close(stream)
+
+
+async def _relay(
+    stream: Stream, writer: AbstractStreamWriter, upstream: ClientResponse, relay: Relay, node: str, *, moved: bool
+) -> None:
+    await relay.pipe(stream, writer, upstream, node, moved=moved)
+    if stream.ending == "shutdown":
+        stream.send(frames.shutdown(stream.position))
 
 
 # One run: connected, its current state, every change; ends after the terminal state.

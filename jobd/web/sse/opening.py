@@ -79,6 +79,8 @@ async def open_stream(
         finished = await daemon.store.get_run(selection.run_id)
         if finished is None:
             raise RunNotFound(selection.run_id)
+        if not finished.status.terminal:  # in a cluster: created by another node, not yet in this one's feed
+            active, finished = [finished], None
     opening: list[tuple[int, bytes]]
     if replay is not None:
         assert resume_from is not None
