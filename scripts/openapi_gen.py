@@ -38,6 +38,7 @@ SOURCES = [source.value for source in TriggerSource]
 STREAM_ERRORS = {
     "lagging": "the client fell behind the events or stopped reading, and was cut off",
     "internal": "the stream failed on the server; the log says why",
+    "node_unreachable": "a run's stream relayed from the node executing the run (in a cluster) lost that node",
 }
 
 

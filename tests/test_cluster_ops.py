@@ -150,3 +150,45 @@ async def test_a_stream_opened_on_another_node_while_the_run_runs_is_relayed(tmp
         first = int(lines[0].split()[1])
         assert lines == [f"line {n} of run {run_id}" for n in range(first, 30)] and first < 29
         assert messages[-1]["status"] == "COMPLETED"
+
+
+async def test_a_failure_streak_is_the_clusters_and_alerts_once(tmp_path: Path, pg_db: str) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        received.append(await request.json())
+        return aiohttp.web.Response(status=204)
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/hook", hook)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    alerts = f'[alerts]\nwebhook_url = "http://127.0.0.1:{port}/hook"\nwebhook_retries = 0\n'
+    jobs = JOBS.replace("max_concurrency = 8", "max_concurrency = 1")
+    try:
+        async with nodes(tmp_path, pg_db, 2, alerts + jobs) as daemons, aiohttp.ClientSession() as session:
+            failed: list[int] = []
+            for attempt in range(8):  # until both nodes have executed failures of the streak
+                node = daemons[attempt % 2]
+                body = {"runs": [{} for _ in range(3)]}
+                async with session.post(f"{node.url}/api/v1/jobs/fail/trigger", json=body) as resp:
+                    failed += [run["id"] for run in (await resp.json())["runs"]]
+                ended = "SELECT count(*) FROM runs WHERE status = 'FAILED' AND id = ANY(%s)"
+                await wait_for(lambda: query(pg_db, ended, failed)[0][0] == len(failed))
+                if len({row[0] for row in query(pg_db, "SELECT node FROM runs WHERE id = ANY(%s)", failed)}) == 2:
+                    break
+            else:
+                pytest.fail("every failure ran on one node")
+            streak = query(pg_db, "SELECT consecutive_failures FROM job_state WHERE job = 'fail'")[0][0]
+            assert streak == len(failed)
+            await wait_for(lambda: len(received) >= 1)
+            third = sorted(failed)[2]
+            assert [(a["kind"], a["run_id"], a["consecutive_failures"]) for a in received] == [("failure", third, 3)]
+            senders = [d for d in daemons if any(e["run_id"] == third for e in d.events("job_alert"))]
+            assert len(senders) == 1
+            assert not [e for d in daemons for e in d.events("job_alert") if e["run_id"] != third]
+    finally:
+        await runner.cleanup()
