@@ -144,7 +144,18 @@ async def test_a_stream_opened_on_another_node_while_the_run_runs_is_relayed(tmp
         await wait_for(lambda: query(pg_db, "SELECT status FROM runs WHERE id = %s", run_id)[0][0] == "PROCESSING")
         owner = await run_on(pg_db, run_id)
         other = next(d for i, d in enumerate(daemons) if f"node{i}" != owner)
-        messages = await stream_messages(session, f"{other.url}/api/v1/runs/{run_id}/events?log=1")
+        executing = next(d for d in daemons if d is not other)
+        # A ticket minted on one node holds on the other (the cluster's key), and on the relayed request.
+        stream = f"/api/v1/runs/{run_id}/events"
+        async with session.post(f"{executing.url}/api/v1/tickets", json={"stream": stream}, headers=HEADERS) as resp:
+            assert resp.status == 201, await resp.text()
+            ticket = (await resp.json())["ticket"]
+        messages = []
+        async with session.get(f"{other.url}{stream}", params={"log": "1", "ticket": ticket}) as resp:
+            assert resp.status == 200, await resp.text()
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    messages.append(json.loads(line[6:]))
         assert messages[0]["type"] == "connected"
         lines = [m["line"] for m in messages if m["type"] == "log"]
         first = int(lines[0].split()[1])
