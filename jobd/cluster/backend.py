@@ -9,6 +9,7 @@ are batched into a local buffer that the worker pool takes from; terminal writes
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -71,6 +72,7 @@ class PostgresBackend(Execution, Reads):
         self._cancel_requested: set[int] = set()
         self._ending: set[int] = set()
         self._buffer: asyncio.Queue[tuple[Run, JobConfig]] = asyncio.Queue()
+        self._recent_lines: dict[int, collections.deque[tuple[str, str]]] = {}  # see Execution.report_log
         self.listener = Listener(
             dsn, (events.CHANNEL_WAKEUP, events.CHANNEL_CONTROL, events.CHANNEL_EVENTS), rng=self.rng
         )

@@ -5,6 +5,7 @@ token), cancel requests from other nodes, the take-over of dead nodes' runs, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,9 @@ from jobd.store.postgres import events, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
 CLAIM_BATCH = 64
+# The last lines of each run this node executes, kept for a stream that another node moves here
+# when the run starts: it opens with the lines written before it connected (see lines_so_far()).
+RECENT_LINES = 500
 
 
 def _no_id() -> int:
@@ -53,6 +57,7 @@ class Execution:
     _cancel_requested: set[int]
     _ending: set[int]
     _buffer: asyncio.Queue[tuple[Run, JobConfig]]
+    _recent_lines: dict[int, collections.deque[tuple[str, str]]]
     _wakeup: Signal
     _control: Signal
     _states: dict[str, JobState]
@@ -127,7 +132,15 @@ class Execution:
             self.writer.progress(run, claim.token)
 
     def report_log(self, run: Run, line: str, stream: str) -> None:
-        publish_log(self._feed, run, line, stream)  # this node's followers (others proxy theirs here)
+        recent = self._recent_lines.get(run.id)
+        if recent is None:
+            recent = self._recent_lines[run.id] = collections.deque(maxlen=RECENT_LINES)
+        recent.append((stream, line))
+        publish_log(self._feed, run, line, stream)  # this node's streams; other nodes relay them
+
+    def lines_so_far(self, run_id: int) -> list[tuple[str, str]]:
+        """(stream, line) of the run's last lines (at most RECENT_LINES) while this node executes it."""
+        return list(self._recent_lines.get(run_id, ()))
 
     def finish(
         self,
@@ -176,6 +189,7 @@ class Execution:
         return done
 
     def _ended(self, final: Run, written: bool, streak: int) -> None:
+        self._recent_lines.pop(final.id, None)
         self._tokens.pop(final.id, None)
         self._cancel_requested.discard(final.id)
         if not written:

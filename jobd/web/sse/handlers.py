@@ -11,13 +11,14 @@ from aiohttp import ClientResponse, web
 from aiohttp.abc import AbstractStreamWriter
 
 from jobd.errors import JobdError
-from jobd.events import SubscriberOverflow, SubscriptionClosed
+from jobd.events import SubscriberOverflow, SubscriptionClosed, encode_frame
+from jobd.models import Run
 from jobd.summary import RunStates
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON, REQUEST_ID
 from jobd.web.params import PREFIX, run_id_of
 from jobd.web.sse import frames, query
-from jobd.web.sse.opening import Selection, open_stream
+from jobd.web.sse.opening import Opening, Selection, open_stream
 from jobd.web.sse.relay import NODE_UNREACHABLE, RELAY, Relay
 from jobd.web.sse.streams import INTERNAL, Stream, Streams
 
@@ -69,16 +70,20 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
         relay = request.app[RELAY]
         run_id = selection.run_id if selection.wants_logs and relay.may_move(request) else None
         if run_id is not None and (node := await relay.follows_elsewhere(request, run_id)) is not None:
-            upstream = await relay.connect_stream(request, node, run_id, query.last_event_id(request))
+            upstream = await relay.connect_stream(request, node, run_id, query.last_event_id(request), moved=False)
             response, writer = await _start(request, stream)
             stream.send(frames.retry_hint(daemon.config.server.sse_retry_ms))
             await _relay(stream, writer, upstream, relay, node, moved=False)
             return response
         stream.sub = sub = selection.subscribe(daemon.bus)
+        # Read with no await after subscribing: the lines before it, the events carry those after.
+        early = None if selection.run_id is None else relay.lines_so_far(request, selection.run_id)
         opening = await open_stream(daemon, request.app[RUN_STATES], selection, query.last_event_id(request))
         del selection
         if opening is None:
             return web.Response(status=204)
+        if early is not None:
+            _open_with_lines(opening, early, daemon.runs.active.get(run_id_of(request)))
         response, writer = await _start(request, stream)
         try:
             data = frames.retry_hint(daemon.config.server.sse_retry_ms) + b"".join(opening.frames)
@@ -127,7 +132,7 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
                         continue
                     sub.close()  # the rest, from this position on, comes from the node executing the run
                     try:
-                        upstream = await relay.connect_stream(request, node, run_id, stream.position)
+                        upstream = await relay.connect_stream(request, node, run_id, stream.position, moved=True)
                     except JobdError as exc:
                         stream.fail(NODE_UNREACHABLE, f"{exc.detail}; reconnect with Last-Event-ID to resume")
                         return response
@@ -144,6 +149,19 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
         return response
     finally:
         streams.close(stream)
+
+
+def _open_with_lines(opening: Opening, lines: list[tuple[str, str]], run: Run | None) -> None:
+    """A moved stream's opening: its run's states, then every line so far (not the few of them
+    the replay may hold), each as the log message it would have had."""
+    if run is None:
+        return
+    kept = [frame for frame in opening.frames if b'"type":"log"' not in frame[:64]]
+    kept += [
+        encode_frame(opening.position, {"type": "log", "run_id": run.id, "job": run.job, "stream": s, "line": line})
+        for s, line in lines
+    ]
+    opening.frames = kept
 
 
 async def _relay(

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from jobd.web.sse.streams import Stream
 
 RELAYED_BY = "X-Jobd-Relayed-By"  # the node that relayed a request: the one that receives it answers itself
+# On a stream moved when its run started: open with the lines the run has written so far.
+RELAY_FROM = "X-Jobd-Relay-From"
 CONNECT_S = 3.0  # to open the connection to the other node
 ANSWER_S = 10.0  # for its response's headers
 LOG_READ_S = 30.0  # the longest pause inside a log's body
@@ -79,6 +81,14 @@ class Relay:
                 return None
             run = stored
         return self.executed_elsewhere(request, run)
+
+    def lines_so_far(self, request: web.Request, run_id: int) -> list[tuple[str, str]] | None:
+        """For a stream another node moved here as its run started (and that subscribed just now):
+        the (stream, line) pairs the run wrote before, which no event of this node's carried to it."""
+        cluster = self.daemon.cluster
+        if cluster is None or RELAYED_BY not in request.headers or request.headers.get(RELAY_FROM) != "start":
+            return None
+        return cluster.lines_so_far(run_id)
 
     def may_move(self, request: web.Request) -> bool:
         """Whether a run's stream with log lines may have to move to another node once its run starts."""
@@ -146,12 +156,15 @@ class Relay:
     # -- a run's stream with its log lines ---------------------------------------------------------
 
     async def connect_stream(
-        self, request: web.Request, name: str, run_id: int, resume_from: int | None
+        self, request: web.Request, name: str, run_id: int, resume_from: int | None, *, moved: bool
     ) -> aiohttp.ClientResponse:
-        """Node `name`'s stream of run `run_id` with log lines, from `resume_from` on."""
+        """Node `name`'s stream of run `run_id` with log lines, from `resume_from` on; `moved`:
+        this node's stream followed the run until it started there, with no log line yet."""
         query = {key: value for key, value in request.query.items() if key != "last_event_id"}
         path_qs = str(request.rel_url.with_query(query))
         extra = {"Accept": "text/event-stream"}
+        if moved:
+            extra[RELAY_FROM] = "start"
         if resume_from is not None:
             extra["Last-Event-ID"] = str(resume_from)
         read_s = max(3 * self.daemon.config.server.sse_heartbeat_s, 10.0)  # the other node's heartbeats
