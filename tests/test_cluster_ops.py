@@ -4,6 +4,7 @@ nodes, any node answering for any run's log, and alerts sent once for the cluste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -200,3 +201,44 @@ async def test_a_failure_streak_is_the_clusters_and_alerts_once(tmp_path: Path, 
             assert not [e for d in daemons for e in d.events("job_alert") if e["run_id"] != third]
     finally:
         await runner.cleanup()
+
+
+async def test_the_firehose_with_log_lines_has_those_of_every_node(tmp_path: Path, pg_db: str) -> None:
+    async with nodes(tmp_path, pg_db, 2, AUTH + JOBS) as daemons, aiohttp.ClientSession() as session:
+        lines: list[str] = []
+        ended: set[int] = set()
+        ids: list[int] = []
+
+        async def follow() -> None:
+            async with session.get(f"{daemons[0].url}/api/v1/events?log=1&job=talk", headers=HEADERS) as resp:
+                assert resp.status == 200
+                async for raw in resp.content:
+                    if not raw.startswith(b"data: "):
+                        continue
+                    message = json.loads(raw[6:])
+                    if message["type"] == "log":
+                        lines.append(message["line"])
+                    elif message["type"] == "status_update" and message["status"] == "COMPLETED":
+                        ended.add(message["run_id"])
+
+        follower = asyncio.create_task(follow())
+        try:
+            await asyncio.sleep(1.5)  # the other node's firehose is joined within a heartbeat
+            body = {"runs": [{"params": {"lines": 3, "pause": 0.2}} for _ in range(4)]}
+            for _ in range(5):  # until both nodes have executed some (they take turns at the job's one slot)
+                async with session.post(
+                    f"{daemons[1].url}/api/v1/jobs/talk/trigger", json=body, headers=HEADERS
+                ) as resp:
+                    ids += [run["id"] for run in (await resp.json())["runs"]]
+                await wait_for(lambda: ended >= set(ids), timeout=30)
+                if {await run_on(pg_db, run_id) for run_id in ids} == {"node0", "node1"}:
+                    break
+            else:
+                pytest.fail("every run ran on one node")
+            expected = {f"line {n} of run {run_id}" for run_id in ids for n in range(3)}
+            await wait_for(lambda: expected <= set(lines), timeout=10)
+            assert len(lines) == len(expected)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower

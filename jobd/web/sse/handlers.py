@@ -4,6 +4,7 @@ and the firehose of every run. Both are `serve` with what they follow bound to i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -63,6 +64,7 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
     streams = request.app[STREAMS]
     daemon = request.app[DAEMON]
     stream = streams.open(request)
+    other_logs: asyncio.Task[None] | None = None
     try:
         selection = select(request, streams)
         until_terminal = selection.until_terminal
@@ -75,6 +77,8 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
             stream.send(frames.retry_hint(daemon.config.server.sse_retry_ms))
             await _relay(stream, writer, upstream, relay, node, moved=False)
             return response
+        # The firehose's log lines of runs executed elsewhere come from the other nodes.
+        relays_logs = selection.run_id is None and selection.wants_logs and relay.may_move(request)
         stream.sub = sub = selection.subscribe(daemon.bus)
         # Read with no await after subscribing: the lines before it, the events carry those after.
         early = None if selection.run_id is None else relay.lines_so_far(request, selection.run_id)
@@ -93,6 +97,8 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
             del data
             if finished:
                 return response
+            if relays_logs:
+                other_logs = asyncio.create_task(relay.firehose_logs(request, stream), name="relay-firehose")
             if run_id is None:  # a stream that may move sees each event, its run's start among them
                 stream.deliver_at_once(until_terminal=until_terminal)
             while True:
@@ -148,6 +154,10 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
             stream.fail(INTERNAL, "the stream failed on the server; reconnect with Last-Event-ID to resume")
         return response
     finally:
+        if other_logs is not None:
+            other_logs.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await other_logs
         streams.close(stream)
 
 

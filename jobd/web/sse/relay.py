@@ -221,6 +221,58 @@ class Relay:
                 reading.cancel()
             upstream.release()
 
+    # -- the firehose's log lines ------------------------------------------------------------------
+
+    async def firehose_logs(self, request: web.Request, stream: Stream) -> None:
+        """Until cancelled (the stream's end): the log lines of the runs the other nodes execute,
+        from each live node's firehose, into `stream`, each with the position the stream has
+        reached (they are this node's own messages: a reconnect does not replay them)."""
+        cluster = self.daemon.cluster
+        assert cluster is not None
+        readers: dict[str, asyncio.Task[None]] = {}
+        try:
+            while stream.ending is None:
+                try:
+                    listed = await cluster.life.nodes()
+                except Exception:  # the database is away: the nodes' streams go on meanwhile
+                    listed = []
+                for node in listed:
+                    task = readers.get(node.name)
+                    if node.name == cluster.node or not node.alive or node.url is None:
+                        continue
+                    if task is None or task.done():
+                        readers[node.name] = asyncio.create_task(
+                            self._firehose_of(request, stream, node.name, node.url), name=f"relay-{node.name}"
+                        )
+                await asyncio.sleep(self.daemon.config.cluster.heartbeat_s)
+        finally:
+            for task in readers.values():
+                task.cancel()
+            await asyncio.gather(*readers.values(), return_exceptions=True)
+
+    async def _firehose_of(self, request: web.Request, stream: Stream, name: str, url: str) -> None:
+        headers = {key: request.headers[key] for key in _FORWARDED if key in request.headers}
+        headers.update({RELAYED_BY: self.daemon.config.cluster.node_name, "Accept": "text/event-stream"})
+        read_s = max(3 * self.daemon.config.server.sse_heartbeat_s, 10.0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_S, sock_read=read_s)
+        query = {key: value for key, value in request.query.items() if key != "last_event_id"}
+        path_qs = str(request.rel_url.with_query(query))
+        try:
+            async with self.session.get(url + path_qs, headers=headers, timeout=timeout) as upstream:
+                if upstream.status != 200:
+                    self.logger.warning("relay_refused", node=name, path=request.path, status=upstream.status)
+                    return
+                pending = b""
+                async for chunk in upstream.content.iter_any():
+                    pending += chunk
+                    *messages, pending = pending.split(b"\n\n")
+                    for message in messages:
+                        _, _, data = message.partition(b"data: ")
+                        if data.startswith(b'{"type":"log"') and stream.ending is None:
+                            stream.send(b"id: %d\ndata: %s\n\n" % (stream.position, data))
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            self.logger.warning("relay_cut", node=name, path=request.path, error=str(exc) or type(exc).__name__)
+
 
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
 
