@@ -194,7 +194,10 @@ def test_check_prints_the_store_without_its_password_and_the_warnings(tmp_path):
     assert (
         "store: postgresql, postgresql://jobd:***@db.example.com:5432/jobd (from $JOBD_DATABASE_URL)" in result.stdout
     )
-    assert "cluster node: web-1 (heartbeat every 5 s, dead after 30 s)" in result.stdout
+    assert (
+        "cluster node: web-1 (heartbeat every 5 s, dead after 30 s), "
+        "reached by the other nodes at the address the server listens on\n"
+    ) in result.stdout
     assert "s3cret" not in result.stdout + result.stderr and result.stderr == ""
     unset = run_cli("check", "-c", str(pg), env={"PATH": "/usr/bin:/bin"})
     assert unset.returncode == 2
