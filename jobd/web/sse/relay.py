@@ -200,12 +200,17 @@ class Relay:
                 for message in messages:
                     if message.startswith((b"retry:", b":")) or not message:
                         continue  # this stream has its own retry hint and heartbeats
-                    if moved and b'"type":"connected"' in message:
+                    head, _, data = message.partition(b"\ndata: ")
+                    event_id = int(head[4:]) if head.startswith(b"id: ") and head[4:].isdigit() else 0
+                    if data.startswith(b'{"type":"log"'):
+                        # Numbered by that node's bus, not by the cluster's events: they always pass
+                        # and leave the position alone.
+                        stream.send(message + b"\n\n")
                         continue
+                    if moved and event_id <= stream.position:
+                        continue  # the client has it (its `connected` too), or it is an older state
                     stream.send(message + b"\n\n")
-                    head = message.split(b"\n", 1)[0]
-                    if head.startswith(b"id: ") and head[4:].isdigit():
-                        stream.position = int(head[4:])
+                    stream.position = max(stream.position, event_id)
                 if stream.behind():
                     await writer.drain()
         except (TimeoutError, aiohttp.ClientError) as exc:
