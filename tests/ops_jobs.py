@@ -17,3 +17,7 @@ async def talk(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 async def fail(ctx: Any, params: dict[str, Any]) -> None:
     raise RuntimeError(f"failed on {os.getpid()}")
+
+
+async def hang(ctx: Any, params: dict[str, Any]) -> None:
+    await asyncio.sleep(3600)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,9 @@ async def test_a_stream_opened_on_another_node_while_the_run_runs_is_relayed(tmp
         assert messages[-1]["status"] == "COMPLETED"
 
 
-async def test_a_failure_streak_is_the_clusters_and_alerts_once(tmp_path: Path, pg_db: str) -> None:
+@contextlib.asynccontextmanager
+async def webhook() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """An [alerts] table whose webhook is a server of the test's, and what that server received."""
     received: list[dict[str, Any]] = []
 
     async def hook(request: aiohttp.web.Request) -> aiohttp.web.Response:
@@ -172,12 +175,17 @@ async def test_a_failure_streak_is_the_clusters_and_alerts_once(tmp_path: Path, 
     app.router.add_post("/hook", hook)
     runner = aiohttp.web.AppRunner(app)
     await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
-    alerts = f'[alerts]\nwebhook_url = "http://127.0.0.1:{port}/hook"\nwebhook_retries = 0\n'
-    jobs = JOBS.replace("max_concurrency = 8", "max_concurrency = 1")
     try:
+        yield f'[alerts]\nwebhook_url = "http://127.0.0.1:{port}/hook"\nwebhook_retries = 0\n', received
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_failure_streak_is_the_clusters_and_alerts_once(tmp_path: Path, pg_db: str) -> None:
+    jobs = JOBS.replace("max_concurrency = 8", "max_concurrency = 1")
+    async with webhook() as (alerts, received):
         async with nodes(tmp_path, pg_db, 2, alerts + jobs) as daemons, aiohttp.ClientSession() as session:
             failed: list[int] = []
             for attempt in range(8):  # until both nodes have executed failures of the streak
@@ -199,8 +207,6 @@ async def test_a_failure_streak_is_the_clusters_and_alerts_once(tmp_path: Path, 
             senders = [d for d in daemons if any(e["run_id"] == third for e in d.events("job_alert"))]
             assert len(senders) == 1
             assert not [e for d in daemons for e in d.events("job_alert") if e["run_id"] != third]
-    finally:
-        await runner.cleanup()
 
 
 async def test_the_firehose_with_log_lines_has_those_of_every_node(tmp_path: Path, pg_db: str) -> None:
@@ -242,3 +248,21 @@ async def test_the_firehose_with_log_lines_has_those_of_every_node(tmp_path: Pat
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
+
+
+async def test_a_run_failed_by_taking_over_a_dead_node_alerts_from_the_node_that_took_it(
+    tmp_path: Path, pg_db: str
+) -> None:
+    hang = '[jobs.hang]\nhandler = "ops_jobs:hang"\non_interrupt = "fail"\nalert_after_failures = 1\n'
+    async with webhook() as (alerts, received), nodes(tmp_path, pg_db, 2, alerts + JOBS + hang) as daemons:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{daemons[0].url}/api/v1/jobs/hang/trigger", json={}) as resp:
+                run_id = (await resp.json())["run"]["id"]
+        running = "SELECT node FROM runs WHERE id = %s AND status = 'PROCESSING'"
+        owner = await wait_for(lambda: (query(pg_db, running, run_id) or [(None,)])[0][0])
+        victim, survivor = (daemons[0], daemons[1]) if owner == "node0" else (daemons[1], daemons[0])
+        await victim.kill()
+        await wait_for(lambda: len(received) >= 1, timeout=20)
+        assert [(a["kind"], a["run_id"], a["consecutive_failures"]) for a in received] == [("failure", run_id, 1)]
+        assert received[0]["error"].startswith("interrupted: its node stopped answering")
+        assert [e["run_id"] for e in survivor.events("job_alert")] == [run_id]

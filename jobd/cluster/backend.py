@@ -117,7 +117,8 @@ class PostgresBackend(Execution, Reads):
         await self.tail.start_at_end()
         if mine:
             async with self.pool.connection() as conn, conn.transaction():
-                await self._take_over(conn, mine, interrupted)
+                committed = await self._take_over(conn, mine, interrupted)
+            committed()
         self.listener.start()
         self.writer.start()
         self.life.start()

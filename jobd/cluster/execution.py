@@ -213,12 +213,21 @@ class Execution:
                 except Exception:  # a hook (metrics, alerts) must never fail a run
                     self.log.exception("finished_hook_failed", run_id=final.id, job=final.job)
 
-    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], reason: str) -> None:
-        """End runs whose node is gone, as a crash would (on_interrupt), in the caller's transaction."""
+    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], reason: str) -> Callable[[], None]:
+        """End runs whose node is gone, as a crash would (on_interrupt), in the caller's
+        transaction. Returns what to call once it is committed: the runs' ends are this node's
+        to announce to its hooks (an alert for a streak they bring to its threshold included)."""
         finals = []
         for c in claimed:
             again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
             final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
             finals.append((final, c.token, again))
-        await writes.ended(conn, finals)
+        streaks = await writes.ended(conn, finals)
         await events.notify_wakeup(conn)
+        ended = [(final, streaks[final.id]) for final, _, _ in finals if final.id in streaks]
+
+        def committed() -> None:
+            for final, streak in ended:
+                self._ended(final, True, streak)
+
+        return committed

@@ -23,7 +23,8 @@ from jobd.store.postgres import cluster
 from jobd.store.postgres.runs import Claimed, Conn
 
 Connection = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
-TakeOver = Callable[[Conn, Sequence[Claimed], str], Awaitable[None]]
+# Ends the runs of dead nodes in the caller's transaction; returns what to call once committed.
+TakeOver = Callable[[Conn, Sequence[Claimed], str], Awaitable[Callable[[], None]]]
 
 
 class NodeLife:
@@ -129,12 +130,15 @@ class NodeLife:
             ):
                 if not held:
                     return
+                committed = None
                 async with conn.transaction():
                     dead = await cluster.declare_dead(conn, self.config.dead_after_s)
                     if dead.names:
                         self.log.warning("nodes_declared_dead", nodes=dead.names, runs=len(dead.runs))
                     if dead.runs:
-                        await self._take_over(conn, dead.runs, "its node stopped answering")
+                        committed = await self._take_over(conn, dead.runs, "its node stopped answering")
+                if committed is not None:
+                    committed()
         except (psycopg.Error, TimeoutError) as exc:
             self.log.warning("reaper_failed", error=str(exc) or type(exc).__name__)
 
