@@ -85,18 +85,22 @@ async def stream_messages(session: aiohttp.ClientSession, url: str, **headers: s
 async def test_any_node_answers_for_the_log_of_a_run_executed_on_another(tmp_path: Path, pg_db: str) -> None:
     async with nodes(tmp_path, pg_db, 2, AUTH + JOBS) as daemons, aiohttp.ClientSession() as session:
         by_name = {f"node{i}": d for i, d in enumerate(daemons)}
-        # Two runs that wait for their job's one slot behind a first one: their streams open while
-        # they are PENDING, on both nodes, so that one of each pair follows a run executed elsewhere.
-        body = {"runs": [{"params": {"lines": 5, "pause": 0.2}} for _ in range(3)]}
+        # Three runs that wait for their job's one slot behind a first one: their streams open while
+        # they are PENDING, on both nodes, so that one of each pair follows a run executed elsewhere
+        # and moves there when it starts, losing no line.
+        body = {"runs": [{"params": {"lines": 5, "pause": 0.2}} for _ in range(4)]}
         async with session.post(f"{daemons[0].url}/api/v1/jobs/talk/trigger", json=body, headers=HEADERS) as resp:
             assert resp.status == 202, await resp.text()
             ids = [run["id"] for run in (await resp.json())["runs"]]
+        waiting = ids[1:]
         streams = [
-            stream_messages(session, f"{d.url}/api/v1/runs/{run_id}/events?log=1") for run_id in ids for d in daemons
+            stream_messages(session, f"{d.url}/api/v1/runs/{run_id}/events?log=1")
+            for run_id in waiting
+            for d in daemons
         ]
         got = await asyncio.gather(*streams)
         executed = {run_id: await run_on(pg_db, run_id) for run_id in ids}
-        for (run_id, daemon), messages in zip([(r, d) for r in ids for d in daemons], got):
+        for (run_id, daemon), messages in zip([(r, d) for r in waiting for d in daemons], got):
             lines = [m["line"] for m in messages if m["type"] == "log"]
             every = [f"line {n} of run {run_id}" for n in range(5)]
             assert lines == every, (daemon is by_name[executed[run_id]], messages)
@@ -266,3 +270,46 @@ async def test_a_run_failed_by_taking_over_a_dead_node_alerts_from_the_node_that
         assert [(a["kind"], a["run_id"], a["consecutive_failures"]) for a in received] == [("failure", run_id, 1)]
         assert received[0]["error"].startswith("interrupted: its node stopped answering")
         assert [e["run_id"] for e in survivor.events("job_alert")] == [run_id]
+
+
+async def test_a_short_runs_lines_reach_a_stream_on_the_other_node(tmp_path: Path, pg_db: str) -> None:
+    async with nodes(tmp_path, pg_db, 2, AUTH + JOBS) as daemons, aiohttp.ClientSession() as session:
+        # Quick runs behind a slower one at the job's one slot: their streams open while they wait,
+        # and each may start and end on a node before the other node's feed tells of its start.
+        body = {"runs": [{"params": {"lines": 1, "pause": 1.0}}] + [{"params": {"lines": 3}} for _ in range(6)]}
+        async with session.post(f"{daemons[0].url}/api/v1/jobs/talk/trigger", json=body, headers=HEADERS) as resp:
+            ids = [run["id"] for run in (await resp.json())["runs"]][1:]
+        got = await asyncio.gather(
+            *(stream_messages(session, f"{d.url}/api/v1/runs/{run_id}/events?log=1") for run_id in ids for d in daemons)
+        )
+        for (run_id, daemon), messages in zip([(r, d) for r in ids for d in daemons], got):
+            lines = [m["line"] for m in messages if m["type"] == "log"]
+            assert lines == [f"line {n} of run {run_id}" for n in range(3)], (daemon.url, messages)
+            assert messages[-1]["type"] == "status_update" and messages[-1]["status"] == "COMPLETED", (
+                daemon.url,
+                messages,
+            )
+
+
+async def test_a_relayed_stream_whose_node_dies_ends_with_an_error_naming_it(tmp_path: Path, pg_db: str) -> None:
+    hang = '[jobs.hang]\nhandler = "ops_jobs:hang"\non_interrupt = "fail"\n'
+    async with nodes(tmp_path, pg_db, 2, AUTH + JOBS + hang) as daemons, aiohttp.ClientSession() as session:
+        async with session.post(f"{daemons[0].url}/api/v1/jobs/hang/trigger", json={}, headers=HEADERS) as resp:
+            run_id = (await resp.json())["run"]["id"]
+        running = "SELECT node FROM runs WHERE id = %s AND status = 'PROCESSING'"
+        owner = await wait_for(lambda: (query(pg_db, running, run_id) or [(None,)])[0][0])
+        victim, other = (daemons[0], daemons[1]) if owner == "node0" else (daemons[1], daemons[0])
+        messages: list[dict[str, Any]] = []
+        async with session.get(f"{other.url}/api/v1/runs/{run_id}/events?log=1", headers=HEADERS) as resp:
+            assert resp.status == 200
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    messages.append(json.loads(line[6:]))
+                    if messages[-1]["type"] == "status_update":
+                        await victim.kill()
+        assert messages[-1]["type"] == "error" and messages[-1]["reason"] == "node_unreachable", messages
+        assert f"node {owner!r}" in messages[-1]["message"]
+        # Reconnected once the run was taken over: its final state.
+        await wait_for(lambda: query(pg_db, "SELECT status FROM runs WHERE id = %s", run_id)[0][0] == "FAILED")
+        final = await stream_messages(session, f"{other.url}/api/v1/runs/{run_id}/events?log=1")
+        assert final[-1]["status"] == "FAILED"

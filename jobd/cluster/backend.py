@@ -9,7 +9,6 @@ are batched into a local buffer that the worker pool takes from; terminal writes
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from jobd.cluster import runtable, writes
 from jobd.cluster.eventfeed import EventTail, encode
-from jobd.cluster.execution import Execution
+from jobd.cluster.execution import Execution, RecentLines
 from jobd.cluster.nodes import NodeLife
 from jobd.cluster.reads import Reads
 from jobd.cluster.wakeup import Listener, Notifier
@@ -72,7 +71,7 @@ class PostgresBackend(Execution, Reads):
         self._cancel_requested: set[int] = set()
         self._ending: set[int] = set()
         self._buffer: asyncio.Queue[tuple[Run, JobConfig]] = asyncio.Queue()
-        self._recent_lines: dict[int, collections.deque[tuple[str, str]]] = {}  # see Execution.report_log
+        self._recent_lines = RecentLines()  # see Execution.report_log
         self.listener = Listener(
             dsn, (events.CHANNEL_WAKEUP, events.CHANNEL_CONTROL, events.CHANNEL_EVENTS), rng=self.rng
         )

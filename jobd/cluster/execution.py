@@ -26,9 +26,35 @@ from jobd.store.postgres import events, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
 CLAIM_BATCH = 64
-# The last lines of each run this node executes, kept for a stream that another node moves here
-# when the run starts: it opens with the lines written before it connected (see lines_so_far()).
-RECENT_LINES = 500
+
+
+class RecentLines:
+    """The last lines of each run this node executes, and of the last runs it finished: a stream
+    that another node moves here when the run starts opens with the lines written before it
+    connected (a short run may be over by then). Bounded: lines per run, and finished runs."""
+
+    PER_RUN = 500
+    FINISHED = 256
+
+    def __init__(self) -> None:
+        self._running: dict[int, collections.deque[tuple[str, str]]] = {}
+        self._finished: collections.OrderedDict[int, collections.deque[tuple[str, str]]] = collections.OrderedDict()
+
+    def add(self, run_id: int, stream: str, line: str) -> None:
+        lines = self._running.get(run_id)
+        if lines is None:
+            lines = self._running[run_id] = collections.deque(maxlen=self.PER_RUN)
+        lines.append((stream, line))
+
+    def ended(self, run_id: int) -> None:
+        lines = self._running.pop(run_id, None)
+        if lines is not None:
+            self._finished[run_id] = lines
+            if len(self._finished) > self.FINISHED:
+                self._finished.popitem(last=False)
+
+    def of(self, run_id: int) -> list[tuple[str, str]]:
+        return list(self._running.get(run_id) or self._finished.get(run_id) or ())
 
 
 def _no_id() -> int:
@@ -57,7 +83,7 @@ class Execution:
     _cancel_requested: set[int]
     _ending: set[int]
     _buffer: asyncio.Queue[tuple[Run, JobConfig]]
-    _recent_lines: dict[int, collections.deque[tuple[str, str]]]
+    _recent_lines: RecentLines
     _wakeup: Signal
     _control: Signal
     _states: dict[str, JobState]
@@ -132,15 +158,12 @@ class Execution:
             self.writer.progress(run, claim.token)
 
     def report_log(self, run: Run, line: str, stream: str) -> None:
-        recent = self._recent_lines.get(run.id)
-        if recent is None:
-            recent = self._recent_lines[run.id] = collections.deque(maxlen=RECENT_LINES)
-        recent.append((stream, line))
+        self._recent_lines.add(run.id, stream, line)
         publish_log(self._feed, run, line, stream)  # this node's streams; other nodes relay them
 
     def lines_so_far(self, run_id: int) -> list[tuple[str, str]]:
-        """(stream, line) of the run's last lines (at most RECENT_LINES) while this node executes it."""
-        return list(self._recent_lines.get(run_id, ()))
+        """(stream, line) of the run's last lines, while this node executes it and for a while after."""
+        return self._recent_lines.of(run_id)
 
     def finish(
         self,
@@ -189,7 +212,7 @@ class Execution:
         return done
 
     def _ended(self, final: Run, written: bool, streak: int) -> None:
-        self._recent_lines.pop(final.id, None)
+        self._recent_lines.ended(final.id)
         self._tokens.pop(final.id, None)
         self._cancel_requested.discard(final.id)
         if not written:

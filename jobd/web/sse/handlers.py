@@ -13,7 +13,6 @@ from aiohttp.abc import AbstractStreamWriter
 
 from jobd.errors import JobdError
 from jobd.events import SubscriberOverflow, SubscriptionClosed, encode_frame
-from jobd.models import Run
 from jobd.summary import RunStates
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON, REQUEST_ID
@@ -86,8 +85,10 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
         del selection
         if opening is None:
             return web.Response(status=204)
-        if early is not None:
-            _open_with_lines(opening, early, daemon.runs.active.get(run_id_of(request)))
+        if early:
+            run = daemon.runs.active.get(run_id_of(request)) or await daemon.store.get_run(run_id_of(request))
+            if run is not None:
+                _open_with_lines(opening, early, run.id, run.job)
         response, writer = await _start(request, stream)
         try:
             data = frames.retry_hint(daemon.config.server.sse_retry_ms) + b"".join(opening.frames)
@@ -126,23 +127,31 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
                     last = more
                     done = until_terminal and frames.ends_run(more)
                     started = started or more.status == "PROCESSING"
+                if run_id is not None and (started or done):
+                    # Where the run started: here, this node's bus has its log lines; elsewhere,
+                    # the rest of the stream comes from there, from this position on (also for a
+                    # run already over, whose start and end came together: its lines are there).
+                    node = await relay.follows_elsewhere(request, run_id, ended=done)
+                    moved_to: ClientResponse | None = None
+                    if node is not None:
+                        try:
+                            moved_to = await relay.connect_stream(request, node, run_id, stream.position, moved=True)
+                        except JobdError as exc:
+                            if not done:
+                                stream.fail(NODE_UNREACHABLE, f"{exc.detail}; reconnect with Last-Event-ID to resume")
+                                return response
+                            # Its node is gone (a run it was executing, failed by the others): the
+                            # stream still ends with the run's final state, from here.
+                    if moved_to is not None:
+                        assert node is not None
+                        sub.close()
+                        await _relay(stream, writer, moved_to, relay, node, moved=True)
+                        return response
+                    run_id = None
                 stream.send(b"".join(chunks) if len(chunks) > 1 else chunks[0])
                 stream.position = last.id
                 del chunks
                 if done:
-                    return response
-                if run_id is not None and started:
-                    node = await relay.follows_elsewhere(request, run_id)
-                    if node is None:
-                        run_id = None  # it runs here: this node's bus has its log lines
-                        continue
-                    sub.close()  # the rest, from this position on, comes from the node executing the run
-                    try:
-                        upstream = await relay.connect_stream(request, node, run_id, stream.position, moved=True)
-                    except JobdError as exc:
-                        stream.fail(NODE_UNREACHABLE, f"{exc.detail}; reconnect with Last-Event-ID to resume")
-                        return response
-                    await _relay(stream, writer, upstream, relay, node, moved=True)
                     return response
         except SubscriberOverflow:
             streams.cut_off(stream, "fell behind the events and was cut off")
@@ -161,17 +170,17 @@ async def serve(request: web.Request, *, select: Select) -> web.StreamResponse:
         streams.close(stream)
 
 
-def _open_with_lines(opening: Opening, lines: list[tuple[str, str]], run: Run | None) -> None:
+def _open_with_lines(opening: Opening, lines: list[tuple[str, str]], run_id: int, job: str) -> None:
     """A moved stream's opening: its run's states, then every line so far (not the few of them
-    the replay may hold), each as the log message it would have had."""
-    if run is None:
-        return
+    the replay may hold), each as the log message it would have had; a finished run's final
+    state last."""
     kept = [frame for frame in opening.frames if b'"type":"log"' not in frame[:64]]
-    kept += [
-        encode_frame(opening.position, {"type": "log", "run_id": run.id, "job": run.job, "stream": s, "line": line})
+    said = [
+        encode_frame(opening.position, {"type": "log", "run_id": run_id, "job": job, "stream": s, "line": line})
         for s, line in lines
     ]
-    opening.frames = kept
+    at = len(kept) - 1 if opening.finished else len(kept)  # before a finished run's final state
+    opening.frames = kept[:at] + said + kept[at:]
 
 
 async def _relay(

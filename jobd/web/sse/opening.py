@@ -91,6 +91,9 @@ async def open_stream(
         opening = [(resume_from, frames.connected(resume_from, selection.run_id))]
         opening += [(event.id, event.frame) for event in events]
         ended = finished is not None or (selection.until_terminal and any(frames.ends_run(e) for e in events))
+        if finished is not None and not any(frames.ends_run(e) for e in events):
+            # In a cluster the store may know of the end before this node's feed does.
+            opening.append((last_id, frames.snapshot(last_id, finished)))
     else:
         opening = [(0, frames.connected(0, selection.run_id))]
         if finished is not None:

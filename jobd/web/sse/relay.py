@@ -12,6 +12,7 @@ not answer in time a 502: never a hang.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from jobd.errors import JobdError, Unavailable
 from jobd.models import Run, RunStatus
+from jobd.summary import TERMINAL
 from jobd.web.tickets import TICKETS
 
 if TYPE_CHECKING:
@@ -69,17 +71,18 @@ class Relay:
             return None
         return run.node
 
-    async def follows_elsewhere(self, request: web.Request, run_id: int) -> str | None:
-        """The other node whose log lines a run's stream must relay: the run is PROCESSING there.
-        The events do not say which node claimed a run: the store does."""
+    async def follows_elsewhere(self, request: web.Request, run_id: int, *, ended: bool = False) -> str | None:
+        """The other node whose log lines a run's stream must relay: the run is PROCESSING there
+        (`ended`: or it started there and has just ended). The events do not say which node
+        claimed a run: the store does."""
         run = self.daemon.runs.active.get(run_id)
-        if run is None or run.status is not RunStatus.PROCESSING:
+        started = run is not None and run.status is RunStatus.PROCESSING
+        if not (started or ended):
             return None
-        if run.node is None:
-            stored = await self.daemon.store.get_run(run_id)
-            if stored is None or stored.node is None:
+        if run is None or run.node is None:
+            run = await self.daemon.store.get_run(run_id)
+            if run is None:
                 return None
-            run = stored
         return self.executed_elsewhere(request, run)
 
     def lines_so_far(self, request: web.Request, run_id: int) -> list[tuple[str, str]] | None:
@@ -207,8 +210,8 @@ class Relay:
                         # and leave the position alone.
                         stream.send(message + b"\n\n")
                         continue
-                    if moved and event_id <= stream.position:
-                        continue  # the client has it (its `connected` too), or it is an older state
+                    if moved and event_id <= stream.position and _known(data):
+                        continue
                     stream.send(message + b"\n\n")
                     stream.position = max(stream.position, event_id)
                 if stream.behind():
@@ -277,6 +280,17 @@ class Relay:
                             stream.send(b"id: %d\ndata: %s\n\n" % (stream.position, data))
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             self.logger.warning("relay_cut", node=name, path=request.path, error=str(exc) or type(exc).__name__)
+
+
+def _known(data: bytes) -> bool:
+    """Whether a client whose stream moved already has this message, numbered at or below its
+    position: the other node's `connected`, and states up to there (a node whose feed lags may
+    send an older one). A final state always passes: a stream must end with it."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return False
+    return message.get("type") == "connected" or message.get("status") not in TERMINAL
 
 
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
