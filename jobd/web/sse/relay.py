@@ -54,7 +54,9 @@ class Relay:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False)
+            # One connection per relayed stream: as many as server.max_streams allows, not aiohttp's 100.
+            connector = aiohttp.TCPConnector(limit=self.daemon.config.server.max_streams + 100)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 
     async def close(self) -> None:
