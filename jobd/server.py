@@ -116,6 +116,8 @@ async def serve(config: Config, *, make_app: Callable[[Daemon], web.Application]
         await runner.setup()
         where = await _listen(runner, sockets, config)
         daemon.log.info("jobd_listening", url=where, addresses=[list(a)[:2] for a in runner.addresses])
+        if daemon.cluster is not None:
+            await daemon.cluster.life.advertise(runner.addresses)
         daemon.notifier.ready(daemon.status_line())
         reloads = asyncio.create_task(signals.reloads(), name="reloads")
         tune_gc()

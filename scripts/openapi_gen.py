@@ -38,6 +38,7 @@ SOURCES = [source.value for source in TriggerSource]
 STREAM_ERRORS = {
     "lagging": "the client fell behind the events or stopped reading, and was cut off",
     "internal": "the stream failed on the server; the log says why",
+    "node_unreachable": "a run's stream relayed from the node executing the run (in a cluster) lost that node",
 }
 
 
@@ -292,6 +293,8 @@ def schemas() -> dict[str, Schema]:
         ),
         "Nodes": obj(
             {
+                "cluster": {**BOOL, "description": "true with a PostgreSQL store (cluster mode)"},
+                "node": {**STR, "description": "the name of the node that answered"},
                 "nodes": {
                     "type": "array",
                     "items": obj(
@@ -303,9 +306,19 @@ def schemas() -> dict[str, Schema]:
                             "heartbeat_at": TIME,
                             "running": COUNT,
                             "alive": BOOL,
+                            "url": {
+                                **nullable(STR),
+                                "description": "where the other nodes reach it ([cluster] advertise_url, "
+                                "or the address it listens on); null on SQLite",
+                            },
+                            "heartbeat_age_s": {
+                                "type": "number",
+                                "minimum": 0,
+                                "description": "seconds since its last heartbeat, in the database's time",
+                            },
                         }
                     ),
-                }
+                },
             },
             description="the nodes sharing the store; one on SQLite",
         ),

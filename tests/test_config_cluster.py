@@ -111,6 +111,9 @@ def test_cluster_defaults():
         {"store": {"url": URL}, "cluster": {"node_name": "web-1", "heartbeat_s": 1, "dead_after_s": 2.5}}
     ).cluster
     assert (cluster.node_name, cluster.heartbeat_s, cluster.dead_after_s) == ("web-1", 1.0, 2.5)
+    assert cluster.advertise_url is None  # from the address the server listens on
+    advertised = parse({"store": {"url": URL}, "cluster": {"advertise_url": "https://jobs-1.internal:8443/"}})
+    assert advertised.cluster.advertise_url == "https://jobs-1.internal:8443"
 
 
 @pytest.mark.parametrize(
@@ -129,6 +132,12 @@ def test_cluster_defaults():
         ({"node_name": "web 1"}, "cluster.node_name: 'web 1' is not a node name"),
         ({"node_name": "-x"}, "cluster.node_name: '-x' is not a node name"),
         ({"leader": True}, "cluster.leader: unknown key"),
+        ({"advertise_url": "jobs-1:8080"}, "cluster.advertise_url: 'jobs-1:8080' is not an http:// or https:// "),
+        ({"advertise_url": "ftp://jobs-1"}, "cluster.advertise_url: 'ftp://jobs-1' is not an http:// or https://"),
+        ({"advertise_url": "http://[::1"}, "cluster.advertise_url: 'http://[::1' is not a URL"),
+        ({"advertise_url": "http://a:b@jobs-1"}, "cluster.advertise_url: 'http://a:b@jobs-1' must not carry"),
+        ({"advertise_url": "http://jobs-1:0"}, "cluster.advertise_url: 'http://jobs-1:0' has port 0"),
+        ({"advertise_url": 8080}, "cluster.advertise_url: must be a string"),
     ],
 )
 def test_cluster_errors_name_the_key_on_one_line(cluster, message):
@@ -185,7 +194,10 @@ def test_check_prints_the_store_without_its_password_and_the_warnings(tmp_path):
     assert (
         "store: postgresql, postgresql://jobd:***@db.example.com:5432/jobd (from $JOBD_DATABASE_URL)" in result.stdout
     )
-    assert "cluster node: web-1 (heartbeat every 5 s, dead after 30 s)" in result.stdout
+    assert (
+        "cluster node: web-1 (heartbeat every 5 s, dead after 30 s), "
+        "reached by the other nodes at the address the server listens on\n"
+    ) in result.stdout
     assert "s3cret" not in result.stdout + result.stderr and result.stderr == ""
     unset = run_cli("check", "-c", str(pg), env={"PATH": "/usr/bin:/bin"})
     assert unset.returncode == 2

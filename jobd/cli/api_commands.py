@@ -14,7 +14,7 @@ import aiohttp
 
 from jobd.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from jobd.cli.follow import follow
-from jobd.cli.output import emit, print_runs, table
+from jobd.cli.output import emit, print_nodes, print_runs, table
 from jobd.client import ApiError, JobdClient
 from jobd.models import loads_standard
 
@@ -196,7 +196,7 @@ def cmd_job_action(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     async def action(client: JobdClient) -> int:
-        queue, jobs = await asyncio.gather(client.queue(), client.jobs())
+        queue, jobs, nodes = await asyncio.gather(client.queue(), client.jobs(), _cluster_nodes(client))
 
         def human() -> None:
             w = queue["workers"]
@@ -207,6 +207,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 else "none pending"
             )
             print(f"workers {w['busy']}/{w['total']} busy, {waiting}")
+            if nodes is not None:
+                print_nodes(nodes)
+                print()
             rows = [
                 [
                     j["name"],
@@ -220,7 +223,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             ]
             table(["JOB", "SCHEDULE", "STATE", "NEXT RUN", "LAST", "FAILS"], rows)
 
-        emit(args, {"queue": queue, "jobs": jobs}, human)
+        snapshot: dict[str, Any] = {"queue": queue, "jobs": jobs}
+        if nodes is not None:
+            snapshot["nodes"] = nodes
+        emit(args, snapshot, human)
         return EXIT_OK
 
     return _run_client(args, action)
+
+
+async def _cluster_nodes(client: JobdClient) -> list[dict[str, Any]] | None:
+    """The cluster's nodes; None for a single node (or a daemon too old to list them)."""
+    try:
+        answer = await client.request("GET", "/api/v1/nodes")
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    if not isinstance(answer, dict) or not answer.get("cluster"):
+        return None
+    nodes: list[dict[str, Any]] = answer["nodes"]
+    return nodes

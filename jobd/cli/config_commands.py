@@ -92,9 +92,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"store: {config.store.backend}, {config.store.describe()}")
     if config.store.url is not None:
         cluster = config.cluster
+        where = cluster.advertise_url or "the address the server listens on"
         print(
             f"cluster node: {cluster.node_name} (heartbeat every {cluster.heartbeat_s:g} s, "
-            f"dead after {cluster.dead_after_s:g} s)"
+            f"dead after {cluster.dead_after_s:g} s), reached by the other nodes at {where}"
         )
     for name, job in config.jobs.items():
         if not job.schedule:

@@ -34,6 +34,21 @@ def print_runs(runs: list[dict[str, Any]], total: int | None = None) -> None:
         print(f"({len(runs)} of {total})")
 
 
+def print_nodes(nodes: list[dict[str, Any]]) -> None:
+    rows = [
+        [
+            n["name"],
+            n["host"],
+            str(n["pid"]),
+            "yes" if n["alive"] else "no",
+            str(n["running"]),
+            f"{n['heartbeat_age_s']:.1f}s ago",
+        ]
+        for n in nodes
+    ]
+    table(["NODE", "HOST", "PID", "ALIVE", "RUNNING", "HEARTBEAT"], rows)
+
+
 def table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     for row in [header, *rows]:

@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from jobd.cluster import runtable, writes
 from jobd.cluster.creating import Creator
 from jobd.cluster.eventfeed import EventTail, encode
-from jobd.cluster.execution import Execution
+from jobd.cluster.execution import Execution, RecentLines
 from jobd.cluster.nodes import NodeLife
 from jobd.cluster.reads import Reads
 from jobd.cluster.wakeup import Listener, Notifier
@@ -71,6 +71,7 @@ class PostgresBackend(Execution, Reads):
         self._cancel_requested: set[int] = set()
         self._ending: set[int] = set()
         self._buffer: asyncio.Queue[tuple[Run, JobConfig]] = asyncio.Queue()
+        self._recent_lines = RecentLines()  # see Execution.report_log
         self.listener = Listener(
             dsn, (events.CHANNEL_WAKEUP, events.CHANNEL_CONTROL, events.CHANNEL_EVENTS), rng=self.rng
         )
@@ -124,7 +125,8 @@ class PostgresBackend(Execution, Reads):
         await self.tail.start_at_end()
         if mine:
             async with self.pool.connection() as conn, conn.transaction():
-                await self._take_over(conn, mine, interrupted)
+                committed = await self._take_over(conn, mine, interrupted)
+            committed()
         self.listener.start()
         self.writer.start()
         self.creator.start()

@@ -5,6 +5,7 @@ token), cancel requests from other nodes, the take-over of dead nodes' runs, and
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,14 +17,48 @@ from jobd.cluster import runtable, writes
 from jobd.cluster.wakeup import Signal
 from jobd.cluster.writer import EndWriter
 from jobd.config import JobConfig
-from jobd.lifecycle import admission, retry
+from jobd.lifecycle import admission
 from jobd.lifecycle.backend import Feed, FinishedHook
+from jobd.lifecycle.transitions import ended_copy, publish_log, retry_after_failure, retry_after_interrupt
 from jobd.models import InvalidTransition, Run, RunStatus
 from jobd.store.base import JobState
 from jobd.store.postgres import events, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
 CLAIM_BATCH = 64
+
+
+class RecentLines:
+    """The last lines of each run this node executes, and of the last runs it finished: a stream
+    that another node moves here when the run starts opens with the lines written before it
+    connected (a short run may be over by then). Bounded: lines per run, and finished runs."""
+
+    PER_RUN = 500
+    FINISHED = 256
+
+    def __init__(self) -> None:
+        self._running: dict[int, collections.deque[tuple[str, str]]] = {}
+        self._finished: collections.OrderedDict[int, collections.deque[tuple[str, str]]] = collections.OrderedDict()
+
+    def add(self, run_id: int, stream: str, line: str) -> None:
+        lines = self._running.get(run_id)
+        if lines is None:
+            lines = self._running[run_id] = collections.deque(maxlen=self.PER_RUN)
+        lines.append((stream, line))
+
+    def ended(self, run_id: int) -> None:
+        lines = self._running.pop(run_id, None)
+        if lines is not None:
+            self._finished[run_id] = lines
+            if len(self._finished) > self.FINISHED:
+                self._finished.popitem(last=False)
+
+    def of(self, run_id: int) -> list[tuple[str, str]]:
+        return list(self._running.get(run_id) or self._finished.get(run_id) or ())
+
+
+def _no_id() -> int:
+    return 0
 
 
 class Execution:
@@ -48,6 +83,7 @@ class Execution:
     _cancel_requested: set[int]
     _ending: set[int]
     _buffer: asyncio.Queue[tuple[Run, JobConfig]]
+    _recent_lines: RecentLines
     _wakeup: Signal
     _control: Signal
     _states: dict[str, JobState]
@@ -120,15 +156,12 @@ class Execution:
             self.writer.progress(run, claim.token)
 
     def report_log(self, run: Run, line: str, stream: str) -> None:
-        feed = self._feed
-        if feed is not None and feed.wants_logs(run.id):  # this node's followers only
-            feed.publish(
-                "log",
-                {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
-                run_id=run.id,
-                job=run.job,
-                status=run.status.value,
-            )
+        self._recent_lines.add(run.id, stream, line)
+        publish_log(self._feed, run, line, stream)  # this node's streams; other nodes relay them
+
+    def lines_so_far(self, run_id: int) -> list[tuple[str, str]]:
+        """(stream, line) of the run's last lines, while this node executes it and for a while after."""
+        return self._recent_lines.of(run_id)
 
     def finish(
         self,
@@ -142,18 +175,12 @@ class Execution:
     ) -> asyncio.Future[None]:
         if result is not None:
             run.result = result
-        again = None
-        job = self._jobs.get(run.job)
-        if retry.retries_after_failure(run, status, job):
-            assert job is not None
-            delay = retry.backoff_s(job, run.attempt, self.rng)
-            again = retry.retry_run(run, run_id=0, now=self.clock(), delay_s=delay)
+        # Built with id 0: the cluster's sequence numbers it when it is written.
+        again = retry_after_failure(run, status, self._jobs.get(run.job), rng=self.rng, clock=self.clock, new_id=_no_id)
         return self._end(run, status, error=error, exit_code=exit_code, log_tail=log_tail, again=again)
 
     def interrupt(self, run: Run, reason: str) -> asyncio.Future[None]:
-        again = None
-        if retry.retries_after_interrupt(self._jobs.get(run.job)):
-            again = retry.retry_run(run, run_id=0, now=self.clock())
+        again = retry_after_interrupt(run, self._jobs.get(run.job), clock=self.clock, new_id=_no_id)
         return self._end(run, RunStatus.FAILED, error=reason, again=again)
 
     def _end(
@@ -169,7 +196,7 @@ class Execution:
         if run.status.terminal or run.id in self._ending:
             raise InvalidTransition(run.id, run.status, status)
         self._ending.add(run.id)
-        final = runtable.ended_copy(run, status, self.clock(), error=error, exit_code=exit_code, log_tail=log_tail)
+        final = ended_copy(run, status, self.clock(), error=error, exit_code=exit_code, log_tail=log_tail)
         final.node = self.node
         claim = self._tokens.get(run.id)
         done = self.writer.end(final, None if claim is None else claim.token, again)
@@ -183,6 +210,7 @@ class Execution:
         return done
 
     def _ended(self, final: Run, written: bool, streak: int) -> None:
+        self._recent_lines.ended(final.id)
         self._tokens.pop(final.id, None)
         self._cancel_requested.discard(final.id)
         if not written:
@@ -206,14 +234,21 @@ class Execution:
                 except Exception:  # a hook (metrics, alerts) must never fail a run
                     self.log.exception("finished_hook_failed", run_id=final.id, job=final.job)
 
-    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], reason: str) -> None:
-        """End runs whose node is gone, as a crash would (on_interrupt), in the caller's transaction."""
+    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], reason: str) -> Callable[[], None]:
+        """End runs whose node is gone, as a crash would (on_interrupt), in the caller's
+        transaction. Returns what to call once it is committed: the runs' ends are this node's
+        to announce to its hooks (an alert for a streak they bring to its threshold included)."""
         finals = []
         for c in claimed:
-            again = None
-            if retry.retries_after_interrupt(self._jobs.get(c.run.job)):
-                again = retry.retry_run(c.run, run_id=0, now=self.clock())
-            final = runtable.ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
+            again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
+            final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
             finals.append((final, c.token, again))
-        await writes.ended(conn, finals)
+        streaks = await (await writes.ended(conn, finals)).streaks()
         await events.notify_wakeup(conn)
+        ended = [(final, streaks[final.id]) for final, _, _ in finals if final.id in streaks]
+
+        def committed() -> None:
+            for final, streak in ended:
+                self._ended(final, True, streak)
+
+        return committed

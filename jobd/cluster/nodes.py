@@ -23,7 +23,8 @@ from jobd.store.postgres import cluster
 from jobd.store.postgres.runs import Claimed, Conn
 
 Connection = Callable[[], contextlib.AbstractAsyncContextManager[Conn]]
-TakeOver = Callable[[Conn, Sequence[Claimed], str], Awaitable[None]]
+# Ends the runs of dead nodes in the caller's transaction; returns what to call once committed.
+TakeOver = Callable[[Conn, Sequence[Claimed], str], Awaitable[Callable[[], None]]]
 
 
 class NodeLife:
@@ -50,6 +51,7 @@ class NodeLife:
         self._fence = fence
         self._unfence = unfence
         self.log = log or structlog.get_logger("jobd.cluster")
+        self.url = config.advertise_url  # where the other nodes reach this one; see advertise()
         self.fenced = False
         self.reachable = True  # the last heartbeat got through
         self._last_beat = 0.0
@@ -57,8 +59,21 @@ class NodeLife:
 
     async def register(self) -> None:
         async with self._connection() as conn:
-            await cluster.register_node(conn, self.name, self.host, self.pid)
+            await cluster.register_node(conn, self.name, self.host, self.pid, self.url)
         self._last_beat = asyncio.get_running_loop().time()
+
+    async def advertise(self, bound: Sequence[object]) -> None:
+        """Once the server listens: record where the other nodes reach this one, unless
+        `[cluster] advertise_url` says it (the default comes from the bound address)."""
+        if self.url is None:
+            self.url = default_url(bound, self.host)
+        try:
+            async with asyncio.timeout(self.config.dead_after_s), self._connection() as conn:
+                await cluster.set_node_url(conn, self.name, self.url)
+        except (psycopg.Error, TimeoutError) as exc:  # the next heartbeat writes it
+            self.log.warning("node_advertise_failed", node=self.name, error=str(exc) or type(exc).__name__)
+            return
+        self.log.info("node_advertised", node=self.name, url=self.url)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pg-node")
@@ -84,12 +99,12 @@ class NodeLife:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.heartbeat_s), self._beat_connection() as conn:
-                alive = await cluster.heartbeat(conn, self.name)
+                alive = await cluster.heartbeat(conn, self.name, self.url)
                 if not alive and not self.fenced:
                     self._set_fenced("declared dead by the cluster")
                 if not alive:
                     # Its runs were taken over: the node may come back as new, with spent tokens.
-                    await cluster.register_node(conn, self.name, self.host, self.pid)
+                    await cluster.register_node(conn, self.name, self.host, self.pid, self.url)
             self.reachable = True
             self._last_beat = loop.time()
             if self.fenced:
@@ -109,6 +124,7 @@ class NodeLife:
         self._fence(reason)
 
     async def reap(self) -> None:
+        committed = None
         try:
             async with (
                 asyncio.timeout(self.config.dead_after_s),
@@ -121,10 +137,33 @@ class NodeLife:
                 if dead.names:
                     self.log.warning("nodes_declared_dead", nodes=dead.names, runs=len(dead.runs))
                 if dead.runs:
-                    await self._take_over(conn, dead.runs, "its node stopped answering")
+                    committed = await self._take_over(conn, dead.runs, "its node stopped answering")
         except (psycopg.Error, TimeoutError) as exc:
             self.log.warning("reaper_failed", error=str(exc) or type(exc).__name__)
+            return
+        if committed is not None:  # reaper_lock's transaction has committed the take-over
+            committed()
 
     async def nodes(self) -> list[cluster.Node]:
         async with self._connection() as conn:
             return await cluster.list_nodes(conn, self.config.dead_after_s)
+
+    async def cluster_key(self) -> bytes:
+        async with self._connection() as conn:
+            return await cluster.cluster_key(conn)
+
+    async def node(self, name: str) -> cluster.Node | None:
+        async with self._connection() as conn:
+            return await cluster.get_node(conn, name, self.config.dead_after_s)
+
+
+def default_url(bound: Sequence[object], host_name: str) -> str | None:
+    """http://HOST:PORT of the first TCP address the server is bound to; a wildcard address
+    (0.0.0.0, ::) becomes this machine's name. None when it listens on no TCP socket."""
+    for address in bound:
+        if isinstance(address, tuple) and len(address) >= 2:
+            host, port = str(address[0]), int(address[1])
+            if host in ("0.0.0.0", "::", ""):
+                host = host_name
+            return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return None

@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from jobd.lifecycle.transitions import ended_copy as ended_copy  # the cluster writes runs ended by it
 from jobd.lifecycle.views import StatusTotals
 from jobd.models import Counts, Run, RunStatus
 from jobd.store.base import row_to_run
@@ -29,29 +30,6 @@ async def load_active(conn: Conn) -> list[Run]:
 def decode(event: events.Event) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(event.data)
     return data
-
-
-def ended_copy(
-    run: Run,
-    status: RunStatus,
-    now: int,
-    *,
-    error: str | None = None,
-    exit_code: int | None = None,
-    log_tail: str | None = None,
-) -> Run:
-    final = run.copy()
-    final.status = status
-    final.updated_at = final.finished_at = now
-    if error is not None:
-        final.error = error
-    if exit_code is not None:
-        final.exit_code = exit_code
-    if log_tail is not None:
-        final.log_tail = log_tail
-    if status is RunStatus.COMPLETED or status is RunStatus.PARTIAL:
-        final.progress = 100.0
-    return final
 
 
 class RunTable:

@@ -4,6 +4,7 @@ selects the backend, and what one node of several needs to know."""
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,7 +68,32 @@ def parse_cluster(t: Table, store: StoreConfig, warnings: list[str]) -> ClusterC
             f"{t.key('dead_after_s')}: {dead_after_s:g} must be more than twice {t.key('heartbeat_s')} "
             f"({heartbeat_s:g}), so that a node is declared dead only after missing two heartbeats or more"
         )
+    advertise_url = t.string("advertise_url")
+    if advertise_url is not None:
+        problem = _url_problem(advertise_url)
+        if problem:
+            raise ConfigError(f"{t.key('advertise_url')}: {advertise_url!r} {problem}")
+        advertise_url = advertise_url.rstrip("/")
     t.done()
     if store.url is None and t.raw:
         warnings.append(f"{t.path}: ignored with a SQLite store; it takes effect with [store] url or url_env")
-    return ClusterConfig(node_name=node_name, heartbeat_s=heartbeat_s, dead_after_s=dead_after_s)
+    return ClusterConfig(
+        node_name=node_name, heartbeat_s=heartbeat_s, dead_after_s=dead_after_s, advertise_url=advertise_url
+    )
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be where the other nodes reach this one, or None."""
+    example = '(e.g. "http://jobs-1.internal:8080")'
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"is not a URL {example}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"is not an http:// or https:// address with a host {example}"
+    if parts.username is not None or parts.query or parts.fragment:
+        return f"must not carry credentials, a query or a fragment {example}"
+    if port == 0:
+        return f"has port 0: give the port the node listens on {example}"
+    return None

@@ -128,6 +128,7 @@ class ClusterConfig:
     node_name: str = dataclasses.field(default_factory=default_node_name)
     heartbeat_s: float = 5.0
     dead_after_s: float = 30.0
+    advertise_url: str | None = None  # None: from the address the server listens on
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

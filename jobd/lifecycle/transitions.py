@@ -25,6 +25,82 @@ from jobd.models import ALLOWED_TRANSITIONS, InvalidTransition, Run, RunStatus, 
 from jobd.store import JobState, Store
 
 
+def settle_final(
+    final: Run,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+    log_tail: str | None = None,
+) -> Run:
+    """Fill in the copy that carries a terminal state (its status and updated_at already set):
+    finished then, with the error, exit code and log tail given, and full progress for a success.
+    A run that never started keeps started_at (and duration) null."""
+    final.finished_at = final.updated_at
+    if error is not None:
+        final.error = error
+    if exit_code is not None:
+        final.exit_code = exit_code
+    if log_tail is not None:
+        final.log_tail = log_tail
+    if final.status is RunStatus.COMPLETED or final.status is RunStatus.PARTIAL:
+        final.progress = 100.0
+    return final
+
+
+def ended_copy(
+    run: Run,
+    status: RunStatus,
+    now: int,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+    log_tail: str | None = None,
+) -> Run:
+    """A copy of `run` in its terminal `status` at `now`, the run itself left as it is."""
+    final = run.copy()
+    final.status = status
+    final.updated_at = now
+    return settle_final(final, error=error, exit_code=exit_code, log_tail=log_tail)
+
+
+def retry_after_failure(
+    run: Run,
+    status: RunStatus,
+    job: JobConfig | None,
+    *,
+    rng: random.Random,
+    clock: Callable[[], int],
+    new_id: Callable[[], int],
+) -> Run | None:
+    """The next attempt a run ending in `status` calls for (after its backoff), or None."""
+    if not retry.retries_after_failure(run, status, job):
+        return None
+    assert job is not None
+    delay = retry.backoff_s(job, run.attempt, rng)
+    return retry.retry_run(run, run_id=new_id(), now=clock(), delay_s=delay)
+
+
+def retry_after_interrupt(
+    run: Run, job: JobConfig | None, *, clock: Callable[[], int], new_id: Callable[[], int]
+) -> Run | None:
+    """The run that repeats one stopped before it ended, when its job's on_interrupt says so."""
+    if not retry.retries_after_interrupt(job):
+        return None
+    return retry.retry_run(run, run_id=new_id(), now=clock())
+
+
+def publish_log(feed: Feed | None, run: Run, line: str, stream: str) -> None:
+    """A line of a run's output, to the streams of this process that follow its log."""
+    if feed is not None and feed.wants_logs(run.id):
+        feed.publish(
+            "log",
+            {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
+            run_id=run.id,
+            job=run.job,
+            status=run.status.value,
+        )
+
+
 class Transitions:
     def __init__(
         self,
@@ -133,15 +209,7 @@ class Transitions:
         self.publish(run, coalescible=True)
 
     def report_log(self, run: Run, line: str, stream: str) -> None:
-        feed = self.feed
-        if feed is not None and feed.wants_logs(run.id):
-            feed.publish(
-                "log",
-                {"run_id": run.id, "job": run.job, "stream": stream, "line": line},
-                run_id=run.id,
-                job=run.job,
-                status=run.status.value,
-            )
+        publish_log(self.feed, run, line, stream)
 
     # -- ending ------------------------------------------------------------------------------------
 
@@ -157,18 +225,13 @@ class Transitions:
     ) -> asyncio.Future[None]:
         if result is not None:
             run.result = result
-        again = None
         job = self._jobs().get(run.job)
-        if retry.retries_after_failure(run, status, job):
-            assert job is not None
-            delay = retry.backoff_s(job, run.attempt, self.rng)
-            again = retry.retry_run(run, run_id=self.store.allocate_run_id(), now=self.clock(), delay_s=delay)
+        again = retry_after_failure(run, status, job, rng=self.rng, clock=self.clock, new_id=self.store.allocate_run_id)
         return self.end(run, status, error=error, exit_code=exit_code, log_tail=log_tail, retry=again)
 
     def interrupt(self, run: Run, reason: str) -> asyncio.Future[None]:
-        again = None
-        if retry.retries_after_interrupt(self._jobs().get(run.job)):
-            again = retry.retry_run(run, run_id=self.store.allocate_run_id(), now=self.clock())
+        job = self._jobs().get(run.job)
+        again = retry_after_interrupt(run, job, clock=self.clock, new_id=self.store.allocate_run_id)
         return self.end(run, RunStatus.FAILED, error=reason, retry=again)
 
     def end(
@@ -186,15 +249,7 @@ class Transitions:
         final = run.copy()
         self._move(final, status)  # raises for a run that has already finished: nothing changes
         self.active.begin_finish(run.id)
-        final.finished_at = final.updated_at  # a run that never started keeps started_at (and duration) null
-        if error is not None:
-            final.error = error
-        if exit_code is not None:
-            final.exit_code = exit_code
-        if log_tail is not None:
-            final.log_tail = log_tail
-        if status is RunStatus.COMPLETED or status is RunStatus.PARTIAL:
-            final.progress = 100.0
+        settle_final(final, error=error, exit_code=exit_code, log_tail=log_tail)
         previous_failures = self.states.run_ended(run.job, status, newest_run_id=(retry or run).id)
         state = self.states.of(run.job)
         if retry is not None:

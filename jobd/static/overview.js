@@ -8,15 +8,27 @@ const DAYS = 30;
 const TIMELINE_MAX_AGE_MS = 15000;
 const FALLBACK_PAGE = 500;
 const FALLBACK_MAX_PAGES = 20;
+// Nodes send no events of their own (heartbeats are rows in the database): the panel reads
+// GET /api/v1/nodes this often while the overview is shown.
+const NODES_EVERY_MS = 5000;
 
 export function overviewView(ctx) {
   const tiles = h("div", { class: "tiles", "aria-live": "polite" });
   const totals = h("div", { class: "totals" });
   const rate = h("p", { class: "rate" });
   const chartBox = h("figure", { class: "chart-box" });
+  const nodesBody = h("tbody", {});
+  const nodesPanel = h("section", { class: "nodes", "aria-labelledby": "nodes-title", hidden: true },
+    h("h2", { id: "nodes-title" }, "Nodes"),
+    h("div", { class: "table-wrap" },
+      h("table", { class: "nodes-table" },
+        h("caption", { class: "visually-hidden" }, "The nodes of the cluster"),
+        h("thead", {}, h("tr", {}, ["Node", "Host", "PID", "State", "Running", "Heartbeat"].map((t) => h("th", { scope: "col" }, t)))),
+        nodesBody)));
   const element = h("section", { "aria-labelledby": "overview-title" },
     h("h1", { id: "overview-title" }, "Overview"),
     h("section", { "aria-labelledby": "queue-title" }, h("h2", { id: "queue-title" }, "Queue"), tiles),
+    nodesPanel,
     h("section", { "aria-labelledby": "totals-title" }, h("h2", { id: "totals-title" }, "Runs by status, all time"), totals),
     h("section", { "aria-labelledby": "history-title" },
       h("h2", { id: "history-title" }, `Last ${DAYS} days`), rate, chartBox));
@@ -70,7 +82,29 @@ export function overviewView(ctx) {
   const redraw = coalesce(drawChart, 150);
   window.addEventListener("resize", redraw);
 
+  // Shown in a cluster only; a single node (or a daemon without the route) keeps the page as it was.
+  async function loadNodes() {
+    let data;
+    try {
+      data = await get("/nodes");
+    } catch (err) {
+      nodesPanel.hidden = true;
+      return;
+    }
+    nodesPanel.hidden = !data.cluster;
+    if (!data.cluster) return;
+    put(nodesBody, ...data.nodes.map((node) => h("tr", { dataset: { node: node.name, alive: String(node.alive) } },
+      h("td", { class: "node-name" }, node.name, node.name === data.node ? h("span", { class: "muted" }, " · serving this page") : null),
+      h("td", {}, node.host),
+      h("td", {}, String(node.pid)),
+      h("td", {}, h("span", { class: `badge ${node.alive ? "status-completed" : "status-failed"}` }, node.alive ? "alive" : "dead")),
+      h("td", { dataset: { running: node.name } }, String(node.running)),
+      h("td", { class: "meta" }, `${node.heartbeat_age_s.toFixed(1)} s ago`))));
+  }
+  const nodesTimer = setInterval(() => loadNodes(), NODES_EVERY_MS);
+
   async function refresh() {
+    loadNodes();
     const queue = get("/queue").then(renderQueue);
     const timeline = Date.now() - timelineAt > TIMELINE_MAX_AGE_MS ? loadTimeline() : null;
     await queue;
@@ -107,6 +141,7 @@ export function overviewView(ctx) {
     refresh,
     onEvent,
     destroy: () => {
+      clearInterval(nodesTimer);
       window.removeEventListener("resize", redraw);
       redraw.cancel();
       queueSoon.cancel();

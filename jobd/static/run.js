@@ -77,6 +77,7 @@ export function runView(ctx, runId) {
     put(facts, 
       fact("Job", h("a", { href: `#/runs?job=${encodeURIComponent(run.job)}` }, run.job)),
       fact("Triggered by", run.triggered_by),
+      run.node ? fact("Node", run.node) : null,
       fact("Params", Object.keys(run.params || {}).length ? h("code", {}, JSON.stringify(run.params)) : h("span", { class: "muted" }, "none")),
       fact("Created", when(run.created_at)),
       run.scheduled_for ? fact("Scheduled for", when(run.scheduled_for)) : null,

@@ -4,6 +4,7 @@ import { get } from "./api.js";
 import { SOURCES, STATUSES, coalesce, duration, h, progressBar, put, statusBadge, timeEl } from "./dom.js";
 
 const PAGE = 25;
+const COLUMNS = ["Run", "Job", "Status", "Progress", "Trigger", "Created", "Duration"];
 const STATUS_CHOICES = [["", "any status"], ["PENDING,PROCESSING", "active"], ...STATUSES.map((s) => [s, s.toLowerCase()])];
 
 export function runsView(ctx, query) {
@@ -13,6 +14,8 @@ export function runsView(ctx, query) {
   const statusSelect = select("filter-status", STATUS_CHOICES, (value) => apply({ status: value }));
   const sourceSelect = select("filter-source", [["", "any trigger"], ...SOURCES.map((s) => [s, s])], (value) => apply({ triggered_by: value }));
   const body = h("tbody", {});
+  const head = h("tr", {}, COLUMNS.map((t) => h("th", { scope: "col" }, t)));
+  let withNode = false; // a cluster's runs name the node that executed them: a column of their own
   const summary = h("p", { class: "muted page-info", "aria-live": "polite" });
   const previous = h("button", { type: "button", onclick: () => apply({ offset: Math.max(0, filters.offset - PAGE) }, false) }, "← Newer");
   const next = h("button", { type: "button", onclick: () => apply({ offset: filters.offset + PAGE }, false) }, "Older →");
@@ -24,7 +27,7 @@ export function runsView(ctx, query) {
     h("div", { class: "table-wrap" },
       h("table", { class: "runs" },
         h("caption", { class: "visually-hidden" }, "Runs, newest first"),
-        h("thead", {}, h("tr", {}, ["Run", "Job", "Status", "Progress", "Trigger", "Created", "Duration"].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, head),
         body)),
     h("nav", { class: "pager", "aria-label": "Pages" }, previous, summary, next));
 
@@ -52,9 +55,11 @@ export function runsView(ctx, query) {
       job: filters.job, status: filters.status, triggered_by: filters.triggered_by, limit: PAGE, offset: filters.offset,
     });
     shown = new Map(data.runs.map((run) => [run.id, run]));
+    withNode = data.runs.some((run) => run.node);
+    put(head, ...[...COLUMNS, ...(withNode ? ["Node"] : [])].map((t) => h("th", { scope: "col" }, t)));
     put(body, ...(data.runs.length
       ? data.runs.map(row)
-      : [h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No runs match."))]));
+      : [h("tr", {}, h("td", { colspan: COLUMNS.length, class: "empty" }, "No runs match."))]));
     const { total, offset, has_more: hasMore } = data.pagination;
     summary.textContent = total ? `${offset + 1}–${offset + data.runs.length} of ${total}` : "0 runs";
     previous.disabled = offset === 0;
@@ -70,7 +75,8 @@ export function runsView(ctx, query) {
       h("td", { "data-label": "Progress", class: "progress-cell" }, progressCell(run)),
       h("td", { "data-label": "Trigger", class: "meta" }, run.triggered_by),
       h("td", { "data-label": "Created", class: "meta" }, timeEl(run.created_at)),
-      h("td", { "data-label": "Duration", class: "meta" }, duration(run.duration_ms)));
+      h("td", { "data-label": "Duration", class: "meta" }, duration(run.duration_ms)),
+      withNode ? h("td", { "data-label": "Node", class: "meta node" }, run.node || "") : null);
   }
 
   function progressCell(run) {

@@ -33,4 +33,5 @@ def create_app(daemon: Daemon) -> web.Application:
     daemon.metrics.count_streams(lambda: len(app[sse.STREAMS]))
     cors.setup(app, daemon.config.server.cors_origins)
     app.cleanup_ctx.extend(daemon.contexts())
+    sse.relay.setup(app, daemon)
     return app

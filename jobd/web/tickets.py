@@ -57,6 +57,10 @@ class Tickets:
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
 
+    def use_key(self, key: bytes) -> None:
+        """Sign with `key` from now on: a cluster's nodes share one, so a ticket holds on any node."""
+        self._key = key
+
     def mint(self, path: str, scope: str, *, ttl_s: float | None = None) -> tuple[str, int]:
         """A ticket for `path` carrying `scope`; returns it and its expiry (epoch ms)."""
         expires = self.clock() + (self.ttl_ms if ttl_s is None else round(ttl_s * 1000))

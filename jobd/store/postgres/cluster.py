@@ -113,23 +113,47 @@ class Node:
     heartbeat_at: int
     running: int  # runs PROCESSING on it
     alive: bool
+    url: str | None = None  # where the other nodes reach it; None until it listens
+    heartbeat_age_ms: int = 0  # in database time
 
 
-async def register_node(conn: Conn, name: str, host: str, pid: int) -> None:
+async def register_node(conn: Conn, name: str, host: str, pid: int, url: str | None = None) -> None:
     """A node joins (or rejoins under its name): alive, with a fresh heartbeat in database time."""
     await conn.execute(
-        "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) VALUES (%s, %s, %s, jobd_now_ms(), jobd_now_ms()) "
-        "ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+        "INSERT INTO nodes (name, host, pid, url, started_at, heartbeat_at) "
+        "VALUES (%s, %s, %s, %s, jobd_now_ms(), jobd_now_ms()) "
+        "ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid, url = excluded.url, "
         "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, dead_at = NULL",
-        (name, host, pid),
+        (name, host, pid, url),
     )
 
 
-async def heartbeat(conn: Conn, name: str) -> bool:
-    """Beat; False once the node has been declared dead: it must stop claiming and stop its
-    runs, which other nodes have taken over."""
+async def set_node_url(conn: Conn, name: str, url: str | None) -> None:
+    """Where the node answers, once it listens (its port may be the one the system picked)."""
+    await conn.execute("UPDATE nodes SET url = %s WHERE name = %s", (url, name))
+
+
+async def get_node(conn: Conn, name: str, dead_after_s: float) -> Node | None:
+    nodes = await list_nodes(conn, dead_after_s, name=name)
+    return nodes[0] if nodes else None
+
+
+async def cluster_key(conn: Conn) -> bytes:
+    """The key every node signs stream tickets with (made by the schema's migration)."""
+    cur = await conn.execute("SELECT key FROM cluster_key LIMIT 1")
+    row = await cur.fetchone()
+    if row is None:
+        raise psycopg.DataError("the cluster_key table is empty: run jobd migrate")
+    return bytes(row[0])
+
+
+async def heartbeat(conn: Conn, name: str, url: str | None = None) -> bool:
+    """Beat (and say where the node answers, when it knows); False once the node has been
+    declared dead: it must stop claiming and stop its runs, which other nodes have taken over."""
     cur = await conn.execute(
-        "UPDATE nodes SET heartbeat_at = jobd_now_ms() WHERE name = %s AND dead_at IS NULL RETURNING true", (name,)
+        "UPDATE nodes SET heartbeat_at = jobd_now_ms(), url = COALESCE(%s, url) "
+        "WHERE name = %s AND dead_at IS NULL RETURNING true",
+        (url, name),
     )
     return await cur.fetchone() is not None
 
@@ -139,13 +163,14 @@ async def leave(conn: Conn, name: str) -> None:
     await conn.execute("DELETE FROM nodes WHERE name = %s", (name,))
 
 
-async def list_nodes(conn: Conn, dead_after_s: float) -> list[Node]:
+async def list_nodes(conn: Conn, dead_after_s: float, *, name: str | None = None) -> list[Node]:
+    """Every node (or the one named), alive or not, with its heartbeat's age in database time."""
     cur = await conn.execute(
         "SELECT n.name, n.host, n.pid, n.started_at, n.heartbeat_at, "
         "(SELECT count(*) FROM runs r WHERE r.node = n.name AND r.status = 'PROCESSING'), "
-        "n.dead_at IS NULL AND n.heartbeat_at >= jobd_now_ms() - %s * 1000 "
-        "FROM nodes n ORDER BY n.name",
-        (dead_after_s,),
+        "n.dead_at IS NULL AND n.heartbeat_at >= now.ms - %s * 1000, n.url, now.ms - n.heartbeat_at "
+        "FROM nodes n, (SELECT jobd_now_ms() AS ms) now WHERE %s::text IS NULL OR n.name = %s ORDER BY n.name",
+        (dead_after_s, name, name),
     )
     return [Node(*row) for row in await cur.fetchall()]
 

@@ -238,6 +238,15 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # Nodes reach each other: where each one answers (its log files are on its own disk), and
+    # the key the cluster signs stream tickets with, so that a ticket minted on one node opens
+    # the stream on any (behind a proxy, or when a node hands a stream to another).
+    """
+    ALTER TABLE nodes ADD COLUMN url text;
+    CREATE TABLE cluster_key (key bytea NOT NULL);
+    INSERT INTO cluster_key (key)
+        SELECT decode(md5(gen_random_uuid()::text) || md5(gen_random_uuid()::text), 'hex');
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"

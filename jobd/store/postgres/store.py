@@ -28,7 +28,7 @@ from jobd.store.postgres.stats import read_run_stats
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
-_SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+_SELECT = f"SELECT {', '.join(RUN_COLUMNS)}, node FROM runs"  # the node that claimed the run after the shared columns
 _ACTIVE = "status IN ('PENDING', 'PROCESSING')"
 # The batch size of get_runs(), as in the SQLite store (each batch comes back in id order).
 _IDS_PER_QUERY = 500

@@ -1,4 +1,6 @@
-"""`GET /api/v1/nodes`: the nodes of the cluster with their heartbeats (one node on SQLite)."""
+"""`GET /api/v1/nodes`: the nodes of the cluster with their heartbeats (one node on SQLite).
+
+`cluster` says which: `jobd status` and the dashboard show the nodes only in a cluster."""
 
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ async def nodes(request: web.Request) -> web.Response:
                 "heartbeat_at": iso_ms(now),
                 "running": daemon.backend.processing_count(),
                 "alive": True,
+                "url": None,
+                "heartbeat_age_s": 0.0,
             }
         ]
     else:
@@ -44,7 +48,9 @@ async def nodes(request: web.Request) -> web.Response:
                 "heartbeat_at": iso_ms(node.heartbeat_at),
                 "running": node.running,
                 "alive": node.alive,
+                "url": node.url,
+                "heartbeat_age_s": round(max(node.heartbeat_age_ms, 0) / 1000, 3),
             }
             for node in await cluster.life.nodes()
         ]
-    return json_response({"nodes": listed})
+    return json_response({"cluster": cluster is not None, "node": daemon.config.cluster.node_name, "nodes": listed})

@@ -17,6 +17,7 @@ from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, enum_list, int_param, run_id_of, time_param
 from jobd.web.responses import json_response
+from jobd.web.sse.relay import RELAY
 
 if TYPE_CHECKING:
     from jobd.app import Daemon
@@ -121,6 +122,10 @@ async def get_run_log(request: web.Request) -> web.StreamResponse:
     run = await daemon.runs.get(run_id_of(request))
     path = log_path(daemon.config.store.logs_dir, run.id)
     if not path.exists():
+        # In a cluster, the log file is on the disk of the node that executed the run.
+        node = request.app[RELAY].executed_elsewhere(request, run)
+        if node is not None:
+            return await request.app[RELAY].run_log(request, run, node)
         return web.Response(text=run.log_tail, content_type="text/plain", charset="utf-8")
     return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
 

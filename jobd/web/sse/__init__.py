@@ -12,6 +12,7 @@ message: `{"type": "error", "message": ..., "reason": ...}`.
     frames    the messages a stream makes itself
     streams   each stream's writer, and the registry: limit, heartbeats, reaping, shutdown
     handlers  the endpoints
+    relay     in a cluster: a run's log and log lines from the node that executes it
 """
 
 from __future__ import annotations

@@ -99,6 +99,8 @@ async def open_stream(
         finished = await daemon.store.get_run(selection.run_id)
         if finished is None:
             raise RunNotFound(selection.run_id)
+        if not finished.status.terminal:  # in a cluster: created by another node, not yet in this one's feed
+            active, finished = [finished], None
     opening: list[tuple[int, bytes]]
     if replay is not None:
         events = [event for event in replay.events if selection.replays(event)]
@@ -107,12 +109,11 @@ async def open_stream(
             return None
         opening = [(replay.after, frames.connected(replay.after, selection.run_id))]
         opening += [(event.id, event.frame) for event in events]
-        # A cluster's table of runs may know of an end before the feed brings its event: that
-        # event then comes live, after the replay.
-        ended = (finished is not None and daemon.cluster is None) or (
-            selection.until_terminal and any(frames.ends_run(e) for e in events)
-        )
+        ended = finished is not None or (selection.until_terminal and any(frames.ends_run(e) for e in events))
         last_id = replay.reached
+        if finished is not None and not any(frames.ends_run(e) for e in events):
+            # In a cluster the store may know of the end before this node's feed does.
+            opening.append((last_id, frames.snapshot(last_id, finished)))
     else:
         opening = [(0, frames.connected(0, selection.run_id))]
         if finished is not None:
