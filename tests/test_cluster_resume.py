@@ -21,6 +21,7 @@ from conftest import wait_for
 from process import DaemonProcess
 from ssehelp import NO_TIMEOUT, NOOP, Message, SSEReader, serve  # noqa: F401  (serve is a fixture)
 
+from jobd.cluster import eventfeed
 from jobd.cluster.eventfeed import EventTail, decode
 from jobd.cluster.wakeup import Signal
 from jobd.events import Event, EventBus
@@ -311,3 +312,22 @@ async def test_a_node_started_later_resumes_from_the_table_or_says_it_cannot(ser
     status, messages = await resume("/api/v1/events", key)
     assert status == 200 and messages[0].id == 0  # a fresh start: connected, the active runs, a summary
     assert ended(messages) == []
+
+
+async def test_an_event_held_back_by_a_transaction_that_sends_no_notify_is_read_soon(
+    pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat's transaction writes no event: when it is what held an event back, nothing
+    wakes the tail when it ends. The tail looks again by itself (here, with the wake-ups and
+    the poll pushed out to a minute, only that can deliver the event in time)."""
+    monkeypatch.setattr(eventfeed, "FAST_POLL_S", 60.0)
+    async with node(pg_db) as n, await connect(pg_db) as holder, await connect(pg_db) as writer:
+        n.signal.set()  # the tail's first pass
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_current_xact_id()")  # an older transaction, still open
+        event_id = await append_event(writer, "status_update", "{}", run_id=7)
+        n.signal.set()  # the event's NOTIFY: the tail looks, and finds it held back
+        await asyncio.sleep(0.05)  # the scenario: the holder stays open a moment
+        assert event_id not in n.published()
+        await holder.execute("COMMIT")  # ends without a NOTIFY
+        await wait_for(lambda: event_id in n.published(), timeout=10)

@@ -26,6 +26,7 @@ from jobd.store.postgres.runs import Conn
 
 BATCH = 1000
 FAST_POLL_S = 0.25  # while other transactions are open the horizon may hold rows back
+HELD_BACK_FIRST_S = 0.002
 
 
 class EventTail:
@@ -60,10 +61,12 @@ class EventTail:
                 await self._task
 
     async def _run(self) -> None:
+        retry_s = HELD_BACK_FIRST_S
         while True:
             try:
                 async with self._connection() as conn:
                     batch, unbroken = await events.events_following(conn, self.position, BATCH)
+                    waiting = not batch and await events.held_back(conn, self.position)
             except psycopg.Error as exc:
                 self.log.warning("event_tail_failed", error=str(exc))
                 await self._signal.wait()
@@ -77,9 +80,15 @@ class EventTail:
                 result = self._deliver(batch)
                 if asyncio.iscoroutine(result):
                     await result
-            if len(batch) < BATCH:
+            if waiting:
+                # A row is there, behind a transaction that has not ended yet: that one may send
+                # no NOTIFY (a heartbeat), so look again soon, less soon each time.
+                await self._signal.wait(retry_s)
+                retry_s = min(FAST_POLL_S, retry_s * 2)
+            elif len(batch) < BATCH:
                 # A row written before the horizon moved is read on the next pass: look again
                 # soon after a wake-up even if this pass found nothing new.
+                retry_s = HELD_BACK_FIRST_S
                 await self._signal.wait(FAST_POLL_S)
 
     async def resume(self, event_id: int, limit: int) -> tuple[int, list[bus.Event]] | None:

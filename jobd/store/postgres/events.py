@@ -122,6 +122,17 @@ async def events_following(conn: Conn, position: Position, limit: int = 1000) ->
     return rows[:limit], position == START
 
 
+async def held_back(conn: Conn, position: Position) -> bool:
+    """Whether rows after `position` exist that the horizon still holds back: committed, or not,
+    behind an older transaction that has not ended (which may write no event, and so send no
+    NOTIFY when it does end)."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE (xid, id) > (%s::text::xid8, %s))", (position[0], position[1])
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def feed_end(conn: Conn) -> Position:
     """Where a reader that wants only what comes from now on starts."""
     cur = await conn.execute(_END)
