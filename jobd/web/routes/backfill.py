@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_RUNS = 100
 MAX_RUNS = 1000
 MAX_RANGE = timedelta(days=3660)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIELDS = frozenset({"from", "to", "max_runs", "dry_run"})
 routes = web.RouteTableDef()
 
@@ -37,6 +38,8 @@ def _instant(body: dict[str, Any], field: str) -> datetime:
         raise BadRequest(f"{field}: {value!r} is not an ISO 8601 time", field=field) from None
     if when.utcoffset() is None:
         raise BadRequest(f"{field}: {value!r} has no offset (add Z or +01:00)", field=field)
+    if when < _EPOCH:
+        raise BadRequest(f"{field}: {value!r} is before 1970", field=field)
     return when
 
 
