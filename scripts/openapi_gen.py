@@ -905,8 +905,9 @@ def backfill_paths() -> dict[str, Schema]:
                 responses={
                     "200": json_content(ref("BackfillPlan"), "dry_run: the fire times; nothing was created"),
                     "202": json_content(ref("BackfillAnswer"), "the runs created, once committed"),
-                    "400": problem("the body is not valid, or the job has no schedule; `field` names the field"),
+                    "400": problem("the body is not valid; `field` names the field"),
                     "404": problem("no job by that name"),
+                    "409": problem("the job has no schedule"),
                     "413": problem("the body is over server.max_body_bytes"),
                     "503": problem("shutting down; not accepting runs (see Retry-After)"),
                 },

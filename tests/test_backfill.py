@@ -132,6 +132,7 @@ async def test_dry_run_lists_the_times_and_creates_nothing(start_daemon: StartDa
         ({"from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "max_runs": 23}, "max_runs", "more than"),
         ({"from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "dry_run": 1}, "dry_run", "true or false"),
         ({"from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "runs": 3}, "runs", "unknown field"),
+        ({"from": "1969-12-31T00:00:00Z", "to": "1970-01-02T00:00:00Z"}, "from", "before 1970"),
     ],
 )
 async def test_validation_names_the_field(
@@ -147,8 +148,8 @@ async def test_exactly_max_runs_is_accepted_and_other_jobs_refused(start_daemon:
     h = await start_daemon(JOBS)
     day = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z"}
     assert len((await backfill(h, "hourly", max_runs=24, **day))["runs"]) == 24
-    problem = await backfill(h, "manual", expect=400, **day)
-    assert problem["field"] == "name" and "no schedule" in problem["detail"]
+    problem = await backfill(h, "manual", expect=409, **day)
+    assert problem["job"] == "manual" and "no schedule" in problem["detail"]
     await backfill(h, "nope", expect=404, **day)
 
 

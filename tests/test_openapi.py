@@ -153,6 +153,7 @@ async def test_responses_match_the_document(start_daemon):
     await r.call("POST", "/api/v1/jobs/hourly/backfill", 400, json={**span, "max_runs": 2})
     await r.call("POST", "/api/v1/jobs/hourly/backfill", 413, data=b'{"from": "' + b"y" * 5000 + b'"}')
     await r.call("POST", "/api/v1/jobs/nope/backfill", 404, json=span)
+    await r.call("POST", "/api/v1/jobs/noop/backfill", 409, json=span)
     for run in (single, *batch, *filled):
         await h.finished(run["id"])
     await r.call("GET", "/api/v1/jobs", 200)  # now with last runs

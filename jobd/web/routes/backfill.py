@@ -10,7 +10,7 @@ from aiohttp import web
 
 from jobd.catchup import fire_times
 from jobd.cronspec import CronSpec
-from jobd.errors import BadRequest
+from jobd.errors import BadRequest, Conflict
 from jobd.models import compact_json, iso_ms
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
@@ -38,13 +38,13 @@ def _instant(body: dict[str, Any], field: str) -> datetime:
         raise BadRequest(f"{field}: {value!r} is not an ISO 8601 time", field=field) from None
     if when.utcoffset() is None:
         raise BadRequest(f"{field}: {value!r} has no offset (add Z or +01:00)", field=field)
-    if when < _EPOCH:
-        raise BadRequest(f"{field}: {value!r} is before 1970", field=field)
     return when
 
 
 def _max_runs(body: dict[str, Any]) -> int:
     value = body.get("max_runs", DEFAULT_MAX_RUNS)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integers include 5.0
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RUNS:
         raise BadRequest(f"max_runs must be an integer from 1 to {MAX_RUNS}", field="max_runs")
     return value
@@ -72,7 +72,9 @@ async def backfill_job(request: web.Request) -> web.Response:
     if not isinstance(dry_run, bool):
         raise BadRequest("dry_run must be true or false", field="dry_run")
     if job.schedule is None:
-        raise BadRequest(f"job {job.name!r} has no schedule: it has no fire times to backfill", field="name")
+        raise Conflict(f"job {job.name!r} has no schedule: it has no fire times to backfill", job=job.name)
+    if start < _EPOCH:
+        raise BadRequest(f"from: {body['from']!r} is before 1970", field="from")
     if start >= end:
         raise BadRequest("from must be before to", field="from")
     now = daemon.clock.now()
