@@ -105,6 +105,14 @@ async def test_every_missed_fire_runs_oldest_first_up_to_the_limit(
         assert (job["last_fire_at"], job["next_run_at"]) == (iso(hour(6)), iso(hour(7)))
     out = capsys.readouterr().out
     assert "scheduler.catchup_limited" in out and "left_out=2" in out and "job=capped" in out
+    # The fires left out can be backfilled; those made by the cron loop or the catch-up are not made again.
+    response = await h.client.post(
+        "/api/v1/jobs/capped/backfill", json={"from": iso(hour(1)), "to": iso(hour(6.5)), "max_runs": 10}
+    )
+    answer = await response.json()
+    assert response.status == 202, answer
+    assert [run["scheduled_for"] for run in answer["runs"]] == missed[:2]
+    assert answer["existing"] == [iso(hour(1)), *missed[2:]]
     await finish_all(h)
 
     await advance_to(clock, hour(7))  # the schedule carries on as usual
