@@ -160,6 +160,24 @@ async def test_a_restart_during_catch_up_makes_no_fire_twice(start: StartDaemon)
     await h.client.close()
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+async def test_a_backfill_leaves_a_due_fire_to_the_scheduler(start: StartDaemon) -> None:
+    # 10:05 is due but not fired: jitter puts it up to an hour later (and 10:05:00.001 is before it
+    # but for a one-in-a-million draw).
+    clock = FakeClock(T0 + timedelta(seconds=1))
+    h = await start({"j": {**NOOP, "schedule": "*/5 * * * *", "jitter_s": 3600}}, clock=clock)
+    await clock.sleeping()
+    clock.set(T0 + timedelta(minutes=5, milliseconds=1))
+    body = {"from": iso(T0), "dry_run": True}
+    response = await h.client.post("/api/v1/jobs/j/backfill", json={**body, "to": iso(clock.now())})
+    problem = await response.json()
+    assert (response.status, problem["field"]) == (400, "to"), problem
+    assert "2026-03-02T10:05:00.000Z is still to be made by the scheduler" in problem["detail"]
+    response = await h.client.post("/api/v1/jobs/j/backfill", json={**body, "to": iso(T0 + timedelta(minutes=5))})
+    assert (await response.json())["fire_times"] == [iso(T0)]
+    await h.client.close()
+
+
 def test_the_scheduler_carries_on_after_the_newest_fire_made() -> None:
     """A catch-up cut after three of its fires: a scheduler started from the last fire stored
     asks for exactly the rest."""

@@ -80,6 +80,10 @@ async def backfill_job(request: web.Request) -> web.Response:
     now = daemon.clock.now()
     if end > now:
         raise BadRequest(f"to must not be in the future (now is {iso_ms(_ms(now))})", field="to")
+    upcoming = daemon.runs.next_run_at(job.name)
+    if upcoming is not None and _ms(end) > upcoming:
+        # A fire due but not made yet (jitter, a late loop) is the scheduler's to make.
+        raise BadRequest(f"to: the fire at {iso_ms(upcoming)} is still to be made by the scheduler", field="to")
     if end - start > MAX_RANGE:
         raise BadRequest(f"the range is longer than {MAX_RANGE.days} days", field="to")
     zone = ZoneInfo(job.timezone)
