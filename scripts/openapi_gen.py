@@ -854,7 +854,10 @@ def backfill_schemas() -> dict[str, Schema]:
                 "to": {
                     "type": "string",
                     "format": "date-time",
-                    "description": f"the end (exclusive), not in the future, at most {MAX_RANGE.days} days after from",
+                    "description": (
+                        f"the end (exclusive), not in the future nor past the job's next fire, at most "
+                        f"{MAX_RANGE.days} days after from"
+                    ),
                 },
                 "max_runs": {
                     "type": "integer",
