@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from jobd.catchup import missed_fires
 from jobd.config import JobConfig
 from jobd.cronspec import CronSpec
 
@@ -69,6 +70,7 @@ class FireRequest:
     job: str
     scheduled_for: datetime  # the nominal fire time (aware UTC), without jitter
     catchup: bool
+    overlap: str | None = None  # admit under this policy instead of the job's
 
 
 @dataclasses.dataclass(slots=True)
@@ -174,7 +176,7 @@ class Scheduler:
     async def run(self) -> None:
         """Fire jobs until cancelled. Never returns otherwise; a failing fire is logged."""
         pending, self._pending_catchup = self._pending_catchup, []
-        await self._issue_all(
+        await self._issue_catchup(
             [request for request in pending if request.job in self._plans and request.job not in self._paused]
         )
         while True:
@@ -282,6 +284,20 @@ class Scheduler:
         elif requests:
             await asyncio.gather(*(self._issue(request) for request in requests))
 
+    async def _issue_catchup(self, requests: list[FireRequest]) -> None:
+        """Jobs catch up side by side; one job's missed fires go one after the other, oldest
+        first, each committed with the job's last fire before the next is made: a restart in
+        the middle carries on after the newest one made and makes none twice."""
+        by_job: dict[str, list[FireRequest]] = {}
+        for request in requests:
+            by_job.setdefault(request.job, []).append(request)
+
+        async def one_job(fires: list[FireRequest]) -> None:
+            for request in fires:
+                await self._issue(request)
+
+        await asyncio.gather(*(one_job(fires) for fires in by_job.values()))
+
     async def _issue(self, request: FireRequest) -> None:
         try:
             await self._fire(request)
@@ -328,6 +344,8 @@ class Scheduler:
             age = (now - newest).total_seconds()
             if plan.config.misfire == "run_once" and age <= plan.config.misfire_grace_s:
                 requests.append(FireRequest(name, newest, catchup=True))
+            elif plan.config.misfire == "run_all" and age <= plan.config.misfire_grace_s:
+                requests.extend(self._run_all(name, plan, last, now))
             else:
                 self._log.info(
                     "scheduler.misfire_skipped",
@@ -337,3 +355,19 @@ class Scheduler:
                     policy=plan.config.misfire,
                 )
         return requests, upcoming
+
+    def _run_all(self, name: str, plan: _Plan, last: datetime, now: datetime) -> list[FireRequest]:
+        """misfire = "run_all": a run for each of the newest max_catchup_runs missed fires. They
+        are admitted whatever the overlap policy (else the first would skip the others) and wait
+        for the job's slots in order."""
+        missed = missed_fires(plan.spec, plan.tz, last, now, plan.config.max_catchup_runs)
+        if missed.left_out:
+            self._log.warning(
+                "scheduler.catchup_limited",
+                job=name,
+                left_out=missed.left_out,
+                left_out_at_least=missed.left_out_capped,
+                first_left_out=missed.first_left_out.isoformat() if missed.first_left_out else None,
+                max_catchup_runs=plan.config.max_catchup_runs,
+            )
+        return [FireRequest(name, fire, catchup=True, overlap="allow") for fire in missed.run]

@@ -26,6 +26,7 @@ from jobd.models import (
     status_update_json_schema,
 )
 from jobd.stats import MAX_DAYS
+from jobd.web.routes.backfill import DEFAULT_MAX_RUNS, MAX_RANGE, MAX_RUNS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "jobd" / "web" / "openapi.json"
@@ -845,6 +846,92 @@ def paths() -> dict[str, Schema]:
     }
 
 
+# -- backfill --------------------------------------------------------------------------------------
+
+
+def backfill_schemas() -> dict[str, Schema]:
+    listed: dict[str, Schema] = {
+        "job": STR,
+        "timezone": {**STR, "description": "the job's time zone, that of fire_times_local"},
+        "fire_times": {"type": "array", "items": TIME, "description": "every fire time in [from, to), oldest first"},
+        "fire_times_local": {
+            "type": "array",
+            "items": {"type": "string", "format": "date-time"},
+            "description": "the same times in the job's zone, with their offsets",
+        },
+    }
+    return {
+        "BackfillRequest": obj(
+            {
+                "from": {"type": "string", "format": "date-time", "description": "the first time (inclusive)"},
+                "to": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": (
+                        f"the end (exclusive), not in the future nor past the job's next fire, at most "
+                        f"{MAX_RANGE.days} days after from"
+                    ),
+                },
+                "max_runs": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_RUNS,
+                    "default": DEFAULT_MAX_RUNS,
+                    "description": "a range holding more fire times is refused (400, field max_runs)",
+                },
+                "dry_run": {"type": "boolean", "default": False, "description": "list the times; create nothing"},
+            },
+            optional=("max_runs", "dry_run"),
+        ),
+        "BackfillPlan": obj({**listed, "dry_run": {"const": True}}),
+        "BackfillAnswer": obj(
+            {
+                **listed,
+                "dry_run": {"const": False},
+                "existing": {
+                    "type": "array",
+                    "items": TIME,
+                    "description": "fire times left out: the job already has a run (or, in a cluster, a fire) for them",
+                },
+                "runs": {
+                    "type": "array",
+                    "items": ref("Run"),
+                    "description": "the runs created (triggered_by catchup, scheduled_for the fire time)",
+                },
+            }
+        ),
+    }
+
+
+def backfill_paths() -> dict[str, Schema]:
+    return {
+        V1 + "/jobs/{name}/backfill": {
+            "post": operation(
+                "Create runs for the job's past fire times",
+                tag="jobs",
+                scope="trigger",
+                operation_id="backfillJob",
+                description=(
+                    "One run per fire time of the job's schedule in [from, to), in its time zone with its DST "
+                    "rules, skipping the times it already has a run for. The runs are admitted whatever the "
+                    "overlap policy and wait for the job's concurrency slots, oldest first."
+                ),
+                parameters=(JOB_NAME,),
+                body={"required": True, "content": {"application/json": {"schema": ref("BackfillRequest")}}},
+                responses={
+                    "200": json_content(ref("BackfillPlan"), "dry_run: the fire times; nothing was created"),
+                    "202": json_content(ref("BackfillAnswer"), "the runs created, once committed"),
+                    "400": problem("the body is not valid; `field` names the field"),
+                    "404": problem("no job by that name"),
+                    "409": problem("the job has no schedule"),
+                    "413": problem("the body is over server.max_body_bytes"),
+                    "503": problem("shutting down; not accepting runs (see Retry-After)"),
+                },
+            )
+        }
+    }
+
+
 def build_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -863,9 +950,9 @@ def build_document() -> dict[str, Any]:
         "tags": [
             {"name": name} for name in ("jobs", "runs", "streams", "observability", "health", "contract", "dashboard")
         ],
-        "paths": paths(),
+        "paths": paths() | backfill_paths(),
         "components": {
-            "schemas": schemas(),
+            "schemas": schemas() | backfill_schemas(),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -100,6 +100,7 @@ async def test_responses_match_the_document(start_daemon):
             "noop": {"handler": "sample_jobs:noop", "overlap": "allow"},
             "slow": {"handler": "sample_jobs:sleepy"},
             "never": {"handler": "sample_jobs:noop"},
+            "hourly": {"handler": "sample_jobs:noop", "schedule": "0 * * * *"},
         },
         auth={"tokens": [{"name": scope, "token": token, "scope": scope} for scope, token in TOKENS.items()]},
         server={"max_body_bytes": 4096, "max_streams": 1},
@@ -146,7 +147,14 @@ async def test_responses_match_the_document(start_daemon):
     await r.call("POST", "/api/v1/jobs/noop/resume", 200)
     await r.call("POST", "/api/v1/jobs/nope/pause", 404)
     await r.call("POST", "/api/v1/jobs/nope/resume", 404)
-    for run in (single, *batch):
+    span = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-01T03:00:00Z"}
+    await r.call("POST", "/api/v1/jobs/hourly/backfill", 200, json={**span, "dry_run": True})
+    filled = (await r.call("POST", "/api/v1/jobs/hourly/backfill", 202, json=span))["runs"]
+    await r.call("POST", "/api/v1/jobs/hourly/backfill", 400, json={**span, "max_runs": 2})
+    await r.call("POST", "/api/v1/jobs/hourly/backfill", 413, data=b'{"from": "' + b"y" * 5000 + b'"}')
+    await r.call("POST", "/api/v1/jobs/nope/backfill", 404, json=span)
+    await r.call("POST", "/api/v1/jobs/noop/backfill", 409, json=span)
+    for run in (single, *batch, *filled):
         await h.finished(run["id"])
     await r.call("GET", "/api/v1/jobs", 200)  # now with last runs
 
@@ -220,6 +228,7 @@ async def test_responses_match_the_document(start_daemon):
         await r.call("GET", path, 503, token=None)
     await r.call("POST", "/api/v1/jobs/noop/trigger", 503)
     await r.call("POST", f"/api/v1/runs/{single['id']}/retry", 503)
+    await r.call("POST", "/api/v1/jobs/hourly/backfill", 503, json=span)
 
     missing = {
         (method, template): sorted(

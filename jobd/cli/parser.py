@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 
 from jobd import __version__
+from jobd.cli import backfill
 from jobd.cli.api_commands import (
     cmd_job_action,
     cmd_log,
@@ -129,4 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = client_parser("status", "jobs, queue and workers at a glance")
     status.set_defaults(func=cmd_status)
+
+    backfill.add_parser(client_parser)
     return parser

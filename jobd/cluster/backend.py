@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from jobd.cluster import runtable, writes
+from jobd.cluster import backfill, runtable, writes
 from jobd.cluster.creating import Creator
 from jobd.cluster.eventfeed import EventTail, encode
 from jobd.cluster.execution import Execution, RecentLines
@@ -239,7 +239,9 @@ class PostgresBackend(Execution, Reads):
         self._wakeup.set()
         self._notify_wakeup.poke()
 
-    async def fire(self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int) -> Run | None:
+    async def fire(
+        self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int, overlap: str | None = None
+    ) -> Run | None:
         config = self.job(job)
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute("SELECT paused FROM job_state WHERE job = %s", (job,))
@@ -252,7 +254,7 @@ class PostgresBackend(Execution, Reads):
             state = self.job_state(job)
             state.last_fire_at = max(state.last_fire_at or 0, scheduled_for)
             try:
-                await self._admit(conn, config, config.overlap, 1, counts)
+                await self._admit(conn, config, overlap or config.overlap, 1, counts)
             except OverlapConflict as exc:
                 state.skipped_fires += 1
                 state.last_skipped_at = now
@@ -281,6 +283,19 @@ class PostgresBackend(Execution, Reads):
             )
         self._woken()
         return run
+
+    async def backfill(self, job: str, times: Sequence[int]) -> tuple[list[Run], list[int]]:
+        self._check_open()
+        config = self.job(job)
+        async with self.pool.connection() as conn, conn.transaction():
+            made, existing = await backfill.backfill(
+                conn, job, times, self.node, lambda at: self._new_run(config, {}, TriggerSource.CATCHUP, at)
+            )
+        for run in made:
+            self.table.put(run)
+        if made:
+            self._woken()
+        return made, existing
 
     async def retry(self, run_id: int) -> Run:
         self._check_open()

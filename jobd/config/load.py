@@ -16,6 +16,7 @@ from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.sections import (
     JOB_NAME,
+    MAX_CATCHUP_RUNS,
     MISFIRE_POLICIES,
     OVERLAP_POLICIES,
     SCOPES,
@@ -316,6 +317,7 @@ def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, 
         overlap=t.string("overlap", d.overlap, choices=OVERLAP_POLICIES),
         misfire=t.string("misfire", d.misfire, choices=MISFIRE_POLICIES),
         misfire_grace_s=t.number("misfire_grace_s", d.misfire_grace_s),
+        max_catchup_runs=t.integer("max_catchup_runs", d.max_catchup_runs, minimum=1, maximum=MAX_CATCHUP_RUNS),
         jitter_s=t.number("jitter_s", d.jitter_s),
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),

@@ -14,7 +14,8 @@ from jobd.config.handlers import import_handler
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
-MISFIRE_POLICIES = ("run_once", "skip")
+MISFIRE_POLICIES = ("run_once", "skip", "run_all")
+MAX_CATCHUP_RUNS = 1000
 SCOPES = ("read", "trigger", "admin")
 SYNCHRONOUS_MODES = ("normal", "full")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -148,6 +149,7 @@ class JobConfig:
     overlap: str = "skip"
     misfire: str = "run_once"
     misfire_grace_s: float = 3600.0
+    max_catchup_runs: int = 10  # misfire = "run_all": the newest this many missed fires run
     jitter_s: float = 0.0
     on_interrupt: str = "retry"
     alert_after_failures: int = 3

@@ -97,9 +97,18 @@ class RunBackend(Protocol):
         Raises JobNotFound, OverlapConflict, Unavailable."""
         ...
 
-    async def fire(self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int) -> Run | None:
+    async def fire(
+        self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int, overlap: str | None = None
+    ) -> Run | None:
         """Record the cron fire (job, scheduled_for) with the run it created, or with its skip
-        (None; `now` is the skip's time, `fire_skipped` is published)."""
+        (None; `now` is the skip's time, `fire_skipped` is published). `overlap` replaces the
+        job's policy (a run_all catch-up admits every missed fire)."""
+        ...
+
+    async def backfill(self, job: str, times: Sequence[int]) -> tuple[list[Run], list[int]]:
+        """A run (triggered_by catchup, admitted whatever the overlap policy) for each of `times`
+        that the job has no fire or run for yet. Returns the runs made, once committed, and the
+        times left out as existing."""
         ...
 
     async def retry(self, run_id: int) -> Run:

@@ -48,6 +48,7 @@ class LocalBackend:
         self._active = ActiveRuns()
         self._ready = ReadyQueue(limit_of=self._slot_limit, clock=self._now, orphaned=self._fail_orphan)
         self._keys: idempotency.Coalescer[Run] = idempotency.Coalescer()
+        self._backfills: dict[str, asyncio.Lock] = {}
         self._feed: Feed | None = None
         self._moves = Transitions(
             jobs=lambda: self._jobs,
@@ -198,11 +199,18 @@ class LocalBackend:
             self._moves.publish(run)
             self._ready.put(run)
 
-    async def fire(self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int) -> Run | None:
+    async def fire(
+        self, job: str, scheduled_for: int, *, triggered_by: TriggerSource, now: int, overlap: str | None = None
+    ) -> Run | None:
         state = self.states.fired(job, scheduled_for)
         try:
             [run] = await self.create(
-                job, [Submission()], triggered_by=triggered_by, scheduled_for=scheduled_for, job_state=state
+                job,
+                [Submission()],
+                triggered_by=triggered_by,
+                overlap=overlap,
+                scheduled_for=scheduled_for,
+                job_state=state,
             )
             return run
         except OverlapConflict as exc:
@@ -221,6 +229,34 @@ class LocalBackend:
             # Published once committed, like every run change: a listener never sees a count the store lacks.
             self._feed.publish("fire_skipped", skipped, job=job)
         return None
+
+    async def backfill(self, job: str, times: Sequence[int]) -> tuple[list[Run], list[int]]:
+        if not self.accepting:
+            raise Unavailable("jobd is shutting down; not accepting new runs", retry_after_s=5)
+        config = self.job(job)
+        # One backfill of a job at a time: the next one reads what this one committed.
+        async with self._backfills.setdefault(job, asyncio.Lock()):
+            wanted = set(times)
+            existing = await self.store.scheduled_times(job, times)
+            existing |= {run.scheduled_for for run in self._active.of_job(job) if run.scheduled_for in wanted}
+            now = self.clock()
+            runs = [
+                Run(
+                    id=self.store.allocate_run_id(),
+                    job=job,
+                    status=RunStatus.PENDING,
+                    triggered_by=TriggerSource.CATCHUP,
+                    created_at=now,
+                    updated_at=now,
+                    max_attempts=config.retries + 1,
+                    scheduled_for=at,
+                )
+                for at in times
+                if at not in existing
+            ]
+            if runs:
+                await self._commit_new(runs)
+        return runs, [at for at in times if at in existing]
 
     async def retry(self, run_id: int) -> Run:
         if not self.accepting:

@@ -28,6 +28,9 @@ class Fire(Protocol):
     @property
     def catchup(self) -> bool: ...
 
+    @property
+    def overlap(self) -> str | None: ...
+
 
 class Schedule(Protocol):
     """The cron loop, as pause/resume and next_run_at see it (jobd.scheduler.Scheduler)."""
@@ -101,7 +104,12 @@ class Runs:
             triggered_by=TriggerSource.CATCHUP if request.catchup else TriggerSource.CRON,
             # The scheduler's clock, like scheduled_for, so the two can be compared.
             now=_epoch_ms(self._scheduler_now()),
+            overlap=request.overlap,
         )
+
+    async def backfill(self, job: str, times: Sequence[datetime]) -> tuple[list[Run], list[int]]:
+        """Runs for past fire times: the runs made and the times (epoch ms) that already had one."""
+        return await self.backend.backfill(job, [_epoch_ms(at) for at in times])
 
     async def retry(self, run_id: int) -> Run:
         return await self.backend.retry(run_id)

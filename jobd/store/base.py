@@ -153,6 +153,10 @@ class StoreReads(Protocol):
 
     async def find_idempotent(self, job: str, key: str, since: int) -> int | None: ...
 
+    async def scheduled_times(self, job: str, times: Sequence[int]) -> set[int]:
+        """Which of `times` (epoch ms) a run of `job` is already scheduled for (a backfill's dedupe)."""
+        ...
+
     async def job_states(self) -> dict[str, JobState]: ...
 
     async def delete_runs(

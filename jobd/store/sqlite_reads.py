@@ -134,6 +134,16 @@ class SQLiteReads:
         )
         return int(rows[0][0]) if rows else None
 
+    async def scheduled_times(self, job: str, times: Sequence[int]) -> set[int]:
+        if not times:
+            return set()
+        rows = await self._fetchall(
+            "SELECT scheduled_for FROM runs WHERE job = ? AND scheduled_for BETWEEN ? AND ?",
+            (job, min(times), max(times)),
+        )
+        wanted = set(times)
+        return {int(row[0]) for row in rows if row[0] in wanted}
+
     async def job_states(self) -> dict[str, JobState]:
         rows = await self._fetchall(
             "SELECT job, paused, last_fire_at, skipped_fires, last_skipped_at, consecutive_failures, "

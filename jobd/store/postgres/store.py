@@ -149,6 +149,12 @@ class PostgresStore:
         )
         return int(rows[0][0]) if rows else None
 
+    async def scheduled_times(self, job: str, times: Sequence[int]) -> set[int]:
+        rows = await self._fetchall(
+            "SELECT scheduled_for FROM runs WHERE job = %s AND scheduled_for = ANY(%s)", (job, list(times))
+        )
+        return {int(row[0]) for row in rows}
+
     async def job_states(self) -> dict[str, JobState]:
         async with self.pool.connection() as conn:
             return {state.job: state for state in await load_job_states(conn)}

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from jobd.web.routes import dashboard, health, jobs, metrics, nodes, openapi, queue, runs, stats, tickets, whoami
+from jobd.web.routes import (
+    backfill,
+    dashboard,
+    health,
+    jobs,
+    metrics,
+    nodes,
+    openapi,
+    queue,
+    runs,
+    stats,
+    tickets,
+    whoami,
+)
 from jobd.web.tickets import TICKETS, Tickets
 
 
@@ -14,6 +27,7 @@ def setup(app: web.Application, ticketer: Tickets) -> None:
     app[TICKETS] = ticketer
     for module in (jobs, runs, queue, nodes, health, stats, metrics):
         app.add_routes(module.routes)
+    app.add_routes(backfill.routes)
     openapi.setup(app)
     app.add_routes(tickets.routes)
     app.add_routes(whoami.routes)
