@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import BACKENDS, TESTS, pg_url, wait_for
+from openapi_check import schema_errors
 from process import DaemonProcess
 
 from jobd.models import RunStatus, iso_ms, now_ms, parse_iso_ms
@@ -274,3 +275,24 @@ async def test_run_at_survives_a_restart_and_runs_once_after_its_time(tmp_path, 
         async with http.get(f"{url}/api/v1/runs", params={"job": "noop"}) as response:
             page = await response.json()
         assert [r["id"] for r in page["runs"]] == [run["id"]]  # once: no second run, no retry
+
+
+def test_the_openapi_document_describes_the_times(backend):
+    if backend != "sqlite":
+        pytest.skip("the document is the same for both backends")
+    valid = [
+        {"run_at": "2026-12-24T18:00:00Z"},
+        {"delay_s": 1.5, "params": {}},
+        {"run_at": None, "delay_s": 3},
+        {"delay_s": 1, "runs": [{"params": {}}, {"run_at": "2026-12-24T19:00:00+01:00"}]},
+    ]
+    invalid = [
+        {"run_at": "2026-12-24T18:00:00Z", "delay_s": 1},
+        {"delay_s": -1},
+        {"delay_s": MAX_DELAY_S + 1},
+        {"runs": [{"run_at": "2026-12-24T18:00:00Z", "delay_s": 0}]},
+    ]
+    for body in valid:
+        assert schema_errors("components/schemas/TriggerRequest", body) == [], body
+    for body in invalid:
+        assert schema_errors("components/schemas/TriggerRequest", body), body
