@@ -16,6 +16,7 @@ import pytest
 from conftest import BACKENDS, TESTS, pg_url, wait_for
 from openapi_check import schema_errors
 from process import DaemonProcess
+from test_browser import browser, start_jobd  # noqa: F401  (fixtures)
 
 from jobd.models import RunStatus, iso_ms, now_ms, parse_iso_ms
 from jobd.web.timing import MAX_DELAY_S
@@ -296,3 +297,38 @@ def test_the_openapi_document_describes_the_times(backend):
         assert schema_errors("components/schemas/TriggerRequest", body) == [], body
     for body in invalid:
         assert schema_errors("components/schemas/TriggerRequest", body), body
+
+
+@pytest.mark.browser
+async def test_the_dashboard_trigger_dialog_schedules_a_run(browser, start_jobd, backend):
+    if backend != "sqlite":
+        pytest.skip("the dialog is the same for both backends")
+    from playwright.async_api import expect  # the browser fixture has checked that it is installed
+
+    daemon = await start_jobd()
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{daemon.url}/#/jobs")
+    card = page.locator('article[data-job="gated"]')
+    await card.locator("summary").click()
+    # An hour from now in the browser's own zone, as a datetime-local box takes it.
+    local, wanted = await page.evaluate(
+        """() => { const t = new Date(Date.now() + 3600e3); t.setMilliseconds(0);
+                   const p = (n) => String(n).padStart(2, "0");
+                   return [`${t.getFullYear()}-${p(t.getMonth() + 1)}-${p(t.getDate())}T${p(t.getHours())}:`
+                           + `${p(t.getMinutes())}:${p(t.getSeconds())}`, t.getTime()]; }"""
+    )
+    await card.get_by_label("Run at").fill(local)
+    await card.get_by_role("button", name="Trigger").click()
+    notice = page.locator(".notice", has_text="Scheduled run")
+    await expect(notice).to_be_visible()
+    run_id = int((await notice.locator("a").inner_text())[1:])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{daemon.url}/api/v1/runs/{run_id}") as response:
+            run = (await response.json())["run"]
+        assert run["status"] == "PENDING" and ms(run["run_after"]) == wanted
+        await page.click('nav a[href="#/runs"]')
+        row = page.locator(f'tr[data-run-id="{run_id}"]')
+        await expect(row.locator(".message")).to_contain_text("waiting until")
+        await expect(row.locator(".message time")).to_have_attribute("datetime", run["run_after"])
+        async with http.post(f"{daemon.url}/api/v1/runs/{run_id}/cancel") as response:
+            assert response.status == 200
