@@ -116,7 +116,7 @@ async def test_a_batch_takes_the_top_level_time_and_an_item_its_own(start_daemon
         ({"delay_s": MAX_DELAY_S + 1}, "delay_s"),
         ({"delay_s": "5"}, "delay_s"),
         ({"delay_s": True}, "delay_s"),
-        ({"run_at": iso_ms(now_ms() + (MAX_DELAY_S + 60) * 1000)}, "run_at"),
+        (lambda: {"run_at": utc_in(MAX_DELAY_S + 60)}, "run_at"),  # made when the test runs
         ({"run_at": "2030-01-01T00:00:00Z", "delay_s": 5}, "run_at"),
         ({"runs": [{"params": {}}, {"run_at": "2026-12-24T18:00:00"}]}, "runs[1].run_at"),
         ({"runs": [{"delay_s": 1, "run_at": "2030-01-01T00:00:00Z"}]}, "runs[0].run_at"),
@@ -125,7 +125,7 @@ async def test_a_batch_takes_the_top_level_time_and_an_item_its_own(start_daemon
 )
 async def test_bad_times_are_a_400_naming_the_field_and_create_nothing(start_daemon, body, field):
     h = await start_daemon(JOBS)
-    response = await h.client.post("/api/v1/jobs/noop/trigger", json=body)
+    response = await h.client.post("/api/v1/jobs/noop/trigger", json=body() if callable(body) else body)
     problem = await response.json()
     assert response.status == 400, problem
     assert response.content_type == "application/problem+json"
