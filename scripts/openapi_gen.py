@@ -52,7 +52,7 @@ def run_timing(where: str) -> dict[str, Schema]:
             "type": ["string", "null"],
             "format": "date-time",
             "description": f"{where}: PENDING until then (ISO-8601 with Z or an offset; a naive time is "
-            f"refused, a past one means now; at most {MAX_DELAY_S // 86_400} days ahead); not with delay_s",
+            f"refused, a past one means now); not with delay_s",
         },
         "delay_s": {
             "type": ["number", "null"],

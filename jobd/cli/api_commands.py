@@ -86,7 +86,7 @@ def _timing(at: str | None, delay: str | None) -> dict[str, Any]:
         raise ValueError("give either --at or --delay, not both")
     if at is not None:
         try:
-            when = datetime.fromisoformat(at.strip())
+            when = datetime.fromisoformat(at.strip().upper())
         except ValueError:
             raise ValueError(f"--at {at!r} is not an ISO-8601 time (e.g. 2026-12-24T18:00:00Z)") from None
         if when.tzinfo is None:
