@@ -132,10 +132,14 @@ class JobdClient:
         idempotency_key: str | None = None,
         overlap: str | None = None,
         triggered_by: str = "api",
+        run_at: str | None = None,
+        delay_s: float | None = None,
     ) -> dict[str, Any]:
+        """`run_at` (ISO-8601 with a time zone) or `delay_s`: the run waits PENDING until then."""
         body: dict[str, Any] = {"params": dict(params or {}), "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
+        body.update(_timing(run_at, delay_s))
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return cast(
             "dict[str, Any]",
@@ -143,11 +147,19 @@ class JobdClient:
         )
 
     async def trigger_many(
-        self, job: str, params: Sequence[Mapping[str, Any]], *, triggered_by: str = "api", overlap: str | None = None
+        self,
+        job: str,
+        params: Sequence[Mapping[str, Any]],
+        *,
+        triggered_by: str = "api",
+        overlap: str | None = None,
+        run_at: str | None = None,
+        delay_s: float | None = None,
     ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"runs": [{"params": dict(p)} for p in params], "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
+        body.update(_timing(run_at, delay_s))
         return cast(
             "list[dict[str, Any]]", (await self.request("POST", _job_path(job, "trigger"), json_body=body))["runs"]
         )
@@ -160,6 +172,8 @@ class JobdClient:
         batch_size: int = 1000,
         triggered_by: str = "api",
         overlap: str | None = None,
+        run_at: str | None = None,
+        delay_s: float | None = None,
     ) -> list[dict[str, Any]]:
         """One run per item of `params`, at most `batch_size` to a request, and never more than the server
         takes: a batch it refuses as too large is sent again in pieces of the size its answer names."""
@@ -170,7 +184,9 @@ class JobdClient:
         while start < len(params):
             chunk = params[start : start + batch_size]
             try:
-                runs += await self.trigger_many(job, chunk, triggered_by=triggered_by, overlap=overlap)
+                runs += await self.trigger_many(
+                    job, chunk, triggered_by=triggered_by, overlap=overlap, run_at=run_at, delay_s=delay_s
+                )
             except ApiError as exc:
                 limit = exc.body.get("max_batch_runs")
                 # The batch was refused whole, before any run of it was made: safe to send again.
@@ -318,6 +334,15 @@ class JobdClient:
                         continue
                     if isinstance(message, dict):
                         yield event_id, message
+
+
+def _timing(run_at: str | None, delay_s: float | None) -> dict[str, Any]:
+    timing: dict[str, Any] = {}
+    if run_at is not None:
+        timing["run_at"] = run_at
+    if delay_s is not None:
+        timing["delay_s"] = delay_s
+    return timing
 
 
 def _job_path(name: str, action: str = "") -> str:

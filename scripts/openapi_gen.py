@@ -27,6 +27,7 @@ from jobd.models import (
 )
 from jobd.stats import MAX_DAYS
 from jobd.web.routes.backfill import DEFAULT_MAX_RUNS, MAX_RANGE, MAX_RUNS
+from jobd.web.timing import MAX_DELAY_S
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "jobd" / "web" / "openapi.json"
@@ -44,6 +45,29 @@ STREAM_ERRORS = {
 
 
 # -- building blocks -------------------------------------------------------------------------------
+
+
+def run_timing(where: str) -> dict[str, Schema]:
+    """A trigger's `run_at` / `delay_s` (jobd.web.timing), at the top level or in a batch item."""
+    return {
+        "run_at": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": f"{where}: PENDING until then (ISO-8601 with Z or an offset; a naive time is "
+            f"refused, a past one means now); not with delay_s",
+        },
+        "delay_s": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": MAX_DELAY_S,
+            "description": f"{where}: PENDING for this many seconds from the request's arrival; not with run_at",
+        },
+    }
+
+
+# Both given (and not null) is refused.
+GIVEN = {"not": {"type": "null"}}
+NOT_BOTH_TIMES = {"required": ["run_at", "delay_s"], "properties": {"run_at": GIVEN, "delay_s": GIVEN}}
 
 
 def ref(name: str) -> Schema:
@@ -240,7 +264,11 @@ def schemas() -> dict[str, Schema]:
                 "runs": {
                     "type": "array",
                     "minItems": 1,
-                    "items": obj({"params": nullable({"type": "object"})}, optional=("params",)),
+                    "items": obj(
+                        {"params": nullable({"type": "object"}), **run_timing("this run, instead of the top level's")},
+                        optional=("params", "run_at", "delay_s"),
+                    )
+                    | {"not": NOT_BOTH_TIMES},
                     "description": "a batch (up to server.max_batch_runs), instead of params",
                 },
                 "overlap": {
@@ -249,10 +277,15 @@ def schemas() -> dict[str, Schema]:
                     "description": "this trigger's overlap policy instead of the job's (null: the job's)",
                 },
                 "triggered_by": {"type": "string", "enum": ["api", "manual"], "default": "api"},
+                **run_timing("every run of the request"),
             },
-            optional=("params", "runs", "overlap", "triggered_by"),
+            optional=("params", "runs", "overlap", "triggered_by", "run_at", "delay_s"),
         )
-        | {"not": {"required": ["params", "runs"]}, "description": "params for one run, or runs for a batch"},
+        | {
+            "not": {"required": ["params", "runs"]},
+            "allOf": [{"not": NOT_BOTH_TIMES}],
+            "description": "params for one run, or runs for a batch",
+        },
         "RunPage": obj(
             {
                 "runs": {"type": "array", "items": ref("Run")},

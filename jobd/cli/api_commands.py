@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 import aiohttp
@@ -77,6 +79,30 @@ def _read_params_lines(lines: TextIO) -> list[dict[str, Any]]:
     return batch
 
 
+def _timing(at: str | None, delay: str | None) -> dict[str, Any]:
+    """`--at` / `--delay` as the trigger body's run_at / delay_s, checked before anything is sent
+    (the server still checks the upper bound)."""
+    if at is not None and delay is not None:
+        raise ValueError("give either --at or --delay, not both")
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at.strip().upper())
+        except ValueError:
+            raise ValueError(f"--at {at!r} is not an ISO-8601 time (e.g. 2026-12-24T18:00:00Z)") from None
+        if when.tzinfo is None:
+            raise ValueError(f"--at {at!r} has no time zone: add Z or an offset such as +01:00")
+        return {"run_at": at.strip()}
+    if delay is not None:
+        try:
+            seconds = float(delay)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"--delay {delay!r} is not a number of seconds >= 0")
+        return {"delay_s": int(seconds) if seconds.is_integer() else seconds}
+    return {}
+
+
 def cmd_trigger(args: argparse.Namespace) -> int:
     misuse = None
     if args.batch_size < 1:
@@ -91,6 +117,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         if misuse is not None:  # said before stdin is read
             raise ValueError(misuse)
         params = _parse_params(args.param)
+        timing = _timing(args.at, args.delay)
         batch = _read_params_lines(sys.stdin) if args.stdin else None
     except ValueError as exc:  # one line, as for any usage error
         print(f"jobd: {exc}", file=sys.stderr)
@@ -99,16 +126,27 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     async def action(client: JobdClient) -> int:
         if batch is not None:
             runs = await client.trigger_batched(
-                args.job, batch, batch_size=args.batch_size, triggered_by="manual", overlap=args.overlap
+                args.job,
+                batch,
+                batch_size=args.batch_size,
+                triggered_by="manual",
+                overlap=args.overlap,
+                **timing,
             )
             emit(args, {"runs": runs}, lambda: print_runs(runs))
             return EXIT_OK
         run = await client.trigger(
-            args.job, params, idempotency_key=args.idempotency_key, overlap=args.overlap, triggered_by="manual"
+            args.job,
+            params,
+            idempotency_key=args.idempotency_key,
+            overlap=args.overlap,
+            triggered_by="manual",
+            **timing,
         )
         if args.wait:
             return await follow(client, run["id"], json_lines=args.json)
-        emit(args, {"run": run}, lambda: print(f"run {run['id']} of {run['job']}: {run['status']}"))
+        until = f" until {run['run_after']}" if run.get("run_after") else ""
+        emit(args, {"run": run}, lambda: print(f"run {run['id']} of {run['job']}: {run['status']}{until}"))
         return EXIT_OK
 
     return _run_client(args, action)

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--idempotency-key")
     trigger.add_argument("--overlap", choices=["skip", "buffer_one", "queue", "allow", "replace"])
     trigger.add_argument(
+        "--at", metavar="ISO", help="start no earlier than then (ISO-8601 with a time zone, e.g. 2026-12-24T18:00:00Z)"
+    )
+    trigger.add_argument("--delay", metavar="SECONDS", help="start no earlier than SECONDS from now")
+    trigger.add_argument(
         "--wait",
         action="store_true",
         help="follow the run until it ends; exit 0 COMPLETED/PARTIAL, 1 FAILED, 2 CANCELLED",

@@ -18,6 +18,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from jobd.cluster import backfill, runtable, writes
+from jobd.cluster.alarms import Alarms
 from jobd.cluster.creating import Creator
 from jobd.cluster.eventfeed import EventTail, encode
 from jobd.cluster.execution import Execution, RecentLines
@@ -78,13 +79,16 @@ class PostgresBackend(Execution, Reads):
         self._wakeup = self.listener.signal(events.CHANNEL_WAKEUP)
         self._control = self.listener.signal(events.CHANNEL_CONTROL)
         self._notify_wakeup = Notifier(pool.connection, events.CHANNEL_WAKEUP)
+        self.alarms = Alarms(lambda: self.clock())
         self.tail = EventTail(
             pool.connection, self.listener.signal(events.CHANNEL_EVENTS), self._delivered, log=self.log
         )
         self.writer = EndWriter(pool.connection, self._ended, log=self.log)
         self.creator = Creator(
             pool.connection,
-            new_run=lambda job, submission, source, at: self._new_run(job, submission.params, source, at),
+            new_run=lambda job, submission, source, at: self._new_run(
+                job, submission.params, source, at, run_after=submission.run_after
+            ),
             keyed=self._keyed,
             replace=self._cancel_locked,
             created=self._created,
@@ -121,6 +125,8 @@ class PostgresBackend(Execution, Reads):
             await self.table.load_totals(conn)
             for run in await runtable.load_active(conn):
                 self.table.loaded(run)
+                if run.status is RunStatus.PENDING:
+                    self.alarms.at(run.run_after, self._wakeup.set)  # every node loads it: each wakes itself
             mine = await runs.owned_runs(conn, self.node)  # left by an earlier life of this node
         await self.tail.start_at_end()
         if mine:
@@ -137,6 +143,7 @@ class PostgresBackend(Execution, Reads):
         ]
 
     async def close(self) -> None:
+        self.alarms.cancel_all()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,7 +181,15 @@ class PostgresBackend(Execution, Reads):
         if not self.life.reachable:
             raise Unavailable("the database is unreachable", retry_after_s=5)
 
-    def _new_run(self, job: JobConfig, params: Mapping[str, Any], triggered_by: TriggerSource, at: int | None) -> Run:
+    def _new_run(
+        self,
+        job: JobConfig,
+        params: Mapping[str, Any],
+        triggered_by: TriggerSource,
+        at: int | None,
+        *,
+        run_after: int | None = None,
+    ) -> Run:
         now = self.clock()
         return Run(
             id=0,
@@ -186,6 +201,7 @@ class PostgresBackend(Execution, Reads):
             params=dict(params),
             max_attempts=job.retries + 1,
             scheduled_for=at,
+            run_after=run_after,
         )
 
     async def create(
@@ -210,6 +226,7 @@ class PostgresBackend(Execution, Reads):
     def _created(self, new: list[Run]) -> None:
         for run in new:
             self.table.put(run)
+            self.alarms.at(run.run_after, self._woken)  # then every node looks, not only this one
         self._woken()
 
     async def _keyed(self, conn: Conn, job: str, key: str) -> Run | None:

@@ -29,6 +29,7 @@ class Submission:
 
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     idempotency_key: str | None = None
+    run_after: int | None = None  # epoch ms: the run stays PENDING until then (a trigger's run_at)
 
 
 FinishedHook = Callable[[JobConfig, Run, JobState, int], None]

@@ -140,6 +140,7 @@ class LocalBackend:
                 params=dict(s.params),
                 max_attempts=config.retries + 1,
                 scheduled_for=scheduled_for,
+                run_after=s.run_after,
             )
             for s in submissions
         ]
@@ -160,7 +161,11 @@ class LocalBackend:
         if existing is not None:
             return await self.get(existing)
         [run] = await self.create(
-            job.name, [Submission(submission.params)], triggered_by=triggered_by, overlap=overlap, scheduled_for=at
+            job.name,
+            [Submission(submission.params, run_after=submission.run_after)],
+            triggered_by=triggered_by,
+            overlap=overlap,
+            scheduled_for=at,
         )
         await self.store.write(keys=[IdempotencyKey(job.name, submission.idempotency_key, run.id, run.created_at)])
         return run

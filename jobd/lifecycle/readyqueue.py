@@ -101,5 +101,8 @@ class ReadyQueue:
     def _timer_fired(self, run: Run) -> None:
         self._timers.pop(run.id, None)
         if run.status is RunStatus.PENDING:
+            if (run.run_after or 0) > self.clock():  # the loop's timer ran ahead of the wall clock
+                self.put(run)
+                return
             run.run_after = None
             self.put(run)

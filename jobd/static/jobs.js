@@ -10,6 +10,7 @@ export function jobsView(ctx) {
     list);
   // Drafts of the params boxes survive the refreshes that rebuild the cards.
   const drafts = new Map();
+  const whenDrafts = new Map(); // and so do the "run at" boxes
 
   async function refresh() {
     const { jobs } = await get("/jobs");
@@ -87,11 +88,14 @@ export function jobsView(ctx) {
       oninput: () => drafts.set(job.name, textarea.value),
     });
     textarea.value = drafts.get(job.name) || "";
-    const details = h("details", { class: "params", open: drafts.get(job.name) ? true : undefined },
+    const runAt = runAtInput(job);
+    const details = h("details", { class: "params", open: drafts.get(job.name) || whenDrafts.get(job.name) ? true : undefined },
       h("summary", {}, "Parameters"),
       h("label", { for: paramsId }, "Params as a JSON object"),
-      textarea);
-    const buttons = [h("button", { type: "button", class: "primary", onclick: () => trigger(job, textarea) }, "Trigger")];
+      textarea,
+      h("label", { for: runAt.id }, "Run at (optional, this browser's time)"),
+      runAt);
+    const buttons = [h("button", { type: "button", class: "primary", onclick: () => trigger(job, textarea, runAt) }, "Trigger")];
     // Pausing stops the schedule; a job without one has nothing to pause.
     if (ctx.can("admin") && (job.schedule || job.paused)) {
       buttons.push(job.paused
@@ -101,7 +105,26 @@ export function jobsView(ctx) {
     return h("div", { class: "actions" }, details, h("div", { class: "buttons" }, buttons));
   }
 
-  async function trigger(job, textarea) {
+  // A one-off run later: the API's run_at, from a local date and time (sent as UTC).
+  function runAtInput(job) {
+    const input = h("input", {
+      id: `run-at-${job.name}`, type: "datetime-local", step: "1", class: "run-at",
+      oninput: () => whenDrafts.set(job.name, input.value),
+    });
+    input.value = whenDrafts.get(job.name) || "";
+    return input;
+  }
+
+  async function trigger(job, textarea, runAt) {
+    const body = { triggered_by: "manual" };
+    if (runAt.value) {
+      const when = new Date(runAt.value); // a datetime-local value is read in the browser's zone
+      if (Number.isNaN(when.getTime())) {
+        ctx.notify(`"${runAt.value}" is not a date and time`, "error");
+        return;
+      }
+      body.run_at = when.toISOString();
+    }
     let params = {};
     const raw = textarea.value.trim();
     if (raw) {
@@ -118,8 +141,13 @@ export function jobsView(ctx) {
       }
     }
     try {
-      const { run } = await post(`/jobs/${encodeURIComponent(job.name)}/trigger`, { params, triggered_by: "manual" });
-      ctx.notify([`Started run `, h("a", { href: `#/runs/${run.id}` }, `#${run.id}`), ` of ${job.name}`], "ok");
+      const { run } = await post(`/jobs/${encodeURIComponent(job.name)}/trigger`, { ...body, params });
+      const link = h("a", { href: `#/runs/${run.id}` }, `#${run.id}`);
+      ctx.notify(run.run_after
+        ? [`Scheduled run `, link, ` of ${job.name} for `, timeEl(run.run_after)]
+        : [`Started run `, link, ` of ${job.name}`], "ok");
+      runAt.value = "";
+      whenDrafts.delete(job.name);
       refreshSoon();
     } catch (err) {
       ctx.notify(`Could not trigger ${job.name}: ${err.message}`, "error");

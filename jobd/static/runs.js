@@ -83,6 +83,7 @@ export function runsView(ctx, query) {
     if (run.status === "PROCESSING") {
       return h("div", { class: "progress" }, progressBar(run), h("span", { class: "message" }, h("span", { class: "percent" }, `${Math.round(run.progress)}%`), run.message ? ` · ${run.message}` : ""));
     }
+    if (run.status === "PENDING" && run.run_after) return h("span", { class: "message muted" }, "waiting until ", timeEl(run.run_after));
     const note = run.status === "FAILED" ? run.error : run.message;
     return note ? h("span", { class: run.status === "FAILED" ? "message error-text" : "message muted" }, note) : null;
   }

@@ -17,12 +17,14 @@ from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
 from jobd.web.responses import json_response, json_text_response
+from jobd.web.timing import run_after_of
 
 if TYPE_CHECKING:
     from jobd.app import Daemon
 
 MAX_IDEMPOTENCY_KEY = 200
-_TRIGGER_FIELDS = frozenset({"params", "runs", "overlap", "triggered_by"})
+_TRIGGER_FIELDS = frozenset({"params", "runs", "overlap", "triggered_by", "run_at", "delay_s"})
+_RUN_FIELDS = frozenset({"params", "run_at", "delay_s"})  # what one item of a batch may carry
 _TRIGGER_SOURCES = {"api": TriggerSource.API, "manual": TriggerSource.MANUAL}
 routes = web.RouteTableDef()
 
@@ -108,7 +110,9 @@ async def trigger_job(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     if not _TRIGGER_FIELDS.issuperset(body):
         unknown = sorted(set(body) - _TRIGGER_FIELDS)
-        raise BadRequest(f"unknown field {unknown[0]!r} (expected params, runs, overlap, triggered_by)")
+        raise BadRequest(
+            f"unknown field {unknown[0]!r} (expected params, runs, overlap, triggered_by, run_at, delay_s)"
+        )
     overlap = body.get("overlap")
     if overlap is not None and overlap not in OVERLAP_POLICIES:
         raise BadRequest(f"overlap must be one of {', '.join(OVERLAP_POLICIES)}")
@@ -116,6 +120,8 @@ async def trigger_job(request: web.Request) -> web.Response:
     source = _TRIGGER_SOURCES.get(given) if isinstance(given, str) else None
     if source is None:
         raise BadRequest("triggered_by must be 'api' or 'manual'")
+    now = daemon.runs.clock()
+    run_after = run_after_of(body, now)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
@@ -138,14 +144,20 @@ async def trigger_job(request: web.Request) -> web.Response:
             raise BadRequest("Idempotency-Key applies to single triggers, not to batches")
         submissions = []
         for index, item in enumerate(items):
-            if not isinstance(item, dict) or set(item) - {"params"}:
-                raise BadRequest(f"runs[{index}] must be an object with only 'params'")
-            submissions.append(Submission(_params(item.get("params"), f"runs[{index}].params")))
+            if not isinstance(item, dict) or set(item) - _RUN_FIELDS:
+                raise BadRequest(f"runs[{index}] must be an object with only params, run_at, delay_s")
+            where = f"runs[{index}]."
+            submissions.append(
+                Submission(
+                    _params(item.get("params"), where + "params"),
+                    run_after=run_after_of(item, now, prefix=where, default=run_after),
+                )
+            )
         runs = await daemon.runs.submit(job.name, submissions, triggered_by=source, overlap=overlap)
         return json_text_response(
             '{"runs":[' + ",".join([compact_json(run.to_json()) for run in runs]) + "]}", status=202
         )
-    submission = Submission(_params(body.get("params"), "params"), idempotency_key=key)
+    submission = Submission(_params(body.get("params"), "params"), idempotency_key=key, run_after=run_after)
     [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
     return json_text_response(
         '{"run":' + compact_json(run.to_json()) + "}", status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"}
