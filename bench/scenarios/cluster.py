@@ -33,8 +33,9 @@ import psycopg
 from bench.daemon import JobdProcess, noop_job
 from bench.postgres import Database
 from bench.report import Figure, at_least, at_most, percentile
-from bench.scenarios import Context, own_cpu_s
-from bench.scenarios.throughput import CLIENTS, FINISHED, JSON, WARMUP_RUNS, trigger_all
+from bench.scenarios import Context, Scenario, own_cpu_s
+from bench.scenarios import latency as latency_scenario
+from bench.scenarios.throughput import CLIENTS, FINISHED, WARMUP_RUNS, trigger_all
 from bench.sse import Firehose
 
 WORKERS = 16  # per node, as scenario 1's daemon
@@ -219,40 +220,26 @@ async def _throughput(
     return figures
 
 
-async def one_node(ctx: Context) -> list[Figure]:
-    return await _throughput(
-        ctx,
-        1,
-        runs=ctx.size(10_000, 300),
-        per_request=1,
-        key="cluster_1_runs_per_s",
-        label="cluster, 1 node: HTTP-triggered no-op runs",
-        target=None,
-    )
+def _http_triggered(nodes: int, target: float | None) -> Scenario:
+    """Scenario 7 with `nodes` nodes: 10,000 singly triggered no-op runs."""
+
+    async def scenario(ctx: Context) -> list[Figure]:
+        return await _throughput(
+            ctx,
+            nodes,
+            runs=ctx.size(10_000, 300),
+            per_request=1,
+            key=f"cluster_{nodes}_runs_per_s",
+            label=f"cluster, {nodes} node{'s' if nodes > 1 else ''}: HTTP-triggered no-op runs",
+            target=target,
+        )
+
+    return scenario
 
 
-async def two_nodes(ctx: Context) -> list[Figure]:
-    return await _throughput(
-        ctx,
-        2,
-        runs=ctx.size(10_000, 300),
-        per_request=1,
-        key="cluster_2_runs_per_s",
-        label="cluster, 2 nodes: HTTP-triggered no-op runs",
-        target=None,
-    )
-
-
-async def three_nodes(ctx: Context) -> list[Figure]:
-    return await _throughput(
-        ctx,
-        3,
-        runs=ctx.size(10_000, 300),
-        per_request=1,
-        key="cluster_3_runs_per_s",
-        label="cluster, 3 nodes: HTTP-triggered no-op runs",
-        target=2_000,
-    )
+one_node = _http_triggered(1, None)
+two_nodes = _http_triggered(2, None)
+three_nodes = _http_triggered(3, 2_000)
 
 
 async def batch(ctx: Context) -> list[Figure]:
@@ -269,29 +256,14 @@ async def batch(ctx: Context) -> list[Figure]:
 
 async def latency(ctx: Context) -> list[Figure]:
     runs = ctx.size(1_000, 60)
-    accepted: list[float] = []
-    processing: list[float] = []
-    completed: list[float] = []
     async with (
         cluster(ctx, 3, {"bench": noop_job()}) as (_, nodes),
         aiohttp.ClientSession() as http,
         Firehose(http, nodes[0].url, job="bench") as firehose,
     ):
-        for index in range(WARMUP_RUNS + runs):
-            url = f"{nodes[index % len(nodes)].url}/api/v1/jobs/bench/trigger"
-            started = time.monotonic()
-            async with http.post(url, data=b"{}", headers=JSON) as response:
-                body = await response.json()
-                answered = time.monotonic()
-                if response.status != 202:
-                    raise RuntimeError(f"trigger answered {response.status}: {body}")
-            run_id = body["run"]["id"]
-            running = await firehose.wait(run_id, "PROCESSING")
-            done = await firehose.wait(run_id, "COMPLETED")
-            if index >= WARMUP_RUNS:
-                accepted.append((answered - started) * 1000)
-                processing.append((running - started) * 1000)
-                completed.append((done - started) * 1000)
+        accepted, processing, completed = await latency_scenario.sequential(
+            http, firehose, [node.url for node in nodes], runs, WARMUP_RUNS
+        )
         warnings = warnings_of(nodes)
     notes = {
         "nodes": 3,

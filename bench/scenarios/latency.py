@@ -7,6 +7,7 @@ COMPLETED status_updates arrive on the firehose (opened before, filtered to the 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import aiohttp
 
@@ -18,31 +19,40 @@ from bench.sse import Firehose
 WARMUP_RUNS = 20
 
 
-async def idle(ctx: Context) -> list[Figure]:
-    runs = ctx.size(500, 50)
+async def sequential(
+    http: aiohttp.ClientSession, firehose: Firehose, urls: Sequence[str], runs: int, warmup: int
+) -> tuple[list[float], list[float], list[float]]:
+    """`warmup` then `runs` runs one at a time, each triggered at the next of `urls` in turn:
+    the milliseconds from sending each trigger to its 202, its PROCESSING and its COMPLETED."""
     accepted: list[float] = []
     processing: list[float] = []
     completed: list[float] = []
+    for index in range(warmup + runs):
+        started = time.monotonic()
+        url = f"{urls[index % len(urls)]}/api/v1/jobs/bench/trigger"
+        async with http.post(url, data=b"{}", headers={"Content-Type": "application/json"}) as response:
+            body = await response.json()
+            answered = time.monotonic()
+            if response.status != 202:
+                raise RuntimeError(f"trigger answered {response.status}: {body}")
+        run_id = body["run"]["id"]
+        running = await firehose.wait(run_id, "PROCESSING")
+        done = await firehose.wait(run_id, "COMPLETED")
+        if index >= warmup:
+            accepted.append((answered - started) * 1000)
+            processing.append((running - started) * 1000)
+            completed.append((done - started) * 1000)
+    return accepted, processing, completed
+
+
+async def idle(ctx: Context) -> list[Figure]:
+    runs = ctx.size(500, 50)
     async with (
         ctx.jobd({"bench": noop_job()}) as jobd,
         aiohttp.ClientSession() as http,
         Firehose(http, jobd.url, job="bench") as firehose,
     ):
-        url = f"{jobd.url}/api/v1/jobs/bench/trigger"
-        for index in range(WARMUP_RUNS + runs):
-            started = time.monotonic()
-            async with http.post(url, data=b"{}", headers={"Content-Type": "application/json"}) as response:
-                body = await response.json()
-                answered = time.monotonic()
-                if response.status != 202:
-                    raise RuntimeError(f"trigger answered {response.status}: {body}")
-            run_id = body["run"]["id"]
-            running = await firehose.wait(run_id, "PROCESSING")
-            done = await firehose.wait(run_id, "COMPLETED")
-            if index >= WARMUP_RUNS:
-                accepted.append((answered - started) * 1000)
-                processing.append((running - started) * 1000)
-                completed.append((done - started) * 1000)
+        accepted, processing, completed = await sequential(http, firehose, [jobd.url], runs, WARMUP_RUNS)
         warnings = jobd.warnings()
     notes = {
         "runs": runs,
