@@ -150,6 +150,7 @@ class PostgresBackend(Execution, Reads):
 
     async def wait_settled(self) -> None:
         await self.writer.wait_settled()
+        await self.tail.catch_up()  # the bus hears of the ends only from the events table
 
     @property
     def reachable(self) -> bool:

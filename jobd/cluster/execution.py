@@ -206,14 +206,15 @@ class Execution:
                 except Exception:  # a hook (metrics, alerts) must never fail a run
                     self.log.exception("finished_hook_failed", run_id=final.id, job=final.job)
 
-    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], reason: str) -> None:
-        """End runs whose node is gone, as a crash would (on_interrupt), in the caller's transaction."""
+    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], error: str) -> None:
+        """End runs whose node is gone, as a crash would (on_interrupt), in the caller's transaction;
+        `error` is their whole error text, "interrupted: " and why."""
         finals = []
         for c in claimed:
             again = None
             if retry.retries_after_interrupt(self._jobs.get(c.run.job)):
                 again = retry.retry_run(c.run, run_id=0, now=self.clock())
-            final = runtable.ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
+            final = runtable.ended_copy(c.run, RunStatus.FAILED, self.clock(), error=error)
             finals.append((final, c.token, again))
         await writes.ended(conn, finals)
         await events.notify_wakeup(conn)

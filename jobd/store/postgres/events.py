@@ -49,6 +49,8 @@ _END = (
     "ORDER BY xid DESC, id DESC LIMIT 1"
 )
 
+_LAST = "SELECT xid::text::bigint, id FROM events ORDER BY xid DESC, id DESC LIMIT 1"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
@@ -120,6 +122,14 @@ async def events_following(conn: Conn, position: Position, limit: int = 1000) ->
     if rows and rows[0].position == position:
         return rows[1:], True
     return rows[:limit], position == START
+
+
+async def last_committed(conn: Conn) -> Position:
+    """The position of the newest event committed so far, settled or not: a reader that has read
+    up to it has every change made before the call."""
+    cur = await conn.execute(_LAST)
+    row = await cur.fetchone()
+    return START if row is None else (int(row[0]), int(row[1]))
 
 
 async def feed_end(conn: Conn) -> Position:
