@@ -345,7 +345,9 @@ class PostgresBackend(Execution, Reads):
     async def delete_finished(
         self, *, cutoffs: Mapping[RunStatus, int], limit: int, after: tuple[int, int] | None = None
     ) -> DeletedRuns:
-        return await self.store.delete_runs(cutoffs=cutoffs, limit=limit, after=after)
+        batch = await self.store.delete_runs(cutoffs=cutoffs, limit=limit, after=after)
+        self.table.totals.deleted(status for _, status in batch.deleted)
+        return batch
 
     async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int:
         return await self.store.delete_idempotency_keys(created_before=created_before, limit=limit)
