@@ -62,6 +62,18 @@ def sqlite_only(backend: str, why: str) -> None:
 
 
 @pytest.fixture
+def store_toml(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> str:
+    """The store of a `jobd serve` config file for the backend, as TOML: SQLite's file under
+    tmp_path/state, or a fresh PostgreSQL database with a fixed node name, so that a node started
+    again after a crash is the same node and finds the runs it left at start."""
+    if backend == "postgresql":
+        pytest.importorskip("jobd.store.postgres.store", reason="PostgresStore is not in this tree yet")
+        url = pg_url(request.getfixturevalue("pg_db"))
+        return f'[store]\nurl = "{url}"\n[cluster]\nnode_name = "node1"\n'
+    return f'[store]\npath = "{tmp_path / "state" / "jobd.db"}"\n'
+
+
+@pytest.fixture
 def make_config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Callable[..., Config]:
     store: dict[str, Any] = {"path": str(tmp_path / "state" / "jobd.db")}
     if backend == "postgresql":

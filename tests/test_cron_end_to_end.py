@@ -1,4 +1,5 @@
-"""The cron scheduler end to end: a real Daemon on a real SQLite file, its time from a FakeClock.
+"""The cron scheduler end to end: a real Daemon on each backend (a SQLite file, or PostgreSQL as a
+one-node cluster), its time from a FakeClock.
 
 The scheduler sleeps on the fake clock; `advance_to` moves the time to the next fire and returns
 once the scheduler has fired what was due (runs created and committed) and sleeps again. Runs
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 import sched_jobs
-from conftest import Harness, wait_for
+from conftest import BACKENDS, Harness, sqlite_only, wait_for
 from process import DaemonProcess
 from ssehelp import SSEReader
 
@@ -40,6 +41,8 @@ NOOP = {"handler": "sample_jobs:noop"}
 NOOP_ALLOW = {**NOOP, "overlap": "allow", "max_concurrency": 10}
 SLEEPY = {"handler": "sample_jobs:sleepy"}  # a cron fire has no params: it sleeps 30 s, or until cancelled
 STUBBORN = {"handler": "sched_jobs:stubborn"}
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 def minute(n: float, base: datetime = T0) -> datetime:
@@ -300,8 +303,13 @@ async def test_replace_does_not_hold_up_the_scheduler_while_the_old_run_stops(st
 
 @pytest.mark.parametrize("policy", ["skip", "buffer_one", "replace"])
 async def test_a_run_whose_end_is_still_being_committed_does_not_hold_back_the_next_fire(
-    start: StartDaemon, tmp_path: Path, policy: str
+    start: StartDaemon, tmp_path: Path, policy: str, backend: str
 ) -> None:
+    sqlite_only(
+        backend,
+        "holds SQLite's write lock to keep a finished run's end uncommitted; in a cluster a fire "
+        "counts the job's runs in the database, under the job's lock",
+    )
     sched_jobs.releases.clear()
     clock = FakeClock(T0)
     h = await start(
@@ -465,7 +473,14 @@ async def test_pause_and_resume_through_the_api(start: StartDaemon) -> None:
     assert [r["scheduled_for"] for r in await runs_of(h, "job=tick")] == [iso(minute(1)), iso(minute(4))]
 
 
-async def test_no_fire_slips_in_while_a_pause_is_being_committed(start: StartDaemon, tmp_path: Path) -> None:
+async def test_no_fire_slips_in_while_a_pause_is_being_committed(
+    start: StartDaemon, tmp_path: Path, backend: str
+) -> None:
+    sqlite_only(
+        backend,
+        "holds SQLite's write lock to keep the pause uncommitted; in a cluster a fire reads the "
+        "pause from the database in its own transaction",
+    )
     clock = FakeClock(T0)
     # "other" keeps the scheduler taking naps on the clock after tick is paused.
     h = await start(
@@ -609,7 +624,8 @@ async def scheduler_fires(config: Config, start: datetime, count: int) -> dict[s
 
 
 @pytest.mark.parametrize("start_at", ["2026-03-29T00:50:00Z", "2026-10-24T23:50:00Z"], ids=["spring", "fall"])
-async def test_jobd_check_shows_the_times_the_scheduler_fires(tmp_path: Path, start_at: str) -> None:
+async def test_jobd_check_shows_the_times_the_scheduler_fires(tmp_path: Path, start_at: str, backend: str) -> None:
+    sqlite_only(backend, "no store: jobd check and the Scheduler alone")
     # Ten minutes before 02:00 local on the night of each change in Skopje.
     path = write_check_config(tmp_path)
     count = 8
@@ -658,10 +674,10 @@ async def test_ten_thousand_scheduled_jobs_in_one_daemon(start: StartDaemon) -> 
 # -- a real daemon process --------------------------------------------------------------------------
 
 
-async def test_a_real_daemon_fires_a_seconds_schedule_on_the_second(tmp_path: Path) -> None:
+async def test_a_real_daemon_fires_a_seconds_schedule_on_the_second(tmp_path: Path, store_toml: str) -> None:
     path = tmp_path / "jobd.toml"
     path.write_text(
-        '[server]\nhost = "127.0.0.1"\nport = 0\n[store]\npath = "state/jobd.db"\n'
+        f'[server]\nhost = "127.0.0.1"\nport = 0\n{store_toml}'
         "[workers]\nshutdown_grace_s = 2\nkill_grace_s = 0.5\n"
         '[jobs.tick]\ncommand = ["true"]\nschedule = "* * * * * *"\noverlap = "allow"\nmax_concurrency = 4\n'
     )

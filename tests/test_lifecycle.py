@@ -1,5 +1,6 @@
-"""Stopping, reloading, killing and restarting a real `jobd serve` process, with real signals, a real
-SQLite file, real job processes and a real unix datagram socket in the role of systemd.
+"""Stopping, reloading, killing and restarting a real `jobd serve` process, with real signals, real
+job processes and a real unix datagram socket in the role of systemd, on each backend: a SQLite
+file, or PostgreSQL as a cluster of one node (which, started again, is the same node).
 
 Each test runs few daemons and checks many things on each, to keep the suite fast.
 """
@@ -12,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import TESTS, wait_for
+from conftest import BACKENDS, TESTS, wait_for
 from process import DaemonProcess
 from ssehelp import NO_TIMEOUT, SSEReader
 from test_alerts import Receiver, receiver  # noqa: F401  (the fixture, too)
@@ -29,17 +31,21 @@ from jobd.retention import DAY_MS
 from jobd.runlog import log_path
 from jobd.store import IdempotencyKey, JobState, SQLiteStore
 
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 TERMINAL = {"COMPLETED", "PARTIAL", "FAILED", "CANCELLED"}
 ENV = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
-def write_config(path: Path, *, workers: str, jobs: str, extra: str = "") -> Path:
-    path.write_text(
-        '[server]\nhost = "127.0.0.1"\nport = 0\n'
-        f'[store]\npath = "{path.parent / "state" / "jobd.db"}"\n'
-        f"[workers]\n{workers}\n{extra}\n{jobs}"
-    )
+def write_config(path: Path, *, store: str, workers: str, jobs: str, extra: str = "") -> Path:
+    """`store`: the conftest `store_toml` of the test's backend."""
+    path.write_text(f'[server]\nhost = "127.0.0.1"\nport = 0\n{store}[workers]\n{workers}\n{extra}\n{jobs}')
     return path
+
+
+def store_url(config: Path) -> str | None:
+    """The PostgreSQL database the config names, or None for a SQLite file."""
+    url: str | None = tomllib.loads(config.read_text())["store"].get("url")
+    return url
 
 
 @pytest.fixture
@@ -133,8 +139,15 @@ async def notify_socket() -> AsyncIterator[NotifySocket]:
     await fake.close()
 
 
-def stored_runs(config: Path) -> dict[int, sqlite3.Row]:
+def stored_runs(config: Path) -> dict[int, Any]:
     """The store as a stopped (or killed) daemon left it."""
+    url = store_url(config)
+    if url is not None:
+        from psycopg import connect
+        from psycopg.rows import dict_row
+
+        with connect(url, row_factory=dict_row) as conn:
+            return {row["id"]: row for row in conn.execute("SELECT * FROM runs")}
     db = sqlite3.connect(f"file:{config.parent / 'state' / 'jobd.db'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     try:
@@ -157,10 +170,13 @@ def no_tracebacks(daemon: DaemonProcess) -> None:
 GRACE, KILL_GRACE = 4, 1
 
 
-async def test_sigterm_drains_interrupts_and_requeues(tmp_path: Path, daemons: Any, notify_socket: NotifySocket):
+async def test_sigterm_drains_interrupts_and_requeues(
+    tmp_path: Path, daemons: Any, notify_socket: NotifySocket, store_toml: str
+):
     gate = tmp_path / "gate"
     config = write_config(
         tmp_path / "jobd.toml",
+        store=store_toml,
         workers=f"concurrency = 10\nshutdown_grace_s = {GRACE}\nkill_grace_s = {KILL_GRACE}",
         jobs=f"""
 [jobs.gated_cmd]
@@ -285,10 +301,24 @@ handler = "life_jobs:systemd_env"
 # -- SIGHUP, the lock, alerts, retention and a second SIGTERM ------------------------------------------
 
 
+async def seed_postgres(url: str, runs: list[Run], state: JobState, key: IdempotencyKey) -> None:
+    from jobd.store.postgres import connect
+    from jobd.store.postgres.cluster import save_job_state
+    from jobd.store.postgres.runs import insert_runs, save_idempotent
+
+    async with await connect(url) as conn, conn.transaction():
+        await insert_runs(conn, runs)
+        await save_job_state(conn, state)
+        await save_idempotent(conn, key)
+        await conn.execute("SELECT setval('runs_id_seq', (SELECT max(id) FROM runs))")
+
+
 async def seed_history(config: Path) -> dict[str, Any]:
     """What an earlier daemon left: runs of different ages with log files, job state, a key."""
+    url = store_url(config)
     store = SQLiteStore(config.parent / "state" / "jobd.db")
-    await store.open()
+    if url is None:
+        await store.open()
     now = now_ms()
     ages = {"old_ok": 3.0, "old_failed": 3.0, "young_failed": 1.5, "young_ok": 0.5, "last_of_old": 3.0}
     runs = {}
@@ -296,7 +326,7 @@ async def seed_history(config: Path) -> dict[str, Any]:
         finished = now - int(age * DAY_MS)
         status = RunStatus.FAILED if "failed" in name else RunStatus.COMPLETED
         runs[name] = Run(
-            id=store.allocate_run_id(),
+            id=store.allocate_run_id() if url is None else len(runs) + 1,
             job="old",
             status=status,
             triggered_by=TriggerSource.CRON,
@@ -306,10 +336,12 @@ async def seed_history(config: Path) -> dict[str, Any]:
             updated_at=finished,
         )
     state = JobState("old", last_fire_at=now - 3 * DAY_MS, consecutive_failures=1, last_run_id=runs["last_of_old"].id)
-    await store.write(
-        runs.values(), job_states=[state], keys=[IdempotencyKey("old", "k", runs["old_ok"].id, now - 2 * DAY_MS)]
-    )
-    await store.close()
+    key = IdempotencyKey("old", "k", runs["old_ok"].id, now - 2 * DAY_MS)
+    if url is None:
+        await store.write(runs.values(), job_states=[state], keys=[key])
+        await store.close()
+    else:
+        await seed_postgres(url, list(runs.values()), state, key)
     logs = config.parent / "state" / "logs"
     for run in runs.values():
         log_path(logs, run.id).parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +349,31 @@ async def seed_history(config: Path) -> dict[str, Any]:
     return {"runs": {name: run.id for name, run in runs.items()}, "state": state, "logs": logs}
 
 
-async def test_reload_lock_alerts_retention_and_a_second_signal(tmp_path: Path, daemons: Any, receiver: Receiver):
+async def second_jobd_refused(tmp_path: Path, store: str, workers: str, jobs: str, daemon: DaemonProcess) -> None:
+    """A second jobd on the same SQLite file refuses to start: one clear line, a non-zero exit."""
+    other = write_config(tmp_path / "other.toml", store=store, workers=workers, jobs=jobs)
+    second = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobd",
+        "serve",
+        "-c",
+        str(other),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **ENV},
+    )
+    _, err = await asyncio.wait_for(second.communicate(), 30)
+    assert second.returncode != 0
+    [line] = err.decode().splitlines()
+    assert daemon.proc is not None
+    assert "in use by another jobd" in line and f"pid {daemon.proc.pid}" in line
+
+
+async def test_reload_lock_alerts_retention_and_a_second_signal(
+    tmp_path: Path, daemons: Any, receiver: Receiver, store_toml: str, backend: str
+):
     flag = tmp_path / "healthy"
     jobs = f"""
 [jobs.flaky]
@@ -335,7 +391,7 @@ command = ["true"]
         "[retention]\ndays = 1\nfailed_days = 2\nfirst_delay_s = 0\n"
     )
     workers = "shutdown_grace_s = 30\nkill_grace_s = 1"
-    config = write_config(tmp_path / "jobd.toml", workers=workers, jobs=jobs, extra=extra)
+    config = write_config(tmp_path / "jobd.toml", store=store_toml, workers=workers, jobs=jobs, extra=extra)
     history = await seed_history(config)
     # Socket activation: jobd serves on the socket it is handed instead of binding its own.
     with socket.create_server(("127.0.0.1", 0)) as listener:  # closed here once jobd has its copy
@@ -377,24 +433,8 @@ command = ["true"]
         await api.until(deaf["id"], lambda r: r["message"] is not None)
         stream = await api.stream(f"/api/v1/runs/{slow['id']}/events")
 
-        # A second jobd on the same store refuses to start: one clear line, a non-zero exit.
-        other = write_config(tmp_path / "other.toml", workers=workers, jobs=jobs)
-        second = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobd",
-            "serve",
-            "-c",
-            str(other),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **ENV},
-        )
-        _, err = await asyncio.wait_for(second.communicate(), 30)
-        assert second.returncode != 0
-        [line] = err.decode().splitlines()
-        assert "in use by another jobd" in line and f"pid {daemon.proc.pid}" in line
+        if backend == "sqlite":  # nodes of a cluster share their database: that is the point of one
+            await second_jobd_refused(tmp_path, store_toml, workers, jobs, daemon)
 
         # SIGHUP with a good file: job changes apply; the running run and its stream carry on.
         config.write_text(
@@ -445,9 +485,10 @@ command = ["true"]
 # -- kill -9 in the middle of a load --------------------------------------------------------------------
 
 
-async def test_sigkill_mid_load_loses_nothing(tmp_path: Path, daemons: Any):
+async def test_sigkill_mid_load_loses_nothing(tmp_path: Path, daemons: Any, store_toml: str):
     config = write_config(
         tmp_path / "jobd.toml",
+        store=store_toml,
         workers="concurrency = 8\nshutdown_grace_s = 2\nkill_grace_s = 0.5",
         jobs="""
 [jobs.load_cmd]
@@ -536,12 +577,13 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def test_sigkill_leftovers_are_stopped_before_the_retry(tmp_path: Path, daemons: Any):
+async def test_sigkill_leftovers_are_stopped_before_the_retry(tmp_path: Path, daemons: Any, store_toml: str):
     """A killed daemon's command (and its child) lives on; the next start stops it, SIGKILL for one
     that ignores SIGTERM, before the run's retry starts, so the two never run side by side."""
     pidfile = tmp_path / "pids"
     config = write_config(
         tmp_path / "jobd.toml",
+        store=store_toml,
         workers="concurrency = 2\nkill_grace_s = 0.5",
         jobs=f"""
 [jobs.stubborn]

@@ -1,4 +1,5 @@
-"""Retention against a real daemon, a real SQLite file and real log files; the clock is injected."""
+"""Retention against a real daemon on each backend (a SQLite file, or PostgreSQL as a one-node
+cluster) and real log files; the clock is injected."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import asyncio
 import dataclasses
 
 import pytest
-from conftest import wait_for
+from conftest import BACKENDS, sqlite_only, wait_for
 
 from jobd.config import ConfigError, parse_config
 from jobd.models import Run, RunStatus, TriggerSource, now_ms
 from jobd.retention import DAY_MS, Retention
 from jobd.runlog import log_path
 from jobd.store import RunFilter, SQLiteStore
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 JOBS = {
     "ok": {"shell": "echo hello from $JOBD_RUN_ID", "overlap": "allow", "max_concurrency": 4},
@@ -37,6 +40,18 @@ async def stored_ids(daemon) -> set[int]:
     return {run.id for run in runs}
 
 
+async def save_job_state(daemon, state) -> None:
+    """As the daemon's own store keeps it."""
+    if daemon.config.store.url is None:
+        await daemon.store.write(job_states=[state])
+        return
+    from jobd.store.postgres import connect
+    from jobd.store.postgres.cluster import save_job_state as save
+
+    async with await connect(daemon.config.store.url) as conn, conn.transaction():
+        await save(conn, state)
+
+
 async def test_old_runs_and_their_logs_go_and_the_job_state_stays(start_daemon):
     h = await start_daemon(JOBS, retention={"first_delay_s": 3600})
     daemon = h.daemon
@@ -48,7 +63,7 @@ async def test_old_runs_and_their_logs_go_and_the_job_state_stays(start_daemon):
         await h.finished(run["id"])
     state = daemon.runs.job_state("bad")
     state.last_fire_at = now_ms() - 1000  # as a cron fire stores it
-    await daemon.store.write(job_states=[state])
+    await save_job_state(daemon, state)
     logs = daemon.config.store.logs_dir
     ok_ids = [r["id"] for r in [*ok, keyed]]
     bad_ids = [r["id"] for r in bad]
@@ -113,7 +128,8 @@ def old_run(run_id: int, status: RunStatus, finished_at: int, job: str = "ok") -
     )
 
 
-async def test_a_big_clean_up_goes_in_batches_while_the_api_answers(start_daemon):
+async def test_a_big_clean_up_goes_in_batches_while_the_api_answers(start_daemon, backend):
+    sqlite_only(backend, "writes an old history straight into the SQLite store")
     h = await start_daemon(JOBS, retention={"first_delay_s": 3600, "batch_size": 100})
     daemon = h.daemon
     now = now_ms()
@@ -164,7 +180,8 @@ async def test_zero_days_keeps_runs_for_ever(start_daemon):
     assert await stored_ids(h.daemon) == {run["id"], other["id"]}
 
 
-async def test_the_daemon_cleans_up_shortly_after_start(start_daemon, make_config):
+async def test_the_daemon_cleans_up_shortly_after_start(start_daemon, make_config, backend):
+    sqlite_only(backend, "writes an old history straight into the SQLite store")
     config = make_config(JOBS, retention={"first_delay_s": 0, "days": 1})
     store = SQLiteStore(config.store.path)  # a history left by an earlier daemon
     await store.open()
@@ -190,6 +207,7 @@ async def test_the_daemon_cleans_up_shortly_after_start(start_daemon, make_confi
         ("weeks", 4, "retention.weeks"),
     ],
 )
-def test_retention_config_errors_name_the_key(key, value, message):
+def test_retention_config_errors_name_the_key(key, value, message, backend):
+    sqlite_only(backend, "reads the config alone")
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_config({"retention": {key: value}}, environ={})

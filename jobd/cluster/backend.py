@@ -162,6 +162,7 @@ class PostgresBackend(Execution, Reads):
 
     async def wait_settled(self) -> None:
         await self.writer.wait_settled()
+        await self.tail.catch_up()  # the bus hears of the ends only from the events table
 
     @property
     def reachable(self) -> bool:
@@ -380,7 +381,9 @@ class PostgresBackend(Execution, Reads):
     async def delete_finished(
         self, *, cutoffs: Mapping[RunStatus, int], limit: int, after: tuple[int, int] | None = None
     ) -> DeletedRuns:
-        return await self.store.delete_runs(cutoffs=cutoffs, limit=limit, after=after)
+        batch = await self.store.delete_runs(cutoffs=cutoffs, limit=limit, after=after)
+        self.table.totals.deleted(status for _, status in batch.deleted)
+        return batch
 
     async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int:
         return await self.store.delete_idempotency_keys(created_before=created_before, limit=limit)

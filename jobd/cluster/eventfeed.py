@@ -47,12 +47,23 @@ class EventTail:
         self.started = 0
         self._task: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Event()
+        self._moved = asyncio.Event()
 
     async def start_at_end(self) -> None:
         async with self._connection() as conn:
             self.position = await events.feed_end(conn)
         self.started = events.key_of(self.position)
         self._task = asyncio.create_task(self._run(), name="pg-event-tail")
+
+    async def catch_up(self) -> None:
+        """Return once the bus has had every event committed before the call (while stopping:
+        a stream must see a run's end before `shutdown`)."""
+        async with self._connection() as conn:
+            last = await events.last_committed(conn)
+        while self.position < last and self._task is not None and not self._task.done():
+            self._moved.clear()
+            self._signal.set()
+            await self._moved.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -80,6 +91,7 @@ class EventTail:
                 result = self._deliver(batch)
                 if asyncio.iscoroutine(result):
                     await result
+                self._moved.set()
             if waiting:
                 # A row is there, behind a transaction that has not ended yet: that one may send
                 # no NOTIFY (a heartbeat), so look again soon, less soon each time.

@@ -234,14 +234,15 @@ class Execution:
                 except Exception:  # a hook (metrics, alerts) must never fail a run
                     self.log.exception("finished_hook_failed", run_id=final.id, job=final.job)
 
-    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], reason: str) -> Callable[[], None]:
+    async def _take_over(self, conn: Conn, claimed: Sequence[Claimed], error: str) -> Callable[[], None]:
         """End runs whose node is gone, as a crash would (on_interrupt), in the caller's
-        transaction. Returns what to call once it is committed: the runs' ends are this node's
-        to announce to its hooks (an alert for a streak they bring to its threshold included)."""
+        transaction; `error` is their whole error text, "interrupted: " and why. Returns what to
+        call once it is committed: the runs' ends are this node's to announce to its hooks (an
+        alert for a streak they bring to its threshold included)."""
         finals = []
         for c in claimed:
             again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
-            final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=f"interrupted: {reason}")
+            final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=error)
             finals.append((final, c.token, again))
         streaks = await (await writes.ended(conn, finals)).streaks()
         await events.notify_wakeup(conn)

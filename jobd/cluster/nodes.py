@@ -137,7 +137,7 @@ class NodeLife:
                 if dead.names:
                     self.log.warning("nodes_declared_dead", nodes=dead.names, runs=len(dead.runs))
                 if dead.runs:
-                    committed = await self._take_over(conn, dead.runs, "its node stopped answering")
+                    committed = await self._take_over(conn, dead.runs, "interrupted: its node stopped answering")
         except (psycopg.Error, TimeoutError) as exc:
             self.log.warning("reaper_failed", error=str(exc) or type(exc).__name__)
             return

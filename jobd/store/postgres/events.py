@@ -49,6 +49,8 @@ _END = (
     "ORDER BY xid DESC, id DESC LIMIT 1"
 )
 
+_LAST = "SELECT xid::text::bigint, id FROM events ORDER BY xid DESC, id DESC LIMIT 1"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
@@ -131,6 +133,14 @@ async def held_back(conn: Conn, position: Position) -> bool:
         (position[0], position[1]),
     )
     return await cur.fetchone() is not None
+
+
+async def last_committed(conn: Conn) -> Position:
+    """The position of the newest event committed so far, settled or not: a reader that has read
+    up to it has every change made before the call."""
+    cur = await conn.execute(_LAST)
+    row = await cur.fetchone()
+    return START if row is None else (int(row[0]), int(row[1]))
 
 
 async def feed_end(conn: Conn) -> Position:
