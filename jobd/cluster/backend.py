@@ -31,9 +31,10 @@ from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Una
 from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
-from jobd.store.base import DeletedRuns, JobState, StoreReads
+from jobd.store.base import DeletedRuns, JobState
 from jobd.store.postgres import OwnConnection, cluster, events, runs
 from jobd.store.postgres.runs import Claimed, Conn
+from jobd.store.postgres.store import PostgresStore
 
 
 class PostgresBackend(Execution, Reads):
@@ -43,7 +44,7 @@ class PostgresBackend(Execution, Reads):
         jobs: Mapping[str, JobConfig],
         pool: AsyncConnectionPool[Conn],
         dsn: str,
-        store: StoreReads,
+        store: PostgresStore,
         config: ClusterConfig,
         capacity: int,
         host: str,

@@ -10,7 +10,8 @@ from jobd.config import JobConfig
 from jobd.errors import RunNotFound
 from jobd.lifecycle.views import queue_snapshot
 from jobd.models import Run, RunStatus
-from jobd.store.base import JobState, RunFilter, StoreReads
+from jobd.store.base import JobState, RunFilter
+from jobd.store.postgres.store import PostgresStore
 
 
 class Reads:
@@ -19,7 +20,7 @@ class Reads:
     _jobs: dict[str, JobConfig]
     _states: dict[str, JobState]
     table: runtable.RunTable
-    store: StoreReads
+    store: PostgresStore
     clock: Callable[[], int]
 
     # -- reading -----------------------------------------------------------------------------------
@@ -70,12 +71,7 @@ class Reads:
         return cached
 
     async def last_runs_of(self, jobs: Iterable[str]) -> dict[str, Run]:
-        last: dict[str, Run] = {}
-        for job in jobs:
-            run = await self.store.last_run(job)
-            if run is not None:
-                last[job] = run
-        return last
+        return await self.store.last_runs(jobs)
 
     def queued_count(self) -> int:
         return self.table.count(RunStatus.PENDING)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -130,6 +130,15 @@ class PostgresStore:
     async def last_run(self, job: str) -> Run | None:
         rows = await self._fetchall(f"{_SELECT} WHERE job = %s ORDER BY id DESC LIMIT 1", (job,))
         return row_to_run(rows[0]) if rows else None
+
+    async def last_runs(self, jobs: Iterable[str]) -> dict[str, Run]:
+        """last_run() of each job, in one query (GET /jobs asks it for every job)."""
+        rows = await self._fetchall(
+            f"SELECT r.* FROM unnest(%s::text[]) AS j (name) "
+            f"CROSS JOIN LATERAL ({_SELECT} WHERE job = j.name ORDER BY id DESC LIMIT 1) r",
+            (list(jobs),),
+        )
+        return {run.job: run for run in map(row_to_run, rows)}
 
     async def active_runs(self) -> list[Run]:
         rows = await self._fetchall(f"{_SELECT} WHERE {_ACTIVE} ORDER BY id")
