@@ -24,6 +24,7 @@ from aiohttp import web
 
 from jobd.alerts import Alerter
 from jobd.config import Config, ConfigError, load_config
+from jobd.dburl import redact_url
 from jobd.events import EventBus
 from jobd.leftovers import STORE_VARIABLE, find_leftovers, stop_leftovers, store_marker
 from jobd.lifecycle import INTERRUPTED, LocalBackend, Runs
@@ -234,7 +235,7 @@ class Daemon:
             "jobd_started",
             jobs=len(self.config.jobs),
             workers=self.pool.concurrency,
-            store=str(self.config.store.path),
+            store=redact_url(self.config.store.url) if self.config.store.url else str(self.config.store.path),
             pending=self.runs.queued_count(),
         )
         try:
