@@ -28,7 +28,7 @@ from jobd.cluster.wakeup import Listener, Notifier
 from jobd.cluster.writer import EndWriter
 from jobd.config import ClusterConfig, JobConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
-from jobd.lifecycle import admission, idempotency, retry
+from jobd.lifecycle import admission, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.store.base import DeletedRuns, JobState
@@ -90,7 +90,7 @@ class PostgresBackend(Execution, Reads):
             new_run=lambda job, submission, source, at: self._new_run(
                 job, submission.params, source, at, run_after=submission.run_after
             ),
-            keyed=self._keyed,
+            clock=lambda: self.clock(),  # read at each use: tests move the clock
             replace=self._cancel_locked,
             created=self._created,
         )
@@ -230,15 +230,6 @@ class PostgresBackend(Execution, Reads):
             self.table.put(run)
             self.alarms.at(run.run_after, self._woken)  # then every node looks, not only this one
         self._woken()
-
-    async def _keyed(self, conn: Conn, job: str, key: str) -> Run | None:
-        """The run the key created within the window (under the job's lock)."""
-        cur = await conn.execute(
-            "SELECT run_id FROM idempotency WHERE job = %s AND key = %s AND created_at >= %s",
-            (job, key, idempotency.window_start(self.clock())),
-        )
-        row = await cur.fetchone()
-        return None if row is None else await runs.get_run(conn, int(row[0]))
 
     async def _admit(self, conn: Conn, job: JobConfig, policy: str, count: int, active: runs.Admission) -> None:
         """The overlap policy on the counts taken under the job's lock; the active runs

@@ -23,7 +23,7 @@ import psycopg
 from jobd.cluster import writes
 from jobd.config import JobConfig
 from jobd.errors import OverlapConflict, Unavailable
-from jobd.lifecycle import admission
+from jobd.lifecycle import admission, idempotency
 from jobd.lifecycle.backend import Submission
 from jobd.models import Run, TriggerSource
 from jobd.store.base import IdempotencyKey
@@ -34,7 +34,6 @@ MAX_REQUESTS = 256
 UNCOUNTED = Admission(pending=0, processing=0)  # a job whose policy admits whatever the counts
 
 NewRun = Callable[[JobConfig, Submission, TriggerSource, "int | None"], Run]
-Keyed = Callable[[Conn, str, str], Awaitable["Run | None"]]
 Replace = Callable[[Conn, Run, str], Awaitable[None]]
 Created = Callable[[list[Run]], None]
 
@@ -82,13 +81,13 @@ class Creator:
         connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
         *,
         new_run: NewRun,
-        keyed: Keyed,
+        clock: Callable[[], int],
         replace: Replace,
         created: Created,
     ) -> None:
         self._connection = connection
         self._new_run = new_run
-        self._keyed = keyed
+        self._clock = clock
         self._replace = replace
         self._created = created
         self._queue: list[Request] = []
@@ -179,6 +178,11 @@ class Creator:
                 outcomes.append(exc)
         await batch.write()
         return outcomes, batch.admitted
+
+    async def _keyed(self, conn: Conn, job: str, key: str) -> Run | None:
+        """The run the key created within the window (under the job's lock)."""
+        run_id = await runs.find_idempotent(conn, job, key, idempotency.window_start(self._clock()))
+        return None if run_id is None else await runs.get_run(conn, run_id)
 
     async def _admit_one(self, batch: _Batch, request: Request) -> list[Run]:
         job = request.job.name

@@ -218,9 +218,11 @@ async def update_run(conn: Conn, run: Run, *, was: RunStatus) -> bool:
     return await cur.fetchone() is not None
 
 
-async def find_idempotent(conn: Conn, job: str, key: str) -> int | None:
-    """The run an idempotency key already created (ask under the job's admission lock)."""
-    cur = await conn.execute("SELECT run_id FROM idempotency WHERE job = %s AND key = %s", (job, key))
+async def find_idempotent(conn: Conn, job: str, key: str, since: int = 0) -> int | None:
+    """The run an idempotency key created at `since` or later (ask under the job's admission lock)."""
+    cur = await conn.execute(
+        "SELECT run_id FROM idempotency WHERE job = %s AND key = %s AND created_at >= %s", (job, key, since)
+    )
     row = await cur.fetchone()
     return None if row is None else int(row[0])
 
