@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,16 @@ pytest_plugins = ["tests.postgres"]
 TESTS = Path(__file__).parent
 SCRIPTS = TESTS / "scripts"
 PYTHON = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def fresh_releases() -> Iterator[None]:
+    """Run ids start at 1 again in every test's store, and an asyncio.Event belongs to the event
+    loop that first waited on it: a release left by an earlier test would fail a later run."""
+    import sched_jobs
+
+    yield
+    sched_jobs.releases.clear()
 
 
 async def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.01) -> Any:

@@ -1,7 +1,7 @@
 """Python handlers that a test releases (referenced as "sched_jobs:name").
 
 Cron fires carry no params, so a test reaches a running handler through `releases`, keyed by run
-id. The test's daemon runs these handlers on the test's own event loop; the test clears the dict.
+id. The test's daemon runs these handlers on the test's own event loop; conftest clears the dict after every test.
 """
 
 from __future__ import annotations
