@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from jobd.catchup import missed_fires
+from jobd.catchup import missed_fires, newest_runnable, runnable_after
 from jobd.config import JobConfig
 from jobd.cronspec import CronSpec
 
@@ -71,6 +71,7 @@ class FireRequest:
     scheduled_for: datetime  # the nominal fire time (aware UTC), without jitter
     catchup: bool
     overlap: str | None = None  # admit under this policy instead of the job's
+    excluded_by: str | None = None  # the job's calendars or active period leave this fire out
 
 
 @dataclasses.dataclass(slots=True)
@@ -80,10 +81,11 @@ class _Plan:
     tz: ZoneInfo
     entry: int | None = None  # sequence number of the live heap entry
     next_fire: datetime | None = None  # its nominal time
+    next_run: datetime | None = None  # the first fire from next_fire on that the job's window lets run
 
 
 def _timing(config: JobConfig) -> tuple[Any, ...]:
-    return (config.schedule, config.timezone, config.jitter_s)
+    return (config.schedule, config.timezone, config.jitter_s, config.window)
 
 
 def _aware_utc(when: datetime) -> datetime:
@@ -134,11 +136,13 @@ class Scheduler:
         return [dataclasses.replace(request) for request in self._catchup]
 
     def next_run_at(self, job: str) -> datetime | None:
-        """The nominal (unjittered) next fire in UTC; None when paused or unscheduled."""
+        """The nominal (unjittered) next fire that will run, in UTC: fires the job's calendars or
+        active period exclude are passed over. None when paused, unscheduled, or when no fire
+        will run (within catchup.SEARCH_HORIZON)."""
         plan = self._plans.get(job)
-        if plan is None or job in self._paused:
+        if plan is None or job in self._paused or plan.next_fire is None:
             return None
-        return plan.next_fire
+        return plan.next_run
 
     def last_fire(self, job: str) -> datetime | None:
         return self._last.get(job)
@@ -214,6 +218,13 @@ class Scheduler:
         self._push(plan, name, nominal)
 
     def _push(self, plan: _Plan, name: str, nominal: datetime) -> None:
+        window = plan.config.window
+        if window is not None and window.reason(nominal) is not None and window.skip_forward(nominal) is None:
+            # Past active_until: the schedule is over, so no more fires to count as skipped.
+            self._log.info("scheduler.active_period_ended", job=name, next_fire=nominal.isoformat())
+            plan.entry = plan.next_fire = plan.next_run = None
+            return
+        plan.next_run = self._next_run(plan, name, nominal)
         due = nominal
         if plan.config.jitter_s > 0:
             due += timedelta(seconds=self._rng.random() * plan.config.jitter_s)
@@ -222,6 +233,18 @@ class Scheduler:
         heapq.heappush(self._heap, (due, seq, name, nominal))
         if len(self._heap) > 2 * len(self._plans) + 64:
             self._compact()
+
+    def _next_run(self, plan: _Plan, name: str, nominal: datetime) -> datetime | None:
+        window = plan.config.window
+        if window is None or window.reason(nominal) is None:
+            return nominal
+        if plan.next_run is not None and plan.next_run > nominal:
+            return plan.next_run  # found from an earlier excluded fire: every fire between is excluded
+        try:
+            return runnable_after(plan.spec, plan.tz, window, nominal)
+        except ValueError as exc:
+            self._log.error("scheduler.no_next_fire", job=name, error=str(exc))
+            return None
 
     def _live(self, name: str, seq: int) -> _Plan | None:
         plan = self._plans.get(name)
@@ -253,7 +276,7 @@ class Scheduler:
                 continue
             plan.entry = plan.next_fire = None
             due.append((plan, name, nominal))
-        await self._issue_all([FireRequest(name, nominal, catchup=False) for _, name, nominal in due])
+        await self._issue_all([self._request(plan, name, nominal) for plan, name, nominal in due])
         for plan, name, nominal in due:
             # The callback may have paused, removed or rescheduled the job meanwhile.
             if self._plans.get(name) is not plan or plan.entry is not None or name in self._paused:
@@ -275,6 +298,11 @@ class Scheduler:
             self._schedule_after(name, now)
         else:
             self._push(plan, name, following)
+
+    def _request(self, plan: _Plan, name: str, nominal: datetime) -> FireRequest:
+        window = plan.config.window
+        excluded_by = window.reason(nominal) if window is not None else None
+        return FireRequest(name, nominal, catchup=False, excluded_by=excluded_by)
 
     async def _issue_all(self, requests: list[FireRequest]) -> None:
         """Fires due at the same time go out together (in order), not one after the other: each
@@ -337,10 +365,10 @@ class Scheduler:
             if first > now:
                 upcoming[name] = first
                 continue
-            newest = plan.spec.newest_in(last, now, plan.tz)
+            # Missed fires the job's window excludes are neither run nor counted as skipped.
+            newest = newest_runnable(plan.spec, plan.tz, plan.config.window, last, now)
             if newest is None:
                 continue
-            newest = newest.astimezone(_UTC)
             age = (now - newest).total_seconds()
             if plan.config.misfire == "run_once" and age <= plan.config.misfire_grace_s:
                 requests.append(FireRequest(name, newest, catchup=True))
@@ -360,7 +388,7 @@ class Scheduler:
         """misfire = "run_all": a run for each of the newest max_catchup_runs missed fires. They
         are admitted whatever the overlap policy (else the first would skip the others) and wait
         for the job's slots in order."""
-        missed = missed_fires(plan.spec, plan.tz, last, now, plan.config.max_catchup_runs)
+        missed = missed_fires(plan.spec, plan.tz, last, now, plan.config.max_catchup_runs, plan.config.window)
         if missed.left_out:
             self._log.warning(
                 "scheduler.catchup_limited",

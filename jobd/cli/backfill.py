@@ -58,10 +58,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
         def human() -> None:
             times = answer["fire_times_local"]
+            excluded = answer.get("excluded", [])
             if answer["dry_run"]:
-                print(f"{answer['job']}: {len(times)} fire time(s) in {answer['timezone']}")
-                for local in times:
-                    print(f"  {local}")
+                left_out = f", {len(excluded)} excluded" if excluded else ""
+                print(f"{answer['job']}: {len(times)} fire time(s) in {answer['timezone']}{left_out}")
+                marked = [(local, "") for local in times]
+                marked += [(item["at_local"], f"  excluded ({item['excluded_by']})") for item in excluded]
+                # Local times with offsets sort as instants only when compared as such.
+                for local, mark in sorted(marked, key=lambda pair: datetime.fromisoformat(pair[0])):
+                    print(f"  {local}{mark}")
                 return
             made, existing = answer["runs"], answer["existing"]
             print(f"{answer['job']}: {len(made)} run(s) created, {len(existing)} fire time(s) already had one")

@@ -11,6 +11,7 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from jobd import cronspec
+from jobd.calendars import FireWindow
 from jobd.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from jobd.config import Config, ConfigError, load_config
 from jobd.store import StoreError, StoreLocked
@@ -65,11 +66,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"jobd: --from: {args.start!r} is not an ISO-8601 time", file=sys.stderr)
         return EXIT_USAGE
     fires: dict[str, list[str]] = {}
+    excluded: dict[str, dict[str, str]] = {}  # job → fire time → what excludes it
     for name, job in config.jobs.items():
         if job.schedule:
             spec = cronspec.CronSpec.parse(job.schedule, name)
             try:
-                fires[name] = [t.isoformat() for t in spec.next_fires(start, ZoneInfo(job.timezone), args.count)]
+                times = spec.next_fires(start, ZoneInfo(job.timezone), args.count)
+                fires[name] = [t.isoformat() for t in times]
+                excluded[name] = _excluded(job.window, times)
             except (ValueError, OverflowError):  # past the end of the calendar (year 9999)
                 print(
                     f"jobd: --from: there are no {args.count} fire times of jobs.{name}.schedule after "
@@ -84,7 +88,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             "ok": True,
             "store": {"backend": config.store.backend, "location": config.store.describe()},
             "warnings": list(config.warnings),
-            "jobs": {name: {"next": times} for name, times in fires.items()},
+            "jobs": {
+                name: {
+                    "next": times,
+                    "excluded": [{"at": at, "excluded_by": why} for at, why in excluded[name].items()],
+                }
+                for name, times in fires.items()
+            },
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -103,8 +113,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule, name)}) in {job.timezone}")
         for when in fires[name]:
-            print(f"  {when}")
+            why = excluded[name].get(when)
+            print(f"  {when}" if why is None else f"  {when}  excluded ({why})")
     return EXIT_OK
+
+
+def _excluded(window: FireWindow | None, times: list[datetime]) -> dict[str, str]:
+    """The fire times (as printed) that the job's calendars or active period leave out, and why."""
+    if window is None:
+        return {}
+    reasons = {t.isoformat(): window.reason(t) for t in times}
+    return {at: why for at, why in reasons.items() if why is not None}
 
 
 def _parse_instant(text: str) -> datetime:

@@ -40,6 +40,7 @@ _JOB_STATE_COLUMNS = (
     "last_skipped_at",
     "consecutive_failures",
     "last_run_id",
+    "last_skip_reason",
 )
 _IDEMPOTENCY_COLUMNS = ("job", "key", "run_id", "created_at")
 _STATUS = RUN_COLUMNS.index("status")

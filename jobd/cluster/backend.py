@@ -30,6 +30,7 @@ from jobd.config import ClusterConfig, JobConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
 from jobd.lifecycle import admission, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
+from jobd.lifecycle.jobstate import excluded_event
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.store.base import DeletedRuns, JobState
 from jobd.store.postgres import OwnConnection, cluster, events, runs
@@ -268,6 +269,7 @@ class PostgresBackend(Execution, Reads):
             except OverlapConflict as exc:
                 state.skipped_fires += 1
                 state.last_skipped_at = now
+                state.last_skip_reason = "overlap"
                 await cluster.save_job_state(conn, state)
                 await cluster.settle_fire(conn, job, scheduled_for, None)
                 skipped = {
@@ -293,6 +295,16 @@ class PostgresBackend(Execution, Reads):
             )
         self._woken()
         return run
+
+    async def exclude_fire(self, job: str, scheduled_for: int, *, now: int, excluded_by: str) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            state = self.job_state(job)
+            if not await cluster.record_excluded(conn, state, scheduled_for, self.node, now):
+                return  # another node recorded this fire
+            skipped = excluded_event(job, scheduled_for, now, state.skipped_fires, excluded_by)
+            await events.append_event(conn, "fire_skipped", encode(skipped), job=job)
+            await events.notify(conn, events.CHANNEL_EVENTS)
+        self.log.info("fire_skipped", **skipped)
 
     async def backfill(self, job: str, times: Sequence[int]) -> tuple[list[Run], list[int]]:
         self._check_open()

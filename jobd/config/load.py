@@ -12,6 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jobd import cronspec
+from jobd.calendars import Calendar
+from jobd.config.calendars import parse_calendars, parse_window
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.sections import (
@@ -70,8 +72,12 @@ def parse_config(
     retention = _retention(top.table("retention"))
     metrics = _metrics(top.table("metrics"))
     cluster = parse_cluster(top.table("cluster"), store, warnings)
+    calendars = parse_calendars(top.table("calendars"), base_dir)
     jobs_table = top.table("jobs")
-    jobs = {name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir) for name in list(jobs_table.raw)}
+    jobs = {
+        name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir, calendars)
+        for name in list(jobs_table.raw)
+    }
     jobs_table.done()
     top.done()
     if not auth.enabled and not is_loopback(server.host):
@@ -264,7 +270,14 @@ def _metrics(t: Table) -> MetricsConfig:
 _JOB_DEFAULTS = JobConfig(name="defaults")  # one, not one per job: 10,000 jobs are parsed at start
 
 
-def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, base_dir: Path) -> JobConfig:
+def _job(
+    name: str,
+    t: Table,
+    scheduler: SchedulerConfig,
+    alerts: AlertsConfig,
+    base_dir: Path,
+    calendars: Mapping[str, Calendar],
+) -> JobConfig:
     if not JOB_NAME.match(name):
         raise ConfigError(
             f"{t.path}: job names use letters, digits, '_', '-', '.' (at most 128, not starting with punctuation)"
@@ -322,6 +335,7 @@ def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, 
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
         description=t.string("description", ""),
+        window=parse_window(t, zone, schedule, calendars),
     )
     t.done()
     if handler is not None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jobd.calendars import FireWindow
 from jobd.config.handlers import import_handler
 from jobd.dburl import redact_url
 
@@ -154,6 +155,7 @@ class JobConfig:
     on_interrupt: str = "retry"
     alert_after_failures: int = 3
     description: str = ""
+    window: FireWindow | None = None  # exclude, only, active_from, active_until (see calendars.py)
 
     @property
     def kind(self) -> str:

@@ -106,6 +106,11 @@ class RunBackend(Protocol):
         job's policy (a run_all catch-up admits every missed fire)."""
         ...
 
+    async def exclude_fire(self, job: str, scheduled_for: int, *, now: int, excluded_by: str) -> None:
+        """Record the cron fire (job, scheduled_for) as skipped with reason `excluded`: the job's
+        calendars or active period leave it out (`excluded_by` says which); `fire_skipped` is
+        published. In a cluster the fire is recorded once, whichever node gets there first."""
+
     async def backfill(self, job: str, times: Sequence[int]) -> tuple[list[Run], list[int]]:
         """A run (triggered_by catchup, admitted whatever the overlap policy) for each of `times`
         that the job has no fire or run for yet. Returns the runs made, once committed, and the

@@ -7,8 +7,9 @@ already under way) and publish once committed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
-from jobd.models import RunStatus
+from jobd.models import RunStatus, iso_ms
 from jobd.store import JobState
 
 
@@ -44,12 +45,20 @@ class JobStates(Mapping[str, JobState]):
         state.last_fire_at = scheduled_for
         return state.copy()
 
-    def skipped(self, name: str, at: int) -> JobState:
-        """A fire refused by the overlap policy."""
+    def skipped(self, name: str, at: int, reason: str = "overlap") -> JobState:
+        """A fire refused by the overlap policy, or (`reason` "excluded") left out by the job's
+        calendars or active period."""
         state = self.of(name)
         state.skipped_fires += 1
         state.last_skipped_at = at
+        state.last_skip_reason = reason
         return state.copy()
+
+    def excluded(self, name: str, scheduled_for: int, at: int) -> JobState:
+        """A fire its calendars or active period leave out: counted as skipped, and fired (the next
+        start does not catch it up)."""
+        self.of(name).last_fire_at = scheduled_for
+        return self.skipped(name, at, "excluded")
 
     def paused(self, name: str, paused: bool) -> JobState:
         state = self.of(name)
@@ -67,3 +76,18 @@ class JobStates(Mapping[str, JobState]):
             state.consecutive_failures = 0
         state.last_run_id = max(newest_run_id, state.last_run_id or 0)  # a newer run may have started meanwhile
         return previous
+
+
+def excluded_event(job: str, scheduled_for: int, now: int, skipped_fires: int, excluded_by: str) -> dict[str, Any]:
+    """The `fire_skipped` message of a fire the job's calendars or active period left out: the
+    overlap skip's fields, with `skip_reason` "excluded" and what excluded it."""
+    return {
+        "job": job,
+        "scheduled_for": iso_ms(scheduled_for),
+        "skipped_at": iso_ms(now),
+        "skipped_fires": skipped_fires,
+        "active_run_ids": [],
+        "reason": f"excluded ({excluded_by})",
+        "skip_reason": "excluded",
+        "excluded_by": excluded_by,
+    }

@@ -18,7 +18,7 @@ from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Una
 from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.active import ActiveRuns
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
-from jobd.lifecycle.jobstate import JobStates
+from jobd.lifecycle.jobstate import JobStates, excluded_event
 from jobd.lifecycle.readyqueue import ReadyQueue
 from jobd.lifecycle.transitions import Transitions
 from jobd.lifecycle.views import LastRuns, StatusTotals, queue_snapshot
@@ -234,6 +234,14 @@ class LocalBackend:
             # Published once committed, like every run change: a listener never sees a count the store lacks.
             self._feed.publish("fire_skipped", skipped, job=job)
         return None
+
+    async def exclude_fire(self, job: str, scheduled_for: int, *, now: int, excluded_by: str) -> None:
+        state = self.states.excluded(job, scheduled_for, now)
+        skipped = excluded_event(job, scheduled_for, now, state.skipped_fires, excluded_by)
+        self.log.info("fire_skipped", **skipped)
+        await self.store.write(job_states=[state])
+        if self._feed is not None:
+            self._feed.publish("fire_skipped", skipped, job=job)
 
     async def backfill(self, job: str, times: Sequence[int]) -> tuple[list[Run], list[int]]:
         if not self.accepting:

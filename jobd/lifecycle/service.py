@@ -31,6 +31,9 @@ class Fire(Protocol):
     @property
     def overlap(self) -> str | None: ...
 
+    @property
+    def excluded_by(self) -> str | None: ...
+
 
 class Schedule(Protocol):
     """The cron loop, as pause/resume and next_run_at see it (jobd.scheduler.Scheduler)."""
@@ -98,6 +101,14 @@ class Runs:
 
     async def fire(self, request: Fire) -> None:
         """The scheduler's callback: a cron fire, or its skip, recorded."""
+        if request.excluded_by is not None:
+            await self.backend.exclude_fire(
+                request.job,
+                _epoch_ms(request.scheduled_for),
+                now=_epoch_ms(self._scheduler_now()),
+                excluded_by=request.excluded_by,
+            )
+            return
         await self.backend.fire(
             request.job,
             _epoch_ms(request.scheduled_for),

@@ -44,6 +44,7 @@ class JobState:
     last_skipped_at: int | None = None
     consecutive_failures: int = 0
     last_run_id: int | None = None
+    last_skip_reason: str | None = None  # "overlap" or "excluded" (a calendar or the active period)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,6 +58,7 @@ class JobState:
             self.last_skipped_at,
             self.consecutive_failures,
             self.last_run_id,
+            self.last_skip_reason,
         )
 
 

@@ -189,6 +189,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER runs_rollup_all_delete AFTER DELETE ON runs
     WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_remove("old")} END;
     """,
+    # Why the job's last fire was skipped: 'overlap' (its policy refused it) or 'excluded' (its
+    # calendars or active period left it out).
+    "ALTER TABLE job_state ADD COLUMN last_skip_reason TEXT",
 )
 
 

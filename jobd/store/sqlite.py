@@ -249,6 +249,7 @@ class SQLiteStore(SQLiteReads):
                 s.last_skipped_at,
                 s.consecutive_failures,
                 s.last_run_id,
+                s.last_skip_reason,
             )
             for s in states
         ]

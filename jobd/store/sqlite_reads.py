@@ -147,6 +147,6 @@ class SQLiteReads:
     async def job_states(self) -> dict[str, JobState]:
         rows = await self._fetchall(
             "SELECT job, paused, last_fire_at, skipped_fires, last_skipped_at, consecutive_failures, "
-            "last_run_id FROM job_state"
+            "last_run_id, last_skip_reason FROM job_state"
         )
-        return {row[0]: JobState(row[0], bool(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows}
+        return {row[0]: JobState(row[0], bool(row[1]), *row[2:]) for row in rows}

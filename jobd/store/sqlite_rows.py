@@ -19,6 +19,7 @@ JOB_STATE_COLUMNS = (
     "last_skipped_at",
     "consecutive_failures",
     "last_run_id",
+    "last_skip_reason",
 )
 
 

@@ -21,6 +21,7 @@ JOB_STATE_COLUMNS = (
     "last_skipped_at",
     "consecutive_failures",
     "last_run_id",
+    "last_skip_reason",
 )
 _UPSERT_JOB_STATE = (
     f"INSERT INTO job_state ({', '.join(JOB_STATE_COLUMNS)}) VALUES ({', '.join(['%s'] * len(JOB_STATE_COLUMNS))}) "
@@ -49,6 +50,20 @@ async def settle_fire(conn: Conn, job: str, scheduled_for: int, run_id: int | No
         "UPDATE fires SET run_id = %s, skipped = %s WHERE job = %s AND scheduled_for = %s",
         (run_id, run_id is None, job, scheduled_for),
     )
+
+
+async def record_excluded(conn: Conn, state: JobState, scheduled_for: int, node: str, now: int) -> bool:
+    """A fire the job's calendars leave out, recorded once for the cluster as a skip with its
+    job state (`state` is updated): False if another node already recorded it."""
+    if not await record_fire(conn, state.job, scheduled_for, node):
+        return False
+    state.last_fire_at = max(state.last_fire_at or 0, scheduled_for)
+    state.skipped_fires += 1
+    state.last_skipped_at = now
+    state.last_skip_reason = "excluded"
+    await save_job_state(conn, state)
+    await settle_fire(conn, state.job, scheduled_for, None)
+    return True
 
 
 async def last_fires(conn: Conn) -> dict[str, int]:
@@ -89,6 +104,7 @@ async def save_job_state(conn: Conn, state: JobState) -> None:
             state.last_skipped_at,
             state.consecutive_failures,
             state.last_run_id,
+            state.last_skip_reason,
         ),
     )
 

@@ -247,6 +247,9 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO cluster_key (key)
         SELECT decode(md5(gen_random_uuid()::text) || md5(gen_random_uuid()::text), 'hex');
     """,
+    # Why the job's last fire was skipped: 'overlap' (its policy refused it) or 'excluded' (its
+    # calendars or active period left it out).
+    "ALTER TABLE job_state ADD COLUMN last_skip_reason text",
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from jobd.catchup import fire_times
+from jobd.catchup import range_fires
 from jobd.cronspec import CronSpec
 from jobd.errors import BadRequest, Conflict
 from jobd.models import compact_json, iso_ms
@@ -87,7 +87,8 @@ async def backfill_job(request: web.Request) -> web.Response:
     if end - start > MAX_RANGE:
         raise BadRequest(f"the range is longer than {MAX_RANGE.days} days", field="to")
     zone = ZoneInfo(job.timezone)
-    times = fire_times(CronSpec.parse(job.schedule, job.name), zone, start, end, limit)
+    found = range_fires(CronSpec.parse(job.schedule, job.name), zone, start, end, limit, job.window)
+    times = found.times
     if len(times) > limit:
         raise BadRequest(
             f"the range holds more than max_runs={limit} fire times: narrow it or raise max_runs (at most {MAX_RUNS})",
@@ -99,6 +100,11 @@ async def backfill_job(request: web.Request) -> web.Response:
         "timezone": job.timezone,
         "fire_times": [iso_ms(_ms(at)) for at in times],
         "fire_times_local": [_local(at, zone) for at in times],
+        # Left out, not made: the job's calendars or active period exclude them.
+        "excluded": [
+            {"at": iso_ms(_ms(at)), "at_local": _local(at, zone), "excluded_by": why} for at, why in found.excluded
+        ],
+        "excluded_truncated": found.excluded_more,
     }
     if dry_run:
         return json_response({**listed, "dry_run": True})

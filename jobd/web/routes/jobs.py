@@ -65,6 +65,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "last_fire_at": iso_ms(state.last_fire_at),
         "skipped_fires": state.skipped_fires,
         "last_skipped_at": iso_ms(state.last_skipped_at),
+        "last_skip_reason": state.last_skip_reason,
         "is_running": any(r.status is RunStatus.PROCESSING for r in active),
         "active_runs": [r.id for r in active],
         "last_run": last.to_json() if last is not None else None,
