@@ -38,12 +38,12 @@ class IcsDays:
             raise IcsError(f"not an iCalendar file ({_one_line(exc)})") from None
         self.digest = hashlib.sha256(text).hexdigest()
         self._years: dict[int, frozenset[date]] = {}
-        starts = [event.get("DTSTART") for event in self._calendar.walk("VEVENT")]
-        if any(start is None for start in starts):
-            raise IcsError("an event has no DTSTART")
-        # Expanded now so that a broken RRULE is found at load, not at a fire.
-        for year in sorted({_day_of(start.dt).year for start in starts if start is not None})[:1]:
-            self.year(year)
+        try:
+            years = [_day_of(event["DTSTART"].dt).year for event in self._calendar.walk("VEVENT")]
+        except Exception:
+            raise IcsError("an event has no valid DTSTART") from None
+        if years:  # expanded now so that a broken RRULE is found at load, not at a fire
+            self.year(min(years))
 
     def year(self, year: int) -> frozenset[date]:
         days = self._years.get(year)
