@@ -42,7 +42,7 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("jobd_workers_total", "Workers in the pool.", value=daemon.pool.concurrency)
         skipped = CounterMetricFamily(
             "jobd_scheduler_skipped_fires",
-            "Cron fires skipped because the overlap policy refused them.",
+            "Cron fires skipped: the overlap policy refused them, or the job's calendars excluded them.",
             labels=["job"],
         )
         for name, state in sorted(runs.job_states.items()):

@@ -247,6 +247,14 @@ def schemas() -> dict[str, Schema]:
                 "last_fire_at": MAYBE_TIME,
                 "skipped_fires": COUNT,
                 "last_skipped_at": MAYBE_TIME,
+                "last_skip_reason": nullable(
+                    {
+                        "type": "string",
+                        "enum": ["overlap", "excluded", None],
+                        "description": "why the last skipped fire was skipped: the overlap policy, or the "
+                        "job's calendars or active period",
+                    }
+                ),
                 "is_running": BOOL,
                 "active_runs": {"type": "array", "items": INT},
                 "last_run": nullable(ref("Run")),
@@ -463,8 +471,14 @@ def stream_schemas(by_status: Schema) -> dict[str, Schema]:
                 "skipped_fires": COUNT,
                 "active_run_ids": {"type": "array", "items": run_id},
                 "reason": STR,
+                "skip_reason": {**STR, "enum": ["excluded"], "description": "only on a fire a calendar excluded"},
+                "excluded_by": {
+                    **STR,
+                    "description": "the calendar, `not in NAME`, `before active_from` or `after active_until`",
+                },
             },
-            description="firehose: a cron fire the job's overlap policy skipped",
+            optional=("skip_reason", "excluded_by"),
+            description="firehose: a cron fire the job's overlap policy skipped, or its calendars excluded",
         ),
         "shutdown": obj({}, description="jobd is stopping: the stream ends; reconnect to the next instance"),
         "error": obj(
@@ -892,6 +906,22 @@ def backfill_schemas() -> dict[str, Schema]:
             "items": {"type": "string", "format": "date-time"},
             "description": "the same times in the job's zone, with their offsets",
         },
+        "excluded": {
+            "type": "array",
+            "items": obj(
+                {
+                    "at": TIME,
+                    "at_local": {"type": "string", "format": "date-time"},
+                    "excluded_by": {
+                        **STR,
+                        "description": "the calendar, `not in NAME`, `before active_from` or `after active_until`",
+                    },
+                }
+            ),
+            "description": "fire times in the range the job's calendars or active period exclude: no run is made "
+            "for them (not counted in max_runs)",
+        },
+        "excluded_truncated": {**BOOL, "description": "more excluded times than the 1000 listed"},
     }
     return {
         "BackfillRequest": obj(
