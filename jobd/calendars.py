@@ -39,7 +39,7 @@ class IcsDays:
         self.digest = hashlib.sha256(text).hexdigest()
         self._years: dict[int, frozenset[date]] = {}
         try:
-            years = [_day_of(event["DTSTART"].dt).year for event in self._calendar.walk("VEVENT")]
+            years = [_day_of(event.decoded("DTSTART")).year for event in self._calendar.walk("VEVENT")]
         except Exception:
             raise IcsError("an event has no valid DTSTART") from None
         if years:  # expanded now so that a broken RRULE is found at load, not at a fire
