@@ -1,6 +1,7 @@
 // Jobs: each job's schedule, next and last run, failure streak, and the buttons its token may use.
 
 import { get, post } from "./api.js";
+import { backfillDrafts, backfillPanel } from "./backfill.js";
 import { coalesce, duration, h, put, statusBadge, timeEl } from "./dom.js";
 
 export function jobsView(ctx) {
@@ -11,6 +12,7 @@ export function jobsView(ctx) {
   // Drafts of the params boxes survive the refreshes that rebuild the cards.
   const drafts = new Map();
   const whenDrafts = new Map(); // and so do the "run at" boxes
+  const backfills = backfillDrafts(); // and the backfill forms with their previews
 
   async function refresh() {
     const { jobs } = await get("/jobs");
@@ -73,11 +75,12 @@ export function jobsView(ctx) {
     return h("span", { class: job.failing ? "failures failing" : job.consecutive_failures ? "failures" : "muted" }, text);
   }
 
-  // Fires the overlap policy skipped because a run was still in progress.
+  // Fires the overlap policy skipped because a run was still in progress, or its calendars excluded.
   function skipped(job) {
     const fires = job.skipped_fires === 1 ? "1 fire" : `${job.skipped_fires} fires`;
+    const why = job.last_skip_reason === "excluded" ? "last excluded by a calendar" : `overlap ${job.overlap}`;
     return h("span", { class: "skipped", dataset: { count: String(job.skipped_fires) } },
-      `${fires} (overlap ${job.overlap}), last `, timeEl(job.last_skipped_at));
+      `${fires} (${why}), last `, timeEl(job.last_skipped_at));
   }
 
   function actions(job) {
@@ -102,7 +105,8 @@ export function jobsView(ctx) {
         ? h("button", { type: "button", onclick: () => setPaused(job, false) }, "Resume")
         : h("button", { type: "button", onclick: () => setPaused(job, true) }, "Pause"));
     }
-    return h("div", { class: "actions" }, details, h("div", { class: "buttons" }, buttons));
+    return h("div", { class: "actions" }, details, h("div", { class: "buttons" }, buttons),
+      job.schedule ? backfillPanel(ctx, job, backfills, refreshSoon) : null);
   }
 
   // A one-off run later: the API's run_at, from a local date and time (sent as UTC).
