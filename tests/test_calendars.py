@@ -7,6 +7,7 @@ days are the job's days, so the Berlin date decides."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -372,6 +373,20 @@ async def test_backfill_leaves_excluded_fires_out_and_lists_them(start_daemon: S
         {"at": "2026-03-08T11:00:00.000Z", "at_local": "2026-03-08T12:00:00+01:00", "excluded_by": "weekend"},
     ]
     assert preview["excluded_truncated"] is False
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "jobd", "backfill", "noon", "--from", body["from"], "--to", body["to"], "--dry-run"),
+        *("--url", str(h.client.make_url("")).rstrip("/")),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert out.decode().splitlines() == [
+        "noon: 5 fire time(s) in Europe/Berlin, 2 excluded",
+        *(f"  2026-03-0{day}T12:00:00+01:00" for day in (2, 3, 4, 5, 6)),
+        "  2026-03-07T12:00:00+01:00  excluded (weekend)",
+        "  2026-03-08T12:00:00+01:00  excluded (weekend)",
+    ], err.decode()
     response = await h.client.post("/api/v1/jobs/noon/backfill", json=body)
     made = await response.json()
     assert response.status == 202, made
