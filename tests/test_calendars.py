@@ -299,7 +299,7 @@ async def cron_runs(h: Harness, job: str) -> list[str]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-async def test_an_excluded_fire_in_berlin_is_skipped_with_reason_excluded(start: StartDaemon) -> None:
+async def test_an_excluded_fire_in_berlin_is_skipped_with_reason_excluded(start: StartDaemon, backend: str) -> None:
     clock = FakeClock(datetime(2026, 12, 24, 12, tzinfo=UTC))
     h = await start({"nightly": {**NIGHTLY, "exclude": ["holidays"]}}, clock=clock, calendars=HOLIDAYS)
     christmas = datetime(2026, 12, 24, 23, 30, tzinfo=UTC)  # 00:30 on the 25th in Berlin
@@ -325,6 +325,12 @@ async def test_an_excluded_fire_in_berlin_is_skipped_with_reason_excluded(start:
         "holidays",
         "excluded (holidays)",
     )
+
+    if backend == "postgresql":
+        # Another node deciding the same (its config holds the same calendars) finds the fire recorded.
+        ms = round(christmas.timestamp() * 1000)
+        await h.daemon.backend.exclude_fire("nightly", ms, now=ms + 5, excluded_by="holidays")
+        assert (await job_of(h, "nightly"))["skipped_fires"] == 1
 
     await advance_to(clock, boxing_day)
     assert await cron_runs(h, "nightly") == [iso(boxing_day)]
