@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jobd import cronspec
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
+from jobd.config.params import parse_params
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -322,6 +323,7 @@ def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, 
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
         description=t.string("description", ""),
+        params=parse_params(t.table("params"), scheduled=schedule is not None),
     )
     t.done()
     if handler is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jobd.config.handlers import import_handler
+from jobd.config.params import Params
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
@@ -154,6 +155,9 @@ class JobConfig:
     on_interrupt: str = "retry"
     alert_after_failures: int = 3
     description: str = ""
+    params: Params = dataclasses.field(
+        default_factory=Params
+    )  # [jobs.NAME.params.PARAM] definitions (see jobd.config.params)
 
     @property
     def kind(self) -> str:
