@@ -305,3 +305,18 @@ async def test_a_secret_is_hidden_in_a_commands_output_and_error(start_daemon, c
     assert done.error is not None and "bad ***" in done.error
     for text in (str(shown), log, done.log_tail, done.error or "", str(done.result), str(capsys.readouterr())):
         assert SECRET not in text
+
+
+async def test_the_served_openapi_document_carries_each_jobs_params(start_daemon):
+    h = await start_daemon({"t": TYPED, "noop": {"handler": "sample_jobs:noop"}})
+    served = await h.get_json("/api/v1/openapi.json")
+    schemas = served["components"]["schemas"]
+    assert schemas["JobParams.t"]["properties"]["limit"]["minimum"] == 1
+    assert "JobParams.noop" not in schemas and "/api/v1/jobs/noop/trigger" not in served["paths"]
+    operation = served["paths"]["/api/v1/jobs/t/trigger"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TriggerRequest.t"
+    }
+    assert schemas["TriggerRequest.t"]["properties"]["params"] == {"$ref": "#/components/schemas/JobParams.t"}
+    for schema in schemas.values():
+        Draft202012Validator.check_schema(schema)
