@@ -3,6 +3,9 @@ defaults on every kind of run, and secrets hidden in every answer, event and log
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -320,3 +323,87 @@ async def test_the_served_openapi_document_carries_each_jobs_params(start_daemon
     assert schemas["TriggerRequest.t"]["properties"]["params"] == {"$ref": "#/components/schemas/JobParams.t"}
     for schema in schemas.values():
         Draft202012Validator.check_schema(schema)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+async def jobd_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobd",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate(stdin or b"")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_reads_typed_values_and_refuses_bad_ones_before_sending(start_daemon):
+    h = await start_daemon({"t": TYPED})
+    url = str(h.client.make_url("")).rstrip("/")
+    code, out, err = await jobd_cli(
+        "trigger",
+        "t",
+        "--url",
+        url,
+        "--json",
+        "-p",
+        "region=eu-west",
+        "-p",
+        "limit=7",
+        "-p",
+        "dry_run=true",
+        "-p",
+        "ratio=0.25",
+        "-p",
+        'tags=["a"]',
+        "-p",
+        f"token={SECRET}",
+    )
+    assert code == 0, err
+    run = json.loads(out)["run"]
+    assert run["params"] == {
+        "region": "eu-west",
+        "limit": 7,
+        "dry_run": True,
+        "ratio": 0.25,
+        "tags": ["a"],
+        "token": "***",
+        "mode": "fast",
+    }
+    done = await h.finished(run["id"])
+    assert done.result["digest"] == digest(SECRET)
+    for flags, lines in [
+        (["-p", "region=eu-west", "-p", "limit=0"], ["params.limit: must be an integer ≥ 1 and ≤ 100"]),
+        (["-p", "region=eu-west", "-p", "limit=many"], ["params.limit: must be an integer ≥ 1 and ≤ 100"]),
+        (
+            ["-p", 'limit:="5"', "-p", "mode=slow"],
+            [
+                "params.limit: must be an integer ≥ 1 and ≤ 100",
+                'params.mode: must be one of "fast", "full"',
+                "params.region: required",
+            ],
+        ),
+        (["-p", "region=eu-west", "-p", "colour=red"], ["params.colour: unknown parameter"]),
+    ]:
+        code, out, err = await jobd_cli("trigger", "t", "--url", url, *flags)
+        assert (code, out) == (2, ""), (flags, err)
+        got = err.splitlines()
+        assert len(got) == len(lines) and all(g.startswith(f"jobd: {w}") for g, w in zip(got, lines)), (flags, err)
+    code, out, err = await jobd_cli(
+        "trigger", "t", "--url", url, "--stdin", stdin=b'{"region": "eu-a"}\n{"region": "eu-a", "limit": -1}\n'
+    )
+    assert (code, err.strip()) == (2, "jobd: --stdin run 2: params.limit: must be an integer ≥ 1 and ≤ 100")
+    queue = await h.get_json("/api/v1/queue")
+    assert sum(queue["counts"].values()) == 1  # only the first command sent a run
