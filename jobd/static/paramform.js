@@ -39,7 +39,9 @@ export function paramForm(job, drafts, errors) {
       input.addEventListener("change", () => { drafts.set(key, input.checked); forget(name); });
     } else {
       if (kind === "enum") {
-        const options = required.has(name) || prop.default !== undefined ? [] : [h("option", { value: "" }, "—")];
+        // No choice is made for the user: without a default the select starts empty (and a
+        // required one left so is the server's "required" next to it).
+        const options = prop.default !== undefined ? [] : [h("option", { value: "" }, "—")];
         input = h("select", { id, name }, options, prop.enum.map((choice, i) =>
           h("option", { value: String(i) }, typeof choice === "string" ? choice : JSON.stringify(choice))));
       } else if (kind === "array" || kind === "object") {
