@@ -129,7 +129,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         try:
             if batch is not None:
                 await check_lines(client, args.job, batch)
-            else:
+            elif args.param:  # without -p there is nothing to read as a type: the server checks
                 params = await typed_params(client, args.job, args.param, params)
         except ParamsRefused as exc:  # nothing was sent
             print(exc, file=sys.stderr)
