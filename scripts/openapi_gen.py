@@ -261,6 +261,16 @@ def schemas() -> dict[str, Schema]:
                 "consecutive_failures": COUNT,
                 "alert_after_failures": {"type": "integer", "minimum": 1},
                 "failing": BOOL,
+                "params_schema": nullable(
+                    {
+                        "type": "object",
+                        "description": (
+                            "the JSON Schema (draft 2020-12) of the job's params, from its [jobs.NAME.params] "
+                            "definitions; null when it declares none (any object is taken). A secret parameter "
+                            "is writeOnly, without its default"
+                        ),
+                    }
+                ),
             }
         ),
         "JobAnswer": obj({"job": ref("Job")}),
@@ -669,7 +679,9 @@ def paths() -> dict[str, Schema]:
                     ),
                     "400": problem(
                         "the body is not valid; a batch over server.max_batch_runs says the limit in "
-                        "max_batch_runs, so that a client can send it again in smaller pieces"
+                        "max_batch_runs, so that a client can send it again in smaller pieces; params that do "
+                        "not fit the job's schema name the first bad one in param and list each in errors "
+                        "([{param, message, where}])"
                     ),
                     "404": not_found_job,
                     "409": problem("the overlap policy refused the run"),

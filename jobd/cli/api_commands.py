@@ -17,6 +17,7 @@ import aiohttp
 from jobd.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from jobd.cli.follow import follow
 from jobd.cli.output import emit, print_nodes, print_runs, table
+from jobd.cli.typed_params import ParamsRefused, check_lines, typed_params
 from jobd.client import ApiError, JobdClient
 from jobd.models import loads_standard
 
@@ -124,6 +125,15 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def action(client: JobdClient) -> int:
+        nonlocal params
+        try:
+            if batch is not None:
+                await check_lines(client, args.job, batch)
+            elif args.param:  # without -p there is nothing to read as a type: the server checks
+                params = await typed_params(client, args.job, args.param, params)
+        except ParamsRefused as exc:  # nothing was sent
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
         if batch is not None:
             runs = await client.trigger_batched(
                 args.job,

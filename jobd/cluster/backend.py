@@ -201,7 +201,7 @@ class PostgresBackend(Execution, Reads):
             triggered_by=triggered_by,
             created_at=now,
             updated_at=now,
-            params=dict(params),
+            params=job.params.with_defaults(params),
             max_attempts=job.retries + 1,
             scheduled_for=at,
             run_after=run_after,

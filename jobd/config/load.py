@@ -16,6 +16,7 @@ from jobd.calendars import Calendar
 from jobd.config.calendars import parse_calendars, parse_window
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
+from jobd.config.params import parse_params
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -336,6 +337,7 @@ def _job(
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
         description=t.string("description", ""),
         window=parse_window(t, zone, schedule, calendars),
+        params=parse_params(t.table("params"), scheduled=schedule is not None),
     )
     t.done()
     if handler is not None:

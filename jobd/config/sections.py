@@ -12,6 +12,7 @@ from typing import Any
 
 from jobd.calendars import FireWindow
 from jobd.config.handlers import import_handler
+from jobd.config.params import Params
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
@@ -156,6 +157,9 @@ class JobConfig:
     alert_after_failures: int = 3
     description: str = ""
     window: FireWindow | None = None  # exclude, only, active_from, active_until (see calendars.py)
+    params: Params = dataclasses.field(
+        default_factory=Params
+    )  # [jobs.NAME.params.PARAM] definitions (see jobd.config.params)
 
     @property
     def kind(self) -> str:

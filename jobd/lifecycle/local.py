@@ -137,7 +137,7 @@ class LocalBackend:
                 triggered_by=triggered_by,
                 created_at=now,
                 updated_at=now,
-                params=dict(s.params),
+                params=config.params.with_defaults(s.params),
                 max_attempts=config.retries + 1,
                 scheduled_for=scheduled_for,
                 run_after=s.run_after,
@@ -261,6 +261,7 @@ class LocalBackend:
                     triggered_by=TriggerSource.CATCHUP,
                     created_at=now,
                     updated_at=now,
+                    params=config.params.with_defaults({}),
                     max_attempts=config.retries + 1,
                     scheduled_for=at,
                 )

@@ -22,6 +22,7 @@ from jobd.runner.handlers import LEFT_BEHIND, run_handler
 from jobd.runner.pipes import MAX_LINE_BYTES, PIPE_DRAIN_S
 from jobd.runner.protocol import MAX_ERROR_DETAIL
 from jobd.runner.reporting import COUNT_FIELDS, MAX_COUNT, Outcome, RunReporter, format_seconds
+from jobd.runner.secrets import RedactingReporter, redact_outcome
 from jobd.runner.waiting import ended
 
 __all__ = [
@@ -55,6 +56,11 @@ async def execute(
     SIGKILL after `kill_grace_s`; async handlers: cancelled, and left behind after `kill_grace_s`
     if they ignore it) and then re-raises CancelledError. A timeout stops the run the same way.
     """
+    secrets = job.params.secret_values(run.params)
+    if secrets:
+        reporter = RedactingReporter(reporter, secrets)
     if job.kind == "python":
-        return await run_handler(job, run, reporter, grace_s=kill_grace_s)
-    return await run_command(job, run, reporter, kill_grace_s=kill_grace_s, environ=environ)
+        outcome = await run_handler(job, run, reporter, grace_s=kill_grace_s)
+    else:
+        outcome = await run_command(job, run, reporter, kill_grace_s=kill_grace_s, environ=environ)
+    return redact_outcome(outcome, secrets) if secrets else outcome

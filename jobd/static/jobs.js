@@ -3,6 +3,7 @@
 import { get, post } from "./api.js";
 import { backfillDrafts, backfillPanel } from "./backfill.js";
 import { coalesce, duration, h, put, statusBadge, timeEl } from "./dom.js";
+import { ParamsError, paramForm } from "./paramform.js";
 
 export function jobsView(ctx) {
   const list = h("div", { class: "cards", "aria-live": "polite", "aria-busy": "true" });
@@ -13,6 +14,8 @@ export function jobsView(ctx) {
   const drafts = new Map();
   const whenDrafts = new Map(); // and so do the "run at" boxes
   const backfills = backfillDrafts(); // and the backfill forms with their previews
+  const paramDrafts = new Map(); // and the fields of the forms of jobs with a params_schema,
+  const paramErrors = new Map(); // and the errors a 400 put next to them
 
   async function refresh() {
     const { jobs } = await get("/jobs");
@@ -92,13 +95,15 @@ export function jobsView(ctx) {
     });
     textarea.value = drafts.get(job.name) || "";
     const runAt = runAtInput(job);
-    const details = h("details", { class: "params", open: drafts.get(job.name) || whenDrafts.get(job.name) ? true : undefined },
+    // A job that declares its parameters gets a form made from their schema instead of the JSON box.
+    const form = job.params_schema ? paramForm(job, paramDrafts, paramErrors) : null;
+    const typing = form && ([...paramDrafts.keys()].some((key) => key.startsWith(`${job.name}\u0000`)) || paramErrors.has(job.name));
+    const details = h("details", { class: "params", open: drafts.get(job.name) || whenDrafts.get(job.name) || typing ? true : undefined },
       h("summary", {}, "Parameters"),
-      h("label", { for: paramsId }, "Params as a JSON object"),
-      textarea,
+      form ? form.element : [h("label", { for: paramsId }, "Params as a JSON object"), textarea],
       h("label", { for: runAt.id }, "Run at (optional, this browser's time)"),
       runAt);
-    const buttons = [h("button", { type: "button", class: "primary", onclick: () => trigger(job, textarea, runAt) }, "Trigger")];
+    const buttons = [h("button", { type: "button", class: "primary", onclick: () => trigger(job, textarea, runAt, form) }, "Trigger")];
     // Pausing stops the schedule; a job without one has nothing to pause.
     if (ctx.can("admin") && (job.schedule || job.paused)) {
       buttons.push(job.paused
@@ -119,7 +124,7 @@ export function jobsView(ctx) {
     return input;
   }
 
-  async function trigger(job, textarea, runAt) {
+  async function trigger(job, textarea, runAt, form) {
     const body = { triggered_by: "manual" };
     if (runAt.value) {
       const when = new Date(runAt.value); // a datetime-local value is read in the browser's zone
@@ -130,8 +135,18 @@ export function jobsView(ctx) {
       body.run_at = when.toISOString();
     }
     let params = {};
-    const raw = textarea.value.trim();
-    if (raw) {
+    const raw = form ? "" : textarea.value.trim();
+    if (form) {
+      try {
+        params = form.read();
+      } catch (err) {
+        if (!(err instanceof ParamsError)) throw err;
+        form.showErrors([{ param: err.param, message: err.field }]);
+        form.focus(err.param);
+        ctx.notify(`Params for ${job.name}: ${err.message}`, "error");
+        return;
+      }
+    } else if (raw) {
       try {
         params = JSON.parse(raw);
       } catch (err) {
@@ -152,8 +167,12 @@ export function jobsView(ctx) {
         : [`Started run `, link, ` of ${job.name}`], "ok");
       runAt.value = "";
       whenDrafts.delete(job.name);
+      form?.accepted();
       refreshSoon();
     } catch (err) {
+      if (form && err.problem && Array.isArray(err.problem.errors) && form.showErrors(err.problem.errors)) {
+        form.focus(err.problem.errors[0].param);
+      }
       ctx.notify(`Could not trigger ${job.name}: ${err.message}`, "error");
     }
   }

@@ -16,6 +16,7 @@ from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
 from jobd.web.responses import json_response, json_text_response
+from jobd.web.runjson import run_json
 
 if TYPE_CHECKING:
     from jobd.app import Daemon
@@ -110,5 +111,5 @@ async def backfill_job(request: web.Request) -> web.Response:
         return json_response({**listed, "dry_run": True})
     made, existing = await daemon.runs.backfill(job.name, times)
     head = compact_json({**listed, "dry_run": False, "existing": [iso_ms(at) for at in existing]})
-    runs = ",".join(compact_json(run.to_json()) for run in made)
+    runs = ",".join(compact_json(run_json(daemon.runs.jobs, run)) for run in made)
     return json_text_response(head[:-1] + ',"runs":[' + runs + "]}", status=202)

@@ -17,6 +17,7 @@ from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
 from jobd.web.responses import json_response, json_text_response
+from jobd.web.runjson import checked_params, run_json
 from jobd.web.timing import run_after_of
 
 if TYPE_CHECKING:
@@ -68,10 +69,11 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "last_skip_reason": state.last_skip_reason,
         "is_running": any(r.status is RunStatus.PROCESSING for r in active),
         "active_runs": [r.id for r in active],
-        "last_run": last.to_json() if last is not None else None,
+        "last_run": run_json(daemon.runs.jobs, last) if last is not None else None,
         "consecutive_failures": state.consecutive_failures,
         "alert_after_failures": job.alert_after_failures,
         "failing": state.consecutive_failures >= job.alert_after_failures,
+        "params_schema": job.params.json_schema(),
     }
 
 
@@ -95,12 +97,12 @@ async def _job_answer(daemon: Daemon, job: JobConfig) -> web.Response:
     return json_response({"job": job_json(daemon, job, last.get(job.name))})
 
 
-def _params(value: Any, where: str) -> dict[str, Any]:
+def _params(job: JobConfig, value: Any, where: str) -> dict[str, Any]:
     if value is None:
-        return {}
+        value = {}
     if not isinstance(value, dict):
         raise BadRequest(f"{where} must be a JSON object")
-    return value
+    return checked_params(job, value, where)
 
 
 @routes.post(PREFIX + "/jobs/{name}/trigger")
@@ -150,18 +152,20 @@ async def trigger_job(request: web.Request) -> web.Response:
             where = f"runs[{index}]."
             submissions.append(
                 Submission(
-                    _params(item.get("params"), where + "params"),
+                    _params(job, item.get("params"), where + "params"),
                     run_after=run_after_of(item, now, prefix=where, default=run_after),
                 )
             )
         runs = await daemon.runs.submit(job.name, submissions, triggered_by=source, overlap=overlap)
         return json_text_response(
-            '{"runs":[' + ",".join([compact_json(run.to_json()) for run in runs]) + "]}", status=202
+            '{"runs":[' + ",".join([compact_json(run_json(daemon.runs.jobs, run)) for run in runs]) + "]}", status=202
         )
-    submission = Submission(_params(body.get("params"), "params"), idempotency_key=key, run_after=run_after)
+    submission = Submission(_params(job, body.get("params"), "params"), idempotency_key=key, run_after=run_after)
     [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
     return json_text_response(
-        '{"run":' + compact_json(run.to_json()) + "}", status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"}
+        '{"run":' + compact_json(run_json(daemon.runs.jobs, run)) + "}",
+        status=202,
+        headers={"Location": f"{PREFIX}/runs/{run.id}"},
     )
 
 

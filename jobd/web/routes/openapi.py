@@ -19,6 +19,7 @@ from aiohttp import web
 
 from jobd.config import Config
 from jobd.web.keys import DAEMON
+from jobd.web.paramdoc import add_job_params
 from jobd.web.params import PREFIX
 from jobd.web.routes.dashboard import STATIC_DIR
 
@@ -37,6 +38,7 @@ def served_document(document: dict[str, Any], config: Config) -> dict[str, Any]:
     the batch limit it sets."""
     served: dict[str, Any] = json.loads(json.dumps(document))
     served["components"]["schemas"]["TriggerRequest"]["properties"]["runs"]["maxItems"] = config.server.max_batch_runs
+    add_job_params(served, config.jobs)
     if config.auth.enabled:
         return served
     served.pop("security", None)

@@ -17,6 +17,7 @@ from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, enum_list, int_param, run_id_of, time_param
 from jobd.web.responses import json_response
+from jobd.web.runjson import run_json
 from jobd.web.sse.relay import RELAY
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ async def list_runs(request: web.Request) -> web.Response:
     statistics = await daemon.store.summarize_runs(where)
     return json_response(
         {
-            "runs": [run.to_json() for run in runs],
+            "runs": [run_json(daemon.runs.jobs, run) for run in runs],
             "pagination": {
                 "total": total,
                 "limit": limit,
@@ -99,7 +100,7 @@ async def last_run(request: web.Request) -> web.Response:
     if run is None:
         raise NotFound(f"job {job!r} has no runs yet", job=job)
     run = daemon.runs.active.get(run.id, run)
-    return json_response({"run": run.to_json()})
+    return json_response({"run": run_json(daemon.runs.jobs, run)})
 
 
 @routes.get(PREFIX + "/runs/{run_id}")
@@ -109,7 +110,7 @@ async def get_run(request: web.Request) -> web.StreamResponse:
         return await sse.run_events(request)
     daemon = _daemon(request)
     run = await daemon.runs.get(run_id_of(request))
-    data = run.to_json(with_log=True)
+    data = run_json(daemon.runs.jobs, run, with_log=True)
     if run.id in daemon.runs.active:
         data["log_tail"] = daemon.pool.live_tail(run.id)
     return json_response({"run": data})
@@ -135,7 +136,7 @@ async def get_run_log(request: web.Request) -> web.StreamResponse:
 async def cancel_run(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     run = await daemon.runs.cancel(run_id_of(request))
-    return json_response({"run": run.to_json()})
+    return json_response({"run": run_json(daemon.runs.jobs, run)})
 
 
 @routes.post(PREFIX + "/runs/{run_id}/retry")
@@ -143,4 +144,6 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def retry_run(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     run = await daemon.runs.retry(run_id_of(request))
-    return json_response({"run": run.to_json()}, status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"})
+    return json_response(
+        {"run": run_json(daemon.runs.jobs, run)}, status=202, headers={"Location": f"{PREFIX}/runs/{run.id}"}
+    )
