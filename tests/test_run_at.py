@@ -177,7 +177,7 @@ async def test_the_cli_flags_against_a_live_daemon(start_daemon):
     assert code == 0, err
     delayed = json.loads(out)["run"]
     assert delayed["status"] == "PENDING" and before + 1000 <= ms(delayed["run_after"]) <= now_ms() + 1000
-    at = utc_in(1)
+    at = utc_in(60)  # far enough ahead that a slow CLI start still sends a future time
     code, out, err = await jobd_cli("trigger", "noop", "--url", url, "--at", at)
     assert code == 0, err
     assert out.startswith("run ") and out.rstrip().endswith(f"PENDING until {at}")
