@@ -596,10 +596,9 @@ async def test_while_shutting_down_readiness_and_triggers_are_503(start_daemon):
 
 
 async def test_a_run_that_fails_during_the_shutdown_grace_keeps_its_retry(start_daemon):
-    sched_jobs.releases.clear()
     h = await start_daemon({"flaky": {"handler": "sched_jobs:fails_when_released", "retries": 1}})
     run = await h.trigger("flaky")
-    await wait_for(lambda: h.daemon.runs.is_running("flaky"))
+    await wait_for(lambda: run["id"] in sched_jobs.releases)  # the handler is waiting for its release
     draining = asyncio.ensure_future(h.daemon.drain(grace_s=10))
     await wait_for(lambda: not h.daemon.runs.accepting)
     sched_jobs.releases[run["id"]].set()  # it fails while jobd waits for it to finish
@@ -608,7 +607,6 @@ async def test_a_run_that_fails_during_the_shutdown_grace_keeps_its_retry(start_
     assert (failed.status, failed.error) == (RunStatus.FAILED, "RuntimeError: failed on release")
     [retry] = [r for r in (await h.daemon.store.active_runs()) if r.retry_of == run["id"]]
     assert (retry.status, retry.triggered_by.value, retry.attempt) == (RunStatus.PENDING, "retry", 2)
-    sched_jobs.releases.clear()
 
 
 async def test_a_stop_records_a_run_whose_handler_outlasts_the_kill_grace(start_daemon):
