@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jobd import cronspec
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
+from jobd.config.notifiers import NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -70,8 +71,15 @@ def parse_config(
     retention = _retention(top.table("retention"))
     metrics = _metrics(top.table("metrics"))
     cluster = parse_cluster(top.table("cluster"), store, warnings)
+    notifiers = parse_notifiers(top.table("notifiers"), environ, base_dir)
+    defaults = top.table("defaults")
+    notify = parse_notify(defaults, notifiers)
+    defaults.done()
     jobs_table = top.table("jobs")
-    jobs = {name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir) for name in list(jobs_table.raw)}
+    jobs = {
+        name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir, notifiers, notify)
+        for name in list(jobs_table.raw)
+    }
     jobs_table.done()
     top.done()
     if not auth.enabled and not is_loopback(server.host):
@@ -91,6 +99,7 @@ def parse_config(
         metrics=metrics,
         cluster=cluster,
         jobs=jobs,
+        notifiers=notifiers,
         source=source,
         warnings=tuple(warnings),
     )
@@ -264,7 +273,15 @@ def _metrics(t: Table) -> MetricsConfig:
 _JOB_DEFAULTS = JobConfig(name="defaults")  # one, not one per job: 10,000 jobs are parsed at start
 
 
-def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, base_dir: Path) -> JobConfig:
+def _job(
+    name: str,
+    t: Table,
+    scheduler: SchedulerConfig,
+    alerts: AlertsConfig,
+    base_dir: Path,
+    notifiers: Mapping[str, NotifierConfig],
+    notify: NotifyRules,
+) -> JobConfig:
     if not JOB_NAME.match(name):
         raise ConfigError(
             f"{t.path}: job names use letters, digits, '_', '-', '.' (at most 128, not starting with punctuation)"
@@ -322,6 +339,7 @@ def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, 
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
         description=t.string("description", ""),
+        notify=parse_notify(t, notifiers, notify),
     )
     t.done()
     if handler is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jobd.config.handlers import import_handler
+from jobd.config.notifiers import NotifierConfig, NotifyRules
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
@@ -154,6 +155,7 @@ class JobConfig:
     on_interrupt: str = "retry"
     alert_after_failures: int = 3
     description: str = ""
+    notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
 
     @property
     def kind(self) -> str:
@@ -177,5 +179,6 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
+    notifiers: Mapping[str, NotifierConfig] = dataclasses.field(default_factory=dict)
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # valid but probably not meant, one line each, naming the key

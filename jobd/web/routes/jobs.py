@@ -71,6 +71,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "consecutive_failures": state.consecutive_failures,
         "alert_after_failures": job.alert_after_failures,
         "failing": state.consecutive_failures >= job.alert_after_failures,
+        "snoozed_until": iso_ms(daemon.notifications.snoozed_until(job.name)),
     }
 
 
