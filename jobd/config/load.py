@@ -24,6 +24,7 @@ from jobd.config.sections import (
     AlertsConfig,
     AuthConfig,
     Config,
+    DefaultsConfig,
     EventsConfig,
     JobConfig,
     MetricsConfig,
@@ -100,6 +101,7 @@ def parse_config(
         cluster=cluster,
         jobs=jobs,
         notifiers=notifiers,
+        defaults=DefaultsConfig(notify=notify),
         source=source,
         warnings=tuple(warnings),
     )

@@ -221,7 +221,7 @@ def parse_notify(
     t: Table, notifiers: Mapping[str, NotifierConfig], defaults: NotifyRules = NotifyRules()
 ) -> NotifyRules:
     """A `notify` table: each event's list replaces the defaults' list for that event."""
-    if t.get("notify", (dict,), None, "a table like { on_failure = [\"ops\"] }") is None:
+    if t.get("notify", (dict,), None, 'a table like { on_failure = ["ops"] }') is None:
         return defaults
     rules = t.table("notify")
     lists: dict[str, tuple[str, ...]] = {}

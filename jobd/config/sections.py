@@ -106,6 +106,13 @@ class AlertsConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DefaultsConfig:
+    """What every job has unless it says otherwise."""
+
+    notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RetentionConfig:
     days: float = 30.0  # 0 keeps runs for ever
     failed_days: float = 90.0
@@ -180,5 +187,6 @@ class Config:
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
     notifiers: Mapping[str, NotifierConfig] = dataclasses.field(default_factory=dict)
+    defaults: DefaultsConfig = DefaultsConfig()
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # valid but probably not meant, one line each, naming the key
