@@ -127,7 +127,7 @@ class Deliverer:
             id=notification.id,
             job=notification.job,
             notifier=notification.notifier,
-            event=notification.event,
+            on=notification.event,
             attempts=notification.attempts + 1,
         )
         await self._record(notification, "delivered", None, None)
