@@ -270,3 +270,26 @@ def test_a_password_file_and_the_job_lists_replace_the_defaults(tmp_path: Path) 
     assert "s3cret" not in repr(mail)
     assert config.jobs["j"].notify.on_failure == ("hook",) and config.jobs["j"].notify.on_start == ("hook",)
     assert config.jobs["k"].notify.on_failure == ("mail",)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+async def test_retention_trims_settled_notifications_and_keeps_pending_ones(start_daemon: Any, hook: Hook) -> None:
+    down = "http://127.0.0.1:9/hook"  # nothing listens: refused, and the next attempt is an hour away
+    h = await start_daemon(
+        {"noop": {**NOOP, "notify": {"on_success": ["chat", "slow"]}}},
+        notifiers={"chat": webhook(hook.url), "slow": webhook(down, retry_backoff_s=3600)},
+        retention={"days": 1, "failed_days": 1},
+    )
+    await h.finished((await h.trigger("noop"))["id"])
+    await settled(h, "?status=delivered")
+    [pending] = await wait_for(lambda: _tried(h), timeout=20)
+    assert pending["notifier"] == "slow" and pending["last_error"].startswith("ClientConnectorError")
+    h.daemon.retention.clock = lambda: now_ms() + 2 * 86_400_000
+    result = await h.daemon.retention.sweep()
+    assert result.notifications == 1
+    assert [n["notifier"] for n in await notifications(h)] == ["slow"]
+
+
+async def _tried(h: Any) -> list[dict[str, Any]] | None:
+    pending = await notifications(h, "?status=pending")
+    return pending if pending and pending[0]["attempts"] == 1 else None
