@@ -334,7 +334,8 @@ class Daemon:
         ignored = [
             field.name
             for field in dataclasses.fields(Config)
-            if field.name not in ("jobs", "source") and getattr(new, field.name) != getattr(self.config, field.name)
+            if field.name not in ("jobs", "source", "defaults")
+            and getattr(new, field.name) != getattr(self.config, field.name)
         ]
         self.config = dataclasses.replace(self.config, jobs=new.jobs)
         self.backend.reconfigure(new.jobs)
