@@ -270,6 +270,9 @@ def test_a_password_file_and_the_job_lists_replace_the_defaults(tmp_path: Path) 
     assert "s3cret" not in repr(mail)
     assert config.jobs["j"].notify.on_failure == ("hook",) and config.jobs["j"].notify.on_start == ("hook",)
     assert config.jobs["k"].notify.on_failure == ("mail",)
+    assert config.warnings == ()
+    unused = parse({"notifiers": {"spare": {"kind": "command", "argv": ["true"]}}})
+    assert unused.warnings == ("notifiers.spare: no job's notify names it (only jobd notify-test reaches it)",)
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)

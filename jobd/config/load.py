@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jobd import cronspec
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
-from jobd.config.notifiers import NotifierConfig, NotifyRules, parse_notifiers, parse_notify
+from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -82,6 +82,12 @@ def parse_config(
         for name in list(jobs_table.raw)
     }
     jobs_table.done()
+    named = {name for job in jobs.values() for event in NOTIFY_EVENTS for name in job.notify.of(event)}
+    warnings.extend(
+        f"notifiers.{name}: no job's notify names it (only jobd notify-test reaches it)"
+        for name in notifiers
+        if name not in named
+    )
     top.done()
     if not auth.enabled and not is_loopback(server.host):
         raise ConfigError(

@@ -14,6 +14,10 @@ from jobd.store.notifications import NewNotification, Notification
 
 
 class Queue(Protocol):
+    async def start(self) -> None:
+        """Before the first claim: drop the leases no process can hold any more, where it knows."""
+        ...
+
     async def add(self, items: Sequence[NewNotification]) -> None:
         """Notifications of their own (late, long, a test): committed at once."""
         ...

@@ -44,9 +44,7 @@ class Notifications:
         self._refresh: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        start = getattr(self.queue, "start", None)
-        if start is not None:
-            await start()
+        await self.queue.start()
         self._snoozes = await self.queue.snoozes()
         self.deliverer.start()
         if self.shared:
