@@ -296,3 +296,20 @@ async def test_retention_trims_settled_notifications_and_keeps_pending_ones(star
 async def _tried(h: Any) -> list[dict[str, Any]] | None:
     pending = await notifications(h, "?status=pending")
     return pending if pending and pending[0]["attempts"] == 1 else None
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+async def test_an_endpoint_that_hangs_delays_no_run(start_daemon: Any, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    script = f"echo >> {started}; sleep 30"
+    hang = {"kind": "command", "argv": ["/bin/sh", "-c", script], "timeout_s": 60}
+    h = await start_daemon(
+        {"noop": {**NOOP, "overlap": "allow", "max_concurrency": 4, "notify": {"on_success": ["hang"]}}},
+        notifiers={"hang": hang},
+    )
+    runs = [await h.trigger("noop") for _ in range(12)]
+    for run in runs:
+        assert (await h.finished(run["id"], timeout=10)).status is RunStatus.COMPLETED
+    deliverer = h.daemon.notifications.deliverer
+    await wait_for(lambda: started.exists() and len(started.read_text().splitlines()) == deliverer.concurrency)
+    assert len(await notifications(h, "?status=pending")) == 12  # 8 in flight, 4 waiting for a slot
