@@ -133,6 +133,8 @@ async def test_defaults_recovery_and_a_failed_command(start_daemon: Any, hook: H
     [broken] = await settled(h, "?job=flaky&status=failed", status="failed")
     assert broken["notifier"] == "broken" and broken["attempts"] == 2
     assert broken["last_error"] == "exit code 3: nope"
+    metrics = await (await h.client.get("/metrics")).text()
+    assert "jobd_notifications_delivered_total 2.0" in metrics and "jobd_notifications_failed_total 1.0" in metrics
     assert [n["status"] for n in await notifications(h, "?status=pending")] == []
 
 
