@@ -311,7 +311,9 @@ async def test_an_endpoint_that_hangs_delays_no_run(start_daemon: Any, tmp_path:
     )
     runs = [await h.trigger("noop") for _ in range(12)]
     for run in runs:
-        assert (await h.finished(run["id"], timeout=10)).status is RunStatus.COMPLETED
+        assert (await h.finished(run["id"])).status is RunStatus.COMPLETED
     deliverer = h.daemon.notifications.deliverer
-    await wait_for(lambda: started.exists() and len(started.read_text().splitlines()) == deliverer.concurrency)
+    await wait_for(
+        lambda: started.exists() and len(started.read_text().splitlines()) == deliverer.concurrency, timeout=20
+    )
     assert len(await notifications(h, "?status=pending")) == 12  # 8 in flight, 4 waiting for a slot
