@@ -1,6 +1,6 @@
 """The composition root: `Daemon` builds jobd's services from the Config and says how each one is
 started and stopped, as aiohttp cleanup contexts run in order (and in reverse on exit; a
-context's cleanup runs only if its startup did): store → systemd watchdog → backend and bus → alerts → workers →
+context's cleanup runs only if its startup did): store → systemd watchdog → backend and bus → alerts → notifications → workers →
 scheduler → retention → readiness.
 
 Stopping is staged (`drain()`): readiness turns 503 and intake stops at once; running jobs get
@@ -32,6 +32,8 @@ from jobd.lifecycle.backend import RunBackend
 from jobd.lifecycle.views import status_line
 from jobd.metrics import Metrics
 from jobd.models import now_ms
+from jobd.notify.queue import Queue, SQLiteQueue
+from jobd.notify.service import Notifications
 from jobd.retention import Retention, SharedTables
 from jobd.scheduler import Scheduler, SystemClock
 from jobd.store import SQLiteStore
@@ -77,18 +79,22 @@ class Daemon:
         self.store: StoreReads  # what the web layer reads; each backend writes in its own way
         self.backend: RunBackend
         shared: SharedTables | None = None  # a cluster's tables that retention trims too
+        queue: Queue
         if config.store.url is None:
             sqlite = SQLiteStore(
                 config.store.path, synchronous=config.store.synchronous, log=self.log.bind(component="store")
             )
             self.store = sqlite
+            queue = SQLiteQueue(sqlite)
             self.backend = LocalBackend(jobs=config.jobs, store=sqlite, log=self.log.bind(component="runs"))
         else:
             # Imported only here: a single node on SQLite never loads the PostgreSQL driver.
             from jobd.cluster import cluster_backend
+            from jobd.notify.pgqueue import PostgresQueue
 
             shared, self.cluster = cluster_backend(config, self.log.bind(component="runs"))
             self.store = shared
+            queue = PostgresQueue(shared.pool)
             self.backend = self.cluster
         self.backend.feed_to(self.bus)
         self.runs = Runs(self.backend, scheduler_clock=self.clock.now)
@@ -105,6 +111,14 @@ class Daemon:
         )
         self.alerter = Alerter(config.alerts, log=self.log.bind(component="alerts"))
         self.backend.on_finished(self.alerter.run_finished)
+        self.notifications = Notifications(
+            config.notifiers,
+            queue,
+            clock=now_ms,
+            log=self.log.bind(component="notifications"),
+            shared=config.store.url is not None,
+        )
+        self.backend.on_finished(self.notifications.run_finished)
         self.metrics = Metrics(self)
         self.backend.on_finished(self.metrics.run_finished)
         self.retention = Retention(
@@ -112,6 +126,7 @@ class Daemon:
             runs=self.backend,
             logs_dir=config.store.logs_dir,
             shared=shared,
+            notifications=self.notifications,
             keep_events=config.events.ring_size,
             log=self.log.bind(component="retention"),
         )
@@ -132,6 +147,7 @@ class Daemon:
             self._systemd,
             self._backend,
             self._alerts,
+            self._notifications,
             self._workers,
             self._schedule,
             self._retention,
@@ -186,6 +202,14 @@ class Daemon:
             yield
         finally:
             await self.alerter.close()
+
+    @contextlib.asynccontextmanager
+    async def _notifications(self, app: web.Application) -> AsyncIterator[None]:
+        await self.notifications.start()
+        try:
+            yield
+        finally:
+            await self.notifications.stop()
 
     @contextlib.asynccontextmanager
     async def _workers(self, app: web.Application) -> AsyncIterator[None]:
@@ -310,7 +334,8 @@ class Daemon:
         ignored = [
             field.name
             for field in dataclasses.fields(Config)
-            if field.name not in ("jobs", "source") and getattr(new, field.name) != getattr(self.config, field.name)
+            if field.name not in ("jobs", "source", "defaults")
+            and getattr(new, field.name) != getattr(self.config, field.name)
         ]
         self.config = dataclasses.replace(self.config, jobs=new.jobs)
         self.backend.reconfigure(new.jobs)

@@ -62,6 +62,15 @@ class DaemonCollector(Collector):
             "Alert webhook messages given up on: refused, retries used up, dropped or cut off at stop.",
             value=alerter.failed,
         )
+        deliverer = daemon.notifications.deliverer
+        yield CounterMetricFamily(
+            "jobd_notifications_delivered", "Notifications this process delivered.", value=deliverer.delivered
+        )
+        yield CounterMetricFamily(
+            "jobd_notifications_failed",
+            "Notifications this process gave up on (max_attempts used up, or refused).",
+            value=deliverer.failed,
+        )
         yield CounterMetricFamily(
             "jobd_events_dropped",
             "Events not delivered because a subscriber fell behind and was cut off.",

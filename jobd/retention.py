@@ -53,6 +53,10 @@ class RunTable(Protocol):
     async def delete_idempotency_keys(self, *, created_before: int, limit: int) -> int: ...
 
 
+class NotificationTable(Protocol):
+    async def trim(self, *, before: int, limit: int) -> int: ...
+
+
 class SharedTables(Protocol):
     """A cluster's store: the lock that makes one node the cleaner, and the tables only a cluster has."""
 
@@ -72,6 +76,7 @@ class SweepResult:
     keys: int = 0
     events: int = 0
     fires: int = 0
+    notifications: int = 0
     batches: int = 0
     elsewhere: bool = False  # another node of the cluster was cleaning up: this one did nothing
 
@@ -87,8 +92,10 @@ class Retention:
         pause_s: float = BATCH_PAUSE_S,
         shared: SharedTables | None = None,
         keep_events: int = 10_000,
+        notifications: NotificationTable | None = None,
         log: Any = None,
     ) -> None:
+        self.notifications = notifications
         self.config = config
         self.runs = runs
         self.shared = shared
@@ -177,6 +184,12 @@ class Retention:
             if deleted < self.config.batch_size:
                 break
             await asyncio.sleep(self.pause_s)
+        if self.notifications is not None and self.config.days > 0:
+            # Delivered, failed and snoozed ones, after as long as completed runs are kept.
+            notifications, before = self.notifications, now - round(self.config.days * DAY_MS)
+            result.notifications = await self._batches(
+                lambda: notifications.trim(before=before, limit=self.config.batch_size)
+            )
         shared = {}
         if self.shared is not None:
             await self._trim_shared(self.shared, now, result)
@@ -187,6 +200,7 @@ class Retention:
             by_status={s.value: n for s, n in result.runs.items()},
             logs_deleted=result.logs,
             keys_deleted=result.keys,
+            notifications_deleted=result.notifications,
             **shared,
             batches=result.batches,
             duration_ms=round((asyncio.get_running_loop().time() - started) * 1000),

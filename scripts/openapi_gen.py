@@ -18,6 +18,7 @@ from typing import Any
 
 from jobd import __version__
 from jobd.config import OVERLAP_POLICIES
+from jobd.config.notifiers import NOTIFY_EVENTS
 from jobd.models import (
     RunStatus,
     TriggerSource,
@@ -26,6 +27,7 @@ from jobd.models import (
     status_update_json_schema,
 )
 from jobd.stats import MAX_DAYS
+from jobd.store.notifications import STATUSES as NOTIFICATION_STATUSES
 from jobd.web.routes.backfill import DEFAULT_MAX_RUNS, MAX_RANGE, MAX_RUNS
 from jobd.web.timing import MAX_DELAY_S
 
@@ -271,6 +273,7 @@ def schemas() -> dict[str, Schema]:
                         ),
                     }
                 ),
+                "snoozed_until": {**MAYBE_TIME, "description": "its notifications are silenced until then"},
             }
         ),
         "JobAnswer": obj({"job": ref("Job")}),
@@ -1007,6 +1010,112 @@ def backfill_paths() -> dict[str, Schema]:
     }
 
 
+# -- notifications ---------------------------------------------------------------------------------
+
+
+def notification_schemas() -> dict[str, Schema]:
+    return {
+        "Notification": obj(
+            {
+                "id": INT,
+                "job": STR,
+                "event": {"enum": list(NOTIFY_EVENTS)},
+                "notifier": STR,
+                "run_id": nullable(INT),
+                "status": {"enum": list(NOTIFICATION_STATUSES)},
+                "attempts": {**COUNT, "description": "deliveries tried so far"},
+                "last_error": {**nullable(STR), "description": "why the last failed attempt failed"},
+                "created_at": TIME,
+                "next_attempt_at": {**MAYBE_TIME, "description": "while pending: when it is tried next"},
+                "delivered_at": MAYBE_TIME,
+                "updated_at": TIME,
+                "payload": {"type": "object", "description": "the event, as a command reads it on stdin"},
+            }
+        ),
+        "NotificationPage": obj(
+            {
+                "notifications": {"type": "array", "items": ref("Notification")},
+                "pagination": obj(
+                    {"limit": {"type": "integer", "minimum": 1}, "has_more": BOOL, "next_cursor": nullable(STR)}
+                ),
+            }
+        ),
+        "SnoozeRequest": obj(
+            {"until": {**MAYBE_TIME, "description": "silence the job's notifications until then; null: unsnooze"}}
+        ),
+        "SnoozeAnswer": obj({"job": STR, "snoozed_until": MAYBE_TIME}),
+        "NotifierTest": obj(
+            {"notifier": STR, "delivered": {"const": True}, "event": {"type": "object", "description": "what was sent"}}
+        ),
+    }
+
+
+def notification_paths() -> dict[str, Schema]:
+    snooze_answer = json_content(ref("SnoozeAnswer"), "the job's snooze now")
+    not_found = problem("no job by that name")
+    return {
+        V1 + "/notifications": {
+            "get": operation(
+                "Notifications, newest first",
+                tag="notifications",
+                scope="read",
+                operation_id="listNotifications",
+                description="Pages by cursor: pass pagination.next_cursor as ?cursor= for the next page.",
+                parameters=(
+                    query("job", STR, "only this job's"),
+                    query("status", names_list(list(NOTIFICATION_STATUSES)), "only these statuses, comma-separated"),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+                    query("cursor", cursor_schema(), "pagination.next_cursor of the previous page"),
+                ),
+                responses={
+                    "200": json_content(ref("NotificationPage"), "a page of notifications"),
+                    "400": problem("a query parameter is not valid"),
+                },
+            )
+        },
+        V1 + "/notifiers/{name}/test": {
+            "post": operation(
+                "Send a sample event to a notifier now",
+                tag="notifications",
+                scope="admin",
+                operation_id="testNotifier",
+                description="Sent at once, past the queue, and not recorded; what `jobd notify-test NAME` calls.",
+                parameters=(path_param("name", STR, "the notifier, as in [notifiers.NAME]"),),
+                responses={
+                    "200": json_content(ref("NotifierTest"), "delivered"),
+                    "404": problem("no notifier by that name"),
+                    "502": problem("the delivery failed; detail says why"),
+                },
+            )
+        },
+        V1 + "/jobs/{name}/snooze": {
+            "post": operation(
+                "Silence the job's notifications until a time",
+                tag="notifications",
+                scope="admin",
+                operation_id="snoozeJob",
+                description="Notifications made meanwhile are recorded with status snoozed and never sent.",
+                parameters=(JOB_NAME,),
+                body={"required": True, "content": {"application/json": {"schema": ref("SnoozeRequest")}}},
+                responses={
+                    "200": snooze_answer,
+                    "400": problem("the body is not valid"),
+                    "404": not_found,
+                    "413": problem("the body is over server.max_body_bytes"),
+                },
+            ),
+            "delete": operation(
+                "Unsnooze the job",
+                tag="notifications",
+                scope="admin",
+                operation_id="unsnoozeJob",
+                parameters=(JOB_NAME,),
+                responses={"200": snooze_answer, "404": not_found},
+            ),
+        },
+    }
+
+
 def build_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -1023,11 +1132,12 @@ def build_document() -> dict[str, Any]:
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": [{"bearer": []}, {"apiKey": []}],
         "tags": [
-            {"name": name} for name in ("jobs", "runs", "streams", "observability", "health", "contract", "dashboard")
+            {"name": name}
+            for name in ("jobs", "runs", "notifications", "streams", "observability", "health", "contract", "dashboard")
         ],
-        "paths": paths() | backfill_paths(),
+        "paths": paths() | backfill_paths() | notification_paths(),
         "components": {
-            "schemas": schemas() | backfill_schemas(),
+            "schemas": schemas() | backfill_schemas() | notification_schemas(),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -104,6 +104,7 @@ async def test_responses_match_the_document(start_daemon):
         },
         auth={"tokens": [{"name": scope, "token": token, "scope": scope} for scope, token in TOKENS.items()]},
         server={"max_body_bytes": 4096, "max_streams": 1},
+        notifiers={"ok": {"kind": "command", "argv": ["true"]}, "down": {"kind": "command", "argv": ["false"]}},
     )
     r = Recorder(h.client)
     for path in (
@@ -209,6 +210,19 @@ async def test_responses_match_the_document(start_daemon):
     await r.call("GET", "/api/v1/stats?job=noop&days=3", 200)
     await r.call("GET", "/api/v1/stats?days=0", 400)
     await r.call("GET", "/api/v1/stats?job=nope", 404)
+
+    # notifications
+    await r.call("GET", "/api/v1/notifications?job=noop&status=pending,delivered&limit=1", 200)
+    await r.call("GET", "/api/v1/notifications?status=lost", 400)
+    await r.call("POST", "/api/v1/notifiers/ok/test", 200)
+    await r.call("POST", "/api/v1/notifiers/down/test", 502)
+    await r.call("POST", "/api/v1/notifiers/nope/test", 404)
+    await r.call("POST", "/api/v1/jobs/noop/snooze", 200, json={"until": "2030-01-01T00:00:00Z"})
+    await r.call("POST", "/api/v1/jobs/noop/snooze", 400, json={"until": 5})
+    await r.call("POST", "/api/v1/jobs/noop/snooze", 413, data=b'{"until": "' + b"y" * 5000 + b'"}')
+    await r.call("POST", "/api/v1/jobs/nope/snooze", 404, json={"until": None})
+    await r.call("DELETE", "/api/v1/jobs/noop/snooze", 200)
+    await r.call("DELETE", "/api/v1/jobs/nope/snooze", 404)
 
     # auth, for every operation that needs a scope: none → 401, one below → 403
     served = set(documented_operations()) - NOT_YET_SERVED

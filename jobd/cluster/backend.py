@@ -85,7 +85,7 @@ class PostgresBackend(Execution, Reads):
         self.tail = EventTail(
             pool.connection, self.listener.signal(events.CHANNEL_EVENTS), self._delivered, log=self.log
         )
-        self.writer = EndWriter(pool.connection, self._ended, log=self.log)
+        self.writer = EndWriter(pool.connection, self._ended, log=self.log, plan=self._plan_end)
         self.creator = Creator(
             pool.connection,
             new_run=lambda job, submission, source, at: self._new_run(

@@ -21,8 +21,10 @@ from jobd.lifecycle import admission
 from jobd.lifecycle.backend import Feed, FinishedHook
 from jobd.lifecycle.transitions import ended_copy, publish_log, retry_after_failure, retry_after_interrupt
 from jobd.models import InvalidTransition, Run, RunStatus
+from jobd.notify import plan
 from jobd.store.base import JobState
-from jobd.store.postgres import events, runs
+from jobd.store.notifications import NewNotification
+from jobd.store.postgres import events, notifications, runs
 from jobd.store.postgres.runs import Claimed, Conn
 
 CLAIM_BATCH = 64
@@ -113,8 +115,7 @@ class Execution:
                 continue
             caps = {name: admission.slot_limit(job) for name, job in self._jobs.items()}
             try:
-                async with self.pool.connection() as conn:  # autocommit: one statement, announced
-                    claimed = await runs.claim(conn, self.node, min(free, CLAIM_BATCH), caps)
+                claimed = await self._claim(min(free, CLAIM_BATCH), caps)
             except psycopg.Error as exc:
                 self.log.warning("claim_failed", error=str(exc))
                 await self._wakeup.wait()
@@ -126,6 +127,22 @@ class Execution:
                 self._buffer.put_nowait((c.run, self._jobs[c.run.job]))
             if len(claimed) < min(free, CLAIM_BATCH):
                 await self._wakeup.wait()
+
+    async def _claim(self, limit: int, caps: dict[str, int]) -> list[Claimed]:
+        async with self.pool.connection() as conn:
+            if not any(job.notify.on_start for job in self._jobs.values()):
+                return await runs.claim(conn, self.node, limit, caps)  # autocommit: one statement, announced
+            # Jobs that notify of their start: the notifications commit with the claim.
+            async with conn.transaction():
+                claimed = await runs.claim(conn, self.node, limit, caps)
+                now = self.clock()
+                made = [n for c in claimed for n in plan.run_started(self._jobs.get(c.run.job), c.run, now)]
+                await notifications.insert(conn, made)
+            return claimed
+
+    def _plan_end(self, final: Run, again: Run | None, streak: int) -> list[NewNotification]:
+        job = self._jobs.get(final.job)
+        return plan.run_ended(job, final, streak, retrying=again is not None, now=final.updated_at)
 
     def release(self, run: Run) -> None:
         self._executing.discard(run.id)
@@ -244,7 +261,7 @@ class Execution:
             again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
             final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=error)
             finals.append((final, c.token, again))
-        streaks = await (await writes.ended(conn, finals)).streaks()
+        streaks = await (await writes.ended(conn, finals, plan=self._plan_end)).streaks()
         await events.notify_wakeup(conn)
         ended = [(final, streaks[final.id]) for final, _, _ in finals if final.id in streaks]
 

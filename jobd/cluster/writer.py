@@ -25,9 +25,15 @@ _End = tuple[Run, uuid.UUID | None, Run | None, asyncio.Future[None]]
 
 class EndWriter:
     def __init__(
-        self, connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]], ended: Ended, *, log: Any
+        self,
+        connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
+        ended: Ended,
+        *,
+        log: Any,
+        plan: writes.PlanEnd | None = None,
     ) -> None:
         self._connection = connection
+        self._plan = plan
         self._ended = ended
         self.log = log
         self._ends: list[_End] = []
@@ -88,7 +94,9 @@ class EndWriter:
                 async with self._connection() as conn:
                     async with conn.transaction():
                         await runs.finish_many(conn, progress)
-                        ended = await writes.ended(conn, [(f, t, a) for f, t, a, _ in ends], last_runs_later=True)
+                        ended = await writes.ended(
+                            conn, [(f, t, a) for f, t, a, _ in ends], last_runs_later=True, plan=self._plan
+                        )
                     streaks = await ended.streaks()  # answered before the COMMIT
             except psycopg.Error as exc:
                 failures += 1

@@ -7,14 +7,15 @@ one) hear of the change, through the tailed feed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from psycopg import AsyncCursor
 from psycopg.rows import TupleRow
 
 from jobd.models import Run, RunStatus
 from jobd.store.base import row_to_run
-from jobd.store.postgres import runs
+from jobd.store.notifications import NewNotification
+from jobd.store.postgres import notifications, runs
 from jobd.store.postgres.runs import SELECT_RUN, Conn
 
 # A job's failure streak after a batch of its runs ended: `reset` when a run of the batch ended
@@ -83,12 +84,16 @@ class Ended:
     def __init__(self) -> None:
         self._jobs: list[tuple[AsyncCursor[TupleRow], list[Run]]] = []
         self.last_runs: dict[str, int] = {}
+        self._streaks: dict[int, int] | None = None
 
     def add(self, cursor: AsyncCursor[TupleRow], ended_runs: list[Run]) -> None:
         self._jobs.append((cursor, ended_runs))
 
     async def streaks(self) -> dict[int, int]:
+        if self._streaks is not None:  # read once: the cursors are used up
+            return self._streaks
         streaks: dict[int, int] = {}
+        self._streaks = streaks
         for cursor, ended_runs in self._jobs:
             row = await cursor.fetchone()
             streak = int(row[0]) if row else 0
@@ -108,12 +113,22 @@ class Ended:
             await conn.execute(_LAST_RUNS, (list(self.last_runs), list(self.last_runs.values())))
 
 
+# What a run's end notifies (jobd.notify.plan.run_ended over the job's config): the ended run,
+# its retry, the job's failure streak before it.
+PlanEnd = Callable[[Run, Run | None, int], list[NewNotification]]
+
+
 async def ended(
-    conn: Conn, finals: Sequence[tuple[Run, uuid.UUID | None, Run | None]], *, last_runs_later: bool = False
+    conn: Conn,
+    finals: Sequence[tuple[Run, uuid.UUID | None, Run | None]],
+    *,
+    last_runs_later: bool = False,
+    plan: PlanEnd | None = None,
 ) -> Ended:
     """Write terminal states (each checked against its claim token; None: a run nobody owns,
     written if still PENDING), the retries they call for, their events and the job states.
-    With `last_runs_later` the caller saves the jobs' last runs after the commit."""
+    With `last_runs_later` the caller saves the jobs' last runs after the commit. With `plan`,
+    the notifications of the ends are inserted too (one statement, when there are any)."""
     written: set[int] = set()
     for final, _, _ in finals:
         cleaned(final)
@@ -150,4 +165,8 @@ async def ended(
         result.add(cur, [final for final, _ in ended_runs])
     if not last_runs_later and result.last_runs:
         await conn.execute(_LAST_RUNS, (list(result.last_runs), list(result.last_runs.values())))
+    if plan is not None and done:
+        streaks = await result.streaks()
+        made = [item for final, again in done for item in plan(final, again, streaks.get(final.id, 0))]
+        await notifications.insert(conn, made)
     return result

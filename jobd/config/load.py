@@ -17,6 +17,7 @@ from jobd.config.calendars import parse_calendars, parse_window
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.params import parse_params
+from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -26,6 +27,7 @@ from jobd.config.sections import (
     AlertsConfig,
     AuthConfig,
     Config,
+    DefaultsConfig,
     EventsConfig,
     JobConfig,
     MetricsConfig,
@@ -74,12 +76,22 @@ def parse_config(
     metrics = _metrics(top.table("metrics"))
     cluster = parse_cluster(top.table("cluster"), store, warnings)
     calendars = parse_calendars(top.table("calendars"), base_dir)
+    notifiers = parse_notifiers(top.table("notifiers"), environ, base_dir)
+    defaults = top.table("defaults")
+    notify = parse_notify(defaults, notifiers)
+    defaults.done()
     jobs_table = top.table("jobs")
     jobs = {
-        name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir, calendars)
+        name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir, calendars, notifiers, notify)
         for name in list(jobs_table.raw)
     }
     jobs_table.done()
+    named = {name for job in jobs.values() for event in NOTIFY_EVENTS for name in job.notify.of(event)}
+    warnings.extend(
+        f"notifiers.{name}: no job's notify names it (only jobd notify-test reaches it)"
+        for name in notifiers
+        if name not in named
+    )
     top.done()
     if not auth.enabled and not is_loopback(server.host):
         raise ConfigError(
@@ -98,6 +110,8 @@ def parse_config(
         metrics=metrics,
         cluster=cluster,
         jobs=jobs,
+        notifiers=notifiers,
+        defaults=DefaultsConfig(notify=notify),
         source=source,
         warnings=tuple(warnings),
     )
@@ -278,6 +292,8 @@ def _job(
     alerts: AlertsConfig,
     base_dir: Path,
     calendars: Mapping[str, Calendar],
+    notifiers: Mapping[str, NotifierConfig],
+    notify: NotifyRules,
 ) -> JobConfig:
     if not JOB_NAME.match(name):
         raise ConfigError(
@@ -338,6 +354,7 @@ def _job(
         description=t.string("description", ""),
         window=parse_window(t, zone, schedule, calendars),
         params=parse_params(t.table("params"), scheduled=schedule is not None),
+        notify=parse_notify(t, notifiers, notify),
     )
     t.done()
     if handler is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from jobd.calendars import FireWindow
 from jobd.config.handlers import import_handler
 from jobd.config.params import Params
+from jobd.config.notifiers import NotifierConfig, NotifyRules
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
@@ -107,6 +108,13 @@ class AlertsConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DefaultsConfig:
+    """What every job has unless it says otherwise."""
+
+    notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RetentionConfig:
     days: float = 30.0  # 0 keeps runs for ever
     failed_days: float = 90.0
@@ -160,6 +168,7 @@ class JobConfig:
     params: Params = dataclasses.field(
         default_factory=Params
     )  # [jobs.NAME.params.PARAM] definitions (see jobd.config.params)
+    notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
 
     @property
     def kind(self) -> str:
@@ -183,5 +192,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
+    notifiers: Mapping[str, NotifierConfig] = dataclasses.field(default_factory=dict)
+    defaults: DefaultsConfig = DefaultsConfig()
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # valid but probably not meant, one line each, naming the key

@@ -13,6 +13,7 @@ from typing import Any
 
 from jobd.models import Run
 from jobd.store import JobState, Store, StoreUnavailable
+from jobd.store.notifications import NewNotification
 
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 30.0
@@ -32,7 +33,7 @@ class TerminalWrite:
     store has closed or refuses the rows for good (the next start finds the run interrupted).
     """
 
-    __slots__ = ("_committed", "_settled", "attempts", "done", "log", "rows", "run", "state", "store")
+    __slots__ = ("_committed", "_settled", "attempts", "done", "log", "notifications", "rows", "run", "state", "store")
 
     def __init__(
         self,
@@ -44,8 +45,10 @@ class TerminalWrite:
         committed: Callable[[], None],
         settled: Callable[[], None],
         log: Any,
+        notifications: Sequence[NewNotification] = (),
     ) -> None:
         self.store = store
+        self.notifications = notifications
         self.run = run
         self.rows = rows
         self.state = state
@@ -58,7 +61,9 @@ class TerminalWrite:
     def submit(self) -> asyncio.Future[None]:
         try:
             # The job state as it is now: a later submit writes the newer one.
-            self.store.submit_then(self._on_commit, self.rows, job_states=[self.state.copy()])
+            self.store.submit_then(
+                self._on_commit, self.rows, job_states=[self.state.copy()], notifications=self.notifications
+            )
         except Exception as exc:  # the store has closed
             self._give_up("finish_abandoned", exc, error=str(exc))
         return self.done

@@ -22,6 +22,7 @@ from jobd.lifecycle.jobstate import JobStates
 from jobd.lifecycle.readyqueue import ReadyQueue
 from jobd.lifecycle.views import LastRuns, StatusTotals
 from jobd.models import ALLOWED_TRANSITIONS, InvalidTransition, Run, RunStatus, status_update
+from jobd.notify import plan
 from jobd.store import JobState, Store
 
 
@@ -183,7 +184,10 @@ class Transitions:
         run.started_at = run.updated_at
         announcement = status_update(run)
         self._unannounced[run.id] = False
-        self.store.submit_then(lambda error: self._announce_start(run, announcement, error), [run])
+        notifications = plan.run_started(self._jobs().get(run.job), run, run.updated_at)
+        self.store.submit_then(
+            lambda error: self._announce_start(run, announcement, error), [run], notifications=notifications
+        )
 
     def _announce_start(self, run: Run, announcement: dict[str, Any], error: Exception | None) -> None:
         changed_since = self._unannounced.pop(run.id, False)
@@ -259,6 +263,7 @@ class Transitions:
             run.assign(final)
             self._ended(run, previous_status, state, previous_failures, retry)
 
+        job = self._jobs().get(run.job)
         write = TerminalWrite(
             self.store,
             run,
@@ -267,6 +272,9 @@ class Transitions:
             committed=committed,
             settled=lambda: self.active.end_finish(run.id),
             log=self.log,
+            notifications=plan.run_ended(
+                job, final, previous_failures, retrying=retry is not None, now=final.updated_at
+            ),
         )
         return write.submit()
 

@@ -33,6 +33,9 @@ export function jobsView(ctx) {
     if (job.paused) flags.push(h("span", { class: "badge paused" }, "paused"));
     if (job.is_running) flags.push(h("span", { class: "badge status-processing" }, "running"));
     if (job.failing) flags.push(h("span", { class: "badge status-failed" }, "failing"));
+    if (job.snoozed_until) {
+      flags.push(h("span", { class: "badge paused snoozed", title: `notifications silenced until ${new Date(job.snoozed_until).toLocaleString()}` }, "snoozed"));
+    }
     return h("article", { class: `card job${job.failing ? " failing" : ""}`, "aria-labelledby": titleId, dataset: { job: job.name } },
       h("header", { class: "card-head" },
         h("h2", { id: titleId }, job.name),
@@ -110,6 +113,12 @@ export function jobsView(ctx) {
         ? h("button", { type: "button", onclick: () => setPaused(job, false) }, "Resume")
         : h("button", { type: "button", onclick: () => setPaused(job, true) }, "Pause"));
     }
+    // Snoozing silences the job's notifications (docs/notifications.md#snoozing).
+    if (ctx.can("admin")) {
+      buttons.push(job.snoozed_until
+        ? h("button", { type: "button", onclick: () => snooze(job, null) }, "Unsnooze")
+        : h("button", { type: "button", onclick: () => snooze(job, new Date(Date.now() + 3600_000).toISOString()) }, "Snooze 1 h"));
+    }
     return h("div", { class: "actions" }, details, h("div", { class: "buttons" }, buttons),
       job.schedule ? backfillPanel(ctx, job, backfills, refreshSoon) : null);
   }
@@ -184,6 +193,16 @@ export function jobsView(ctx) {
       await refresh();
     } catch (err) {
       ctx.notify(`Could not ${paused ? "pause" : "resume"} ${job.name}: ${err.message}`, "error");
+    }
+  }
+
+  async function snooze(job, until) {
+    try {
+      await post(`/jobs/${encodeURIComponent(job.name)}/snooze`, { until });
+      ctx.notify(until ? `${job.name}: notifications silenced for an hour` : `${job.name}: notifications on again`, "ok");
+      await refresh();
+    } catch (err) {
+      ctx.notify(`Could not ${until ? "snooze" : "unsnooze"} ${job.name}: ${err.message}`, "error");
     }
   }
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from jobd.errors import Unavailable
 from jobd.models import Counts, Run, RunStatus, TriggerSource
+from jobd.store.notifications import NewNotification
 
 
 class StoreError(Exception):
@@ -193,6 +194,7 @@ class Store(StoreReads, Protocol):
         runs: Iterable[Run] = (),
         job_states: Iterable[JobState] = (),
         keys: Iterable[IdempotencyKey] = (),
+        notifications: Iterable[NewNotification] = (),
     ) -> None: ...
 
     def write_lazy(self, run: Run) -> None: ...

@@ -192,6 +192,30 @@ MIGRATIONS: tuple[str, ...] = (
     # Why the job's last fire was skipped: 'overlap' (its policy refused it) or 'excluded' (its
     # calendars or active period left it out).
     "ALTER TABLE job_state ADD COLUMN last_skip_reason TEXT",
+    # Notifications (jobd/store/notifications.py): each committed with the change that caused it,
+    # delivered from here at least once; a job's snooze lives with its state.
+    """
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        event TEXT NOT NULL,
+        notifier TEXT NOT NULL,
+        run_id INTEGER,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'snoozed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        next_attempt_at INTEGER,
+        delivered_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        lease_until INTEGER
+    );
+    CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE status = 'pending';
+    CREATE INDEX notifications_job ON notifications (job, id);
+    CREATE INDEX notifications_updated ON notifications (updated_at);
+    ALTER TABLE job_state ADD COLUMN snoozed_until INTEGER;
+    """,
 )
 
 

@@ -17,7 +17,7 @@ import functools
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from jobd.store.base import (
     StoreUnavailable,
 )
 from jobd.store.migrations import migrate
+from jobd.store.notifications import NewNotification, insert_statement
 from jobd.store.sqlite_reads import SQLiteReads
 from jobd.store.sqlite_rows import (
     INSERT_KEY,
@@ -87,6 +88,7 @@ class SQLiteStore(SQLiteReads):
         self._pending_runs: dict[int, Run] = {}
         self._pending_states: dict[str, JobState] = {}
         self._pending_keys: list[IdempotencyKey] = []
+        self._pending_notifications: list[NewNotification] = []
         self._lazy_runs: dict[int, Run] = {}
         self._waiters: list[CommitCallback] = []
         self._wake = asyncio.Event()
@@ -195,6 +197,7 @@ class SQLiteStore(SQLiteReads):
         runs: Iterable[Run] = (),
         job_states: Iterable[JobState] = (),
         keys: Iterable[IdempotencyKey] = (),
+        notifications: Iterable[NewNotification] = (),
     ) -> None:
         """submit(), with `then(None)` called once the rows are committed (`then(error)` if that
         failed), by the writer itself: no future, and no trip through the event loop's queue, per
@@ -205,6 +208,7 @@ class SQLiteStore(SQLiteReads):
         for state in job_states:
             self._pending_states[state.job] = state
         self._pending_keys.extend(keys)
+        self._pending_notifications.extend(notifications)
         self._waiters.append(then)
         self._wake.set()
 
@@ -228,16 +232,23 @@ class SQLiteStore(SQLiteReads):
             self._lazy_runs = {}
             states, self._pending_states = self._pending_states, {}
             keys, self._pending_keys = self._pending_keys, []
+            notifications, self._pending_notifications = self._pending_notifications, []
             waiters, self._waiters = self._waiters, []
             try:
-                await self._commit(runs.values(), states.values(), keys)
+                await self._commit(runs.values(), states.values(), keys, notifications)
             except Exception as exc:  # fail the waiters; the loop itself must survive
                 self.log.error("commit_failed", error=str(exc), runs=len(runs), waiters=len(waiters))
                 _settle_all(waiters, exc)
                 continue
             _settle_all(waiters, None)
 
-    async def _commit(self, runs: Iterable[Run], states: Iterable[JobState], keys: list[IdempotencyKey]) -> None:
+    async def _commit(
+        self,
+        runs: Iterable[Run],
+        states: Iterable[JobState],
+        keys: list[IdempotencyKey],
+        notifications: Sequence[NewNotification] = (),
+    ) -> None:
         assert self._writer is not None
         run_rows = [run_to_row(run) for run in runs]
         state_rows = [
@@ -254,7 +265,7 @@ class SQLiteStore(SQLiteReads):
             for s in states
         ]
         key_rows = [(k.job, k.key, k.run_id, k.created_at) for k in keys]
-        if not (run_rows or state_rows or key_rows):
+        if not (run_rows or state_rows or key_rows or notifications):
             return
         statements: list[Statement] = []
         if run_rows:
@@ -263,6 +274,8 @@ class SQLiteStore(SQLiteReads):
             statements.append(upsert(UPSERT_JOB_STATE, state_rows))
         if key_rows:
             statements.append((INSERT_KEY, key_rows, True))
+        if notifications:  # after the job states: a snooze is read from job_state
+            statements.append(insert_statement(notifications))
         await self._transaction(functools.partial(execute_all, statements))
 
     async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -273,6 +286,14 @@ class SQLiteStore(SQLiteReads):
             return await self._writer.transaction(work)
         except sqlite3.OperationalError as exc:  # SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR and their kind
             raise StoreUnavailable(f"the store cannot be used now ({exc}); try again") from exc
+
+    async def write_with(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """A transaction of the caller's on the writer's thread, in turn with the group commits."""
+        return await self._transaction(work)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """A query on the reader's connection."""
+        return await self._fetchall(sql, args)
 
     async def _lazy_loop(self) -> None:
         while True:

@@ -250,6 +250,30 @@ MIGRATIONS: tuple[str, ...] = (
     # Why the job's last fire was skipped: 'overlap' (its policy refused it) or 'excluded' (its
     # calendars or active period left it out).
     "ALTER TABLE job_state ADD COLUMN last_skip_reason text",
+    # Notifications (jobd/store/postgres/notifications.py): each committed with the change that
+    # caused it, claimed by one node at a time under a lease; a job's snooze lives with its state.
+    """
+    CREATE TABLE notifications (
+        id bigserial PRIMARY KEY,
+        job text NOT NULL,
+        event text NOT NULL,
+        notifier text NOT NULL,
+        run_id bigint,
+        payload text NOT NULL,
+        status text NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'snoozed')),
+        attempts integer NOT NULL DEFAULT 0,
+        last_error text,
+        created_at bigint NOT NULL,
+        next_attempt_at bigint,
+        delivered_at bigint,
+        updated_at bigint NOT NULL,
+        lease_until bigint
+    );
+    CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE status = 'pending';
+    CREATE INDEX notifications_job ON notifications (job, id);
+    CREATE INDEX notifications_updated ON notifications (updated_at);
+    ALTER TABLE job_state ADD COLUMN snoozed_until bigint;
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"

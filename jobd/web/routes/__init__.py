@@ -11,6 +11,7 @@ from jobd.web.routes import (
     jobs,
     metrics,
     nodes,
+    notifications,
     openapi,
     queue,
     runs,
@@ -31,6 +32,7 @@ def setup(app: web.Application, ticketer: Tickets) -> None:
     openapi.setup(app)
     app.add_routes(tickets.routes)
     app.add_routes(whoami.routes)
+    app.add_routes(notifications.routes)
     dashboard.setup(app)
 
 

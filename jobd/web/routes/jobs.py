@@ -74,6 +74,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "alert_after_failures": job.alert_after_failures,
         "failing": state.consecutive_failures >= job.alert_after_failures,
         "params_schema": job.params.json_schema(),
+        "snoozed_until": iso_ms(daemon.notifications.snoozed_until(job.name)),
     }
 
 
