@@ -16,8 +16,8 @@ from jobd.calendars import Calendar
 from jobd.config.calendars import parse_calendars, parse_window
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
-from jobd.config.params import parse_params
 from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
+from jobd.config.params import parse_params
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,

@@ -12,8 +12,8 @@ from typing import Any
 
 from jobd.calendars import FireWindow
 from jobd.config.handlers import import_handler
-from jobd.config.params import Params
 from jobd.config.notifiers import NotifierConfig, NotifyRules
+from jobd.config.params import Params
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")

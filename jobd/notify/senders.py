@@ -86,6 +86,8 @@ async def send_command(config: NotifierConfig, event: dict[str, Any]) -> None:
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        # Reaped even when cancelled (a stop): SIGKILL ends it at once, and its pipes close with it.
+        await asyncio.shield(process.wait())
         raise
     if process.returncode != 0:
         tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
