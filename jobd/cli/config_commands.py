@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from jobd import cronspec
 from jobd.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from jobd.config import Config, ConfigError, load_config
+from jobd.config.chains import chains_report, describe_chain
 from jobd.store import StoreError, StoreLocked
 
 
@@ -85,6 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             "store": {"backend": config.store.backend, "location": config.store.describe()},
             "warnings": list(config.warnings),
             "jobs": {name: {"next": times} for name, times in fires.items()},
+            "chains": chains_report(config.jobs),
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -100,10 +102,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, job in config.jobs.items():
         if not job.schedule:
             print(f"\n{name}: no schedule (manual triggers only)")
-            continue
-        print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule, name)}) in {job.timezone}")
-        for when in fires[name]:
-            print(f"  {when}")
+        else:
+            print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule, name)}) in {job.timezone}")
+            for when in fires[name]:
+                print(f"  {when}")
+        for line in describe_chain(job.chain):
+            print(f"  {line}")
     return EXIT_OK
 
 

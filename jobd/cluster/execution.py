@@ -14,6 +14,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from jobd.cluster import runtable, writes
+from jobd.cluster.chaining import Chainer
 from jobd.cluster.wakeup import Signal
 from jobd.cluster.writer import EndWriter
 from jobd.config import JobConfig
@@ -75,6 +76,7 @@ class Execution:
     fenced: bool
     table: runtable.RunTable
     writer: EndWriter
+    chainer: Chainer
     _feed: Feed | None
     _stop_run: Callable[[int], None]
     _hooks: list[FinishedHook]
@@ -244,7 +246,7 @@ class Execution:
             again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
             final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=error)
             finals.append((final, c.token, again))
-        streaks = await (await writes.ended(conn, finals)).streaks()
+        streaks = await (await writes.ended(conn, finals, chainer=self.chainer)).streaks()
         await events.notify_wakeup(conn)
         ended = [(final, streaks[final.id]) for final, _, _ in finals if final.id in streaks]
 

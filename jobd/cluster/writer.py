@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from jobd.cluster import writes
+from jobd.cluster.chaining import Chainer
 from jobd.models import Run
 from jobd.store.postgres import runs
 from jobd.store.postgres.runs import Conn
@@ -25,10 +26,16 @@ _End = tuple[Run, uuid.UUID | None, Run | None, asyncio.Future[None]]
 
 class EndWriter:
     def __init__(
-        self, connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]], ended: Ended, *, log: Any
+        self,
+        connection: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
+        ended: Ended,
+        *,
+        log: Any,
+        chainer: Chainer | None = None,
     ) -> None:
         self._connection = connection
         self._ended = ended
+        self._chainer = chainer
         self.log = log
         self._ends: list[_End] = []
         self._progress: dict[int, tuple[Run, uuid.UUID]] = {}
@@ -88,7 +95,9 @@ class EndWriter:
                 async with self._connection() as conn:
                     async with conn.transaction():
                         await runs.finish_many(conn, progress)
-                        ended = await writes.ended(conn, [(f, t, a) for f, t, a, _ in ends], last_runs_later=True)
+                        ended = await writes.ended(
+                            conn, [(f, t, a) for f, t, a, _ in ends], last_runs_later=True, chainer=self._chainer
+                        )
                     streaks = await ended.streaks()  # answered before the COMMIT
             except psycopg.Error as exc:
                 failures += 1

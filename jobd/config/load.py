@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jobd import cronspec
+from jobd.config.chains import check_chains, parse_chain
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.sections import (
@@ -73,6 +74,7 @@ def parse_config(
     jobs_table = top.table("jobs")
     jobs = {name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir) for name in list(jobs_table.raw)}
     jobs_table.done()
+    check_chains({name: job.chain for name, job in jobs.items()})
     top.done()
     if not auth.enabled and not is_loopback(server.host):
         raise ConfigError(
@@ -322,6 +324,7 @@ def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, 
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
         description=t.string("description", ""),
+        chain=parse_chain(t),
     )
     t.done()
     if handler is not None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jobd.config.chains import NO_CHAIN, ChainConfig
 from jobd.config.handlers import import_handler
 from jobd.dburl import redact_url
 
@@ -154,6 +155,7 @@ class JobConfig:
     on_interrupt: str = "retry"
     alert_after_failures: int = 3
     description: str = ""
+    chain: ChainConfig = NO_CHAIN  # on_success, on_failure, on_finish and their options
 
     @property
     def kind(self) -> str:

@@ -247,6 +247,16 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO cluster_key (key)
         SELECT decode(md5(gen_random_uuid()::text) || md5(gen_random_uuid()::text), 'hex');
     """,
+    # Chains: a run made by another run's end is triggered_by 'chain', knows its parent and its
+    # depth in the chain, and an ended run keeps what its end made (see jobd/chains.py).
+    f"""
+    ALTER TABLE runs DROP CONSTRAINT runs_triggered_by_check;
+    ALTER TABLE runs ADD CONSTRAINT runs_triggered_by_check CHECK (triggered_by IN ({_SOURCES}, 'chain'));
+    ALTER TABLE runs ADD COLUMN parent_run_id bigint;
+    ALTER TABLE runs ADD COLUMN chain_depth bigint NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN children text;
+    CREATE INDEX runs_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"

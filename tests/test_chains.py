@@ -1,0 +1,149 @@
+"""Chains end to end on both backends: a run's end triggers its job's on_success, on_failure,
+on_finish (docs/chains.md), committed with the parent's end, shown by the API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import sched_jobs
+from conftest import BACKENDS, Harness, wait_for
+
+from jobd.config import ConfigError
+
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+
+StartDaemon = Callable[..., Awaitable[Harness]]
+NOOP = {"handler": "sample_jobs:noop"}
+JOBS: dict[str, Any] = {
+    "extract": {**NOOP, "on_success": ["load"], "on_failure": ["alert"], "on_finish": ["cleanup"]},
+    "broken": {"handler": "sample_jobs:fails", "on_success": ["load"], "on_failure": ["alert"]},
+    "partly": {"handler": "sample_jobs:partial", "on_success": ["load"], "on_failure": ["alert"]},
+    "strict": {
+        "handler": "sample_jobs:partial",
+        "on_success": ["load"],
+        "on_failure": ["alert"],
+        "chain_partial_as": "failure",
+    },
+    "load": {**NOOP, "chain_params": {"target": "warehouse", "batch": 3}},
+    "alert": NOOP,
+    "cleanup": NOOP,
+}
+
+
+async def run_json(h: Harness, run_id: int) -> dict[str, Any]:
+    data = await h.get_json(f"/api/v1/runs/{run_id}")
+    run: dict[str, Any] = data["run"]
+    return run
+
+
+async def ended_with_children(h: Harness, run_id: int) -> dict[str, Any]:
+    """The parent once its end is committed, and each child it made once that has ended too."""
+    await h.finished(run_id)
+    parent = await run_json(h, run_id)
+    for child in parent["children"]:
+        if child["id"] is not None:
+            await h.finished(child["id"])
+    return await run_json(h, run_id)
+
+
+async def test_success_failure_and_finish_chains(start_daemon: StartDaemon) -> None:
+    h = await start_daemon(JOBS)
+    extract = await h.trigger("extract", {"day": "2026-12-07"})
+    parent = await ended_with_children(h, extract["id"])
+    assert parent["status"] == "COMPLETED" and parent["parent_run_id"] is None
+    assert [(c["job"], c["status"]) for c in parent["children"]] == [("load", "COMPLETED"), ("cleanup", "COMPLETED")]
+    load = await run_json(h, parent["children"][0]["id"])
+    assert load["triggered_by"] == "chain" and load["parent_run_id"] == extract["id"]
+    # {"parent": ...} with the child's own chain_params merged over it.
+    assert load["params"] == {
+        "parent": {
+            "id": extract["id"],
+            "job": "extract",
+            "status": "COMPLETED",
+            "result": {"echo": {"day": "2026-12-07"}},
+        },
+        "target": "warehouse",
+        "batch": 3,
+    }
+    assert load["children"] == []
+
+    broken = await h.trigger("broken")
+    failed = await ended_with_children(h, broken["id"])
+    assert failed["status"] == "FAILED"
+    assert [(c["job"], c["status"]) for c in failed["children"]] == [("alert", "COMPLETED")]
+    alert = await run_json(h, failed["children"][0]["id"])
+    assert alert["params"]["parent"]["status"] == "FAILED" and alert["params"]["parent"]["result"] is None
+
+    listed = await h.get_json(f"/api/v1/runs?parent={extract['id']}")
+    assert sorted(run["job"] for run in listed["runs"]) == ["cleanup", "load"]
+    assert listed["pagination"]["total"] == 2
+    chained = await h.get_json("/api/v1/runs?triggered_by=chain")
+    assert chained["pagination"]["total"] == 3
+
+
+async def test_partial_counts_as_success_unless_chain_partial_as_failure(start_daemon: StartDaemon) -> None:
+    h = await start_daemon(JOBS)
+    partly = await ended_with_children(h, (await h.trigger("partly"))["id"])
+    assert partly["status"] == "PARTIAL"
+    assert [c["job"] for c in partly["children"]] == ["load"]
+    strict = await ended_with_children(h, (await h.trigger("strict"))["id"])
+    assert strict["status"] == "PARTIAL"
+    assert [c["job"] for c in strict["children"]] == ["alert"]
+
+
+async def test_a_child_its_overlap_policy_refuses_is_recorded_as_skipped(start_daemon: StartDaemon) -> None:
+    h = await start_daemon(
+        {"gate": {"handler": "sched_jobs:gated"}, "first": {**NOOP, "on_success": ["gate", "after"]}, "after": NOOP}
+    )
+    gate = await h.trigger("gate")  # overlap = "skip": a second run is refused while it runs
+    await wait_for(lambda: sched_jobs.releases.get(gate["id"]))
+    first = await ended_with_children(h, (await h.trigger("first"))["id"])
+    skipped, made = first["children"]
+    assert skipped == {
+        "id": None,
+        "job": "gate",
+        "status": "skipped",
+        "reason": f"job 'gate' already has run {gate['id']} PROCESSING",
+    }
+    assert made["job"] == "after" and made["status"] == "COMPLETED"
+    sched_jobs.releases[gate["id"]].set()
+    assert (await h.finished(gate["id"])).status.value == "COMPLETED"
+    listed = await h.get_json("/api/v1/runs?job=gate")
+    assert listed["pagination"]["total"] == 1
+
+
+async def test_max_chain_depth_stops_a_chain_at_run_time(start_daemon: StartDaemon) -> None:
+    h = await start_daemon(
+        {
+            "one": {**NOOP, "on_success": ["two"]},
+            "two": {**NOOP, "on_success": ["three"], "max_chain_depth": 1},
+            "three": NOOP,
+        }
+    )
+    one = await ended_with_children(h, (await h.trigger("one"))["id"])
+    two_id = one["children"][0]["id"]
+    two = await ended_with_children(h, two_id)
+    assert two["parent_run_id"] == one["id"]
+    assert two["children"] == [
+        {
+            "id": None,
+            "job": "three",
+            "status": "skipped",
+            "reason": f"max_chain_depth reached: run {two_id} already has 1 ancestors",
+        }
+    ]
+
+
+async def test_a_cycle_or_an_unknown_job_is_refused_at_load(make_config: Callable[..., Any]) -> None:
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.on_success: chain cycle a → b → a$"):
+        make_config({"a": {**NOOP, "on_success": ["b"]}, "b": {**NOOP, "on_failure": ["a"]}})
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.on_finish: chain cycle a → a$"):
+        make_config({"a": {**NOOP, "on_finish": ["a"]}})
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.on_failure: no job named 'nope'$"):
+        make_config({"a": {**NOOP, "on_failure": ["nope"]}})
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.chain_partial_as: 'maybe' is not one of success, failure$"):
+        make_config({"a": {**NOOP, "chain_partial_as": "maybe"}})
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.chain_params\.parent: reserved"):
+        make_config({"a": {**NOOP, "chain_params": {"parent": 1}}})
