@@ -4,11 +4,14 @@ on_finish (docs/chains.md), committed with the parent's end, shown by the API.""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import sched_jobs
 from conftest import BACKENDS, Harness, wait_for
+from test_lifecycle import TERMINAL, Api, daemons, no_tracebacks, stored_runs, write_config  # noqa: F401
 
 from jobd.config import ConfigError
 
@@ -147,3 +150,85 @@ async def test_a_cycle_or_an_unknown_job_is_refused_at_load(make_config: Callabl
         make_config({"a": {**NOOP, "chain_partial_as": "maybe"}})
     with pytest.raises(ConfigError, match=r"^jobs\.a\.chain_params\.parent: reserved"):
         make_config({"a": {**NOOP, "chain_params": {"parent": 1}}})
+
+
+# -- a crash between a parent's end and its children -------------------------------------------------
+
+
+async def test_sigkill_mid_chain_loses_no_child_and_makes_none_twice(
+    tmp_path: Path, daemons: Any, store_toml: str
+) -> None:
+    """Parents end while a real `jobd serve` is killed: whatever the moment, every parent the store
+    holds as ended has its child in the same store, and after the restart each ended parent
+    (one not retried) has exactly one child."""
+    config = write_config(
+        tmp_path / "jobd.toml",
+        store=store_toml,
+        workers="concurrency = 8\nshutdown_grace_s = 2\nkill_grace_s = 0.5",
+        jobs="""
+[jobs.step]
+shell = "sleep 0.05"
+overlap = "allow"
+max_concurrency = 6
+on_finish = ["after"]
+[jobs.after]
+shell = "sleep 0.1"
+overlap = "allow"
+max_concurrency = 2
+""",
+    )
+    first = daemons(config)
+    url = await first.start()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, url)
+        batch = await api.trigger("step", runs=[{"params": {"i": i}} for i in range(40)])
+        steps = {run["id"] for run in batch["runs"]}
+
+        async def mid_load() -> bool:
+            queue = await api.get("/api/v1/queue")
+            return bool(queue["counts"]["COMPLETED"] >= 8)
+
+        await wait_for(mid_load, timeout=30, interval=0.01)
+        await first.kill()
+
+    def check_chains(runs: dict[int, Any]) -> list[int]:
+        """Every ended parent that no retry repeats has exactly one child; returns them."""
+        children: dict[int, list[Any]] = {}
+        for run in runs.values():
+            if run["parent_run_id"] is not None and run["retry_of"] is None:
+                children.setdefault(run["parent_run_id"], []).append(run)
+        retried = {run["retry_of"] for run in runs.values() if run["retry_of"] is not None}
+        ended = [run["id"] for run in runs.values() if run["job"] == "step" and run["status"] in TERMINAL]
+        for parent_id in ended:
+            expected = 0 if parent_id in retried else 1
+            assert len(children.get(parent_id, [])) == expected, (parent_id, children.get(parent_id))
+        assert set(children) <= set(ended)
+        for made in children.values():
+            assert [run["job"] for run in made] == ["after"] and made[0]["triggered_by"] == "chain"
+        return ended
+
+    left = stored_runs(config)
+    assert steps <= set(left)
+    ended_before = check_chains(left)
+    assert ended_before and any(run["status"] in ("PENDING", "PROCESSING") for run in left.values())
+
+    second = daemons(config)
+    url = await second.start()
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, url)
+
+        async def idle() -> bool:
+            queue = await api.get("/api/v1/queue")
+            return bool(queue["pending"] == 0 and queue["processing"] == 0)
+
+        await wait_for(idle, timeout=60, interval=0.05)
+        assert await second.stop() == 0
+    no_tracebacks(second)
+    runs = stored_runs(config)
+    assert {run["status"] for run in runs.values()} <= TERMINAL
+    ended = check_chains(runs)
+    assert set(ended_before) <= set(ended)
+    # Every step ran to an end that no retry repeats, and each such end made its child.
+    retried = {run["retry_of"] for run in runs.values() if run["retry_of"] is not None}
+    final_steps = [run_id for run_id in ended if run_id not in retried]
+    assert len(final_steps) == 40
