@@ -107,13 +107,13 @@ def _next_jobs(chain: ChainConfig) -> list[str]:
 
 
 def describe_chain(chain: ChainConfig) -> list[str]:
-    """What `jobd check` says of a job's chain, a line per key used."""
+    """What `jobd check` says of a job's chain, a line per key used, then its options."""
     lines = [f"{key} → {', '.join(getattr(chain, key))}" for key in CHAIN_KEYS if getattr(chain, key)]
     if lines:
-        lines.append(
-            f"(a PARTIAL run counts as {chain.partial_as}; chains stop after {chain.max_depth} runs"
-            + (f"; chain_params: {', '.join(sorted(chain.params))})" if chain.params else ")")
-        )
+        options = [f"PARTIAL counts as {chain.partial_as}", f"max_chain_depth {chain.max_depth}"]
+        if chain.params:
+            options.append(f"chain_params: {', '.join(sorted(chain.params))}")
+        lines.append(f"({'; '.join(options)})")
     return lines
 
 

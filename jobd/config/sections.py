@@ -157,6 +157,31 @@ class JobConfig:
     description: str = ""
     chain: ChainConfig = NO_CHAIN  # on_success, on_failure, on_finish and their options
 
+    # The chain's keys under the names the config file gives them.
+    @property
+    def on_success(self) -> tuple[str, ...]:
+        return self.chain.on_success
+
+    @property
+    def on_failure(self) -> tuple[str, ...]:
+        return self.chain.on_failure
+
+    @property
+    def on_finish(self) -> tuple[str, ...]:
+        return self.chain.on_finish
+
+    @property
+    def chain_params(self) -> Mapping[str, Any]:
+        return self.chain.params
+
+    @property
+    def chain_partial_as(self) -> str:
+        return self.chain.partial_as
+
+    @property
+    def max_chain_depth(self) -> int:
+        return self.chain.max_depth
+
     @property
     def kind(self) -> str:
         return "python" if self.handler else "command"

@@ -1,13 +1,16 @@
-"""The chain migration upgrades an existing store: SQLite rebuilds its runs table (its CHECK on
-triggered_by gains 'chain') with the indexes and the rollup triggers of migrations 2 and 3 as they
-were; PostgreSQL alters its table. The runs already there keep every field and count once."""
+"""Chains without a daemon: `jobd check` (cycles refused, chains described), and the chain
+migration upgrading an existing store: SQLite rebuilds its runs table (its CHECK on triggered_by
+gains 'chain') with the indexes and the rollup triggers of migrations 2 and 3 as they were;
+PostgreSQL alters its table. The runs already there keep every field and count once."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
+from test_config import run_cli
 
 from jobd.models import DAY_MS, Run, RunStatus, TriggerSource
 from jobd.store import SQLiteStore
@@ -131,3 +134,31 @@ def test_an_existing_postgresql_database_is_upgraded(pg_dsn: str) -> None:
             conn.execute(
                 "INSERT INTO runs (id, job, status, triggered_by, created_at) VALUES (5, 'x', 'PENDING', 'bogus', 1)"
             )
+
+
+def test_jobd_check_refuses_a_cycle_and_describes_chains(tmp_path: Path) -> None:
+    config = tmp_path / "jobd.toml"
+    config.write_text(
+        '[jobs.extract]\ncommand = ["true"]\non_success = ["load"]\non_failure = ["alert"]\n'
+        '[jobs.load]\ncommand = ["true"]\non_finish = ["extract"]\nchain_partial_as = "failure"\n'
+        '[jobs.alert]\ncommand = ["true"]\n'
+    )
+    refused = run_cli("check", "-c", str(config))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == "jobd: invalid config: jobs.extract.on_success: chain cycle extract → load → extract\n"
+
+    config.write_text(config.read_text().replace('on_finish = ["extract"]', 'on_finish = ["alert"]'))
+    human = run_cli("check", "-c", str(config))
+    assert human.returncode == 0, human.stderr
+    assert "extract: no schedule (manual triggers only)\n  on_success → load\n  on_failure → alert\n" in human.stdout
+    assert "  on_finish → alert\n  (PARTIAL counts as failure; max_chain_depth 10)\n" in human.stdout
+    report = json.loads(run_cli("check", "-c", str(config), "--json").stdout)
+    assert report["chains"]["load"] == {
+        "on_success": [],
+        "on_failure": [],
+        "on_finish": ["alert"],
+        "chain_params": {},
+        "chain_partial_as": "failure",
+        "max_chain_depth": 10,
+    }
+    assert set(report["chains"]) == {"extract", "load"}
