@@ -329,6 +329,7 @@ STATUS_UPDATE: tuple[tuple[str, WireField], ...] = tuple(
         ("result", "result"),
         ("attempt", "attempt"),
         ("updated_at", "updated_at"),
+        ("parent_run_id", "parent_run_id"),
     )
 )
 

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 import sched_jobs
 from conftest import BACKENDS, Harness, wait_for
+from ssehelp import SSEReader
 from test_lifecycle import TERMINAL, Api, daemons, no_tracebacks, stored_runs, write_config  # noqa: F401
 
 from jobd.config import ConfigError
@@ -84,6 +85,21 @@ async def test_success_failure_and_finish_chains(start_daemon: StartDaemon) -> N
     assert listed["pagination"]["total"] == 2
     chained = await h.get_json("/api/v1/runs?triggered_by=chain")
     assert chained["pagination"]["total"] == 3
+
+
+async def test_the_firehose_announces_a_child_with_its_parent(start_daemon: StartDaemon) -> None:
+    h = await start_daemon(JOBS)
+    response = await h.client.get("/api/v1/events", timeout=aiohttp.ClientTimeout(total=None))
+    assert response.status == 200
+    stream = SSEReader(response)
+    await stream.until(lambda m: m.type == "connected")
+    extract = await h.trigger("extract")
+    seen = await stream.until(lambda m: m.type == "status_update" and m.data["job"] == "load")
+    parent_end = [m.data for m in seen if m.type == "status_update" and m.data["run_id"] == extract["id"]][-1]
+    child = seen[-1].data
+    assert parent_end["status"] == "COMPLETED" and parent_end["parent_run_id"] is None
+    assert child["status"] == "PENDING" and child["parent_run_id"] == extract["id"]
+    response.close()
 
 
 async def test_partial_counts_as_success_unless_chain_partial_as_failure(start_daemon: StartDaemon) -> None:
@@ -232,3 +248,52 @@ max_concurrency = 2
     retried = {run["retry_of"] for run in runs.values() if run["retry_of"] is not None}
     final_steps = [run_id for run_id in ended if run_id not in retried]
     assert len(final_steps) == 40
+
+
+async def test_retries_cancels_and_a_replacing_child(start_daemon: StartDaemon) -> None:
+    h = await start_daemon(
+        {
+            "flaky": {
+                "handler": "sample_jobs:fails",
+                "retries": 1,
+                "retry_backoff_s": 0.01,
+                "on_failure": ["alert"],
+                "on_finish": ["cleanup"],
+            },
+            "slow": {"handler": "sched_jobs:gated", "on_failure": ["alert"], "on_finish": ["cleanup"]},
+            "first": {**NOOP, "on_success": ["swap"]},
+            "swap": {"handler": "sched_jobs:gated", "overlap": "replace"},
+            "alert": {**NOOP, "overlap": "allow"},
+            "cleanup": {**NOOP, "overlap": "allow"},
+        }
+    )
+    # A failed attempt that is retried triggers nothing; the last attempt triggers the chain.
+    flaky = await h.trigger("flaky")
+    first_attempt = await ended_with_children(h, flaky["id"])
+    assert first_attempt["status"] == "FAILED" and first_attempt["children"] == []
+    retried = await h.get_json("/api/v1/runs?job=flaky&triggered_by=retry")
+    [again] = retried["runs"]
+    last = await ended_with_children(h, again["id"])
+    assert [(c["job"], c["status"]) for c in last["children"]] == [("alert", "COMPLETED"), ("cleanup", "COMPLETED")]
+    assert (await run_json(h, last["children"][0]["id"]))["params"]["parent"]["id"] == again["id"]
+
+    # CANCELLED is neither a success nor a failure: only on_finish.
+    slow = await h.trigger("slow")
+    await wait_for(lambda: sched_jobs.releases.get(slow["id"]))
+    response = await h.client.post(f"/api/v1/runs/{slow['id']}/cancel")
+    assert response.status == 200, await response.text()
+    cancelled = await ended_with_children(h, slow["id"])
+    assert cancelled["status"] == "CANCELLED"
+    assert [c["job"] for c in cancelled["children"]] == ["cleanup"]
+
+    # A child whose job replaces: the run it replaces is cancelled, the child is made.
+    old = await h.trigger("swap")
+    await wait_for(lambda: sched_jobs.releases.get(old["id"]))
+    first = await h.trigger("first")
+    await h.finished(first["id"])
+    [child] = (await run_json(h, first["id"]))["children"]
+    replaced = await h.finished(old["id"])
+    assert replaced.status.value == "CANCELLED" and replaced.error == "replaced by a newer run of 'swap'"
+    await wait_for(lambda: sched_jobs.releases.get(child["id"]))
+    sched_jobs.releases[child["id"]].set()
+    assert (await h.finished(child["id"])).status.value == "COMPLETED"

@@ -99,6 +99,7 @@ def test_a_status_update():
         "result": {"rows": 12, "nested": {"a": "\u2603"}},
         "attempt": 2,
         "updated_at": "2025-11-24T16:00:02.345Z",
+        "parent_run_id": 3,
     }
 
 
