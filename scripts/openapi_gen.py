@@ -568,7 +568,11 @@ def paths() -> dict[str, Schema]:
         query("triggered_by", names_list(SOURCES), f"comma-separated trigger sources: {', '.join(SOURCES)}"),
         query("since", {"type": "string", "format": "date-time"}, "created at or after"),
         query("until", {"type": "string", "format": "date-time"}, "created before"),
-        query("parent", {"type": "integer", "minimum": 1}, "only the runs this run's end made (its chain's children)"),
+        query(
+            "parent",
+            {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+            "only the runs this run's end made (its chain's children)",
+        ),
     )
 
     def health_ops(op_id: str) -> Schema:

@@ -162,3 +162,21 @@ def test_jobd_check_refuses_a_cycle_and_describes_chains(tmp_path: Path) -> None
         "max_chain_depth": 10,
     }
     assert set(report["chains"]) == {"extract", "load"}
+
+
+def test_a_cycle_is_named_from_its_first_job_in_name_order() -> None:
+    from jobd.config import ConfigError, parse_config
+
+    jobs = {
+        "a": {"command": ["true"], "on_success": ["c"]},
+        "c": {"command": ["true"], "on_failure": ["b"]},
+        "b": {"command": ["true"], "on_finish": ["c"]},
+    }
+    with pytest.raises(ConfigError, match=r"^jobs\.b\.on_finish: chain cycle b → c → b$"):
+        parse_config({"jobs": jobs}, environ={})
+    jobs["b"] = {"command": ["true"], "on_finish": ["a"], "on_success": ["a"]}  # one job named by two keys
+    with pytest.raises(ConfigError, match=r"^jobs\.a\.on_success: chain cycle a → c → b → a$"):
+        parse_config({"jobs": jobs}, environ={})
+    jobs["b"] = {"command": ["true"], "on_success": ["a", "a"]}
+    with pytest.raises(ConfigError, match=r"^jobs\.b\.on_success: names a job more than once$"):
+        parse_config({"jobs": jobs}, environ={})

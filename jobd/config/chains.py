@@ -74,8 +74,8 @@ def check_chains(chains: Mapping[str, ChainConfig]) -> None:
 
 
 def find_cycle(jobs: Mapping[str, ChainConfig]) -> list[str] | None:
-    """A chain that leads back to its start, as the jobs it passes (the first repeated at the
-    end), starting from the first job in name order that is on one; None if there is none."""
+    """A chain that leads back to its start, as the jobs it passes from its first job in name
+    order (repeated at the end); None if there is none."""
     done: set[str] = set()
     for start in sorted(jobs):
         if start in done:
@@ -93,7 +93,9 @@ def find_cycle(jobs: Mapping[str, ChainConfig]) -> list[str] | None:
                 done.add(left)
                 continue
             if target in on_path:
-                return [*path[path.index(target) :], target]
+                ring = path[path.index(target) :]
+                first = ring.index(min(ring))  # told from its first job in name order, whatever the search
+                return [*ring[first:], *ring[:first], ring[first]]
             if target in done or target not in jobs:
                 continue
             path.append(target)

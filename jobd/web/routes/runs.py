@@ -39,7 +39,7 @@ def run_filter(request: web.Request) -> RunFilter:
         triggered_by=enum_list(request, "triggered_by", TriggerSource),
         since=time_param(request, "since"),
         until=time_param(request, "until"),
-        parent=int_param(request, "parent", 0, 1, 2**63 - 1) or None,
+        parent=int_param(request, "parent", 0, 1, 10**18 - 1) or None,
     )
 
 
