@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from jobd.config import JobConfig
+from jobd.config.chains import NO_CHAIN
 from jobd.lifecycle import admission, chains
 from jobd.models import Run, compact_json
 from jobd.store.base import row_to_run
@@ -36,7 +37,7 @@ class Chainer:
         plans = []
         for final in finals:
             job = jobs.get(final.job)
-            if job is not None and job.chain.targets():
+            if job is not None and job.chain is not NO_CHAIN and job.chain.targets():
                 plans.append((final, chains.links(job, final, jobs)))
         if not plans:
             return []

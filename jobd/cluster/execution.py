@@ -18,7 +18,7 @@ from jobd.cluster.chaining import Chainer
 from jobd.cluster.wakeup import Signal
 from jobd.cluster.writer import EndWriter
 from jobd.config import JobConfig
-from jobd.lifecycle import admission
+from jobd.lifecycle import admission, chains
 from jobd.lifecycle.backend import Feed, FinishedHook
 from jobd.lifecycle.transitions import ended_copy, publish_log, retry_after_failure, retry_after_interrupt
 from jobd.models import InvalidTransition, Run, RunStatus
@@ -219,6 +219,7 @@ class Execution:
             self.log.warning("finish_fenced", run_id=final.id, job=final.job, status=final.status.value)
             return
         self.log.info("run_finished", run_id=final.id, job=final.job, status=final.status.value, error=final.error)
+        chains.log_children(self.log, final)
         self.table.ended(final)
         state = self._states.get(final.job)
         if state is None:

@@ -104,3 +104,12 @@ def children_json(children: list[dict[str, Any]], runs: Mapping[int, Run]) -> li
                 {"id": run_id, "job": child["job"], "status": run.status.value if run else None, "reason": None}
             )
     return shown
+
+
+def log_children(log: Any, parent: Run) -> None:
+    """Once the parent's end is committed: a line per job its chain named."""
+    for child in parent.children:
+        if child.get("run_id") is None:
+            log.info("chain_skipped", run_id=parent.id, job=parent.job, child_job=child["job"], reason=child["reason"])
+        else:
+            log.info("run_chained", run_id=child["run_id"], job=child["job"], parent_run_id=parent.id)

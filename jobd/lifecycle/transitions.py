@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobd.config import JobConfig
+from jobd.config.chains import NO_CHAIN
 from jobd.errors import Conflict, RunNotFound
 from jobd.lifecycle import admission, chains, retry
 from jobd.lifecycle.active import ActiveRuns
@@ -262,6 +263,7 @@ class Transitions:
             self._ended(run, previous_status, state, previous_failures, retry)
             for child in children:
                 self._chained(child)
+            chains.log_children(self.log, final)
 
         write = TerminalWrite(
             self.store,
@@ -319,7 +321,7 @@ class Transitions:
         to the store (they are committed with it); `final.children` records them."""
         jobs = self._jobs()
         job = jobs.get(final.job)
-        if job is None or not job.chain.targets():
+        if job is None or job.chain is NO_CHAIN or not job.chain.targets():
             return []
         made: list[Run] = []
         record: list[dict[str, Any]] = []
@@ -330,7 +332,6 @@ class Transitions:
                 reason = self._admit_child(child_job)
             if reason is not None or child_job is None:
                 record.append(chains.skipped(link.job, reason or ""))
-                self.log.info("chain_skipped", run_id=final.id, job=final.job, child_job=link.job, reason=reason)
                 continue
             child = chains.child_run(final, child_job, run_id=self.store.allocate_run_id(), now=final.updated_at)
             self.active.add(child)  # counted by the next admission, and found by a cancel
@@ -368,7 +369,6 @@ class Transitions:
         self.last.note(child)
         self.publish(child)
         self.ready.put(child)
-        self.log.info("run_chained", run_id=child.id, job=child.job, parent_run_id=child.parent_run_id)
 
     # -- cancel ------------------------------------------------------------------------------------
 
