@@ -18,11 +18,11 @@ __all__ = ["browser"]  # the fixture, shared with test_browser.py
 
 JOBS = """
 [jobs.extract]
-shell = "echo extracted; echo '::result::{\\"rows\\": 3}'"
+shell = "echo extracted; echo '::result::{{\\"rows\\": 3}}'"
 on_success = ["load", "busy"]
 [jobs.load]
-shell = "echo loading"
-chain_params = { target = "warehouse" }
+shell = "echo loading; while [ ! -e {gate} ]; do sleep 0.05; done"
+chain_params = {{ target = "warehouse" }}
 [jobs.busy]
 command = ["sleep", "40"]
 """
@@ -30,7 +30,10 @@ command = ["sleep", "40"]
 
 async def test_the_run_page_shows_the_chain(browser: Browser, tmp_path: Path, store_toml: str) -> None:
     config = tmp_path / "jobd.toml"
-    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = 0\n{store_toml}[workers]\nkill_grace_s = 0.5\n{JOBS}')
+    gate = tmp_path / "gate"
+    config.write_text(
+        f'[server]\nhost = "127.0.0.1"\nport = 0\n{store_toml}[workers]\nkill_grace_s = 0.5\n{JOBS.format(gate=gate)}'
+    )
     daemon = DaemonProcess(config)
     try:
         url = await daemon.start()
@@ -50,12 +53,12 @@ async def test_the_run_page_shows_the_chain(browser: Browser, tmp_path: Path, st
             await wait_for(processing, timeout=WAIT_MS / 1000, interval=0.05)
             extract = (await call("POST", "/jobs/extract/trigger"))["run"]["id"]
 
-            async def load_done() -> int | None:
+            async def load_running() -> int | None:
                 children = (await call("GET", f"/runs/{extract}"))["run"]["children"]
-                done = children and children[0]["status"] == "COMPLETED"
-                return int(children[0]["id"]) if done else None
+                running = children and children[0]["status"] == "PROCESSING"
+                return int(children[0]["id"]) if running else None
 
-            load = await wait_for(load_done, timeout=WAIT_MS / 1000, interval=0.05)
+            load = await wait_for(load_running, timeout=WAIT_MS / 1000, interval=0.05)
 
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         errors = watch_console(page)
@@ -65,7 +68,9 @@ async def test_the_run_page_shows_the_chain(browser: Browser, tmp_path: Path, st
         children = chain.locator("ul.chain-children li")
         await expect(children).to_have_count(2)
         await expect(children.nth(0)).to_contain_text(f"#{load} load")
-        await expect(children.nth(0).locator("[data-status]")).to_have_text("COMPLETED")
+        await expect(children.nth(0).locator("[data-status]")).to_have_text("PROCESSING")
+        gate.touch()  # the child ends: the parent's page shows it, live
+        await expect(children.nth(0).locator("[data-status]")).to_have_text("COMPLETED", timeout=WAIT_MS)
         await expect(children.nth(1)).to_contain_text(f"busy skipped: job 'busy' already has run {busy} PROCESSING")
         await expect(chain.locator(".chain-parent")).to_have_count(0)
         await shot(page, "run-chain-parent")

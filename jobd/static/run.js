@@ -313,6 +313,11 @@ export function runView(ctx, runId) {
 
   // Firehose messages also carry this run; they matter when its own stream is not open.
   function onEvent(message) {
+    const child = message.type === "status_update" && run ? (run.children || []).find((c) => c.id === message.run_id) : null;
+    if (child && child.status !== message.status) {
+      child.status = message.status; // a child's state, live where the firehose reaches this page
+      renderChain();
+    }
     if (stream || !run || message.type !== "status_update" || message.run_id !== runId) return;
     onMessage(message);
   }
