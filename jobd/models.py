@@ -49,6 +49,7 @@ class TriggerSource(str, enum.Enum):
     MANUAL = "manual"
     RETRY = "retry"
     CATCHUP = "catchup"
+    CHAIN = "chain"  # another run's end (its job's on_success, on_failure, on_finish)
 
 
 class InvalidTransition(Exception):
@@ -160,6 +161,11 @@ class Run:
     # Bumped on every change; lets events and caches tell a fresh copy from a stale one.
     updated_at: int = 0
     node: str | None = None  # the cluster node that executes or executed it (None on SQLite)
+    # Chains (see jobd/chains.py): the run whose end made this one, how many runs came before it
+    # in its chain, and, once it has ended, what its own end made (the `children` of the API).
+    parent_run_id: int | None = None
+    chain_depth: int = 0
+    children: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def duration_ms(self) -> int | None:
@@ -200,9 +206,12 @@ class Run:
         self.log_tail = other.log_tail
         self.updated_at = other.updated_at
         self.node = other.node
+        self.parent_run_id = other.parent_run_id
+        self.chain_depth = other.chain_depth
+        self.children = other.children
 
     def copy(self) -> Run:
-        """A copy that shares nothing mutable but params and result, which are never changed in place."""
+        """A copy that shares nothing mutable but params, result and children, which are never changed in place."""
         c = self.counts
         return Run(
             id=self.id,
@@ -227,6 +236,9 @@ class Run:
             log_tail=self.log_tail,
             updated_at=self.updated_at,
             node=self.node,
+            parent_run_id=self.parent_run_id,
+            chain_depth=self.chain_depth,
+            children=self.children,
         )
 
 
@@ -298,6 +310,7 @@ RUN_JSON: tuple[WireField, ...] = (
     WireField("exit_code", "exit_code", _nullable(_INT)),
     WireField("retry_of", "retry_of", _nullable(_ID)),
     WireField("node", "node", _nullable(_STR)),
+    WireField("parent_run_id", "parent_run_id", _nullable(_ID)),
 )
 # Shown only where one run is asked for with its log.
 LOG_TAIL = WireField("log_tail", "log_tail", {"type": "string", "description": "the last part of the run's log"})
@@ -316,6 +329,7 @@ STATUS_UPDATE: tuple[tuple[str, WireField], ...] = tuple(
         ("result", "result"),
         ("attempt", "attempt"),
         ("updated_at", "updated_at"),
+        ("parent_run_id", "parent_run_id"),
     )
 )
 

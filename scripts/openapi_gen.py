@@ -49,6 +49,18 @@ STREAM_ERRORS = {
 # -- building blocks -------------------------------------------------------------------------------
 
 
+def run_detail_schema(ref: Any) -> Schema:
+    """GET /runs/{run_id}'s run: the run with its log tail and its chain's `children`."""
+    schema = run_json_schema(with_log=True, ref=ref)
+    schema["properties"]["children"] = {
+        "type": "array",
+        "items": ref("ChainChild"),
+        "description": "what the run's end made through its chain, in the order of the job's keys",
+    }
+    schema["required"].append("children")
+    return schema
+
+
 def run_timing(where: str) -> dict[str, Schema]:
     """A trigger's `run_at` / `delay_s` (jobd.web.timing), at the top level or in a batch item."""
     return {
@@ -219,6 +231,21 @@ def schemas() -> dict[str, Schema]:
         "Counts": shared["Counts"],
         "Run": run_json_schema(ref=ref),
         "RunWithLog": run_json_schema(with_log=True, ref=ref),
+        "RunDetail": run_detail_schema(ref),
+        "ChainChild": obj(
+            {
+                "id": nullable({"type": "integer", "minimum": 1}),
+                "job": STR,
+                "status": {
+                    "type": ["string", "null"],
+                    "enum": [*STATUSES, "skipped", None],
+                    "description": "the child run's status now; skipped: the job got no run (reason says why); "
+                    "null: the child run has been deleted by retention",
+                },
+                "reason": nullable(STR),
+            },
+            description="a job named by the run's on_success, on_failure or on_finish (see docs/chains.md)",
+        ),
         "RunAnswer": obj({"run": ref("Run")}),
         "Job": obj(
             {
@@ -568,6 +595,11 @@ def paths() -> dict[str, Schema]:
         query("triggered_by", names_list(SOURCES), f"comma-separated trigger sources: {', '.join(SOURCES)}"),
         query("since", {"type": "string", "format": "date-time"}, "created at or after"),
         query("until", {"type": "string", "format": "date-time"}, "created before"),
+        query(
+            "parent",
+            {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+            "only the runs this run's end made (its chain's children)",
+        ),
     )
 
     def health_ops(op_id: str) -> Schema:
@@ -754,7 +786,7 @@ def paths() -> dict[str, Schema]:
                     "200": {
                         "description": "the run",
                         "content": {
-                            "application/json": {"schema": obj({"run": ref("RunWithLog")})},
+                            "application/json": {"schema": obj({"run": ref("RunDetail")})},
                             "text/event-stream": {"schema": ref("StreamEvent")},
                         },
                     },

@@ -86,6 +86,7 @@ RUN_FIELDS = {
     "exit_code",
     "retry_of",
     "node",
+    "parent_run_id",
 }
 
 
@@ -95,7 +96,7 @@ async def test_run_fields_are_exactly_the_listed_ones_with_utc_millisecond_times
     assert set(run) == RUN_FIELDS
     await h.finished(run["id"])
     done = (await h.get_json(f"/api/v1/runs/{run['id']}"))["run"]
-    assert set(done) == RUN_FIELDS | {"log_tail"}
+    assert set(done) == RUN_FIELDS | {"log_tail", "children"}
     listed = (await h.get_json("/api/v1/runs"))["runs"][0]
     assert set(listed) == RUN_FIELDS
     for name in ("created_at", "started_at", "finished_at", "updated_at"):

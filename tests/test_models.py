@@ -43,6 +43,9 @@ FINISHED = dataclasses.replace(
     log_tail="the end\n",
     updated_at=1_764_000_002_345,
     node="jobs-2",
+    parent_run_id=3,
+    chain_depth=2,
+    children=[{"job": "load", "run_id": 8}],
 )
 RUNS = [
     BASE,
@@ -77,6 +80,7 @@ def test_a_run_as_json():
         "exit_code": -9,
         "retry_of": 6,
         "node": "jobs-2",
+        "parent_run_id": 3,
     }
     assert FINISHED.to_json(with_log=True) == {**FINISHED.to_json(), "log_tail": "the end\n"}
     # Not changed since it was created: updated_at is the creation time.
@@ -95,6 +99,7 @@ def test_a_status_update():
         "result": {"rows": 12, "nested": {"a": "\u2603"}},
         "attempt": 2,
         "updated_at": "2025-11-24T16:00:02.345Z",
+        "parent_run_id": 3,
     }
 
 

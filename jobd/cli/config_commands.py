@@ -14,6 +14,7 @@ from jobd import cronspec
 from jobd.calendars import FireWindow
 from jobd.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from jobd.config import Config, ConfigError, load_config
+from jobd.config.chains import chains_report, describe_chain
 from jobd.store import StoreError, StoreLocked
 
 
@@ -95,6 +96,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 }
                 for name, times in fires.items()
             },
+            "chains": chains_report(config.jobs),
         }
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -110,11 +112,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, job in config.jobs.items():
         if not job.schedule:
             print(f"\n{name}: no schedule (manual triggers only)")
-            continue
-        print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule, name)}) in {job.timezone}")
-        for when in fires[name]:
-            why = excluded[name].get(when)
-            print(f"  {when}" if why is None else f"  {when}  excluded ({why})")
+        else:
+            print(f"\n{name}: {job.schedule} ({cronspec.describe(job.schedule, name)}) in {job.timezone}")
+            for when in fires[name]:
+                why = excluded[name].get(when)
+                print(f"  {when}" if why is None else f"  {when}  excluded ({why})")
+        for line in describe_chain(job.chain):
+            print(f"  {line}")
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from jobd.cluster import backfill, runtable, writes
 from jobd.cluster.alarms import Alarms
+from jobd.cluster.chaining import Chainer
 from jobd.cluster.creating import Creator
 from jobd.cluster.eventfeed import EventTail, encode
 from jobd.cluster.execution import Execution, RecentLines
@@ -85,7 +86,8 @@ class PostgresBackend(Execution, Reads):
         self.tail = EventTail(
             pool.connection, self.listener.signal(events.CHANNEL_EVENTS), self._delivered, log=self.log
         )
-        self.writer = EndWriter(pool.connection, self._ended, log=self.log, plan=self._plan_end)
+        self.chainer = Chainer(lambda: self._jobs, self._cancel_locked)
+        self.writer = EndWriter(pool.connection, self._ended, log=self.log, plan=self._plan_end, chainer=self.chainer)
         self.creator = Creator(
             pool.connection,
             new_run=lambda job, submission, source, at: self._new_run(
@@ -364,7 +366,7 @@ class PostgresBackend(Execution, Reads):
     async def _cancel_locked(self, conn: Conn, run: Run, reason: str) -> None:
         if run.status is RunStatus.PENDING:
             final = runtable.ended_copy(run, RunStatus.CANCELLED, self.clock(), error=reason)
-            await writes.ended(conn, [(final, None, None)])
+            await writes.ended(conn, [(final, None, None)], chainer=self.chainer)
         elif await runs.request_cancel(conn, run.id) is not None:
             await events.notify(conn, events.CHANNEL_CONTROL)
             if run.id in self._tokens:

@@ -14,10 +14,11 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from jobd.cluster import runtable, writes
+from jobd.cluster.chaining import Chainer
 from jobd.cluster.wakeup import Signal
 from jobd.cluster.writer import EndWriter
 from jobd.config import JobConfig
-from jobd.lifecycle import admission
+from jobd.lifecycle import admission, chains
 from jobd.lifecycle.backend import Feed, FinishedHook
 from jobd.lifecycle.transitions import ended_copy, publish_log, retry_after_failure, retry_after_interrupt
 from jobd.models import InvalidTransition, Run, RunStatus
@@ -77,6 +78,7 @@ class Execution:
     fenced: bool
     table: runtable.RunTable
     writer: EndWriter
+    chainer: Chainer
     _feed: Feed | None
     _stop_run: Callable[[int], None]
     _hooks: list[FinishedHook]
@@ -234,6 +236,7 @@ class Execution:
             self.log.warning("finish_fenced", run_id=final.id, job=final.job, status=final.status.value)
             return
         self.log.info("run_finished", run_id=final.id, job=final.job, status=final.status.value, error=final.error)
+        chains.log_children(self.log, final)
         self.table.ended(final)
         state = self._states.get(final.job)
         if state is None:
@@ -261,7 +264,7 @@ class Execution:
             again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
             final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=error)
             finals.append((final, c.token, again))
-        streaks = await (await writes.ended(conn, finals, plan=self._plan_end)).streaks()
+        streaks = await (await writes.ended(conn, finals, plan=self._plan_end, chainer=self.chainer)).streaks()
         await events.notify_wakeup(conn)
         ended = [(final, streaks[final.id]) for final, _, _ in finals if final.id in streaks]
 

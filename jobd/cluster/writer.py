@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from jobd.cluster import writes
+from jobd.cluster.chaining import Chainer
 from jobd.models import Run
 from jobd.store.postgres import runs
 from jobd.store.postgres.runs import Conn
@@ -31,10 +32,12 @@ class EndWriter:
         *,
         log: Any,
         plan: writes.PlanEnd | None = None,
+        chainer: Chainer | None = None,
     ) -> None:
         self._connection = connection
         self._plan = plan
         self._ended = ended
+        self._chainer = chainer
         self.log = log
         self._ends: list[_End] = []
         self._progress: dict[int, tuple[Run, uuid.UUID]] = {}
@@ -95,7 +98,11 @@ class EndWriter:
                     async with conn.transaction():
                         await runs.finish_many(conn, progress)
                         ended = await writes.ended(
-                            conn, [(f, t, a) for f, t, a, _ in ends], last_runs_later=True, plan=self._plan
+                            conn,
+                            [(f, t, a) for f, t, a, _ in ends],
+                            last_runs_later=True,
+                            plan=self._plan,
+                            chainer=self._chainer,
                         )
                     streaks = await ended.streaks()  # answered before the COMMIT
             except psycopg.Error as exc:

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from psycopg import AsyncCursor
 from psycopg.rows import TupleRow
 
+from jobd.cluster.chaining import Chainer
 from jobd.models import Run, RunStatus
-from jobd.store.base import row_to_run
+from jobd.store.base import NODE_COLUMN, row_to_run
 from jobd.store.notifications import NewNotification
 from jobd.store.postgres import notifications, runs
 from jobd.store.postgres.runs import SELECT_RUN, Conn
@@ -73,7 +74,7 @@ async def active_of(conn: Conn, job: str) -> list[Run]:
 async def lock_run(conn: Conn, run_id: int) -> tuple[Run, str | None] | None:
     cur = await conn.execute(f"SELECT {SELECT_RUN} FROM runs WHERE id = %s FOR UPDATE", (run_id,))
     row = await cur.fetchone()
-    return None if row is None else (row_to_run(row), row[25])
+    return None if row is None else (row_to_run(row), row[NODE_COLUMN])
 
 
 class Ended:
@@ -124,9 +125,11 @@ async def ended(
     *,
     last_runs_later: bool = False,
     plan: PlanEnd | None = None,
+    chainer: Chainer | None = None,
 ) -> Ended:
     """Write terminal states (each checked against its claim token; None: a run nobody owns,
-    written if still PENDING), the retries they call for, their events and the job states.
+    written if still PENDING), the retries they call for, the children of their chains (with a
+    `chainer`), their events and the job states.
     With `last_runs_later` the caller saves the jobs' last runs after the commit. With `plan`,
     the notifications of the ends are inserted too (one statement, when there are any)."""
     written: set[int] = set()
@@ -143,6 +146,8 @@ async def ended(
         for new, run_id in zip(retries, await runs.next_run_ids(conn, len(retries))):
             new.id = run_id
         await runs.create_runs(conn, retries)
+    if chainer is not None:
+        await chainer.chain(conn, [final for final, again in done if again is None])
     by_job: dict[str, list[tuple[Run, Run | None]]] = {}
     for ended_run, its_retry in done:
         by_job.setdefault(ended_run.job, []).append((ended_run, its_retry))

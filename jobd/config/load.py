@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jobd import cronspec
 from jobd.calendars import Calendar
 from jobd.config.calendars import parse_calendars, parse_window
+from jobd.config.chains import check_chains, parse_chain
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
@@ -92,6 +93,7 @@ def parse_config(
         for name in notifiers
         if name not in named
     )
+    check_chains({name: job.chain for name, job in jobs.items()})
     top.done()
     if not auth.enabled and not is_loopback(server.host):
         raise ConfigError(
@@ -355,6 +357,7 @@ def _job(
         window=parse_window(t, zone, schedule, calendars),
         params=parse_params(t.table("params"), scheduled=schedule is not None),
         notify=parse_notify(t, notifiers, notify),
+        chain=parse_chain(t),
     )
     t.done()
     if handler is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jobd.calendars import FireWindow
+from jobd.config.chains import NO_CHAIN, ChainConfig
 from jobd.config.handlers import import_handler
 from jobd.config.notifiers import NotifierConfig, NotifyRules
 from jobd.config.params import Params
@@ -169,6 +170,32 @@ class JobConfig:
         default_factory=Params
     )  # [jobs.NAME.params.PARAM] definitions (see jobd.config.params)
     notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
+    chain: ChainConfig = NO_CHAIN  # on_success, on_failure, on_finish and their options
+
+    # The chain's keys under the names the config file gives them.
+    @property
+    def on_success(self) -> tuple[str, ...]:
+        return self.chain.on_success
+
+    @property
+    def on_failure(self) -> tuple[str, ...]:
+        return self.chain.on_failure
+
+    @property
+    def on_finish(self) -> tuple[str, ...]:
+        return self.chain.on_finish
+
+    @property
+    def chain_params(self) -> Mapping[str, Any]:
+        return self.chain.params
+
+    @property
+    def chain_partial_as(self) -> str:
+        return self.chain.partial_as
+
+    @property
+    def max_chain_depth(self) -> int:
+        return self.chain.max_depth
 
     @property
     def kind(self) -> str:

@@ -34,6 +34,9 @@ def retry_run(previous: Run, *, run_id: int, now: int, delay_s: float = 0) -> Ru
         scheduled_for=previous.scheduled_for,
         run_after=now + round(delay_s * 1000) if delay_s > 0 else None,
         retry_of=previous.id,
+        # Still the same link of its chain: its end triggers the chain the failed attempt did not.
+        parent_run_id=previous.parent_run_id,
+        chain_depth=previous.chain_depth,
     )
 
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobd.config import JobConfig
+from jobd.config.chains import NO_CHAIN
 from jobd.errors import Conflict, RunNotFound
-from jobd.lifecycle import retry
+from jobd.lifecycle import admission, chains, retry
 from jobd.lifecycle.active import ActiveRuns
 from jobd.lifecycle.backend import Feed, FinishedHook
 from jobd.lifecycle.commit import TerminalWrite
@@ -258,16 +259,21 @@ class Transitions:
         state = self.states.of(run.job)
         if retry is not None:
             self.active.add(retry)
+        # A run that is retried triggers no chain yet: its last attempt will.
+        children = self._chain(final) if retry is None else []
 
         def committed() -> None:
             run.assign(final)
             self._ended(run, previous_status, state, previous_failures, retry)
+            for child in children:
+                self._chained(child)
+            chains.log_children(self.log, final)
 
         job = self._jobs().get(run.job)
         write = TerminalWrite(
             self.store,
             run,
-            [final] if retry is None else [final, retry],
+            [final, *([] if retry is None else [retry]), *children],
             state,
             committed=committed,
             settled=lambda: self.active.end_finish(run.id),
@@ -315,6 +321,62 @@ class Transitions:
                     hook(job, run, state, previous_failures)
                 except Exception:  # a hook (metrics, alerts) must never fail a run
                     self.log.exception("finished_hook_failed", run_id=run.id, job=run.job)
+
+    # -- chains (see chains.py) ------------------------------------------------------------------
+
+    def _chain(self, final: Run) -> list[Run]:
+        """The children of a run's end, admitted by their jobs' overlap policies as it is handed
+        to the store (they are committed with it); `final.children` records them."""
+        jobs = self._jobs()
+        job = jobs.get(final.job)
+        if job is None or job.chain is NO_CHAIN or not job.chain.targets():
+            return []
+        made: list[Run] = []
+        record: list[dict[str, Any]] = []
+        for link in chains.links(job, final, jobs):
+            child_job = jobs.get(link.job)
+            reason = link.refused
+            if reason is None and child_job is not None:
+                reason = self._admit_child(child_job)
+            if reason is not None or child_job is None:
+                record.append(chains.skipped(link.job, reason or ""))
+                continue
+            child = chains.child_run(final, child_job, run_id=self.store.allocate_run_id(), now=final.updated_at)
+            self.active.add(child)  # counted by the next admission, and found by a cancel
+            made.append(child)
+            record.append(chains.made(child))
+        final.children = record
+        return made
+
+    def _admit_child(self, job: JobConfig) -> str | None:
+        """The child job's overlap policy, on its active runs now: why it refuses, or None."""
+        decision = admission.decide(
+            job.overlap,
+            pending=self.active.pending_of(job.name),
+            processing=self.active.processing_of(job.name),
+            count=1,
+        )
+        if decision is admission.Decision.REFUSE:
+            return admission.refusal(job.name, job.overlap, self.active.of_job(job.name)).detail
+        if decision is admission.Decision.REPLACE:
+            reason = f"replaced by a newer run of {job.name!r}"
+            for run in self.active.of_job(job.name):
+                if self.active.finishing(run.id):
+                    continue
+                if run.status is RunStatus.PENDING:
+                    self.end(run, RunStatus.CANCELLED, error=reason)
+                else:
+                    run.error = reason
+                    self._cancel_requested.add(run.id)
+                    self.stop_run(run.id)
+        return None
+
+    def _chained(self, child: Run) -> None:
+        """A child, committed with its parent's end: counted, announced, queued."""
+        self.totals.created()
+        self.last.note(child)
+        self.publish(child)
+        self.ready.put(child)
 
     # -- cancel ------------------------------------------------------------------------------------
 

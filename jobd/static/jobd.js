@@ -217,6 +217,7 @@ export function watchRun(runId, options = {}) {
       result: run.result,
       attempt: run.attempt,
       updated_at: run.updated_at,
+      parent_run_id: run.parent_run_id,
     };
   }
 

@@ -1,4 +1,4 @@
-// One run: its state, times, attempts, counts, result, error, and its log following live while it runs.
+// One run: its state, times, attempts, chain, counts, result, error, and its log following live while it runs.
 
 import { ApiError, get, post, request } from "./api.js";
 import { TERMINAL, absolute, duration, h, json, progressBar, put, statusBadge, timeEl } from "./dom.js";
@@ -25,6 +25,7 @@ export function runView(ctx, runId) {
   const facts = h("dl", { class: "facts wide" });
   const attempts = h("div", { class: "attempts" });
   const outcome = h("div", { class: "outcome" });
+  const chain = h("section", { "aria-labelledby": "run-chain", class: "run-chain", hidden: true });
   const logView = h("pre", { class: "log", tabindex: "0", "aria-label": `Log of run ${runId}` });
   const followNote = h("span", { class: "muted follow-note" });
   const element = h("section", { "aria-labelledby": "run-title", class: "run" },
@@ -34,6 +35,7 @@ export function runView(ctx, runId) {
     h("div", { class: "run-grid" },
       h("section", { "aria-labelledby": "run-details" }, h("h2", { id: "run-details" }, "Details"), facts),
       h("section", { "aria-labelledby": "run-attempts" }, h("h2", { id: "run-attempts" }, "Attempts"), attempts)),
+    chain,
     outcome,
     h("section", { "aria-labelledby": "run-log", class: "log-section" },
       h("div", { class: "log-head" },
@@ -94,6 +96,28 @@ export function runView(ctx, runId) {
         ? h("section", { "aria-labelledby": "run-result" }, h("h2", { id: "run-result" }, "Result"), h("pre", { class: "result" }, json(run.result)))
         : "");
     followNote.textContent = TERMINAL.has(run.status) ? "" : stream ? "following live" : "following (polling)";
+    renderChain();
+  }
+
+  // The run whose end triggered this one, and the runs this one's end triggered (or why not).
+  function renderChain() {
+    const children = run.children || [];
+    chain.hidden = !run.parent_run_id && !children.length;
+    if (chain.hidden) return;
+    const child = (c) => h("li", {},
+      c.id === null
+        ? [h("strong", {}, c.job), " ", h("span", { class: "muted" }, `skipped: ${c.reason}`)]
+        : [h("a", { href: `#/runs/${c.id}` }, `#${c.id}`), " ", c.job, " ",
+          c.status ? statusBadge(c.status) : h("span", { class: "muted" }, "(no longer kept)")]);
+    put(chain,
+      h("h2", { id: "run-chain" }, "Chain"),
+      run.parent_run_id
+        ? h("p", { class: "chain-parent" }, "Triggered by the end of run ",
+          h("a", { href: `#/runs/${run.parent_run_id}` }, `#${run.parent_run_id}`))
+        : null,
+      children.length
+        ? [h("p", {}, "Its end triggered:"), h("ul", { class: "chain-children" }, children.map(child))]
+        : null);
   }
 
   function renderButtons() {
@@ -289,6 +313,11 @@ export function runView(ctx, runId) {
 
   // Firehose messages also carry this run; they matter when its own stream is not open.
   function onEvent(message) {
+    const child = message.type === "status_update" && run ? (run.children || []).find((c) => c.id === message.run_id) : null;
+    if (child && child.status !== message.status) {
+      child.status = message.status; // a child's state, live where the firehose reaches this page
+      renderChain();
+    }
     if (stream || !run || message.type !== "status_update" || message.run_id !== runId) return;
     onMessage(message);
   }

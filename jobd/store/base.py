@@ -90,6 +90,7 @@ class RunFilter:
     # The cursor: only runs with id < before_id. It places a page rather than filtering, so the
     # total of list_runs counts every run matching the other fields.
     before_id: int | None = None
+    parent: int | None = None  # runs made by this run's end (its chain's children)
 
 
 @dataclasses.dataclass(slots=True)
@@ -231,10 +232,27 @@ RUN_COLUMNS = (
     "retry_of",
     "log_tail",
     "updated_at",
+    "parent_run_id",
+    "chain_depth",
+    "children",
 )
+# A cluster's rows may carry the node that claimed the run (and its claim token) after RUN_COLUMNS.
+NODE_COLUMN = len(RUN_COLUMNS)
 # What a run is never changes after it is created: writes of a run leave these columns alone.
 IMMUTABLE_RUN_COLUMNS = frozenset(
-    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
+    {
+        "id",
+        "job",
+        "triggered_by",
+        "params",
+        "attempt",
+        "max_attempts",
+        "scheduled_for",
+        "created_at",
+        "retry_of",
+        "parent_run_id",
+        "chain_depth",
+    }
 )
 
 
@@ -259,6 +277,7 @@ def row_to_run(row: Sequence[Any]) -> Run:
     (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for) = row[:10]
     (run_after, created_at, started_at, finished_at, _duration, total, success, failed, skipped) = row[10:19]
     result, error, exit_code, retry_of, log_tail, updated_at = row[19:25]
+    parent_run_id, chain_depth, children = row[25:NODE_COLUMN]
     return Run(
         id=rid,
         job=job,
@@ -281,5 +300,8 @@ def row_to_run(row: Sequence[Any]) -> Run:
         retry_of=retry_of,
         log_tail=log_tail or "",
         updated_at=updated_at,
-        node=row[25] if len(row) > 25 else None,
+        node=row[NODE_COLUMN] if len(row) > NODE_COLUMN else None,
+        parent_run_id=parent_run_id,
+        chain_depth=chain_depth or 0,
+        children=json.loads(children) if children else [],
     )

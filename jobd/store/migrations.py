@@ -216,6 +216,74 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifications_updated ON notifications (updated_at);
     ALTER TABLE job_state ADD COLUMN snoozed_until INTEGER;
     """,
+    # 6: chains. A run made by another run's end is triggered_by 'chain' (a value the CHECK of
+    # migration 1 refuses, and SQLite cannot alter a CHECK: the table is rebuilt, then its indexes
+    # and the triggers of migrations 2 and 3, which went with the old table, are made again as they
+    # were), knows its parent and its depth in the chain, and an ended run keeps what its end made.
+    # The rows are copied before the triggers exist: the rollups already count them.
+    f"""
+    CREATE TABLE runs_chained (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+        progress REAL NOT NULL DEFAULT 0,
+        message TEXT,
+        triggered_by TEXT NOT NULL CHECK (triggered_by IN ({_SOURCES}, 'chain')),
+        params TEXT NOT NULL DEFAULT '{{}}',
+        attempt INTEGER NOT NULL DEFAULT 1,
+        max_attempts INTEGER NOT NULL DEFAULT 1,
+        scheduled_for INTEGER,
+        run_after INTEGER,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        duration_ms INTEGER,
+        counts_total INTEGER,
+        counts_success INTEGER NOT NULL DEFAULT 0,
+        counts_failed INTEGER NOT NULL DEFAULT 0,
+        counts_skipped INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        error TEXT,
+        exit_code INTEGER,
+        retry_of INTEGER,
+        log_tail TEXT NOT NULL DEFAULT '',
+        updated_at INTEGER NOT NULL DEFAULT 0,
+        parent_run_id INTEGER,
+        chain_depth INTEGER NOT NULL DEFAULT 0,
+        children TEXT
+    );
+    INSERT INTO runs_chained (
+        id, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for,
+        run_after, created_at, started_at, finished_at, duration_ms, counts_total, counts_success,
+        counts_failed, counts_skipped, result, error, exit_code, retry_of, log_tail, updated_at
+    ) SELECT
+        id, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for,
+        run_after, created_at, started_at, finished_at, duration_ms, counts_total, counts_success,
+        counts_failed, counts_skipped, result, error, exit_code, retry_of, log_tail, updated_at
+    FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_chained RENAME TO runs;
+    CREATE INDEX runs_job ON runs (job, id);
+    CREATE INDEX runs_status ON runs (status, id);
+    CREATE INDEX runs_created ON runs (created_at);
+    CREATE INDEX runs_trigger ON runs (triggered_by, id);
+    CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX runs_duration ON runs (duration_ms, created_at) WHERE duration_ms IS NOT NULL;
+    CREATE INDEX runs_job_duration ON runs (job, duration_ms, created_at) WHERE duration_ms IS NOT NULL;
+    CREATE INDEX runs_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    CREATE TRIGGER runs_rollup_insert AFTER INSERT ON runs
+    WHEN new.status NOT IN ({_ACTIVE}) BEGIN {_rollup_add("new")} END;
+    CREATE TRIGGER runs_rollup_finish AFTER UPDATE OF status ON runs
+    WHEN old.status IN ({_ACTIVE}) AND new.status NOT IN ({_ACTIVE}) BEGIN {_rollup_add("new")} END;
+    CREATE TRIGGER runs_rollup_delete AFTER DELETE ON runs
+    WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_rollup_remove("old")} END;
+    CREATE TRIGGER runs_rollup_all_insert AFTER INSERT ON runs
+    WHEN new.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_add("new")} END;
+    CREATE TRIGGER runs_rollup_all_finish AFTER UPDATE OF status ON runs
+    WHEN old.status IN ({_ACTIVE}) AND new.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_add("new")} END;
+    CREATE TRIGGER runs_rollup_all_delete AFTER DELETE ON runs
+    WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_remove("old")} END;
+    """,
 )
 
 

@@ -102,12 +102,15 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
         run.retry_of,
         run.log_tail,
         run.updated_at,
+        run.parent_run_id,
+        run.chain_depth,
+        _json_or_none(run.children or None),
     )
 
 
 def rollup_answers(f: RunFilter) -> bool:
     """Whether the rollups (plus the active runs) can answer for this filter: no time bounds."""
-    return f.since is None and f.until is None
+    return f.since is None and f.until is None and f.parent is None
 
 
 def where_clause(f: RunFilter) -> tuple[str, list[Any]]:
@@ -128,6 +131,9 @@ def where_clause(f: RunFilter) -> tuple[str, list[Any]]:
     if f.until is not None:
         clauses.append("created_at < ?")
         args.append(f.until)
+    if f.parent is not None:
+        clauses.append("parent_run_id = ?")
+        args.append(f.parent)
     if f.before_id is not None:
         clauses.append("id < ?")
         args.append(f.before_id)

@@ -17,7 +17,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 from jobd.models import Run, RunStatus, compact_json
-from jobd.store.base import IMMUTABLE_RUN_COLUMNS, RUN_COLUMNS, IdempotencyKey, row_to_run
+from jobd.store.base import IMMUTABLE_RUN_COLUMNS, NODE_COLUMN, RUN_COLUMNS, IdempotencyKey, row_to_run
 from jobd.store.postgres.schema import LOCK_JOB
 
 Conn = AsyncConnection[TupleRow]
@@ -31,7 +31,7 @@ _WRITE_CLAIMED = (
 )
 # Batches go to PostgreSQL as one array per column (unnest), so a batch is one statement.
 _TYPES = {"progress": "float8", "attempt": "int4", "max_attempts": "int4", "exit_code": "int4"}
-_TEXT = {"job", "status", "message", "triggered_by", "params", "result", "error", "log_tail"}
+_TEXT = {"job", "status", "message", "triggered_by", "params", "result", "error", "log_tail", "children"}
 
 
 def _arrays(columns: Sequence[str]) -> str:
@@ -120,6 +120,9 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
         run.retry_of,
         _text(run.log_tail),
         run.updated_at,
+        run.parent_run_id,
+        run.chain_depth,
+        compact_json(run.children) if run.children else None,
     )
 
 
@@ -129,7 +132,7 @@ def _mutable_values(run: Run) -> list[Any]:
 
 
 def row_to_claimed(row: Sequence[Any]) -> Claimed:
-    return Claimed(row_to_run(row), row[25], row[26])
+    return Claimed(row_to_run(row), row[NODE_COLUMN], row[NODE_COLUMN + 1])
 
 
 async def next_run_ids(conn: Conn, count: int = 1) -> list[int]:

@@ -274,6 +274,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifications_updated ON notifications (updated_at);
     ALTER TABLE job_state ADD COLUMN snoozed_until bigint;
     """,
+    # Chains: a run made by another run's end is triggered_by 'chain', knows its parent and its
+    # depth in the chain, and an ended run keeps what its end made (see jobd/lifecycle/chains.py).
+    # A status_update carries the run's parent_run_id (models.STATUS_UPDATE).
+    f"""
+    ALTER TABLE runs DROP CONSTRAINT runs_triggered_by_check;
+    ALTER TABLE runs ADD CONSTRAINT runs_triggered_by_check CHECK (triggered_by IN ({_SOURCES}, 'chain'));
+    ALTER TABLE runs ADD COLUMN parent_run_id bigint;
+    ALTER TABLE runs ADD COLUMN chain_depth bigint NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN children text;
+    CREATE INDEX runs_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    CREATE OR REPLACE FUNCTION jobd_status_update(r runs) RETURNS text LANGUAGE sql STABLE AS $$
+        SELECT json_build_object(
+            'run_id', r.id, 'job', r.job, 'status', r.status, 'progress', r.progress,
+            'message', r.message,
+            'counts', json_build_object(
+                'total', r.counts_total, 'success', r.counts_success,
+                'failed', r.counts_failed, 'skipped', r.counts_skipped
+            ),
+            'error', r.error, 'result', r.result::json, 'attempt', r.attempt,
+            'updated_at', jobd_iso_ms(r.updated_at), 'parent_run_id', r.parent_run_id
+        )::text
+    $$;
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"

@@ -59,6 +59,9 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
     if f.until is not None:
         clauses.append("created_at < %s")
         args.append(f.until)
+    if f.parent is not None:
+        clauses.append("parent_run_id = %s")
+        args.append(f.parent)
     if f.before_id is not None:
         clauses.append("id < %s")
         args.append(f.before_id)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from jobd.errors import BadRequest, NotFound
-from jobd.models import RunStatus, TriggerSource
+from jobd.lifecycle import chains
+from jobd.models import Run, RunStatus, TriggerSource
 from jobd.runlog import log_path
 from jobd.store import RunFilter
 from jobd.web import sse
@@ -39,6 +40,7 @@ def run_filter(request: web.Request) -> RunFilter:
         triggered_by=enum_list(request, "triggered_by", TriggerSource),
         since=time_param(request, "since"),
         until=time_param(request, "until"),
+        parent=int_param(request, "parent", 0, 1, 10**18 - 1) or None,
     )
 
 
@@ -113,7 +115,15 @@ async def get_run(request: web.Request) -> web.StreamResponse:
     data = run_json(daemon.runs.jobs, run, with_log=True)
     if run.id in daemon.runs.active:
         data["log_tail"] = daemon.pool.live_tail(run.id)
+    data["children"] = await _children(daemon, run)
     return json_response({"run": data})
+
+
+async def _children(daemon: Daemon, run: Run) -> list[dict[str, Any]]:
+    """What the run's end made (its chain), each child with its status as it is now."""
+    ids = [child["run_id"] for child in run.children if child.get("run_id") is not None]
+    found = {child.id: daemon.runs.active.get(child.id, child) or child for child in await daemon.store.get_runs(ids)}
+    return chains.children_json(run.children, found)
 
 
 @routes.get(PREFIX + "/runs/{run_id}/log")
