@@ -50,7 +50,9 @@ def test_an_existing_sqlite_store_is_upgraded_with_its_indexes_and_rollup_trigge
     path = tmp_path / "jobd.db"
     old_sqlite_store(path)
     db = sqlite3.connect(path)
-    indexes_before = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    indexes_before = {
+        row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")
+    }
     triggers_before = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     counted_before = rollups(db)
     assert migrate(db) == len(MIGRATIONS)
@@ -62,7 +64,7 @@ def test_an_existing_sqlite_store_is_upgraded_with_its_indexes_and_rollup_trigge
         0,
         None,
     )
-    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs'")}
     assert indexes_before | {"runs_parent"} == names
     assert triggers_before == {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert rollups(db) == counted_before  # copying the rows counted none of them again

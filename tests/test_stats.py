@@ -154,17 +154,7 @@ async def test_rollups_follow_transitions_and_deletions(store):
 
 async def test_migration_2_rolls_up_an_existing_store(tmp_path, store):
     runs = generate_runs(500, now_ms=NOW, days=5, jobs=JOBS, seed=11)
-    await insert_runs(store, runs)
-    await store.close()
-    path = tmp_path / "jobd.db"
-    # Back to a version-1 store that holds the same runs.
-    db = sqlite3.connect(path)
-    db.executescript(
-        "DROP TRIGGER runs_rollup_insert; DROP TRIGGER runs_rollup_finish; "
-        "DROP TRIGGER runs_rollup_delete; DROP TABLE run_days; DROP TABLE run_totals; "
-        "DROP INDEX runs_duration; DROP INDEX runs_job_duration; " + DROP_MIGRATION_3 + "PRAGMA user_version = 1;"
-    )
-    db.close()
+    await store_at_version(tmp_path, store, runs, 1)
     await store.open()
     version = (await store._fetchall("PRAGMA user_version"))[0][0]
     assert version == len(MIGRATIONS) >= 2
@@ -176,11 +166,7 @@ async def test_migration_2_rolls_up_an_existing_store(tmp_path, store):
 
 async def test_migration_3_sums_the_jobs_of_an_existing_store(tmp_path, store):
     runs = generate_runs(500, now_ms=NOW, days=5, jobs=JOBS, seed=13)
-    await insert_runs(store, runs)
-    await store.close()
-    db = sqlite3.connect(tmp_path / "jobd.db")
-    db.executescript(DROP_MIGRATION_3 + "PRAGMA user_version = 2;")  # a version-2 store
-    db.close()
+    await store_at_version(tmp_path, store, runs, 2)
     await store.open()
     assert (await store._fetchall("PRAGMA user_version"))[0][0] == len(MIGRATIONS) >= 3
     by_day = Counter(run.created_at // DAY_MS for run in runs if run.status.terminal)
@@ -190,10 +176,24 @@ async def test_migration_3_sums_the_jobs_of_an_existing_store(tmp_path, store):
     assert await store.count_by_status() == {s: sum(r.status is s for r in runs) for s in RunStatus}
 
 
-DROP_MIGRATION_3 = (
-    "DROP TRIGGER runs_rollup_all_insert; DROP TRIGGER runs_rollup_all_finish; "
-    "DROP TRIGGER runs_rollup_all_delete; DROP TABLE run_days_all; "
-)
+async def store_at_version(tmp_path, store, runs, version):
+    """Leave in the store's place a store of an older schema `version` holding the same runs (the
+    columns that version had), so that opening it runs the later migrations on real rows."""
+    await insert_runs(store, runs)
+    await store.close()
+    path, old = tmp_path / "jobd.db", tmp_path / "old.db"
+    db = sqlite3.connect(old)
+    for number, script in enumerate(MIGRATIONS[:version], start=1):
+        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    columns = ", ".join(row[1] for row in db.execute("PRAGMA table_info(runs)"))
+    db.execute("ATTACH ? AS new", (str(path),))
+    db.execute(f"INSERT INTO runs ({columns}) SELECT {columns} FROM new.runs")
+    db.commit()
+    db.execute("DETACH new")
+    db.close()
+    for leftover in (tmp_path / "jobd.db-wal", tmp_path / "jobd.db-shm"):
+        leftover.unlink(missing_ok=True)
+    old.replace(path)
 
 
 # -- through the API ---------------------------------------------------------------------------------
