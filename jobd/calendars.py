@@ -16,9 +16,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import icalendar
-import recurring_ical_events
-
 _DAY = timedelta(days=1)
 _EARLIER = timedelta(milliseconds=1)
 
@@ -32,6 +29,10 @@ class IcsDays:
     time when first asked (a yearly RRULE has no end, so the file cannot be expanded whole)."""
 
     def __init__(self, text: bytes) -> None:
+        # Imported here, not with the module: every `jobd` command loads the config package, and
+        # these libraries would add to the start-up of each one, with or without an ics file.
+        import icalendar
+
         try:
             self._calendar = icalendar.Calendar.from_ical(text)
         except Exception as exc:
@@ -55,6 +56,8 @@ class IcsDays:
         return isinstance(day, date) and day in self.year(day.year)
 
     def _expand(self, year: int) -> frozenset[date]:
+        import recurring_ical_events
+
         first, last = date(year, 1, 1), date(year, 12, 31)
         try:
             occurrences: Iterable[Any] = recurring_ical_events.of(self._calendar).between(first, last + _DAY)
