@@ -193,6 +193,8 @@ async def test_migration_3_sums_the_jobs_of_an_existing_store(tmp_path, store):
 DROP_MIGRATION_3 = (
     "DROP TRIGGER runs_rollup_all_insert; DROP TRIGGER runs_rollup_all_finish; "
     "DROP TRIGGER runs_rollup_all_delete; DROP TABLE run_days_all; "
+    # and the migrations after it, so that the store is truly at version 2
+    "ALTER TABLE job_state DROP COLUMN last_skip_reason; "
 )
 
 
