@@ -44,12 +44,18 @@ class IcsDays:
         except Exception:
             raise IcsError("an event has no valid DTSTART") from None
         if years:  # expanded now so that a broken RRULE is found at load, not at a fire
-            self.year(min(years))
+            self._years[min(years)] = self._expand(min(years))
 
     def year(self, year: int) -> frozenset[date]:
         days = self._years.get(year)
         if days is None:
-            days = self._years[year] = self._expand(year)
+            try:
+                days = self._expand(year)
+            except IcsError:
+                # The first year expanded at load; a later one that cannot be (a library's limit)
+                # must not stop the scheduler: that year's events are left out.
+                days = frozenset()
+            self._years[year] = days
         return days
 
     def __contains__(self, day: object) -> bool:
