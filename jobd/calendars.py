@@ -16,9 +16,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import icalendar
-import recurring_ical_events
-
 _DAY = timedelta(days=1)
 _EARLIER = timedelta(milliseconds=1)
 
@@ -32,6 +29,10 @@ class IcsDays:
     time when first asked (a yearly RRULE has no end, so the file cannot be expanded whole)."""
 
     def __init__(self, text: bytes) -> None:
+        # Imported here, not with the module: every `jobd` command loads the config package, and
+        # these libraries would add to the start-up of each one, with or without an ics file.
+        import icalendar
+
         try:
             self._calendar = icalendar.Calendar.from_ical(text)
         except Exception as exc:
@@ -43,18 +44,26 @@ class IcsDays:
         except Exception:
             raise IcsError("an event has no valid DTSTART") from None
         if years:  # expanded now so that a broken RRULE is found at load, not at a fire
-            self.year(min(years))
+            self._years[min(years)] = self._expand(min(years))
 
     def year(self, year: int) -> frozenset[date]:
         days = self._years.get(year)
         if days is None:
-            days = self._years[year] = self._expand(year)
+            try:
+                days = self._expand(year)
+            except IcsError:
+                # The first year expanded at load; a later one that cannot be (a library's limit)
+                # must not stop the scheduler: that year's events are left out.
+                days = frozenset()
+            self._years[year] = days
         return days
 
     def __contains__(self, day: object) -> bool:
         return isinstance(day, date) and day in self.year(day.year)
 
     def _expand(self, year: int) -> frozenset[date]:
+        import recurring_ical_events
+
         first, last = date(year, 1, 1), date(year, 12, 31)
         try:
             occurrences: Iterable[Any] = recurring_ical_events.of(self._calendar).between(first, last + _DAY)
