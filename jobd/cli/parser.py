@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 
 from jobd import __version__
-from jobd.cli import backfill
+from jobd.cli import audit, backfill
 from jobd.cli.api_commands import (
     cmd_job_action,
     cmd_log,
@@ -136,4 +136,5 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     backfill.add_parser(client_parser)
+    audit.add_parser(client_parser)
     return parser
