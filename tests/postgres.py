@@ -79,5 +79,5 @@ def pg_db(pg_migrated: str) -> str:
     from jobd.store.postgres import connect_sync
 
     with connect_sync(pg_migrated) as conn:
-        conn.execute("TRUNCATE runs, job_state, idempotency, fires, nodes, events RESTART IDENTITY")
+        conn.execute("TRUNCATE runs, job_state, idempotency, fires, nodes, events, audit RESTART IDENTITY")
     return pg_migrated

@@ -1,4 +1,4 @@
-"""`jobd audit [--since ISO] [--token NAME] [--action A,B] [--job J] [--limit N]`: the audit log,
+"""`jobd audit [--since ISO] [--by TOKEN_NAME] [--action A,B] [--job J] [--limit N]`: the audit log,
 newest first (an admin token's command)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from jobd.client import JobdClient
 def add_parser(client_parser: Callable[[str, str], argparse.ArgumentParser]) -> None:
     audit = client_parser("audit", "who triggered, cancelled, paused ... what, and how it ended")
     audit.add_argument("--since", metavar="ISO", help="records at or after this time (UTC when no offset is given)")
-    audit.add_argument("--token", metavar="NAME", help="records of this token")
+    audit.add_argument("--by", metavar="NAME", help="records of the calls made with this token (its name)")
     audit.add_argument("--action", metavar="A,B", help="trigger, backfill, cancel, retry, pause, resume, ticket, ...")
     audit.add_argument("--job")
     audit.add_argument("--limit", type=int, default=20)
@@ -51,7 +51,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"jobd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    query = {"since": since, "token": args.token, "action": args.action, "job": args.job, "limit": args.limit}
+    query = {"since": since, "token": args.by, "action": args.action, "job": args.job, "limit": args.limit}
 
     async def action(client: JobdClient) -> int:
         page = cast("dict[str, Any]", await client.request("GET", "/api/v1/audit", params=query))

@@ -8,6 +8,7 @@ the audit log. A test holds every route that is not a GET to this table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -100,14 +101,20 @@ def record_of(request: web.Request, response: web.StreamResponse, action: str) -
     )
 
 
-def record(request: web.Request, response: web.StreamResponse) -> None:
-    """The middleware's hook after each answer: audited calls are handed to the audit log."""
+async def record(request: web.Request, response: web.StreamResponse) -> None:
+    """The middleware's hook after each answer: audited calls are handed to the audit log. Only a
+    call about a finished run whose answer does not name its job (a refused cancel or retry, a
+    ticket for its stream) reads the store, for the run's job."""
     action = action_of(request)
     if action is None or response.status == 401:
         return
     daemon = request.app[DAEMON]
     try:
-        daemon.audit.record(record_of(request, response, action))
+        made = record_of(request, response, action)
+        if made.job is None and made.run_id is not None and response.status != 404:
+            run = await daemon.store.get_run(made.run_id)
+            made = dataclasses.replace(made, job=run.job if run is not None else None)
+        daemon.audit.record(made)
     except Exception:  # the answer is decided: it goes out, and the log says what was not recorded
         daemon.log.exception("audit_not_recorded", action=action, path=request.path)
 

@@ -44,7 +44,7 @@ def make_middleware(
     *,
     check: Callable[[web.Request], None] | None = None,
     guard: Callable[[web.Request], Awaitable[None]] | None = None,
-    answered: Callable[[web.Request, web.StreamResponse], None] | None = None,
+    answered: Callable[[web.Request, web.StreamResponse], Awaitable[None]] | None = None,
 ) -> Any:
     """The one middleware of jobd's own: request ids, `check` (authentication) and `guard` (a
     token's job scope) before the handler, problem+json for errors, `answered` (the audit log)
@@ -88,7 +88,7 @@ def make_middleware(
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
         if answered is not None:
-            answered(request, response)
+            await answered(request, response)
         if not access_log.is_enabled_for(logging.INFO):
             return response
         access_log.info(
