@@ -5,8 +5,8 @@ lists leave the others out, and every path that names another job or a run of an
 answers 404, as for a job that does not exist, so that a token does not learn what it may not
 see. Its stream tickets carry its patterns (see tickets).
 
-`guard` runs for every request after authentication. Paths with `{name}` (a job) or `{run_id}`
-are checked here, whatever their handler. Every other route is listed in `POLICIES`: `filtered`
+`guard` runs for every request after authentication. Paths under `/jobs/{name}` or
+`/runs/{run_id}` are checked here, whatever their handler. Every other route is listed in `POLICIES`: `filtered`
 (its handler filters by the scope), `open` (it tells nothing of jobs) or `refused` (403 for a
 token limited to jobs); a route listed nowhere is refused, so a new route is closed to limited
 tokens until someone decides what it shows them.
@@ -99,9 +99,9 @@ async def check_run(request: web.Request, daemon: Daemon, run_id: int) -> None:
 
 def policy(path: str) -> str:
     """What a token limited to jobs gets from a route (its canonical path)."""
-    if "{name}" in path:
+    if path.startswith(PREFIX + "/jobs/{name}"):
         return "job"
-    if "{run_id}" in path:
+    if path.startswith(PREFIX + "/runs/{run_id}"):
         return "run"
     return POLICIES.get(path, REFUSED)
 
