@@ -231,3 +231,25 @@ async def test_cli_audit(h):
     code, _, err = await cli("--action", "launch")
     assert code != 0 and "action must be one or more of" in err
     await wait_for(lambda: not h.daemon.runs.active)
+
+
+async def test_copy_store_moves_the_audit_log(backend, tmp_path, request):
+    if backend != "postgresql":
+        pytest.skip("copy-store fills a PostgreSQL store")
+    from jobd.cli.copy_store import copy_store, open_source
+    from jobd.store import SQLiteStore
+    from jobd.store.postgres import connect_sync
+
+    target = request.getfixturevalue("pg_db")
+    store = SQLiteStore(tmp_path / "jobd.db")
+    await store.open()
+    for n in range(3):
+        store.append_audit(
+            AuditRecord(at=1_000 + n, token="ci", remote="10.0.0.1", action="trigger", target="/t", status=202, outcome="ok", job="noop", detail=f"run {n}")
+        )  # fmt: skip
+    await store.flush_audit()
+    await store.close()
+    with connect_sync(target) as pg:
+        copy_store(open_source(tmp_path / "jobd.db"), pg)
+        rows = pg.execute("SELECT at, token, remote, action, job, detail FROM audit ORDER BY id").fetchall()
+    assert rows == [(1_000 + n, "ci", "10.0.0.1", "trigger", "noop", f"run {n}") for n in range(3)]

@@ -12,7 +12,7 @@ from jobd.models import iso_ms
 COLUMNS = ("at", "token", "remote", "action", "job", "run_id", "target", "status", "outcome", "detail", "request_id")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one is made per audited call, and frozen ones build slower
 class AuditRecord:
     at: int  # epoch ms
     token: str | None  # the token's name; None with auth off

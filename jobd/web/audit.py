@@ -72,7 +72,7 @@ def record_of(request: web.Request, response: web.StreamResponse, action: str) -
         outcome = kind.rpartition(":")[2] or f"http-{response.status}"
         detail = str((problem or {}).get("detail", "")) or None
     elif (location := response.headers.get("Location")) is not None:  # a trigger's or a retry's new run
-        detail = f"run {_run_id(location)}"
+        detail = "run " + location.rpartition("/")[2]
     elif action == "ticket":
         stream = str((_body(response) or {}).get("stream", ""))
         target, run_id = stream or target, _run_id(stream)
