@@ -86,3 +86,13 @@ def page_sql(f: AuditFilter, mark: str, limit: int) -> tuple[str, list[Any], str
 
 def insert_sql(mark: str) -> str:
     return f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join([mark] * len(COLUMNS))})"
+
+
+# SQLite's group commit writes its records as one JSON array, as it writes runs (see
+# store.sqlite_rows.upsert): (one row, a JSON array of rows).
+SQLITE_INSERTS = (
+    insert_sql("?"),
+    f"INSERT INTO audit ({', '.join(COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(COLUMNS)))
+    + " FROM json_each(?)",
+)

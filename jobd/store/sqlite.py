@@ -295,7 +295,7 @@ class SQLiteStore(SQLiteReads):
         if key_rows:
             statements.append((INSERT_KEY, key_rows, True))
         if records:
-            statements.append((audit.insert_sql("?"), [record.row() for record in records], True))
+            statements.append(upsert(audit.SQLITE_INSERTS, [record.row() for record in records]))
         await self._transaction(functools.partial(execute_all, statements))
 
     async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
