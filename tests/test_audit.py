@@ -253,3 +253,13 @@ async def test_copy_store_moves_the_audit_log(backend, tmp_path, request):
         copy_store(open_source(tmp_path / "jobd.db"), pg)
         rows = pg.execute("SELECT at, token, remote, action, job, detail FROM audit ORDER BY id").fetchall()
     assert rows == [(1_000 + n, "ci", "10.0.0.1", "trigger", "noop", f"run {n}") for n in range(3)]
+
+
+async def test_a_nul_in_a_path_is_recorded_without_holding_up_the_store(h):
+    await call(h, "POST", "/api/v1/jobs/a%00b/trigger", 404, json={})
+    run = (await call(h, "POST", "/api/v1/jobs/noop/trigger", 202, json={}))["run"]
+    await h.finished(run["id"])  # the commits that carried the record went through
+    refused, made = reversed(await audit(h))
+    assert refused["job"] == "a\ufffdb" and refused["target"] == "/api/v1/jobs/a\ufffdb/trigger"
+    assert made["detail"] == f"run {run['id']}"
+    await call(h, "GET", "/api/v1/audit?job=a%00b", 400, token=OPS)

@@ -56,6 +56,10 @@ def _body(response: web.StreamResponse) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _text(value: str) -> str:
+    return value.replace("\0", "\ufffd")
+
+
 def _run_id(text: str | None) -> int | None:
     found = _RUN_PATH.search(text or "")
     return int(found.group(1)) if found else None
@@ -86,6 +90,10 @@ def record_of(request: web.Request, response: web.StreamResponse, action: str) -
         else:
             job = request.get(RUN_JOB)
     token = request.get(TOKEN)
+    if "\0" in target + (job or "") + (detail or ""):
+        # PostgreSQL's text cannot hold one, and a record it refuses would hold up the node's commits.
+        target = _text(target)
+        job, detail = (None if v is None else _text(v) for v in (job, detail))
     return AuditRecord(
         at=request.app[DAEMON].runs.clock(),
         token=token.name if token is not None else None,

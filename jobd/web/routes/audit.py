@@ -17,6 +17,13 @@ from jobd.web.scope import job_names
 routes = web.RouteTableDef()
 
 
+def _name(request: web.Request, key: str) -> str | None:
+    value = request.query.get(key) or None
+    if value is not None and "\0" in value:
+        raise BadRequest(f"{key} must not contain a NUL character", field=key)
+    return value
+
+
 def audit_filter(request: web.Request) -> AuditFilter:
     actions = tuple(action.lower() for action in list_param(request, "action"))
     for action in actions:
@@ -25,9 +32,9 @@ def audit_filter(request: web.Request) -> AuditFilter:
     return AuditFilter(
         since=time_param(request, "since"),
         until=time_param(request, "until"),
-        token=request.query.get("token") or None,
+        token=_name(request, "token"),
         actions=actions,
-        job=request.query.get("job") or None,
+        job=_name(request, "job"),
         # An admin token limited to some jobs reads the records about its jobs.
         jobs=job_names(request, request.app[DAEMON].runs.jobs),
         before_id=cursor_param(request),
