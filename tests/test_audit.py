@@ -263,3 +263,19 @@ async def test_a_nul_in_a_path_is_recorded_without_holding_up_the_store(h):
     assert refused["job"] == "a\ufffdb" and refused["target"] == "/api/v1/jobs/a\ufffdb/trigger"
     assert made["detail"] == f"run {run['id']}"
     await call(h, "GET", "/api/v1/audit?job=a%00b", 400, token=OPS)
+
+
+async def test_bytes_that_are_not_utf8_in_a_path_are_recorded(h):
+    server = h.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /api/v1/jobs/x%FF%ED%A0%80y/trigger HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + CI.encode() + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 404 "), answer[:200]
+    run = (await call(h, "POST", "/api/v1/jobs/noop/trigger", 202, json={}))["run"]
+    await h.finished(run["id"])
+    refused, made = reversed(await audit(h))
+    assert refused["status"] == 404 and refused["job"].startswith("x") and made["detail"] == f"run {run['id']}"

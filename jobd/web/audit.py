@@ -57,7 +57,7 @@ def _body(response: web.StreamResponse) -> dict[str, Any] | None:
 
 
 def _text(value: str) -> str:
-    return value.replace("\0", "\ufffd")
+    return value.replace("\0", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _run_id(text: str | None) -> int | None:
@@ -90,8 +90,10 @@ def record_of(request: web.Request, response: web.StreamResponse, action: str) -
         else:
             job = request.get(RUN_JOB)
     token = request.get(TOKEN)
-    if "\0" in target + (job or "") + (detail or ""):
-        # PostgreSQL's text cannot hold one, and a record it refuses would hold up the node's commits.
+    texts = target + (job or "") + (detail or "")
+    if "\0" in texts or not texts.isascii():
+        # What PostgreSQL's text cannot hold (a NUL; a lone surrogate, from bytes that were not
+        # UTF-8) is replaced: a record the database refuses would hold up the node's commits.
         target = _text(target)
         job, detail = (None if v is None else _text(v) for v in (job, detail))
     return AuditRecord(
