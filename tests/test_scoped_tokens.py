@@ -348,3 +348,10 @@ async def test_the_firehose_filter_of_a_limited_token_meets_its_own(world):
     assert len(seen["job=secret"]) == 1 and '"type":"connected"' in seen["job=secret"][0]
     both = "".join(seen["job=secret,backup-db"])
     assert f'"run_id":{mine}' in both and "secret" not in both
+
+
+async def test_metrics_with_their_own_token_refuse_a_limited_one(start_daemon):
+    h = await start_daemon(JOBS, auth=TOKENS, metrics={"token": "prometheus-token-1"})
+    for token, status in (("prometheus-token-1", 200), (OPS, 200), (LIMITED, 403), (LIMITED_ADMIN, 403)):
+        response = await h.client.get("/metrics", headers=bearer(token))
+        assert response.status == status, (token, await response.text())
