@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from jobd.alerts import Alerter
+from jobd.audit import AuditLog, AuditReads
 from jobd.config import Config, ConfigError, load_config
 from jobd.dburl import redact_url
 from jobd.events import EventBus
@@ -80,6 +81,7 @@ class Daemon:
         self.backend: RunBackend
         shared: SharedTables | None = None  # a cluster's tables that retention trims too
         queue: Queue
+        audit_reads: AuditReads
         if config.store.url is None:
             sqlite = SQLiteStore(
                 config.store.path, synchronous=config.store.synchronous, log=self.log.bind(component="store")
@@ -87,6 +89,8 @@ class Daemon:
             self.store = sqlite
             queue = SQLiteQueue(sqlite)
             self.backend = LocalBackend(jobs=config.jobs, store=sqlite, log=self.log.bind(component="runs"))
+            self.audit = AuditLog(sqlite, sqlite)
+            audit_reads = sqlite
         else:
             # Imported only here: a single node on SQLite never loads the PostgreSQL driver.
             from jobd.cluster import cluster_backend
@@ -96,6 +100,8 @@ class Daemon:
             self.store = shared
             queue = PostgresQueue(shared.pool)
             self.backend = self.cluster
+            self.audit = AuditLog(self.cluster.writer, shared)
+            audit_reads = shared
         self.backend.feed_to(self.bus)
         self.runs = Runs(self.backend, scheduler_clock=self.clock.now)
         self.pool = WorkerPool(
@@ -127,6 +133,7 @@ class Daemon:
             logs_dir=config.store.logs_dir,
             shared=shared,
             notifications=self.notifications,
+            audit=audit_reads,
             keep_events=config.events.ring_size,
             log=self.log.bind(component="retention"),
         )

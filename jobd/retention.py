@@ -1,5 +1,6 @@
-"""Retention: the daily clean-up of old runs, their log files and expired idempotency keys, and
-in a cluster of the events and cron fire records the nodes share.
+"""Retention: the daily clean-up of old runs, their log files, expired idempotency keys and old
+audit records (`[retention] audit_days`), and in a cluster of the events and cron fire records the
+nodes share.
 
 Finished runs older than `[retention] days` (FAILED ones: `failed_days`; 0 keeps them for ever)
 are deleted in small batches, each its own short transaction with a pause after it, so API reads
@@ -55,6 +56,8 @@ class RunTable(Protocol):
 
 class NotificationTable(Protocol):
     async def trim(self, *, before: int, limit: int) -> int: ...
+class AuditTable(Protocol):
+    async def delete_audit(self, *, before: int, limit: int) -> int: ...
 
 
 class SharedTables(Protocol):
@@ -77,6 +80,7 @@ class SweepResult:
     events: int = 0
     fires: int = 0
     notifications: int = 0
+    audit: int = 0
     batches: int = 0
     elsewhere: bool = False  # another node of the cluster was cleaning up: this one did nothing
 
@@ -91,6 +95,7 @@ class Retention:
         clock: Callable[[], int] = now_ms,
         pause_s: float = BATCH_PAUSE_S,
         shared: SharedTables | None = None,
+        audit: AuditTable | None = None,
         keep_events: int = 10_000,
         notifications: NotificationTable | None = None,
         log: Any = None,
@@ -99,6 +104,7 @@ class Retention:
         self.config = config
         self.runs = runs
         self.shared = shared
+        self.audit = audit
         self.keep_events = keep_events
         self.logs_dir = logs_dir
         self.clock = clock
@@ -190,6 +196,9 @@ class Retention:
             result.notifications = await self._batches(
                 lambda: notifications.trim(before=before, limit=self.config.batch_size)
             )
+        if self.audit is not None and self.config.audit_days > 0:
+            audit, before = self.audit, now - round(self.config.audit_days * DAY_MS)
+            result.audit = await self._batches(lambda: audit.delete_audit(before=before, limit=self.config.batch_size))
         shared = {}
         if self.shared is not None:
             await self._trim_shared(self.shared, now, result)
@@ -201,6 +210,7 @@ class Retention:
             logs_deleted=result.logs,
             keys_deleted=result.keys,
             notifications_deleted=result.notifications,
+            audit_deleted=result.audit,
             **shared,
             batches=result.batches,
             duration_ms=round((asyncio.get_running_loop().time() - started) * 1000),

@@ -28,6 +28,7 @@ from jobd.models import (
 )
 from jobd.stats import MAX_DAYS
 from jobd.store.notifications import STATUSES as NOTIFICATION_STATUSES
+from jobd.web.audit import ACTIONS
 from jobd.web.routes.backfill import DEFAULT_MAX_RUNS, MAX_RANGE, MAX_RUNS
 from jobd.web.timing import MAX_DELAY_S
 
@@ -468,9 +469,13 @@ def schemas() -> dict[str, Schema]:
                 "auth": {"type": "boolean", "description": "whether tokens are configured"},
                 "scope": {"type": "string", "enum": ["read", "trigger", "admin"]},
                 "token": {**nullable(STR), "description": "the token's name; null when auth is off"},
+                "jobs": {
+                    **nullable({"type": "array", "items": STR}),
+                    "description": "the glob patterns of the jobs a token limited to some jobs sees; null: every job",
+                },
                 "features": {
                     "type": "array",
-                    "items": {"type": "string", "enum": ["events", "run_events", "stats", "tickets"]},
+                    "items": {"type": "string", "enum": ["audit", "events", "run_events", "stats", "tickets"]},
                     "description": "optional endpoints this daemon serves",
                 },
             }
@@ -647,6 +652,7 @@ def paths() -> dict[str, Schema]:
                 responses={
                     "200": text_content("text/plain", "metrics in the Prometheus text format 0.0.4"),
                     "401": problem("the metrics token (or a token) is missing or wrong"),
+                    "403": problem("a token limited to some jobs (metrics name every job)"),
                 },
             )
         },
@@ -884,6 +890,7 @@ def paths() -> dict[str, Schema]:
                     "201": json_content(ref("Ticket"), "the ticket"),
                     "400": bad_request,
                     "403": problem("the stream needs a scope above the token's"),
+                    "404": problem("a token limited to some jobs asked for the stream of another job's run"),
                 },
             )
         },
@@ -1148,6 +1155,75 @@ def notification_paths() -> dict[str, Schema]:
     }
 
 
+# -- the audit log ---------------------------------------------------------------------------------
+
+
+def audit_schemas() -> dict[str, Schema]:
+    maybe_str = nullable(STR)
+    return {
+        "AuditRecord": obj(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "at": TIME,
+                "token": {**maybe_str, "description": "the token's name; null when auth is off"},
+                "remote": {**maybe_str, "description": "the caller's address"},
+                "action": {"type": "string", "enum": list(ACTIONS)},
+                "job": {**maybe_str, "description": "the job acted on (of the run, for cancel and retry), when known"},
+                "run_id": {**nullable(INT), "description": "the run the path names (cancel, retry, a run's stream)"},
+                "target": {**STR, "description": "the request's path (a ticket's: the stream's)"},
+                "status": {"type": "integer", "minimum": 100, "maximum": 599, "description": "the HTTP status"},
+                "outcome": {**STR, "description": "ok, or the problem's type (overlap, job-not-found, ...)"},
+                "detail": {**maybe_str, "description": "the run created (run 42), or the problem's detail"},
+                "request_id": {**maybe_str, "description": "the request's X-Request-ID"},
+            }
+        ),
+        "AuditPage": obj(
+            {
+                "records": {"type": "array", "items": ref("AuditRecord")},
+                "pagination": obj(
+                    {
+                        "total": COUNT,
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+                        "has_more": BOOL,
+                        "next_cursor": nullable(STR),
+                    }
+                ),
+            }
+        ),
+    }
+
+
+def audit_paths() -> dict[str, Schema]:
+    return {
+        V1 + "/audit": {
+            "get": operation(
+                "The audit log, newest first",
+                tag="audit",
+                scope="admin",
+                operation_id="auditLog",
+                description=(
+                    "One record per state-changing call (trigger, backfill, cancel, retry, pause, resume, "
+                    "snooze, ticket), refusals included. An admin token limited to some jobs reads the "
+                    "records of its jobs. Page with pagination.next_cursor as ?cursor=."
+                ),
+                parameters=(
+                    query("since", {"type": "string", "format": "date-time"}, "records at or after this time"),
+                    query("until", {"type": "string", "format": "date-time"}, "records before this time"),
+                    query("token", STR, "records of this token (its name)"),
+                    query("action", names_list(list(ACTIONS)), "comma-separated actions"),
+                    query("job", STR, "records about this job"),
+                    query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"),
+                    query("cursor", cursor_schema(), "from pagination.next_cursor: the page starts after that record"),
+                ),
+                responses={
+                    "200": json_content(ref("AuditPage"), "a page of records"),
+                    "400": problem("a parameter is not valid"),
+                },
+            )
+        }
+    }
+
+
 def build_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -1158,18 +1234,22 @@ def build_document() -> dict[str, Any]:
                 "jobd's HTTP API. JSON under /api/v1; times are ISO-8601 UTC with milliseconds. Every error is "
                 "application/problem+json (RFC 9457). With tokens configured, send `Authorization: Bearer TOKEN` "
                 "or `X-API-Key: TOKEN`; each operation's `x-jobd-scope` is the scope it needs "
-                "(read < trigger < admin)."
+                "(read < trigger < admin). A token limited to some jobs (`jobs` in its config) sees only "
+                "those: lists leave the others out and paths naming another job or its runs answer 404. "
+                "State-changing calls are recorded in the audit log (GET /api/v1/audit)."
             ),
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": [{"bearer": []}, {"apiKey": []}],
         "tags": [
             {"name": name}
-            for name in ("jobs", "runs", "notifications", "streams", "observability", "health", "contract", "dashboard")
+            for name in (
+                "jobs", "runs", "notifications", "streams", "observability", "audit", "health", "contract", "dashboard"
+            )
         ],
-        "paths": paths() | backfill_paths() | notification_paths(),
+        "paths": paths() | backfill_paths() | notification_paths() | audit_paths(),
         "components": {
-            "schemas": schemas() | backfill_schemas() | notification_schemas(),
+            "schemas": schemas() | backfill_schemas() | notification_schemas() | audit_schemas(),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -30,6 +30,7 @@ TOKENS = {
     "read": "read-token-123",
     "trigger": "trigger-token-123",
     "admin": "admin-token-123",
+    "limited": "limited-token-123",  # admin, limited to the job `hourly`
 }
 
 
@@ -102,7 +103,12 @@ async def test_responses_match_the_document(start_daemon):
             "never": {"handler": "sample_jobs:noop"},
             "hourly": {"handler": "sample_jobs:noop", "schedule": "0 * * * *"},
         },
-        auth={"tokens": [{"name": scope, "token": token, "scope": scope} for scope, token in TOKENS.items()]},
+        auth={
+            "tokens": [
+                {"name": name, "token": token, "scope": name} for name, token in TOKENS.items() if name != "limited"
+            ]
+            + [{"name": "limited", "token": TOKENS["limited"], "scope": "admin", "jobs": ["hourly"]}]
+        },
         server={"max_body_bytes": 4096, "max_streams": 1},
         notifiers={"ok": {"kind": "command", "argv": ["true"]}, "down": {"kind": "command", "argv": ["false"]}},
     )
@@ -223,6 +229,11 @@ async def test_responses_match_the_document(start_daemon):
     await r.call("POST", "/api/v1/jobs/nope/snooze", 404, json={"until": None})
     await r.call("DELETE", "/api/v1/jobs/noop/snooze", 200)
     await r.call("DELETE", "/api/v1/jobs/nope/snooze", 404)
+    # a token limited to some jobs, and the audit log
+    await r.call("GET", "/metrics", 403, token="limited")
+    await r.call("POST", "/api/v1/tickets", 404, token="limited", json={"stream": done})
+    await r.call("GET", "/api/v1/audit?action=trigger,cancel&limit=3", 200)
+    await r.call("GET", "/api/v1/audit?action=launch", 400)
 
     # auth, for every operation that needs a scope: none → 401, one below → 403
     served = set(documented_operations()) - NOT_YET_SERVED

@@ -3,8 +3,8 @@ store, so that a cluster carries on where the node stopped.
 
 What moves: every run with all its columns and its id (so its log file, found by id under the
 logs folder, stays its own), job state (pause, failure streaks, last fire), idempotency keys,
-and each job's last cron fire as the cluster's record of it (catch-up after the move starts
-there). The SQLite statistics tables do not move: they are aggregates of the runs.
+each job's last cron fire as the cluster's record of it (catch-up after the move starts
+there), and the audit log (its records numbered again by the target, in their order). The SQLite statistics tables do not move: they are aggregates of the runs.
 
 All of it is one PostgreSQL transaction: a copy that fails half-way leaves the target as it was,
 empty, and can simply be run again; the rows are streamed with COPY and read from SQLite in
@@ -27,6 +27,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg.rows import TupleRow
 
+from jobd.store.audit import COLUMNS as AUDIT_COLUMNS
 from jobd.store.base import RUN_COLUMNS
 from jobd.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
@@ -148,6 +149,14 @@ def _keys(db: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
             yield tuple(_text(value) for value in row)
 
 
+def _audit(db: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone() is None:
+        return  # a store from before the audit log
+    for batch in _batches(db, f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY id"):
+        for row in batch:
+            yield tuple(_text(value) for value in row)
+
+
 def copy_store(db: sqlite3.Connection, pg: psycopg.Connection[TupleRow]) -> Copied:
     """Copy into `pg` (with jobd's schema) in one transaction; refused if it holds any history."""
     db.execute("BEGIN")  # one snapshot of the source, however long the copy takes
@@ -172,6 +181,7 @@ def copy_store(db: sqlite3.Connection, pg: psycopg.Connection[TupleRow]) -> Copi
                 (FIRE_NODE,),
             )
             fires = cur.rowcount
+            _copy(pg, "audit", AUDIT_COLUMNS, _audit(db))
             last = pg.execute("SELECT max(id) FROM runs").fetchone()
             last_id = None if last is None or last[0] is None else int(last[0])
             if last_id is not None:  # the cluster's next run id follows the copied ones

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from jobd import __version__
 from jobd.cli import backfill, notify_test
+from jobd.cli import audit, backfill
 from jobd.cli.api_commands import (
     cmd_job_action,
     cmd_log,
@@ -137,4 +138,5 @@ def build_parser() -> argparse.ArgumentParser:
 
     backfill.add_parser(client_parser)
     notify_test.add_parser(client_parser)
+    audit.add_parser(client_parser)
     return parser

@@ -14,6 +14,7 @@ import psycopg
 from jobd.cluster import writes
 from jobd.cluster.chaining import Chainer
 from jobd.models import Run
+from jobd.store import audit
 from jobd.store.postgres import runs
 from jobd.store.postgres.runs import Conn
 
@@ -41,6 +42,8 @@ class EndWriter:
         self.log = log
         self._ends: list[_End] = []
         self._progress: dict[int, tuple[Run, uuid.UUID]] = {}
+        self._audit: list[audit.AuditRecord] = []
+        self._audit_waiters: list[asyncio.Future[None]] = []
         self._more = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -54,6 +57,8 @@ class EndWriter:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self.wait_settled()
+                if self._audit:
+                    await self.flush_audit()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -74,6 +79,17 @@ class EndWriter:
     def progress(self, run: Run, token: uuid.UUID) -> None:
         self._progress[run.id] = (run, token)
 
+    def append_audit(self, record: audit.AuditRecord) -> None:
+        """Rides along with the next transaction: at the latest the next progress tick's."""
+        self._audit.append(record)
+
+    async def flush_audit(self) -> None:
+        """Returns once the audit records handed in so far are committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._audit_waiters.append(done)
+        self._more.set()
+        await done
+
     async def _run(self) -> None:
         failures = 0
         last_progress = 0.0
@@ -89,7 +105,10 @@ class EndWriter:
                 progress = [(writes.cleaned(run.copy()), token) for run, token in self._progress.values()]
                 self._progress.clear()
                 last_progress = loop.time()
-            if not ends and not progress:
+            records, self._audit = self._audit, []
+            audited, self._audit_waiters = self._audit_waiters, []
+            if not ends and not progress and not records:
+                _settle(audited)
                 self._idle.set()
                 continue
             self._inflight = len(ends)
@@ -97,6 +116,9 @@ class EndWriter:
                 async with self._connection() as conn:
                     async with conn.transaction():
                         await runs.finish_many(conn, progress)
+                        if records:
+                            async with conn.cursor() as cur:
+                                await cur.executemany(audit.insert_sql("%s"), [r.row() for r in records])
                         ended = await writes.ended(
                             conn,
                             [(f, t, a) for f, t, a, _ in ends],
@@ -109,12 +131,15 @@ class EndWriter:
                 failures += 1
                 self.log.error("finish_not_committed", runs=len(ends), error=str(exc), attempt=failures)
                 self._ends[:0] = ends
+                self._audit[:0] = records
+                self._audit_waiters[:0] = audited
                 await asyncio.sleep(min(MAX_RETRY_S, 0.1 * 2**failures))
                 self._more.set()
                 continue
             finally:
                 self._inflight = 0
             failures = 0
+            _settle(audited)
             for final, _, _, done in ends:
                 self._ended(final, final.id in streaks, streaks.get(final.id, 0))
                 if not done.done():
@@ -126,3 +151,9 @@ class EndWriter:
                 self.log.warning("last_runs_not_saved", error=str(exc))
             if not self._ends:
                 self._idle.set()
+
+
+def _settle(waiters: list[asyncio.Future[None]]) -> None:
+    for done in waiters:
+        if not done.done():
+            done.set_result(None)

@@ -39,6 +39,7 @@ from jobd.config.sections import (
     WorkersConfig,
 )
 from jobd.config.table import Table, type_name
+from jobd.config.tokens import token_jobs, unmatched_token_jobs
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -95,6 +96,7 @@ def parse_config(
     )
     check_chains({name: job.chain for name, job in jobs.items()})
     top.done()
+    warnings.extend(unmatched_token_jobs(auth, jobs))
     if not auth.enabled and not is_loopback(server.host):
         raise ConfigError(
             f"server.host: {server.host!r} is not a loopback address; "
@@ -198,8 +200,9 @@ def _auth(t: Table, environ: Mapping[str, str]) -> AuthConfig:
         for other_index, other in enumerate(tokens):
             if other.token == secret:
                 raise ConfigError(f"{key}: the same secret as {t.key('tokens')}[{other_index}] ({other.name!r})")
+        jobs = token_jobs(item)
         item.done()
-        tokens.append(Token(name=name, token=secret, scope=scope))
+        tokens.append(Token(name=name, token=secret, scope=scope, jobs=jobs))
     names = [token.name for token in tokens]
     if len(set(names)) != len(names):
         raise ConfigError(f"{t.key('tokens')}: token names must be unique")
@@ -265,6 +268,7 @@ def _retention(t: Table) -> RetentionConfig:
         interval_s=t.number("interval_s", d.interval_s, minimum=1.0),
         first_delay_s=t.number("first_delay_s", d.first_delay_s, minimum=0.0),
         batch_size=t.integer("batch_size", d.batch_size, minimum=1, maximum=10_000),
+        audit_days=t.number("audit_days", d.audit_days, minimum=0.0),
     )
     t.done()
     return config

@@ -76,6 +76,7 @@ class Token:
     name: str
     token: str = dataclasses.field(repr=False)
     scope: str
+    jobs: tuple[str, ...] = ()  # glob patterns (fnmatch) of the jobs it may see; empty: every job
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class RetentionConfig:
     interval_s: float = 86400.0
     first_delay_s: float = 60.0  # the first clean-up after start
     batch_size: int = 500
+    audit_days: float = 365.0  # 0 keeps the audit log for ever
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ class DeletedRuns:
 @dataclasses.dataclass(frozen=True, slots=True)
 class RunFilter:
     job: str | None = None
+    jobs: tuple[str, ...] | None = None  # runs of these jobs only (a token limited to some jobs)
     status: tuple[RunStatus, ...] = ()
     triggered_by: tuple[TriggerSource, ...] = ()
     since: int | None = None  # created_at >= since (epoch ms)

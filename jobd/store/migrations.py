@@ -284,6 +284,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER runs_rollup_all_delete AFTER DELETE ON runs
     WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_remove("old")} END;
     """,
+    # The audit log: one row per state-changing API call (see jobd.store.audit). AUTOINCREMENT so
+    # that an id is never given twice, even after retention deleted the newest rows: ids are cursors.
+    """
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        token TEXT,
+        remote TEXT,
+        action TEXT NOT NULL,
+        job TEXT,
+        run_id INTEGER,
+        target TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT,
+        request_id TEXT
+    );
+    CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+    """,
 )
 
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import structlog
 
 from jobd.models import Run, RunStatus
+from jobd.store import audit
 from jobd.store.base import (
     DeletedRuns,
     IdempotencyKey,
@@ -90,6 +91,7 @@ class SQLiteStore(SQLiteReads):
         self._pending_keys: list[IdempotencyKey] = []
         self._pending_notifications: list[NewNotification] = []
         self._lazy_runs: dict[int, Run] = {}
+        self._pending_audit: list[audit.AuditRecord] = []
         self._waiters: list[CommitCallback] = []
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
@@ -216,6 +218,29 @@ class SQLiteStore(SQLiteReads):
         if run.id not in self._pending_runs:
             self._lazy_runs[run.id] = run
 
+    def append_audit(self, record: audit.AuditRecord) -> None:
+        """An audit record rides along with the next commit (or the lazy flush): it never opens a
+        transaction of its own while others are being committed."""
+        self._pending_audit.append(record)
+
+    async def flush_audit(self) -> None:
+        await self.write()
+
+    async def list_audit(self, where: audit.AuditFilter, *, limit: int) -> tuple[list[audit.AuditRecord], int]:
+        page, args, count, count_args = audit.page_sql(where, "?", limit)
+        rows = await self._fetchall(page, args)
+        total = (await self._fetchall(count, count_args))[0][0]
+        return [audit.record_of(row) for row in rows], int(total)
+
+    async def delete_audit(self, *, before: int, limit: int) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ? ORDER BY at LIMIT ?)", (before, limit)
+            )
+            return max(0, cursor.rowcount)
+
+        return await self._transaction(delete)
+
     async def flush(self) -> None:
         """Commit everything handed in so far, lazy rows included."""
         self._pending_runs.update(self._lazy_runs)
@@ -233,9 +258,10 @@ class SQLiteStore(SQLiteReads):
             states, self._pending_states = self._pending_states, {}
             keys, self._pending_keys = self._pending_keys, []
             notifications, self._pending_notifications = self._pending_notifications, []
+            records, self._pending_audit = self._pending_audit, []
             waiters, self._waiters = self._waiters, []
             try:
-                await self._commit(runs.values(), states.values(), keys, notifications)
+                await self._commit(runs.values(), states.values(), keys, records, notifications)
             except Exception as exc:  # fail the waiters; the loop itself must survive
                 self.log.error("commit_failed", error=str(exc), runs=len(runs), waiters=len(waiters))
                 _settle_all(waiters, exc)
@@ -247,6 +273,7 @@ class SQLiteStore(SQLiteReads):
         runs: Iterable[Run],
         states: Iterable[JobState],
         keys: list[IdempotencyKey],
+        records: list[audit.AuditRecord],
         notifications: Sequence[NewNotification] = (),
     ) -> None:
         assert self._writer is not None
@@ -265,7 +292,7 @@ class SQLiteStore(SQLiteReads):
             for s in states
         ]
         key_rows = [(k.job, k.key, k.run_id, k.created_at) for k in keys]
-        if not (run_rows or state_rows or key_rows or notifications):
+        if not (run_rows or state_rows or key_rows or records or notifications):
             return
         statements: list[Statement] = []
         if run_rows:
@@ -276,6 +303,8 @@ class SQLiteStore(SQLiteReads):
             statements.append((INSERT_KEY, key_rows, True))
         if notifications:  # after the job states: a snooze is read from job_state
             statements.append(insert_statement(notifications))
+        if records:
+            statements.append(upsert(audit.SQLITE_INSERTS, [record.row() for record in records]))
         await self._transaction(functools.partial(execute_all, statements))
 
     async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -298,7 +327,7 @@ class SQLiteStore(SQLiteReads):
     async def _lazy_loop(self) -> None:
         while True:
             await asyncio.sleep(_LAZY_FLUSH_S)
-            if self._lazy_runs and not self._wake.is_set():
+            if (self._lazy_runs or self._pending_audit) and not self._wake.is_set():
                 self._wake.set()
 
     # -- retention ---------------------------------------------------------------------------

@@ -72,12 +72,16 @@ class SQLiteReads:
         """Finished runs from a rollup (one job's from run_totals, every job's from run_days_all, a few
         rows a day), active ones from runs, read in one statement (one snapshot). Active runs are
         found by status: by job, SQLite would walk every run the job ever had."""
-        rollup = "run_totals" if where.job is not None else "run_days_all"
-        finished, args = where_clause(RunFilter(job=where.job, status=where.status, triggered_by=where.triggered_by))
+        rollup = "run_totals" if where.job is not None or where.jobs is not None else "run_days_all"
+        finished, args = where_clause(
+            RunFilter(job=where.job, jobs=where.jobs, status=where.status, triggered_by=where.triggered_by)
+        )
         statuses = tuple(
             status for status in (RunStatus.PENDING, RunStatus.PROCESSING) if not where.status or status in where.status
         )
-        active, active_args = where_clause(RunFilter(job=where.job, status=statuses, triggered_by=where.triggered_by))
+        active, active_args = where_clause(
+            RunFilter(job=where.job, jobs=where.jobs, status=statuses, triggered_by=where.triggered_by)
+        )
         active_rows = (
             (
                 " UNION ALL SELECT status, 1, duration_ms IS NOT NULL, COALESCE(duration_ms, 0), "

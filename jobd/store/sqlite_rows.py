@@ -119,6 +119,9 @@ def where_clause(f: RunFilter) -> tuple[str, list[Any]]:
     if f.job is not None:
         clauses.append("job = ?")
         args.append(f.job)
+    if f.jobs is not None:
+        clauses.append(f"job IN ({', '.join('?' * len(f.jobs))})")
+        args.extend(f.jobs)
     if f.status:
         clauses.append(f"status IN ({', '.join('?' * len(f.status))})")
         args.extend(s.value for s in f.status)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from jobd.web import cors, routes, sse, tickets
+from jobd.web import audit, cors, routes, scope, sse, tickets
 from jobd.web.auth import Authenticator
 from jobd.web.keys import DAEMON
 from jobd.web.middleware import make_middleware
@@ -23,7 +23,11 @@ def create_app(daemon: Daemon) -> web.Application:
     ticketer = tickets.Tickets(daemon.config.auth.ticket_ttl_s)
     auth = Authenticator(daemon.config.auth, ticket_check=ticketer.check)
     app = web.Application(
-        middlewares=[make_middleware(daemon.log.bind(component="access"), check=auth.check)],
+        middlewares=[
+            make_middleware(
+                daemon.log.bind(component="access"), check=auth.check, guard=scope.guard, answered=audit.record
+            )
+        ],
         client_max_size=daemon.config.server.max_body_bytes,
     )
     app[DAEMON] = daemon

@@ -16,6 +16,7 @@ from aiohttp import web
 from jobd.config import AuthConfig, Token
 from jobd.errors import Forbidden, Unauthorized
 from jobd.web.keys import TOKEN
+from jobd.web.scope import JOB_SCOPE, JobScope
 
 SCOPE_RANK = {"read": 1, "trigger": 2, "admin": 3}
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -85,6 +86,8 @@ class Authenticator:
             if token is None:
                 raise Unauthorized("invalid token")
             request[TOKEN] = token
+            if token.jobs:
+                request[JOB_SCOPE] = JobScope(token.jobs)
             return token.scope
         if self.ticket_check is not None:
             scope = self.ticket_check(request)

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -39,9 +39,16 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | None = None) -> Any:
-    """The one middleware of jobd's own: request ids, `check` (authentication) before the handler,
-    problem+json for errors, the access log. One frame per request rather than one per concern."""
+def make_middleware(
+    log: Any = None,
+    *,
+    check: Callable[[web.Request], None] | None = None,
+    guard: Callable[[web.Request], Awaitable[None]] | None = None,
+    answered: Callable[[web.Request, web.StreamResponse], Awaitable[None]] | None = None,
+) -> Any:
+    """The one middleware of jobd's own: request ids, `check` (authentication) and `guard` (a
+    token's job scope) before the handler, problem+json for errors, `answered` (the audit log)
+    and the access log. One frame per request rather than one per concern."""
     access_log = log or structlog.get_logger("jobd.access")
     # Request ids: a random per-process prefix and a counter; cheaper than uuid4 per request.
     prefix = uuid.uuid4().hex[:20]
@@ -56,6 +63,8 @@ def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | N
         try:
             if check is not None:
                 check(request)
+            if guard is not None:
+                await guard(request)
             response = await handler(request)
         except JobdError as exc:
             response = problem(exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers(), extra=exc.extra)
@@ -78,6 +87,8 @@ def make_middleware(log: Any = None, *, check: Callable[[web.Request], None] | N
             )
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
+        if answered is not None:
+            await answered(request, response)
         if not access_log.is_enabled_for(logging.INFO):
             return response
         access_log.info(

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from jobd.errors import Unauthorized
 from jobd.models import now_ms
+from jobd.web.scope import JOB_SCOPE, JobScope
 
 # The streams a ticket can be minted for, and the scope each needs. A run's path is a stream only
 # with `Accept: text/event-stream`, which EventSource sends: a ticket for it opens nothing else.
@@ -61,14 +62,22 @@ class Tickets:
         """Sign with `key` from now on: a cluster's nodes share one, so a ticket holds on any node."""
         self._key = key
 
-    def mint(self, path: str, scope: str, *, ttl_s: float | None = None) -> tuple[str, int]:
-        """A ticket for `path` carrying `scope`; returns it and its expiry (epoch ms)."""
+    def mint(self, path: str, scope: str, *, ttl_s: float | None = None, jobs: tuple[str, ...] = ()) -> tuple[str, int]:
+        """A ticket for `path` carrying `scope` (and the job patterns of a token limited to some
+        jobs); returns it and its expiry (epoch ms)."""
         expires = self.clock() + (self.ttl_ms if ttl_s is None else round(ttl_s * 1000))
-        payload = json.dumps({"p": path, "s": scope, "x": expires}, separators=(",", ":")).encode()
+        claims: dict[str, object] = {"p": path, "s": scope, "x": expires}
+        if jobs:
+            claims["j"] = list(jobs)
+        payload = json.dumps(claims, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._sign(payload))}", expires
 
     def verify(self, ticket: str, path: str) -> str:
         """The scope the ticket grants on `path`; raises Unauthorized otherwise."""
+        return self.claims(ticket, path)[0]
+
+    def claims(self, ticket: str, path: str) -> tuple[str, tuple[str, ...]]:
+        """The scope and the job patterns (none: every job) the ticket grants on `path`."""
         body, _, signature = ticket.partition(".")
         try:
             payload = _unb64(body)
@@ -85,7 +94,10 @@ class Tickets:
         scope = claims.get("s")
         if not isinstance(scope, str) or scope not in ("read", "trigger", "admin"):
             raise Unauthorized("invalid ticket")
-        return scope
+        jobs = claims.get("j", [])
+        if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
+            raise Unauthorized("invalid ticket")
+        return scope, tuple(jobs)
 
     def check(self, request: web.Request) -> str | None:
         """The Authenticator's hook: a `?ticket=` on a GET of the stream it was minted for."""
@@ -96,7 +108,10 @@ class Tickets:
             RUN_VIEW.match(request.path) and "text/event-stream" not in request.headers.get("Accept", "")
         ):
             raise Unauthorized("tickets are only accepted on stream GETs")
-        return self.verify(ticket, request.path)
+        scope, jobs = self.claims(ticket, request.path)
+        if jobs:
+            request[JOB_SCOPE] = JobScope(jobs)
+        return scope
 
 
 TICKETS: web.AppKey[Tickets] = web.AppKey("tickets", Tickets)

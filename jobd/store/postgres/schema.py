@@ -297,6 +297,24 @@ MIGRATIONS: tuple[str, ...] = (
         )::text
     $$;
     """,
+    # The audit log: one row per state-changing API call (see jobd.store.audit).
+    """
+    CREATE TABLE IF NOT EXISTS audit (
+        id bigserial PRIMARY KEY,
+        at bigint NOT NULL,
+        token text,
+        remote text,
+        action text NOT NULL,
+        job text,
+        run_id bigint,
+        target text NOT NULL,
+        status integer NOT NULL,
+        outcome text NOT NULL,
+        detail text,
+        request_id text
+    );
+    CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"

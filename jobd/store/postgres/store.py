@@ -21,6 +21,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from jobd.models import Run, RunStatus
+from jobd.store import audit
 from jobd.store.base import RUN_COLUMNS, DeletedRuns, JobState, RunFilter, RunStats, row_to_run, summary_of
 from jobd.store.postgres import events
 from jobd.store.postgres.cluster import load_job_states, retention_lock, trim_fires
@@ -47,6 +48,9 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
     if f.job is not None:
         clauses.append("job = %s")
         args.append(f.job)
+    if f.jobs is not None:
+        clauses.append("job = ANY(%s)")
+        args.append(list(f.jobs))
     if f.status:
         clauses.append("status = ANY(%s)")
         args.append([s.value for s in f.status])
@@ -211,6 +215,24 @@ class PostgresStore:
                 "DELETE FROM idempotency WHERE (job, key) IN "
                 "(SELECT job, key FROM idempotency WHERE created_at < %s LIMIT %s)",
                 (created_before, limit),
+            )
+            return max(0, cur.rowcount)
+
+    # -- the audit log (written by the node's group commit, cluster.writer) --------------------
+
+    async def list_audit(self, where: audit.AuditFilter, *, limit: int) -> tuple[list[audit.AuditRecord], int]:
+        page, args, count, count_args = audit.page_sql(where, "%s", limit)
+        async with self.pool.connection() as conn, conn.pipeline():
+            rows = await (await conn.execute(page, args)).fetchall()
+            total = await (await conn.execute(count, count_args)).fetchone()
+        assert total is not None
+        return [audit.record_of(row) for row in rows], int(total[0])
+
+    async def delete_audit(self, *, before: int, limit: int) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < %s ORDER BY at LIMIT %s)",
+                (before, limit),
             )
             return max(0, cur.rowcount)
 

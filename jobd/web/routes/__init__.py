@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from jobd.web.routes import (
+    audit,
     backfill,
     dashboard,
     health,
@@ -33,6 +34,7 @@ def setup(app: web.Application, ticketer: Tickets) -> None:
     app.add_routes(tickets.routes)
     app.add_routes(whoami.routes)
     app.add_routes(notifications.routes)
+    app.add_routes(audit.routes)
     dashboard.setup(app)
 
 

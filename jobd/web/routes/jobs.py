@@ -18,6 +18,7 @@ from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
 from jobd.web.responses import json_response, json_text_response
 from jobd.web.runjson import checked_params, run_json
+from jobd.web.scope import visible
 from jobd.web.timing import run_after_of
 
 if TYPE_CHECKING:
@@ -82,8 +83,9 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
 @requires("read")
 async def list_jobs(request: web.Request) -> web.Response:
     daemon = _daemon(request)
-    last = await daemon.runs.last_runs_of(daemon.runs.jobs)
-    return json_response({"jobs": [job_json(daemon, job, last.get(job.name)) for job in daemon.runs.jobs.values()]})
+    jobs = [job for job in daemon.runs.jobs.values() if visible(request, job.name)]
+    last = await daemon.runs.last_runs_of([job.name for job in jobs])
+    return json_response({"jobs": [job_json(daemon, job, last.get(job.name)) for job in jobs]})
 
 
 @routes.get(PREFIX + "/jobs/{name}")

@@ -8,6 +8,7 @@ from jobd.errors import Unauthorized
 from jobd.metrics import CONTENT_TYPE
 from jobd.web.auth import Authenticator, check_scope, find_token, presented_token, secret_matches
 from jobd.web.keys import DAEMON
+from jobd.web.scope import refuse, scope_of
 
 routes = web.RouteTableDef()
 
@@ -20,14 +21,24 @@ def check_metrics_access(request: web.Request) -> None:
     metrics_token = daemon.config.metrics.token
     if not metrics_token:
         check_scope(Authenticator(auth).scope_of(request), "read")
+        _not_limited(request)
         return
     presented = presented_token(request)
     if presented is not None:
         if secret_matches(presented, metrics_token):
             return
-        if auth.enabled and find_token(auth, presented) is not None:
+        token = find_token(auth, presented) if auth.enabled else None
+        if token is not None:
+            if token.jobs:
+                raise refuse("/metrics")
             return
     raise Unauthorized("the metrics token is required: send 'Authorization: Bearer TOKEN'")
+
+
+def _not_limited(request: web.Request) -> None:
+    """Metrics are labelled by job: every job's name and figures (see jobd.web.scope)."""
+    if scope_of(request) is not None:
+        raise refuse("/metrics")
 
 
 @routes.get("/metrics")

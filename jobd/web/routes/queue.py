@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from jobd.web import scoped
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX
 from jobd.web.responses import json_response
+from jobd.web.scope import job_names
 
 routes = web.RouteTableDef()
 
@@ -16,4 +18,7 @@ routes = web.RouteTableDef()
 @requires("read")
 async def queue(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    jobs = job_names(request, daemon.runs.jobs)
+    if jobs is not None:
+        return json_response(await scoped.queue(daemon, jobs))
     return json_response(daemon.runs.queue_snapshot(daemon.pool.concurrency))

@@ -19,6 +19,7 @@ from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, enum_list, int_param, run_id_of, time_param
 from jobd.web.responses import json_response
 from jobd.web.runjson import run_json
+from jobd.web.scope import job_names, visible
 from jobd.web.sse.relay import RELAY
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def run_filter(request: web.Request) -> RunFilter:
     job = request.query.get("job")
     return RunFilter(
         job=job or None,
+        jobs=job_names(request, request.app[DAEMON].runs.jobs),
         status=enum_list(request, "status", RunStatus),
         triggered_by=enum_list(request, "triggered_by", TriggerSource),
         since=time_param(request, "since"),
@@ -98,6 +100,8 @@ async def last_run(request: web.Request) -> web.Response:
     job = request.query.get("job")
     if not job:
         raise BadRequest("the job query parameter is required, e.g. /api/v1/runs/last?job=nightly")
+    if not visible(request, job):
+        raise NotFound(f"job {job!r} has no runs yet", job=job)
     run = (await daemon.runs.last_runs_of([job])).get(job) or await daemon.store.last_run(job)
     if run is None:
         raise NotFound(f"job {job!r} has no runs yet", job=job)

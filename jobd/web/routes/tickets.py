@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from jobd.errors import BadRequest
 from jobd.models import iso_ms
 from jobd.web.auth import check_scope, requires
-from jobd.web.keys import TOKEN
+from jobd.web.keys import DAEMON, TOKEN
 from jobd.web.params import PREFIX, read_json_object
 from jobd.web.responses import json_response
+from jobd.web.scope import check_run, scope_of
 from jobd.web.tickets import TICKETS, stream_scope
 
 routes = web.RouteTableDef()
+_RUN_STREAM = re.compile(r"^/api/v1/runs/([0-9]{1,18})(?:/events)?$")
 
 
 @routes.post(PREFIX + "/tickets")
@@ -35,5 +39,10 @@ async def mint_ticket(request: web.Request) -> web.Response:
     token = request.get(TOKEN)
     scope = token.scope if token is not None else "admin"  # no token: auth is off
     check_scope(scope, needed)
-    ticket, expires = request.app[TICKETS].mint(path, scope)
+    limited = scope_of(request)
+    run = _RUN_STREAM.match(path)
+    if limited is not None and run is not None:
+        await check_run(request, request.app[DAEMON], int(run.group(1)))  # 404 for another job's run
+    jobs = limited.patterns if limited is not None else ()
+    ticket, expires = request.app[TICKETS].mint(path, scope, jobs=jobs)
     return json_response({"ticket": ticket, "stream": path, "expires_at": iso_ms(expires)}, status=201)

@@ -23,6 +23,7 @@ FEATURES = {
     "run_events": PREFIX + "/runs/{run_id}/events",
     "tickets": PREFIX + "/tickets",
     "stats": PREFIX + "/stats",
+    "audit": PREFIX + "/audit",
 }
 
 
@@ -37,9 +38,10 @@ async def whoami(request: web.Request) -> web.Response:
     auth = request.app[DAEMON].config.auth
     features = served_features(request.app)
     if not auth.enabled:
-        return json_response({"auth": False, "scope": "admin", "token": None, "features": features})
+        return json_response({"auth": False, "scope": "admin", "token": None, "jobs": None, "features": features})
     token = request.get(TOKEN)
     if token is None:
         # Reached with a stream ticket: tickets are for streams, not for learning who one is.
         raise Unauthorized("whoami needs a token in the Authorization or X-API-Key header")
-    return json_response({"auth": True, "scope": token.scope, "token": token.name, "features": features})
+    jobs = list(token.jobs) if token.jobs else None
+    return json_response({"auth": True, "scope": token.scope, "token": token.name, "jobs": jobs, "features": features})

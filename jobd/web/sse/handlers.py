@@ -17,8 +17,9 @@ from jobd.summary import RunStates
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON, REQUEST_ID
 from jobd.web.params import PREFIX, run_id_of
+from jobd.web.scope import job_names
 from jobd.web.sse import frames, query
-from jobd.web.sse.opening import Opening, Selection, open_stream
+from jobd.web.sse.opening import NO_JOB, Opening, Selection, limited_filter, open_stream
 from jobd.web.sse.relay import NODE_UNREACHABLE, RELAY, Relay
 from jobd.web.sse.streams import INTERNAL, Stream, Streams
 
@@ -36,6 +37,11 @@ def run_selection(request: web.Request, streams: Streams) -> Selection:
 def firehose_selection(request: web.Request, streams: Streams) -> Selection:
     jobs = query.names(request, "job")
     statuses = query.statuses(request)
+    limited = job_names(request, request.app[DAEMON].runs.jobs)
+    if limited is not None:
+        # A token limited to some jobs: their events only, and no `summary` (it counts every job's runs).
+        jobs = (jobs & frozenset(limited) if jobs else frozenset(limited)) or NO_JOB
+        return Selection(None, query.flag(request, "log"), limited_filter(jobs, statuses), jobs, statuses, False)
     accepts = streams.firehose_filter(jobs, statuses)
     return Selection(None, query.flag(request, "log"), accepts, jobs, statuses)
 

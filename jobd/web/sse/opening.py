@@ -38,6 +38,7 @@ class Selection:
     accepts: Callable[[Event], bool] | None = None  # the firehose's filter, shared by its streams
     jobs: frozenset[str] = NOTHING
     statuses: frozenset[str] = NOTHING
+    summaries: bool = True  # the firehose's `summary` messages (not for a token limited to some jobs)
 
     @property
     def until_terminal(self) -> bool:
@@ -57,6 +58,20 @@ class Selection:
     def shows(self, run: Run) -> bool:
         """Whether the firehose's opening describes this active run."""
         return (not self.jobs or run.job in self.jobs) and (not self.statuses or run.status.value in self.statuses)
+
+
+NO_JOB = frozenset({""})  # a job filter no job passes (no job is named ""): an empty one passes all
+
+
+def limited_filter(jobs: frozenset[str], statuses: frozenset[str]) -> Callable[[Event], bool]:
+    """The firehose's filter for a token limited to `jobs`: their runs' events and fire_skipped, nothing else."""
+
+    def accepts(event: Event) -> bool:
+        if event.type not in frames.FIREHOSE_TYPES or event.job not in jobs:
+            return False
+        return event.type == "fire_skipped" or not statuses or event.status in statuses
+
+    return accepts
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,7 +136,7 @@ async def open_stream(
         else:
             opening += sorted(_state(states, run, last_id) for run in active)
         ended = finished is not None
-    if not selection.until_terminal:
+    if not selection.until_terminal and selection.summaries:
         opening.append((last_id, frames.summary(last_id, summary(daemon))))
     return Opening([frame for _, frame in opening], opening[-1][0], ended)
 
