@@ -56,6 +56,8 @@ class RunTable(Protocol):
 
 class NotificationTable(Protocol):
     async def trim(self, *, before: int, limit: int) -> int: ...
+
+
 class AuditTable(Protocol):
     async def delete_audit(self, *, before: int, limit: int) -> int: ...
 

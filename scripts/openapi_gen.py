@@ -1244,7 +1244,15 @@ def build_document() -> dict[str, Any]:
         "tags": [
             {"name": name}
             for name in (
-                "jobs", "runs", "notifications", "streams", "observability", "audit", "health", "contract", "dashboard"
+                "jobs",
+                "runs",
+                "notifications",
+                "streams",
+                "observability",
+                "audit",
+                "health",
+                "contract",
+                "dashboard",
             )
         ],
         "paths": paths() | backfill_paths() | notification_paths() | audit_paths(),

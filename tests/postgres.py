@@ -79,5 +79,7 @@ def pg_db(pg_migrated: str) -> str:
     from jobd.store.postgres import connect_sync
 
     with connect_sync(pg_migrated) as conn:
-        conn.execute("TRUNCATE runs, job_state, idempotency, fires, nodes, events, notifications, audit RESTART IDENTITY")
+        conn.execute(
+            "TRUNCATE runs, job_state, idempotency, fires, nodes, events, notifications, audit RESTART IDENTITY"
+        )
     return pg_migrated

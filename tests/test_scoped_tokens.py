@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,7 +66,13 @@ class World:
 
 @pytest.fixture
 async def world(start_daemon) -> World:
-    h = await start_daemon(JOBS, auth=TOKENS, server={"sse_heartbeat_s": 0.2})
+    h = await start_daemon(
+        JOBS,
+        auth=TOKENS,
+        server={"sse_heartbeat_s": 0.2},
+        notifiers={"log": {"kind": "command", "argv": [sys.executable, "-c", "pass"]}},
+        defaults={"notify": {"on_success": ["log"]}},
+    )
     mine = (await h.trigger("backup-db", headers=bearer(OPS)))["id"]
     other = (await h.trigger("secret", headers=bearer(OPS)))["id"]
     for run_id in (mine, other):
@@ -215,6 +222,35 @@ async def audit(w: World) -> None:
     await wait_for(lambda: not w.h.daemon.runs.active)
 
 
+async def notifications(w: World) -> None:
+    everything = await wait_for(
+        lambda: notification_jobs(w, OPS, want={"backup-db", "secret"}), timeout=15
+    )  # each finished run's on_success notification
+    assert everything == {"backup-db", "secret"}
+    assert await notification_jobs(w, LIMITED) == {"backup-db"}
+    assert await notification_jobs(w, LIMITED, "?job=secret") == set()
+
+
+async def notification_jobs(w: World, token: str, query: str = "", want: set[str] | None = None) -> set[str] | None:
+    listed = await w.call("GET", f"/api/v1/notifications{query}", 200, token=token)
+    found = {item["job"] for item in listed["notifications"]}
+    return found if want is None or found == want else None
+
+
+async def notifier_test(w: World) -> None:
+    await w.call("POST", "/api/v1/notifiers/log/test", 403, token=LIMITED_ADMIN)
+    await w.call("POST", "/api/v1/notifiers/log/test", 200, token=OPS)
+
+
+async def snooze(w: World) -> None:
+    until = {"until": "2030-01-01T00:00:00Z"}
+    await w.call("POST", "/api/v1/jobs/secret/snooze", 404, token=LIMITED_ADMIN, json=until)
+    await w.call("DELETE", "/api/v1/jobs/secret/snooze", 404, token=LIMITED_ADMIN)
+    mine = await w.call("POST", "/api/v1/jobs/backup-db/snooze", 200, token=LIMITED_ADMIN, json=until)
+    assert mine["snoozed_until"] == "2030-01-01T00:00:00.000Z"
+    assert (await w.call("DELETE", "/api/v1/jobs/backup-db/snooze", 200, token=LIMITED_ADMIN))["snoozed_until"] is None
+
+
 def public(path: str) -> Callable[[World], Awaitable[None]]:
     async def case(w: World) -> None:
         await w.call("GET", path, 200)
@@ -244,6 +280,10 @@ CASES: dict[tuple[str, str], Callable[[World], Awaitable[None]]] = {
     ("GET", "/api/v1/nodes"): nodes,
     ("GET", "/metrics"): metrics,
     ("GET", "/api/v1/audit"): audit,
+    ("GET", "/api/v1/notifications"): notifications,
+    ("POST", "/api/v1/notifiers/{name}/test"): notifier_test,
+    ("POST", "/api/v1/jobs/{name}/snooze"): snooze,
+    ("DELETE", "/api/v1/jobs/{name}/snooze"): snooze,
     ("GET", "/healthz"): public("/healthz"),
     ("GET", "/readyz"): public("/readyz"),
     ("GET", "/api/v1/healthz"): public("/api/v1/healthz"),

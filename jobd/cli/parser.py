@@ -8,8 +8,7 @@ import os
 from collections.abc import Callable
 
 from jobd import __version__
-from jobd.cli import backfill, notify_test
-from jobd.cli import audit, backfill
+from jobd.cli import audit, backfill, notify_test
 from jobd.cli.api_commands import (
     cmd_job_action,
     cmd_log,

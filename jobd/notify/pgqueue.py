@@ -45,9 +45,15 @@ class PostgresQueue:
         await self._execute("UPDATE notifications SET lease_until = NULL WHERE id = ANY(%s)", (list(ids),))
 
     async def page(
-        self, *, job: str | None, statuses: Sequence[str], before_id: int | None, limit: int
+        self,
+        *,
+        job: str | None,
+        statuses: Sequence[str],
+        before_id: int | None,
+        limit: int,
+        jobs: Sequence[str] | None = None,
     ) -> list[Notification]:
-        sql, args = rows.list_query("%s", job, statuses, before_id, limit)
+        sql, args = rows.list_query("%s", job, statuses, before_id, limit, jobs)
         return [rows.row_to_notification(row) for row in await self._execute(sql, args)]
 
     async def snooze(self, job: str, until: int | None) -> None:

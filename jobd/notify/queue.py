@@ -33,7 +33,13 @@ class Queue(Protocol):
         ...
 
     async def page(
-        self, *, job: str | None, statuses: Sequence[str], before_id: int | None, limit: int
+        self,
+        *,
+        job: str | None,
+        statuses: Sequence[str],
+        before_id: int | None,
+        limit: int,
+        jobs: Sequence[str] | None = None,
     ) -> list[Notification]: ...
 
     async def snooze(self, job: str, until: int | None) -> None: ...
@@ -78,9 +84,15 @@ class SQLiteQueue:
         await self.store.write_with(release)
 
     async def page(
-        self, *, job: str | None, statuses: Sequence[str], before_id: int | None, limit: int
+        self,
+        *,
+        job: str | None,
+        statuses: Sequence[str],
+        before_id: int | None,
+        limit: int,
+        jobs: Sequence[str] | None = None,
     ) -> list[Notification]:
-        sql, args = rows.list_query("?", job, statuses, before_id, limit)
+        sql, args = rows.list_query("?", job, statuses, before_id, limit, jobs)
         return [rows.row_to_notification(row) for row in await self.store.fetch(sql, args)]
 
     async def snooze(self, job: str, until: int | None) -> None:

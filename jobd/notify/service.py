@@ -109,9 +109,15 @@ class Notifications:
         return until if until is not None and until > self.clock() else None
 
     async def page(
-        self, *, job: str | None, statuses: tuple[str, ...], before_id: int | None, limit: int
+        self,
+        *,
+        job: str | None,
+        statuses: tuple[str, ...],
+        before_id: int | None,
+        limit: int,
+        jobs: tuple[str, ...] | None = None,
     ) -> list[Notification]:
-        return await self.queue.page(job=job, statuses=statuses, before_id=before_id, limit=limit)
+        return await self.queue.page(job=job, statuses=statuses, before_id=before_id, limit=limit, jobs=jobs)
 
     async def trim(self, *, before: int, limit: int) -> int:
         return await self.queue.trim(before=before, limit=limit)

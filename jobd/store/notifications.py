@@ -146,10 +146,19 @@ def sqlite_record(conn: sqlite3.Connection, args: tuple[Any, ...]) -> None:
 
 
 def list_query(
-    placeholder: str, job: str | None, statuses: Sequence[str], before_id: int | None, limit: int
+    placeholder: str,
+    job: str | None,
+    statuses: Sequence[str],
+    before_id: int | None,
+    limit: int,
+    jobs: Sequence[str] | None = None,
 ) -> tuple[str, list[Any]]:
+    """`jobs`: only these jobs' (a token limited to jobs); None: every job's."""
     clauses: list[str] = []
     args: list[Any] = []
+    if jobs is not None:
+        clauses.append(f"job IN ({', '.join([placeholder] * len(jobs))})" if jobs else "1 = 0")
+        args.extend(jobs)
     if job is not None:
         clauses.append(f"job = {placeholder}")
         args.append(job)

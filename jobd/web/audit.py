@@ -21,14 +21,14 @@ from jobd.web.params import PREFIX
 from jobd.web.responses import PROBLEM_TYPE
 from jobd.web.scope import RUN_JOB
 
-# (method, canonical path) → action. `snooze` is the route of per-job notification snoozing: its
-# calls are recorded as soon as the route exists.
+# (method, canonical path) → action.
 AUDITED = {
     ("POST", PREFIX + "/jobs/{name}/trigger"): "trigger",
     ("POST", PREFIX + "/jobs/{name}/backfill"): "backfill",
     ("POST", PREFIX + "/jobs/{name}/pause"): "pause",
     ("POST", PREFIX + "/jobs/{name}/resume"): "resume",
     ("POST", PREFIX + "/jobs/{name}/snooze"): "snooze",
+    ("DELETE", PREFIX + "/jobs/{name}/snooze"): "unsnooze",
     ("POST", PREFIX + "/runs/{run_id}/cancel"): "cancel",
     ("POST", PREFIX + "/runs/{run_id}/retry"): "retry",
     ("POST", PREFIX + "/tickets"): "ticket",

@@ -56,6 +56,8 @@ POLICIES = {
     PREFIX + "/events": FILTERED,
     PREFIX + "/tickets": FILTERED,
     PREFIX + "/audit": FILTERED,
+    PREFIX + "/notifications": FILTERED,
+    PREFIX + "/notifiers/{name}/test": REFUSED,  # a notifier serves jobs the token may not see
     PREFIX + "/whoami": OPEN,
     PREFIX + "/nodes": OPEN,  # how many runs each node executes, not which
     "/metrics": REFUSED,  # labelled by job: every job's name and figures

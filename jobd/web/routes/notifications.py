@@ -15,6 +15,7 @@ from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, int_param, list_param, read_json_object
 from jobd.web.responses import json_response
 from jobd.web.routes.runs import MAX_PAGE, cursor_param, encode_cursor
+from jobd.web.scope import job_names
 
 if TYPE_CHECKING:
     from jobd.app import Daemon
@@ -40,7 +41,11 @@ async def list_notifications(request: web.Request) -> web.Response:
             raise BadRequest(f"status must be one or more of {', '.join(STATUSES)}")
     limit = int_param(request, "limit", 50, 1, MAX_PAGE)
     page = await daemon.notifications.page(
-        job=request.query.get("job") or None, statuses=statuses, before_id=cursor_param(request), limit=limit + 1
+        job=request.query.get("job") or None,
+        statuses=statuses,
+        before_id=cursor_param(request),
+        limit=limit + 1,
+        jobs=job_names(request, daemon.runs.jobs),
     )
     has_more = len(page) > limit
     page = page[:limit]
