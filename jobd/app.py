@@ -90,6 +90,7 @@ class Daemon:
             shared, self.cluster = cluster_backend(config, self.log.bind(component="runs"))
             self.store = shared
             self.backend = self.cluster
+        self.backend.set_groups(config.groups, config.workers.priority_aging_s)
         self.backend.feed_to(self.bus)
         self.runs = Runs(self.backend, scheduler_clock=self.clock.now)
         self.pool = WorkerPool(
@@ -310,9 +311,11 @@ class Daemon:
         ignored = [
             field.name
             for field in dataclasses.fields(Config)
-            if field.name not in ("jobs", "source") and getattr(new, field.name) != getattr(self.config, field.name)
+            if field.name not in ("jobs", "groups", "source")
+            and getattr(new, field.name) != getattr(self.config, field.name)
         ]
-        self.config = dataclasses.replace(self.config, jobs=new.jobs)
+        self.config = dataclasses.replace(self.config, jobs=new.jobs, groups=new.groups)
+        self.backend.set_groups(new.groups, self.config.workers.priority_aging_s)
         self.backend.reconfigure(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)

@@ -160,6 +160,7 @@ class Run:
     # Bumped on every change; lets events and caches tell a fresh copy from a stale one.
     updated_at: int = 0
     node: str | None = None  # the cluster node that executes or executed it (None on SQLite)
+    priority: int = 0  # among startable runs the highest starts first (see docs/scheduling.md)
 
     @property
     def duration_ms(self) -> int | None:
@@ -200,6 +201,7 @@ class Run:
         self.log_tail = other.log_tail
         self.updated_at = other.updated_at
         self.node = other.node
+        self.priority = other.priority
 
     def copy(self) -> Run:
         """A copy that shares nothing mutable but params and result, which are never changed in place."""
@@ -227,6 +229,7 @@ class Run:
             log_tail=self.log_tail,
             updated_at=self.updated_at,
             node=self.node,
+            priority=self.priority,
         )
 
 
@@ -298,6 +301,7 @@ RUN_JSON: tuple[WireField, ...] = (
     WireField("exit_code", "exit_code", _nullable(_INT)),
     WireField("retry_of", "retry_of", _nullable(_ID)),
     WireField("node", "node", _nullable(_STR)),
+    WireField("priority", "priority", {"type": "integer", "description": "higher starts first"}),
 )
 # Shown only where one run is asked for with its log.
 LOG_TAIL = WireField("log_tail", "log_tail", {"type": "string", "description": "the last part of the run's log"})

@@ -87,6 +87,7 @@ class Execution:
     _wakeup: Signal
     _control: Signal
     _states: dict[str, JobState]
+    _claim_groups: runs.ClaimGroups
 
     def _fence(self, reason: str) -> None:
         self.fenced = True
@@ -114,7 +115,7 @@ class Execution:
             caps = {name: admission.slot_limit(job) for name, job in self._jobs.items()}
             try:
                 async with self.pool.connection() as conn:  # autocommit: one statement, announced
-                    claimed = await runs.claim(conn, self.node, min(free, CLAIM_BATCH), caps)
+                    claimed = await runs.claim(conn, self.node, min(free, CLAIM_BATCH), caps, groups=self._claim_groups)
             except psycopg.Error as exc:
                 self.log.warning("claim_failed", error=str(exc))
                 await self._wakeup.wait()

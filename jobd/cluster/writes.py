@@ -13,7 +13,7 @@ from psycopg import AsyncCursor
 from psycopg.rows import TupleRow
 
 from jobd.models import Run, RunStatus
-from jobd.store.base import row_to_run
+from jobd.store.base import NODE_INDEX, row_to_run
 from jobd.store.postgres import runs
 from jobd.store.postgres.runs import SELECT_RUN, Conn
 
@@ -72,7 +72,7 @@ async def active_of(conn: Conn, job: str) -> list[Run]:
 async def lock_run(conn: Conn, run_id: int) -> tuple[Run, str | None] | None:
     cur = await conn.execute(f"SELECT {SELECT_RUN} FROM runs WHERE id = %s FOR UPDATE", (run_id,))
     row = await cur.fetchone()
-    return None if row is None else (row_to_run(row), row[25])
+    return None if row is None else (row_to_run(row), row[NODE_INDEX])
 
 
 class Ended:

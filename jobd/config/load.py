@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jobd import cronspec
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
+from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -73,6 +74,8 @@ def parse_config(
     jobs_table = top.table("jobs")
     jobs = {name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir) for name in list(jobs_table.raw)}
     jobs_table.done()
+    groups = parse_groups(top.table("groups"))
+    check_members(jobs, groups)
     top.done()
     if not auth.enabled and not is_loopback(server.host):
         raise ConfigError(
@@ -91,6 +94,7 @@ def parse_config(
         metrics=metrics,
         cluster=cluster,
         jobs=jobs,
+        groups=groups,
         source=source,
         warnings=tuple(warnings),
     )
@@ -145,6 +149,7 @@ def _workers(t: Table) -> WorkersConfig:
         kill_grace_s=t.number("kill_grace_s", d.kill_grace_s),
         log_tail_bytes=t.integer("log_tail_bytes", d.log_tail_bytes, minimum=1024),
         max_log_bytes=t.integer("max_log_bytes", d.max_log_bytes, minimum=1024),
+        priority_aging_s=t.number("priority_aging_s", d.priority_aging_s, maximum=365 * 86400),
     )
     t.done()
     return config
@@ -322,6 +327,8 @@ def _job(name: str, t: Table, scheduler: SchedulerConfig, alerts: AlertsConfig, 
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
         description=t.string("description", ""),
+        groups=job_groups(t),
+        priority=t.integer("priority", d.priority, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY),
     )
     t.done()
     if handler is not None:

@@ -65,6 +65,8 @@ class WorkersConfig:
     kill_grace_s: float = 5.0
     log_tail_bytes: int = 64 * 1024
     max_log_bytes: int = 16 * 1024 * 1024
+    # A waiting run's effective priority rises by 1 per this many seconds (0: no aging).
+    priority_aging_s: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ class JobConfig:
     on_interrupt: str = "retry"
     alert_after_failures: int = 3
     description: str = ""
+    groups: tuple[str, ...] = ()  # [groups.NAME]: a run starts only when each has a free slot
+    priority: int = 0
 
     @property
     def kind(self) -> str:
@@ -162,6 +166,13 @@ class JobConfig:
     def resolve_handler(self) -> Callable[..., Any]:
         """Import `package.module:function`; raises ConfigError naming the key."""
         return import_handler(self.handler or "", f"jobs.{self.name}.handler")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupConfig:
+    name: str
+    max_concurrency: int
+    description: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,5 +188,6 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
+    groups: Mapping[str, GroupConfig] = dataclasses.field(default_factory=dict)
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # valid but probably not meant, one line each, naming the key

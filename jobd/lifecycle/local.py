@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from jobd.config import JobConfig
+from jobd.config import GroupConfig, JobConfig, WorkersConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
 from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.active import ActiveRuns
@@ -46,7 +46,16 @@ class LocalBackend:
         self.totals = StatusTotals()
         self.last = LastRuns(store, self.states)
         self._active = ActiveRuns()
-        self._ready = ReadyQueue(limit_of=self._slot_limit, clock=self._now, orphaned=self._fail_orphan)
+        self._groups: dict[str, GroupConfig] = {}
+        self._aging_ms = round(WorkersConfig().priority_aging_s * 1000)
+        self._ready = ReadyQueue(
+            limit_of=self._slot_limit,
+            clock=self._now,
+            orphaned=self._fail_orphan,
+            groups_of=self._groups_of,
+            group_limit_of=self._group_limit,
+            aging_ms=lambda: self._aging_ms,
+        )
         self._keys: idempotency.Coalescer[Run] = idempotency.Coalescer()
         self._backfills: dict[str, asyncio.Lock] = {}
         self._feed: Feed | None = None
@@ -98,6 +107,11 @@ class LocalBackend:
             self._fail_orphan(run)
         self._ready.readmit_all()
 
+    def set_groups(self, groups: Mapping[str, GroupConfig], priority_aging_s: float) -> None:
+        self._groups = dict(groups)
+        self._aging_ms = round(priority_aging_s * 1000)
+        self._ready.readmit_all()
+
     async def wait_settled(self) -> None:
         await self._active.wait_settled()
 
@@ -141,6 +155,7 @@ class LocalBackend:
                 max_attempts=config.retries + 1,
                 scheduled_for=scheduled_for,
                 run_after=s.run_after,
+                priority=config.priority if s.priority is None else s.priority,
             )
             for s in submissions
         ]
@@ -162,7 +177,7 @@ class LocalBackend:
             return await self.get(existing)
         [run] = await self.create(
             job.name,
-            [Submission(submission.params, run_after=submission.run_after)],
+            [Submission(submission.params, run_after=submission.run_after, priority=submission.priority)],
             triggered_by=triggered_by,
             overlap=overlap,
             scheduled_for=at,
@@ -255,6 +270,7 @@ class LocalBackend:
                     updated_at=now,
                     max_attempts=config.retries + 1,
                     scheduled_for=at,
+                    priority=config.priority,
                 )
                 for at in times
                 if at not in existing
@@ -323,6 +339,14 @@ class LocalBackend:
     def _slot_limit(self, name: str) -> int | None:
         job = self._jobs.get(name)
         return None if job is None else admission.slot_limit(job)
+
+    def _groups_of(self, name: str) -> tuple[str, ...]:
+        job = self._jobs.get(name)
+        return () if job is None else job.groups
+
+    def _group_limit(self, name: str) -> int | None:
+        group = self._groups.get(name)
+        return None if group is None else group.max_concurrency
 
     def _fail_orphan(self, run: Run) -> None:
         """A run whose job a reload removed while it waited."""

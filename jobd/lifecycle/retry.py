@@ -34,6 +34,7 @@ def retry_run(previous: Run, *, run_id: int, now: int, delay_s: float = 0) -> Ru
         scheduled_for=previous.scheduled_for,
         run_after=now + round(delay_s * 1000) if delay_s > 0 else None,
         retry_of=previous.id,
+        priority=previous.priority,
     )
 
 

@@ -227,10 +227,23 @@ RUN_COLUMNS = (
     "retry_of",
     "log_tail",
     "updated_at",
+    "priority",
 )
 # What a run is never changes after it is created: writes of a run leave these columns alone.
+NODE_INDEX = len(RUN_COLUMNS)  # a cluster's row: the node after the shared columns, then its claim token
 IMMUTABLE_RUN_COLUMNS = frozenset(
-    {"id", "job", "triggered_by", "params", "attempt", "max_attempts", "scheduled_for", "created_at", "retry_of"}
+    {
+        "id",
+        "job",
+        "triggered_by",
+        "params",
+        "attempt",
+        "max_attempts",
+        "scheduled_for",
+        "created_at",
+        "retry_of",
+        "priority",
+    }
 )
 
 
@@ -254,7 +267,7 @@ def row_to_run(row: Sequence[Any]) -> Run:
     """A Run from a row of RUN_COLUMNS, in either store; a cluster's rows may add the node after them."""
     (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for) = row[:10]
     (run_after, created_at, started_at, finished_at, _duration, total, success, failed, skipped) = row[10:19]
-    result, error, exit_code, retry_of, log_tail, updated_at = row[19:25]
+    result, error, exit_code, retry_of, log_tail, updated_at, priority = row[19:26]
     return Run(
         id=rid,
         job=job,
@@ -277,5 +290,6 @@ def row_to_run(row: Sequence[Any]) -> Run:
         retry_of=retry_of,
         log_tail=log_tail or "",
         updated_at=updated_at,
-        node=row[25] if len(row) > 25 else None,
+        node=row[NODE_INDEX] if len(row) > NODE_INDEX else None,
+        priority=priority,
     )

@@ -189,6 +189,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER runs_rollup_all_delete AFTER DELETE ON runs
     WHEN old.status NOT IN ({_ACTIVE}) BEGIN {_all_jobs_remove("old")} END;
     """,
+    # A run's priority (per job, or per trigger): among startable runs the highest starts first.
+    """
+    ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

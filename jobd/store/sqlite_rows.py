@@ -101,6 +101,7 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
         run.retry_of,
         run.log_tail,
         run.updated_at,
+        run.priority,
     )
 
 
