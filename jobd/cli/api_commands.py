@@ -118,6 +118,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
             raise ValueError(misuse)
         params = _parse_params(args.param)
         timing = _timing(args.at, args.delay)
+        if args.priority is not None:
+            timing["priority"] = args.priority
         batch = _read_params_lines(sys.stdin) if args.stdin else None
     except ValueError as exc:  # one line, as for any usage error
         print(f"jobd: {exc}", file=sys.stderr)
@@ -188,6 +190,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "error",
                 "exit_code",
                 "retry_of",
+                "priority",
             ):
                 value = run.get(key)
                 # JSON values as JSON (null, "quotes"), not as Python writes them.

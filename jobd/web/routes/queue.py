@@ -1,9 +1,11 @@
-"""`GET /api/v1/queue`: run counts by status, the workers, the oldest PENDING run."""
+"""`GET /api/v1/queue`: run counts by status, the workers, the oldest PENDING run, and the
+shared concurrency groups (used, limit, waiting)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from jobd.lifecycle.groups import usage
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX
@@ -16,4 +18,6 @@ routes = web.RouteTableDef()
 @requires("read")
 async def queue(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    return json_response(daemon.runs.queue_snapshot(daemon.pool.concurrency))
+    snapshot = daemon.runs.queue_snapshot(daemon.pool.concurrency)
+    snapshot["groups"] = usage(daemon.config.groups, daemon.config.jobs, daemon.runs.active.values())
+    return json_response(snapshot)
