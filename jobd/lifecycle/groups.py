@@ -11,11 +11,32 @@ smallest first, then the run id (FIFO within a priority).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from jobd.config import GroupConfig, JobConfig
+from jobd.config import GroupConfig, JobConfig, WorkersConfig
 from jobd.models import Run, RunStatus
+
+
+class GroupLimits:
+    """The groups in force and the aging of priorities, as the ready queue asks for them."""
+
+    def __init__(self, jobs: Callable[[], Mapping[str, JobConfig]]) -> None:
+        self._jobs = jobs
+        self.groups: dict[str, GroupConfig] = {}
+        self.aging_ms = round(WorkersConfig().priority_aging_s * 1000)
+
+    def set(self, groups: Mapping[str, GroupConfig], priority_aging_s: float) -> None:
+        self.groups = dict(groups)
+        self.aging_ms = round(priority_aging_s * 1000)
+
+    def groups_of(self, job: str) -> tuple[str, ...]:
+        config = self._jobs().get(job)
+        return () if config is None else config.groups
+
+    def limit_of(self, group: str) -> int | None:
+        config = self.groups.get(group)
+        return None if config is None else config.max_concurrency
 
 
 def ready_at(run: Run) -> int:

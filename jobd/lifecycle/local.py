@@ -13,11 +13,12 @@ from typing import Any
 
 import structlog
 
-from jobd.config import GroupConfig, JobConfig, WorkersConfig
+from jobd.config import GroupConfig, JobConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
 from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.active import ActiveRuns
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
+from jobd.lifecycle.groups import GroupLimits
 from jobd.lifecycle.jobstate import JobStates
 from jobd.lifecycle.readyqueue import ReadyQueue
 from jobd.lifecycle.transitions import Transitions
@@ -46,15 +47,14 @@ class LocalBackend:
         self.totals = StatusTotals()
         self.last = LastRuns(store, self.states)
         self._active = ActiveRuns()
-        self._groups: dict[str, GroupConfig] = {}
-        self._aging_ms = round(WorkersConfig().priority_aging_s * 1000)
+        self._groups = GroupLimits(lambda: self._jobs)
         self._ready = ReadyQueue(
             limit_of=self._slot_limit,
             clock=self._now,
             orphaned=self._fail_orphan,
-            groups_of=self._groups_of,
-            group_limit_of=self._group_limit,
-            aging_ms=lambda: self._aging_ms,
+            groups_of=self._groups.groups_of,
+            group_limit_of=self._groups.limit_of,
+            aging_ms=lambda: self._groups.aging_ms,
         )
         self._keys: idempotency.Coalescer[Run] = idempotency.Coalescer()
         self._backfills: dict[str, asyncio.Lock] = {}
@@ -108,8 +108,7 @@ class LocalBackend:
         self._ready.readmit_all()
 
     def set_groups(self, groups: Mapping[str, GroupConfig], priority_aging_s: float) -> None:
-        self._groups = dict(groups)
-        self._aging_ms = round(priority_aging_s * 1000)
+        self._groups.set(groups, priority_aging_s)
         self._ready.readmit_all()
 
     async def wait_settled(self) -> None:
@@ -339,14 +338,6 @@ class LocalBackend:
     def _slot_limit(self, name: str) -> int | None:
         job = self._jobs.get(name)
         return None if job is None else admission.slot_limit(job)
-
-    def _groups_of(self, name: str) -> tuple[str, ...]:
-        job = self._jobs.get(name)
-        return () if job is None else job.groups
-
-    def _group_limit(self, name: str) -> int | None:
-        group = self._groups.get(name)
-        return None if group is None else group.max_concurrency
 
     def _fail_orphan(self, run: Run) -> None:
         """A run whose job a reload removed while it waited."""

@@ -263,27 +263,26 @@ MIGRATIONS: tuple[str, ...] = (
     $$;
 
     -- The first p_n startable runs of each priority of a job, found by skipping through the index
-    -- from one priority to the next: a job's backlog is not sorted at each claim.
+    -- from one priority to the next: a job's backlog is not sorted at each claim. PL/pgSQL, so
+    -- that its statements' plans are kept for the session rather than made at every call.
     CREATE FUNCTION jobd_job_heads(p_job text, p_now bigint, p_n integer)
-    RETURNS TABLE (head_id bigint, head_priority integer, head_ready_at bigint) LANGUAGE sql STABLE AS $$
-        WITH RECURSIVE levels (level) AS (
-            (SELECT r.priority FROM runs r WHERE r.status = 'PENDING' AND r.job = p_job
-             ORDER BY r.priority DESC LIMIT 1)
-            UNION ALL
-            SELECT (
-                SELECT r.priority FROM runs r WHERE r.status = 'PENDING' AND r.job = p_job AND r.priority < levels.level
-                ORDER BY r.priority DESC LIMIT 1
-            )
-            FROM levels WHERE levels.level IS NOT NULL
-        )
-        SELECT q.id, q.priority, greatest(q.created_at, COALESCE(q.run_after, 0))
-        FROM levels CROSS JOIN LATERAL (
-            SELECT r.id, r.priority, r.created_at, r.run_after FROM runs r
-            WHERE r.status = 'PENDING' AND r.job = p_job AND r.priority = levels.level
-                AND COALESCE(r.run_after, 0) <= p_now
-            ORDER BY r.priority DESC, r.id LIMIT p_n
-        ) q
-        WHERE levels.level IS NOT NULL
+    RETURNS TABLE (head_id bigint, head_priority integer, head_ready_at bigint) LANGUAGE plpgsql STABLE AS $$
+    DECLARE
+        v_level integer;
+        v_lowest integer;
+    BEGIN
+        SELECT max(r.priority), min(r.priority) INTO v_level, v_lowest
+        FROM runs r WHERE r.status = 'PENDING' AND r.job = p_job;
+        WHILE v_level IS NOT NULL LOOP
+            RETURN QUERY
+            SELECT r.id, r.priority, greatest(r.created_at, COALESCE(r.run_after, 0)) FROM runs r
+            WHERE r.status = 'PENDING' AND r.job = p_job AND r.priority = v_level AND COALESCE(r.run_after, 0) <= p_now
+            ORDER BY r.id LIMIT p_n;
+            EXIT WHEN v_level = v_lowest;
+            SELECT max(r.priority) INTO v_level FROM runs r
+            WHERE r.status = 'PENDING' AND r.job = p_job AND r.priority < v_level;
+        END LOOP;
+    END
     $$;
 
     -- How many runs of a group's jobs are PROCESSING, counted up to its limit.
@@ -298,10 +297,11 @@ MIGRATIONS: tuple[str, ...] = (
     $$;
 
     -- The claim (jobd/store/postgres/runs.py, claim()): the jobs with a startable run and, as far
-    -- as this snapshot knows, a free slot of their own and of each of their groups are locked,
-    -- best head first, then their groups; on a snapshot taken once the locks are held, the
-    -- candidates are taken in order of effective priority, each only if its job and every one of
-    -- its groups still has a free slot (all of them, or none: nothing is held while waiting).
+    -- as this snapshot knows, a free slot of their own and of each of their groups are locked
+    -- (the best heads' when there are more than p_limit), then their groups; on a snapshot taken
+    -- once the locks are held, the candidates are chosen in order of effective priority, each
+    -- only if its job and every one of its groups still has a free slot (all of them, or none:
+    -- nothing is held while waiting), and locked with FOR UPDATE SKIP LOCKED before the UPDATE.
     CREATE FUNCTION jobd_claim(
         p_node text, p_limit integer, p_now bigint, p_jobs text[], p_caps integer[],
         p_aging bigint, p_member_jobs text[], p_member_groups text[], p_groups text[], p_group_caps integer[]
@@ -336,13 +336,12 @@ MIGRATIONS: tuple[str, ...] = (
             FROM pending WHERE pending.job IS NOT NULL
         ),
         ready AS (
-            SELECT l.job, head.key, head.id
+            SELECT l.job
             FROM pending JOIN unnest(p_jobs, p_caps) AS l (job, cap) ON l.job = pending.job
-            CROSS JOIN LATERAL (
-                SELECT h.head_id AS id, jobd_order_key(h.head_priority, h.head_ready_at, p_aging) AS key
-                FROM jobd_job_heads(l.job, p_now, 1) h ORDER BY 2, 1 LIMIT 1
-            ) head
-            WHERE l.cap > (
+            WHERE EXISTS (
+                SELECT FROM runs q WHERE q.job = l.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
+            )
+            AND l.cap > (
                 SELECT count(*) FROM (SELECT FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING' LIMIT l.cap) busy
             )
             AND (cardinality(v_full) = 0 OR NOT EXISTS (
@@ -350,11 +349,19 @@ MIGRATIONS: tuple[str, ...] = (
                 WHERE m.job = l.job AND m.grp = ANY (v_full)
             ))
         )
-        SELECT array_agg(chosen.job) INTO v_jobs FROM (
-            SELECT ready.job FROM ready ORDER BY ready.key, ready.id LIMIT p_limit
-        ) chosen;
+        SELECT array_agg(ready.job) INTO v_jobs FROM ready;
         IF v_jobs IS NULL THEN
             RETURN;
+        END IF;
+        -- More such jobs than runs wanted: those with the best head, by the order of the runs.
+        IF cardinality(v_jobs) > p_limit THEN
+            v_jobs := ARRAY(
+                SELECT v.job FROM unnest(v_jobs) AS v (job) CROSS JOIN LATERAL (
+                    SELECT h.head_id AS id, jobd_order_key(h.head_priority, h.head_ready_at, p_aging) AS key
+                    FROM jobd_job_heads(v.job, p_now, 1) h ORDER BY 2, 1 LIMIT 1
+                ) head
+                ORDER BY head.key, head.id LIMIT p_limit
+            );
         END IF;
         PERFORM pg_advisory_xact_lock({LOCK_JOB}, hashtext(j)) FROM unnest(v_jobs) j ORDER BY hashtext(j);
         IF cardinality(p_groups) > 0 THEN
@@ -393,8 +400,6 @@ MIGRATIONS: tuple[str, ...] = (
                 v_ok := v_ok AND v_group_free[v_g] > 0;
             END LOOP;
             CONTINUE WHEN NOT v_ok;
-            PERFORM 1 FROM runs WHERE runs.id = c.id AND runs.status = 'PENDING' FOR UPDATE SKIP LOCKED;
-            CONTINUE WHEN NOT FOUND;
             v_ids := v_ids || c.id;
             v_job_free[c.job_index] := v_job_free[c.job_index] - 1;
             FOREACH v_g IN ARRAY c.group_indexes LOOP
@@ -402,10 +407,15 @@ MIGRATIONS: tuple[str, ...] = (
             END LOOP;
         END LOOP;
         RETURN QUERY
-        WITH claimed AS (
+        WITH candidates AS MATERIALIZED (
+            SELECT r.id FROM runs r WHERE r.id = ANY (v_ids) AND r.status = 'PENDING'
+            ORDER BY r.id FOR UPDATE SKIP LOCKED
+        ),
+        claimed AS (
             UPDATE runs SET status = 'PROCESSING', node = p_node, claim_token = gen_random_uuid(),
                 started_at = p_now, updated_at = p_now
-            WHERE runs.id = ANY (v_ids) AND runs.status = 'PENDING'
+            FROM candidates
+            WHERE runs.id = candidates.id AND runs.status = 'PENDING'
             RETURNING runs.*
         )
         SELECT * FROM claimed ORDER BY array_position(v_ids, claimed.id);
