@@ -199,3 +199,21 @@ def test_effective_priority_rises_by_one_per_aging_interval() -> None:
     # The order key agrees: the older run of priority 0 has overtaken the newer one of priority 1.
     assert order_key(0, 0, 60_000) < order_key(1, 90_000, 60_000)
     assert order_key(1, 10, 0) < order_key(0, 0, 0)
+
+
+async def test_a_worker_that_stops_waiting_passes_its_wake_up_on() -> None:
+    q = Queue({"a": 10})
+    first = asyncio.create_task(q.queue.get())
+    second = asyncio.create_task(q.queue.get())
+    await asyncio.sleep(0)
+    run = q.add("a")  # wakes the first worker ...
+    first.cancel()  # ... which stops before it takes the run
+    assert await asyncio.wait_for(second, 2) is run
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gone = asyncio.create_task(q.queue.get())
+    await asyncio.sleep(0)
+    gone.cancel()  # stops while nothing woke it
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert [q.add("a").id] == await q.ready()

@@ -95,10 +95,10 @@ class ReadyQueue:
             except BaseException:
                 woken = waiter.done() and not waiter.cancelled()
                 waiter.cancel()
-                if not woken:
-                    self._getters.remove(waiter)
-                else:
+                if woken:
                     self._wake()  # the wake-up this worker leaves with goes to another
+                elif waiter in self._getters:
+                    self._getters.remove(waiter)
                 raise
 
     def release(self, job: str, run_id: int | None = None) -> None:
