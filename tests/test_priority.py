@@ -5,12 +5,14 @@ pool, a full group, an injected clock), the trigger's `priority` field, and the 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import BACKENDS, wait_for
 from group_jobs import Seen
+from test_run_at import jobd_cli
 
 from jobd.lifecycle.groups import effective_priority, order_key
 from jobd.lifecycle.readyqueue import ReadyQueue
@@ -95,9 +97,8 @@ async def test_a_trigger_priority_is_validated_and_stored(start_daemon):
     h = await start_daemon({"work": {**COUNTED, "priority": 2}}, workers={"concurrency": 1})
     for bad in ("high", 1.5, True, 1001, -1001):
         problem = await h.trigger("work", priority=bad, expect=400)
-        assert problem["status"] == 400 and problem["detail"].startswith(
-            "priority must be an integer from -1000 to 1000"
-        )
+        assert problem["status"] == 400 and problem["field"] == "priority", problem
+        assert problem["detail"].startswith("priority must be an integer from -1000 to 1000")
     response = await h.client.post(
         "/api/v1/jobs/work/trigger", json={"priority": 4, "runs": [{}, {"priority": 9}, {"priority": None}]}
     )
@@ -105,12 +106,28 @@ async def test_a_trigger_priority_is_validated_and_stored(start_daemon):
     assert [run["priority"] for run in (await response.json())["runs"]] == [4, 9, 4]
     response = await h.client.post("/api/v1/jobs/work/trigger", json={"runs": [{}, {"priority": "x"}]})
     problem = await response.json()
-    assert response.status == 400 and problem["detail"].startswith("runs[1].priority must be an integer")
+    assert response.status == 400 and problem["field"] == "runs[1].priority", problem
+    assert problem["detail"].startswith("runs[1].priority must be an integer")
     run = await h.trigger("work", priority=None)
     assert run["priority"] == 2  # null: the job's
     stored = await h.finished(run["id"])
     assert stored.priority == 2
     assert (await h.get_json(f"/api/v1/runs/{run['id']}"))["run"]["priority"] == 2
+
+
+@both
+async def test_jobd_trigger_priority_against_a_live_daemon(start_daemon):
+    h = await start_daemon({"work": COUNTED})
+    url = str(h.client.make_url("")).rstrip("/")
+    code, out, err = await jobd_cli("trigger", "work", "--url", url, "--json", "--priority", "7")
+    assert code == 0, err
+    run = json.loads(out)["run"]
+    assert run["priority"] == 7
+    await h.finished(run["id"])
+    code, out, err = await jobd_cli("trigger", "work", "--url", url, "--priority", "5000")
+    assert code == 1 and err.count("\n") == 1 and "priority" in err, err
+    code, out, err = await jobd_cli("trigger", "work", "--url", url, "--priority", "high")
+    assert code == 2 and out == "", err
 
 
 # -- the ready queue -------------------------------------------------------------------------------
