@@ -324,7 +324,7 @@ class Daemon:
             self.log.warning(
                 "reload_needs_restart",
                 sections=ignored,
-                detail="only [jobs] changes apply on reload; restart jobd for the rest",
+                detail="only [jobs] and [groups] changes apply on reload; restart jobd for the rest",
             )
 
 
