@@ -307,7 +307,7 @@ class Daemon:
         return True
 
     def apply(self, new: Config) -> None:
-        """A checked new configuration: its jobs take effect now."""
+        """A checked new configuration: its jobs and groups take effect now."""
         ignored = [
             field.name
             for field in dataclasses.fields(Config)

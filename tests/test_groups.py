@@ -15,6 +15,7 @@ import pytest
 from conftest import BACKENDS, wait_for
 from group_jobs import Seen
 from test_metrics import scrape, value
+from test_run_at import jobd_cli
 
 from jobd.config import ConfigError, parse_config
 from jobd.models import Run, RunStatus, TriggerSource, now_ms
@@ -261,3 +262,17 @@ async def test_a_run_blocked_by_one_group_takes_no_slot_of_another(pg_db: str) -
         assert [c.run.id for c in claimed] == [free]
         [another] = await create(conn, ["ja"])
         assert [c.run.id for c in await claim(conn, "n1", 5, caps, groups=CLAIM_GROUPS)] == [another]  # a: 2 of 2
+
+
+@both
+async def test_jobd_status_shows_each_group(start_daemon):
+    h = await start_daemon({"load": {**GATED, "groups": ["db"]}}, groups={"db": {"max_concurrency": 1}})
+    run = await h.trigger("load")
+    await wait_for_async(lambda: h.get_json("/api/v1/queue"), lambda q: q["groups"][0]["running"] == 1)
+    url = str(h.client.make_url("")).rstrip("/")
+    code, out, err = await jobd_cli("status", "--url", url)
+    assert code == 0, err
+    assert "group db: 1/1 running, 0 waiting" in out.splitlines()
+    await wait_for(lambda: run["id"] in Seen.releases)
+    Seen.releases[run["id"]].set()
+    await h.finished(run["id"])

@@ -248,6 +248,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 else "none pending"
             )
             print(f"workers {w['busy']}/{w['total']} busy, {waiting}")
+            for g in queue.get("groups", []):  # shared concurrency groups, when there are any
+                print(f"group {g['name']}: {g['running']}/{g['limit']} running, {g['waiting']} waiting")
             if nodes is not None:
                 print_nodes(nodes)
                 print()
