@@ -104,6 +104,7 @@ async def test_a_trigger_priority_is_validated_and_stored(start_daemon):
     )
     assert response.status == 202
     assert [run["priority"] for run in (await response.json())["runs"]] == [4, 9, 4]
+    assert (await h.trigger("work", priority=-5.0))["priority"] == -5  # an integer, as JSON Schema counts
     response = await h.client.post("/api/v1/jobs/work/trigger", json={"runs": [{}, {"priority": "x"}]})
     problem = await response.json()
     assert response.status == 400 and problem["field"] == "runs[1].priority", problem

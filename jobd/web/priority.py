@@ -15,6 +15,8 @@ def priority_of(body: Mapping[str, Any], *, prefix: str = "", default: int | Non
     value = body.get("priority")
     if value is None:
         return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integer: -5.0 is one
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_PRIORITY <= value <= MAX_PRIORITY:
         field = prefix + "priority"
         raise BadRequest(f"{field} must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}", field=field)
