@@ -43,6 +43,7 @@ FINISHED = dataclasses.replace(
     log_tail="the end\n",
     updated_at=1_764_000_002_345,
     node="jobs-2",
+    priority=-3,
 )
 RUNS = [
     BASE,
@@ -77,6 +78,7 @@ def test_a_run_as_json():
         "exit_code": -9,
         "retry_of": 6,
         "node": "jobs-2",
+        "priority": -3,
     }
     assert FINISHED.to_json(with_log=True) == {**FINISHED.to_json(), "log_tail": "the end\n"}
     # Not changed since it was created: updated_at is the creation time.

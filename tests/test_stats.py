@@ -193,6 +193,7 @@ async def test_migration_3_sums_the_jobs_of_an_existing_store(tmp_path, store):
 DROP_MIGRATION_3 = (
     "DROP TRIGGER runs_rollup_all_insert; DROP TRIGGER runs_rollup_all_finish; "
     "DROP TRIGGER runs_rollup_all_delete; DROP TABLE run_days_all; "
+    "ALTER TABLE runs DROP COLUMN priority; "  # and the migrations after it (a run's priority)
 )
 
 
