@@ -102,6 +102,7 @@ class Daemon:
             self.backend = self.cluster
             self.audit = AuditLog(self.cluster.writer, shared)
             audit_reads = shared
+        self.backend.set_groups(config.groups, config.workers.priority_aging_s)
         self.backend.feed_to(self.bus)
         self.runs = Runs(self.backend, scheduler_clock=self.clock.now)
         self.pool = WorkerPool(
@@ -337,14 +338,15 @@ class Daemon:
         return True
 
     def apply(self, new: Config) -> None:
-        """A checked new configuration: its jobs take effect now."""
+        """A checked new configuration: its jobs and groups take effect now."""
         ignored = [
             field.name
             for field in dataclasses.fields(Config)
-            if field.name not in ("jobs", "source", "defaults")
+            if field.name not in ("jobs", "groups", "source", "defaults")
             and getattr(new, field.name) != getattr(self.config, field.name)
         ]
-        self.config = dataclasses.replace(self.config, jobs=new.jobs)
+        self.config = dataclasses.replace(self.config, jobs=new.jobs, groups=new.groups)
+        self.backend.set_groups(new.groups, self.config.workers.priority_aging_s)
         self.backend.reconfigure(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)
@@ -353,7 +355,7 @@ class Daemon:
             self.log.warning(
                 "reload_needs_restart",
                 sections=ignored,
-                detail="only [jobs] changes apply on reload; restart jobd for the rest",
+                detail="only [jobs] and [groups] changes apply on reload; restart jobd for the rest",
             )
 
 

@@ -134,12 +134,16 @@ class JobdClient:
         triggered_by: str = "api",
         run_at: str | None = None,
         delay_s: float | None = None,
+        priority: int | None = None,
     ) -> dict[str, Any]:
-        """`run_at` (ISO-8601 with a time zone) or `delay_s`: the run waits PENDING until then."""
+        """`run_at` (ISO-8601 with a time zone) or `delay_s`: the run waits PENDING until then.
+        `priority`: the run's, instead of its job's."""
         body: dict[str, Any] = {"params": dict(params or {}), "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
         body.update(_timing(run_at, delay_s))
+        if priority is not None:
+            body["priority"] = priority
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return cast(
             "dict[str, Any]",
@@ -155,11 +159,14 @@ class JobdClient:
         overlap: str | None = None,
         run_at: str | None = None,
         delay_s: float | None = None,
+        priority: int | None = None,
     ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"runs": [{"params": dict(p)} for p in params], "triggered_by": triggered_by}
         if overlap:
             body["overlap"] = overlap
         body.update(_timing(run_at, delay_s))
+        if priority is not None:
+            body["priority"] = priority
         return cast(
             "list[dict[str, Any]]", (await self.request("POST", _job_path(job, "trigger"), json_body=body))["runs"]
         )
@@ -174,6 +181,7 @@ class JobdClient:
         overlap: str | None = None,
         run_at: str | None = None,
         delay_s: float | None = None,
+        priority: int | None = None,
     ) -> list[dict[str, Any]]:
         """One run per item of `params`, at most `batch_size` to a request, and never more than the server
         takes: a batch it refuses as too large is sent again in pieces of the size its answer names."""
@@ -185,7 +193,13 @@ class JobdClient:
             chunk = params[start : start + batch_size]
             try:
                 runs += await self.trigger_many(
-                    job, chunk, triggered_by=triggered_by, overlap=overlap, run_at=run_at, delay_s=delay_s
+                    job,
+                    chunk,
+                    triggered_by=triggered_by,
+                    overlap=overlap,
+                    run_at=run_at,
+                    delay_s=delay_s,
+                    priority=priority,
                 )
             except ApiError as exc:
                 limit = exc.body.get("max_batch_runs")

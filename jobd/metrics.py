@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jobd.config import JobConfig
+from jobd.lifecycle.groups import usage
 from jobd.models import Run, TriggerSource
 from jobd.store import JobState
 
@@ -40,6 +41,7 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("jobd_queue_depth", "Runs waiting to start (PENDING).", value=runs.queued_count())
         yield GaugeMetricFamily("jobd_workers_busy", "Workers running a run.", value=daemon.pool.busy)
         yield GaugeMetricFamily("jobd_workers_total", "Workers in the pool.", value=daemon.pool.concurrency)
+        yield from group_metrics(daemon)
         skipped = CounterMetricFamily(
             "jobd_scheduler_skipped_fires",
             "Cron fires skipped: the overlap policy refused them, or the job's calendars excluded them.",
@@ -76,6 +78,18 @@ class DaemonCollector(Collector):
             "Events not delivered because a subscriber fell behind and was cut off.",
             value=bus.dropped,
         )
+
+
+def group_metrics(daemon: Any) -> Iterator[Metric]:
+    """Each shared concurrency group: its runs PROCESSING, its limit, its runs waiting (PENDING)."""
+    running = GaugeMetricFamily("jobd_group_running", "Runs of the group's jobs PROCESSING.", labels=["group"])
+    limit = GaugeMetricFamily("jobd_group_limit", "The group's max_concurrency.", labels=["group"])
+    waiting = GaugeMetricFamily("jobd_group_waiting", "Runs of the group's jobs PENDING.", labels=["group"])
+    for group in usage(daemon.config.groups, daemon.config.jobs, daemon.runs.active.values()):
+        running.add_metric([group["name"]], group["running"])
+        limit.add_metric([group["name"]], group["limit"])
+        waiting.add_metric([group["name"]], group["waiting"])
+    yield from (running, limit, waiting)
 
 
 def open_streams(daemon: Any) -> int:

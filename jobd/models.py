@@ -166,6 +166,7 @@ class Run:
     parent_run_id: int | None = None
     chain_depth: int = 0
     children: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    priority: int = 0  # among startable runs the highest starts first (see docs/scheduling.md)
 
     @property
     def duration_ms(self) -> int | None:
@@ -209,6 +210,7 @@ class Run:
         self.parent_run_id = other.parent_run_id
         self.chain_depth = other.chain_depth
         self.children = other.children
+        self.priority = other.priority
 
     def copy(self) -> Run:
         """A copy that shares nothing mutable but params, result and children, which are never changed in place."""
@@ -239,6 +241,7 @@ class Run:
             parent_run_id=self.parent_run_id,
             chain_depth=self.chain_depth,
             children=self.children,
+            priority=self.priority,
         )
 
 
@@ -311,6 +314,7 @@ RUN_JSON: tuple[WireField, ...] = (
     WireField("retry_of", "retry_of", _nullable(_ID)),
     WireField("node", "node", _nullable(_STR)),
     WireField("parent_run_id", "parent_run_id", _nullable(_ID)),
+    WireField("priority", "priority", {"type": "integer", "description": "higher starts first"}),
 )
 # Shown only where one run is asked for with its log.
 LOG_TAIL = WireField("log_tail", "log_tail", {"type": "string", "description": "the last part of the run's log"})

@@ -19,6 +19,7 @@ from typing import Any
 from jobd import __version__
 from jobd.config import OVERLAP_POLICIES
 from jobd.config.notifiers import NOTIFY_EVENTS
+from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY
 from jobd.models import (
     RunStatus,
     TriggerSource,
@@ -78,6 +79,38 @@ def run_timing(where: str) -> dict[str, Schema]:
             "description": f"{where}: PENDING for this many seconds from the request's arrival; not with run_at",
         },
     }
+
+
+def priority_field(where: str) -> dict[str, Schema]:
+    """A trigger's `priority` (jobd.web.priority), at the top level or in a batch item."""
+    return {
+        "priority": {
+            "type": ["integer", "null"],
+            "minimum": MIN_PRIORITY,
+            "maximum": MAX_PRIORITY,
+            "description": f"{where}: the priority instead of the job's (null: the job's); higher starts first",
+        }
+    }
+
+
+JOB_QUEUEING: dict[str, Schema] = {
+    "priority": {"type": "integer", "description": "its runs' priority unless a trigger gives one"},
+    "groups": {"type": "array", "items": {"type": "string"}, "description": "the shared concurrency groups it is in"},
+}
+
+
+def group_schema() -> Schema:
+    """One shared concurrency group in GET /queue (jobd.lifecycle.groups.usage)."""
+    return obj(
+        {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "limit": {"type": "integer", "minimum": 1, "description": "max_concurrency"},
+            "running": {"type": "integer", "minimum": 0, "description": "runs of its jobs PROCESSING (in the cluster)"},
+            "waiting": {"type": "integer", "minimum": 0, "description": "runs of its jobs PENDING"},
+            "jobs": {"type": "array", "items": {"type": "string"}},
+        }
+    )
 
 
 # Both given (and not null) is refused.
@@ -302,6 +335,7 @@ def schemas() -> dict[str, Schema]:
                     }
                 ),
                 "snoozed_until": {**MAYBE_TIME, "description": "its notifications are silenced until then"},
+                **JOB_QUEUEING,
             }
         ),
         "JobAnswer": obj({"job": ref("Job")}),
@@ -314,8 +348,12 @@ def schemas() -> dict[str, Schema]:
                     "type": "array",
                     "minItems": 1,
                     "items": obj(
-                        {"params": nullable({"type": "object"}), **run_timing("this run, instead of the top level's")},
-                        optional=("params", "run_at", "delay_s"),
+                        {
+                            "params": nullable({"type": "object"}),
+                            **run_timing("this run, instead of the top level's"),
+                            **priority_field("this run, instead of the top level's"),
+                        },
+                        optional=("params", "run_at", "delay_s", "priority"),
                     )
                     | {"not": NOT_BOTH_TIMES},
                     "description": "a batch (up to server.max_batch_runs), instead of params",
@@ -327,8 +365,9 @@ def schemas() -> dict[str, Schema]:
                 },
                 "triggered_by": {"type": "string", "enum": ["api", "manual"], "default": "api"},
                 **run_timing("every run of the request"),
+                **priority_field("every run of the request"),
             },
-            optional=("params", "runs", "overlap", "triggered_by", "run_at", "delay_s"),
+            optional=("params", "runs", "overlap", "triggered_by", "run_at", "delay_s", "priority"),
         )
         | {
             "not": {"required": ["params", "runs"]},
@@ -372,6 +411,11 @@ def schemas() -> dict[str, Schema]:
                 "processing": COUNT,
                 "workers": obj({"busy": COUNT, "total": COUNT}),
                 "oldest_pending_age_s": nullable({"type": "number"}),
+                "groups": {
+                    "type": "array",
+                    "items": group_schema(),
+                    "description": "shared concurrency groups, by name",
+                },
             }
         ),
         "Nodes": obj(
@@ -909,7 +953,9 @@ def paths() -> dict[str, Schema]:
                 tag="observability",
                 scope="read",
                 operation_id="queue",
-                responses={"200": json_content(ref("Queue"), "run counts by status, workers, oldest PENDING run")},
+                responses={
+                    "200": json_content(ref("Queue"), "run counts by status, workers, oldest PENDING run, groups")
+                },
             )
         },
         V1 + "/nodes": {

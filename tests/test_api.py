@@ -87,6 +87,7 @@ RUN_FIELDS = {
     "retry_of",
     "node",
     "parent_run_id",
+    "priority",
 }
 
 
@@ -569,7 +570,7 @@ async def test_queue_and_health(start_daemon):
     newer = await h.trigger("slow", {"seconds": 30})
     now[0] += 60_000
     queue = await h.get_json("/api/v1/queue")
-    assert set(queue) == {"counts", "pending", "processing", "workers", "oldest_pending_age_s"}
+    assert set(queue) == {"counts", "pending", "processing", "workers", "oldest_pending_age_s", "groups"}
     assert queue["workers"] == {"busy": 1, "total": 1}
     assert queue["counts"] == {"PENDING": 2, "PROCESSING": 1, "COMPLETED": 1, "PARTIAL": 0, "FAILED": 0, "CANCELLED": 0}
     assert (queue["pending"], queue["processing"]) == (2, 1)

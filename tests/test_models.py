@@ -46,6 +46,7 @@ FINISHED = dataclasses.replace(
     parent_run_id=3,
     chain_depth=2,
     children=[{"job": "load", "run_id": 8}],
+    priority=-3,
 )
 RUNS = [
     BASE,
@@ -81,6 +82,7 @@ def test_a_run_as_json():
         "retry_of": 6,
         "node": "jobs-2",
         "parent_run_id": 3,
+        "priority": -3,
     }
     assert FINISHED.to_json(with_log=True) == {**FINISHED.to_json(), "log_tail": "the end\n"}
     # Not changed since it was created: updated_at is the creation time.

@@ -119,6 +119,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
             raise ValueError(misuse)
         params = _parse_params(args.param)
         timing = _timing(args.at, args.delay)
+        if args.priority is not None:
+            timing["priority"] = args.priority
         batch = _read_params_lines(sys.stdin) if args.stdin else None
     except ValueError as exc:  # one line, as for any usage error
         print(f"jobd: {exc}", file=sys.stderr)
@@ -198,6 +200,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "error",
                 "exit_code",
                 "retry_of",
+                "priority",
             ):
                 value = run.get(key)
                 # JSON values as JSON (null, "quotes"), not as Python writes them.
@@ -255,6 +258,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 else "none pending"
             )
             print(f"workers {w['busy']}/{w['total']} busy, {waiting}")
+            for g in queue.get("groups", []):  # shared concurrency groups, when there are any
+                print(f"group {g['name']}: {g['running']}/{g['limit']} running, {g['waiting']} waiting")
             if nodes is not None:
                 print_nodes(nodes)
                 print()

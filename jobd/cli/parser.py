@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trigger.add_argument("--delay", metavar="SECONDS", help="start no earlier than SECONDS from now")
     trigger.add_argument(
+        "--priority", type=int, metavar="N", help="the run's priority instead of its job's (higher starts first)"
+    )
+    trigger.add_argument(
         "--wait",
         action="store_true",
         help="follow the run until it ends; exit 0 COMPLETED/PARTIAL, 1 FAILED, 2 CANCELLED",

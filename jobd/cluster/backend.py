@@ -27,11 +27,12 @@ from jobd.cluster.nodes import NodeLife
 from jobd.cluster.reads import Reads
 from jobd.cluster.wakeup import Listener, Notifier
 from jobd.cluster.writer import EndWriter
-from jobd.config import ClusterConfig, JobConfig
+from jobd.config import ClusterConfig, GroupConfig, JobConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
 from jobd.lifecycle import admission, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
 from jobd.lifecycle.jobstate import excluded_event
+from jobd.lifecycle.groups import claim_arguments
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.store.base import DeletedRuns, JobState
 from jobd.store.postgres import OwnConnection, cluster, events, runs
@@ -56,6 +57,9 @@ class PostgresBackend(Execution, Reads):
         log: Any = None,
     ) -> None:
         self._jobs = dict(jobs)
+        self._groups: dict[str, GroupConfig] = {}
+        self._aging_ms = 0
+        self._claim_groups = runs.ClaimGroups()
         self.pool = pool
         self.store = store
         self.node = config.node_name
@@ -91,7 +95,7 @@ class PostgresBackend(Execution, Reads):
         self.creator = Creator(
             pool.connection,
             new_run=lambda job, submission, source, at: self._new_run(
-                job, submission.params, source, at, run_after=submission.run_after
+                job, submission.params, source, at, run_after=submission.run_after, priority=submission.priority
             ),
             clock=lambda: self.clock(),  # read at each use: tests move the clock
             replace=self._cancel_locked,
@@ -162,7 +166,18 @@ class PostgresBackend(Execution, Reads):
 
     def reconfigure(self, jobs: Mapping[str, JobConfig]) -> None:
         self._jobs = dict(jobs)
+        self._set_claim_groups()
         self._wakeup.set()
+
+    def set_groups(self, groups: Mapping[str, GroupConfig], priority_aging_s: float) -> None:
+        self._groups = dict(groups)
+        self._aging_ms = round(priority_aging_s * 1000)
+        self._set_claim_groups()
+        self._wakeup.set()
+
+    def _set_claim_groups(self) -> None:
+        member_jobs, member_groups, names, caps = claim_arguments(self._groups, self._jobs.values())
+        self._claim_groups = runs.ClaimGroups(member_jobs, member_groups, names, caps, self._aging_ms)
 
     async def wait_settled(self) -> None:
         await self.writer.wait_settled()
@@ -194,6 +209,7 @@ class PostgresBackend(Execution, Reads):
         at: int | None,
         *,
         run_after: int | None = None,
+        priority: int | None = None,
     ) -> Run:
         now = self.clock()
         return Run(
@@ -207,6 +223,7 @@ class PostgresBackend(Execution, Reads):
             max_attempts=job.retries + 1,
             scheduled_for=at,
             run_after=run_after,
+            priority=job.priority if priority is None else priority,
         )
 
     async def create(

@@ -91,6 +91,7 @@ class Execution:
     _wakeup: Signal
     _control: Signal
     _states: dict[str, JobState]
+    _claim_groups: runs.ClaimGroups
 
     def _fence(self, reason: str) -> None:
         self.fenced = True
@@ -133,10 +134,10 @@ class Execution:
     async def _claim(self, limit: int, caps: dict[str, int]) -> list[Claimed]:
         async with self.pool.connection() as conn:
             if not any(job.notify.on_start for job in self._jobs.values()):
-                return await runs.claim(conn, self.node, limit, caps)  # autocommit: one statement, announced
+                return await runs.claim(conn, self.node, limit, caps, groups=self._claim_groups)  # autocommit: one statement, announced
             # Jobs that notify of their start: the notifications commit with the claim.
             async with conn.transaction():
-                claimed = await runs.claim(conn, self.node, limit, caps)
+                claimed = await runs.claim(conn, self.node, limit, caps, groups=self._claim_groups)
                 now = self.clock()
                 made = [n for c in claimed for n in plan.run_started(self._jobs.get(c.run.job), c.run, now)]
                 await notifications.insert(conn, made)

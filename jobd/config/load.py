@@ -19,6 +19,7 @@ from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.params import parse_params
+from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -95,6 +96,8 @@ def parse_config(
         if name not in named
     )
     check_chains({name: job.chain for name, job in jobs.items()})
+    groups = parse_groups(top.table("groups"))
+    check_members(jobs, groups)
     top.done()
     warnings.extend(unmatched_token_jobs(auth, jobs))
     if not auth.enabled and not is_loopback(server.host):
@@ -116,6 +119,7 @@ def parse_config(
         jobs=jobs,
         notifiers=notifiers,
         defaults=DefaultsConfig(notify=notify),
+        groups=groups,
         source=source,
         warnings=tuple(warnings),
     )
@@ -170,6 +174,7 @@ def _workers(t: Table) -> WorkersConfig:
         kill_grace_s=t.number("kill_grace_s", d.kill_grace_s),
         log_tail_bytes=t.integer("log_tail_bytes", d.log_tail_bytes, minimum=1024),
         max_log_bytes=t.integer("max_log_bytes", d.max_log_bytes, minimum=1024),
+        priority_aging_s=t.number("priority_aging_s", d.priority_aging_s, maximum=365 * 86400),
     )
     t.done()
     return config
@@ -362,6 +367,8 @@ def _job(
         params=parse_params(t.table("params"), scheduled=schedule is not None),
         notify=parse_notify(t, notifiers, notify),
         chain=parse_chain(t),
+        groups=job_groups(t),
+        priority=t.integer("priority", d.priority, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY),
     )
     t.done()
     if handler is not None:

@@ -69,6 +69,8 @@ class WorkersConfig:
     kill_grace_s: float = 5.0
     log_tail_bytes: int = 64 * 1024
     max_log_bytes: int = 16 * 1024 * 1024
+    # A waiting run's effective priority rises by 1 per this many seconds (0: no aging).
+    priority_aging_s: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,6 +175,8 @@ class JobConfig:
     )  # [jobs.NAME.params.PARAM] definitions (see jobd.config.params)
     notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
     chain: ChainConfig = NO_CHAIN  # on_success, on_failure, on_finish and their options
+    groups: tuple[str, ...] = ()  # [groups.NAME]: a run starts only when each has a free slot
+    priority: int = 0
 
     # The chain's keys under the names the config file gives them.
     @property
@@ -209,6 +213,13 @@ class JobConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GroupConfig:
+    name: str
+    max_concurrency: int
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
@@ -223,5 +234,6 @@ class Config:
     jobs: Mapping[str, JobConfig] = dataclasses.field(default_factory=dict)
     notifiers: Mapping[str, NotifierConfig] = dataclasses.field(default_factory=dict)
     defaults: DefaultsConfig = DefaultsConfig()
+    groups: Mapping[str, GroupConfig] = dataclasses.field(default_factory=dict)
     source: Path | None = None
     warnings: tuple[str, ...] = ()  # valid but probably not meant, one line each, naming the key

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from jobd.config import JobConfig
+from jobd.config import GroupConfig, JobConfig
 from jobd.models import Run, RunStatus, TriggerSource
 from jobd.store.base import DeletedRuns, JobState, RunFilter
 
@@ -30,6 +30,7 @@ class Submission:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     idempotency_key: str | None = None
     run_after: int | None = None  # epoch ms: the run stays PENDING until then (a trigger's run_at)
+    priority: int | None = None  # None: the job's priority
 
 
 FinishedHook = Callable[[JobConfig, Run, JobState, int], None]
@@ -79,6 +80,10 @@ class RunBackend(Protocol):
 
     def reconfigure(self, jobs: Mapping[str, JobConfig]) -> None:
         """New job definitions (a reload); runs not started yet follow them."""
+
+    def set_groups(self, groups: Mapping[str, GroupConfig], priority_aging_s: float) -> None:
+        """The shared concurrency groups and the aging of priorities (at start, and the groups
+        again on a reload): new starts follow them."""
 
     async def wait_settled(self) -> None:
         """Until every terminal state handed in is committed and announced."""

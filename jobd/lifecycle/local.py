@@ -13,11 +13,12 @@ from typing import Any
 
 import structlog
 
-from jobd.config import JobConfig
+from jobd.config import GroupConfig, JobConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
 from jobd.lifecycle import admission, idempotency, retry
 from jobd.lifecycle.active import ActiveRuns
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
+from jobd.lifecycle.groups import GroupLimits
 from jobd.lifecycle.jobstate import JobStates, excluded_event
 from jobd.lifecycle.readyqueue import ReadyQueue
 from jobd.lifecycle.transitions import Transitions
@@ -46,7 +47,15 @@ class LocalBackend:
         self.totals = StatusTotals()
         self.last = LastRuns(store, self.states)
         self._active = ActiveRuns()
-        self._ready = ReadyQueue(limit_of=self._slot_limit, clock=self._now, orphaned=self._fail_orphan)
+        self._groups = GroupLimits(lambda: self._jobs)
+        self._ready = ReadyQueue(
+            limit_of=self._slot_limit,
+            clock=self._now,
+            orphaned=self._fail_orphan,
+            groups_of=self._groups.groups_of,
+            group_limit_of=self._groups.limit_of,
+            aging_ms=lambda: self._groups.aging_ms,
+        )
         self._keys: idempotency.Coalescer[Run] = idempotency.Coalescer()
         self._backfills: dict[str, asyncio.Lock] = {}
         self._feed: Feed | None = None
@@ -98,6 +107,10 @@ class LocalBackend:
             self._fail_orphan(run)
         self._ready.readmit_all()
 
+    def set_groups(self, groups: Mapping[str, GroupConfig], priority_aging_s: float) -> None:
+        self._groups.set(groups, priority_aging_s)
+        self._ready.readmit_all()
+
     async def wait_settled(self) -> None:
         await self._active.wait_settled()
 
@@ -141,6 +154,7 @@ class LocalBackend:
                 max_attempts=config.retries + 1,
                 scheduled_for=scheduled_for,
                 run_after=s.run_after,
+                priority=config.priority if s.priority is None else s.priority,
             )
             for s in submissions
         ]
@@ -162,7 +176,7 @@ class LocalBackend:
             return await self.get(existing)
         [run] = await self.create(
             job.name,
-            [Submission(submission.params, run_after=submission.run_after)],
+            [Submission(submission.params, run_after=submission.run_after, priority=submission.priority)],
             triggered_by=triggered_by,
             overlap=overlap,
             scheduled_for=at,
@@ -264,6 +278,7 @@ class LocalBackend:
                     params=config.params.with_defaults({}),
                     max_attempts=config.retries + 1,
                     scheduled_for=at,
+                    priority=config.priority,
                 )
                 for at in times
                 if at not in existing

@@ -37,6 +37,7 @@ def retry_run(previous: Run, *, run_id: int, now: int, delay_s: float = 0) -> Ru
         # Still the same link of its chain: its end triggers the chain the failed attempt did not.
         parent_run_id=previous.parent_run_id,
         chain_depth=previous.chain_depth,
+        priority=previous.priority,
     )
 
 

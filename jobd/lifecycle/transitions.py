@@ -161,18 +161,18 @@ class Transitions:
         while True:
             run = await self.ready.get()
             if not self.active.startable(run):  # cancelled while it waited in the queue
-                self.ready.release(run.job)
+                self.ready.release(run.job, run.id)
                 continue
             job = self._jobs().get(run.job)
             if job is None:
                 self.finish(run, RunStatus.FAILED, error=retry.no_longer_configured(run.job))
-                self.ready.release(run.job)
+                self.ready.release(run.job, run.id)
                 continue
             self._start(run)
             return run, job
 
     def release(self, run: Run) -> None:
-        self.ready.release(run.job)
+        self.ready.release(run.job, run.id)
 
     def _start(self, run: Run) -> None:
         """PENDING → PROCESSING. Committed at once, but the handler does not wait for it.

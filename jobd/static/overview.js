@@ -25,9 +25,18 @@ export function overviewView(ctx) {
         h("caption", { class: "visually-hidden" }, "The nodes of the cluster"),
         h("thead", {}, h("tr", {}, ["Node", "Host", "PID", "State", "Running", "Heartbeat"].map((t) => h("th", { scope: "col" }, t)))),
         nodesBody)));
+  const groupsBody = h("tbody", {});
+  const groupsPanel = h("section", { class: "groups", "aria-labelledby": "groups-title", hidden: true },
+    h("h2", { id: "groups-title" }, "Concurrency groups"),
+    h("div", { class: "table-wrap" },
+      h("table", { class: "groups-table" },
+        h("caption", { class: "visually-hidden" }, "Shared concurrency groups: runs of their jobs"),
+        h("thead", {}, h("tr", {}, ["Group", "Running / limit", "Waiting", "Jobs"].map((t) => h("th", { scope: "col" }, t)))),
+        groupsBody)));
   const element = h("section", { "aria-labelledby": "overview-title" },
     h("h1", { id: "overview-title" }, "Overview"),
     h("section", { "aria-labelledby": "queue-title" }, h("h2", { id: "queue-title" }, "Queue"), tiles),
+    groupsPanel,
     nodesPanel,
     h("section", { "aria-labelledby": "totals-title" }, h("h2", { id: "totals-title" }, "Runs by status, all time"), totals),
     h("section", { "aria-labelledby": "history-title" },
@@ -44,9 +53,19 @@ export function overviewView(ctx) {
       tile("Processing", q.processing ?? q.counts?.PROCESSING ?? 0, "processing"),
       tile("Workers busy", `${workers.busy ?? 0} / ${workers.total ?? "?"}`, "workers"),
       tile("Oldest pending", oldest === null || oldest === undefined ? "—" : `${Math.round(oldest)} s`, "oldest"));
+    renderGroups(q.groups || []);
     const counts = q.counts || {};
     put(totals, h("ul", { class: "status-totals" },
       STATUSES.map((status) => h("li", {}, statusBadge(status), h("span", { class: "count", dataset: { count: status } }, String(counts[status] ?? 0))))));
+  }
+
+  function renderGroups(groups) {
+    groupsPanel.hidden = !groups.length;
+    put(groupsBody, ...groups.map((g) => h("tr", { dataset: { group: g.name } },
+      h("th", { scope: "row" }, g.name),
+      h("td", { dataset: { running: g.name } }, `${g.running} / ${g.limit}`),
+      h("td", { dataset: { waiting: g.name } }, String(g.waiting)),
+      h("td", { class: "meta" }, g.jobs.join(", ")))));
   }
 
   async function loadTimeline() {
@@ -126,6 +145,7 @@ export function overviewView(ctx) {
           workers: message.workers,
           counts: message.counts,
         });
+        if (lastQueue.groups?.length) queueSoon(); // the summary does not carry the groups
       } else {
         queueSoon();
       }

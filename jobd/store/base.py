@@ -236,6 +236,7 @@ RUN_COLUMNS = (
     "parent_run_id",
     "chain_depth",
     "children",
+    "priority",
 )
 # A cluster's rows may carry the node that claimed the run (and its claim token) after RUN_COLUMNS.
 NODE_COLUMN = len(RUN_COLUMNS)
@@ -253,6 +254,7 @@ IMMUTABLE_RUN_COLUMNS = frozenset(
         "retry_of",
         "parent_run_id",
         "chain_depth",
+        "priority",
     }
 )
 
@@ -278,7 +280,7 @@ def row_to_run(row: Sequence[Any]) -> Run:
     (rid, job, status, progress, message, triggered_by, params, attempt, max_attempts, scheduled_for) = row[:10]
     (run_after, created_at, started_at, finished_at, _duration, total, success, failed, skipped) = row[10:19]
     result, error, exit_code, retry_of, log_tail, updated_at = row[19:25]
-    parent_run_id, chain_depth, children = row[25:NODE_COLUMN]
+    parent_run_id, chain_depth, children, priority = row[25:NODE_COLUMN]
     return Run(
         id=rid,
         job=job,
@@ -305,4 +307,5 @@ def row_to_run(row: Sequence[Any]) -> Run:
         parent_run_id=parent_run_id,
         chain_depth=chain_depth or 0,
         children=json.loads(children) if children else [],
+        priority=priority,
     )

@@ -303,6 +303,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
     """,
+    # A run's priority (per job, or per trigger): among startable runs the highest starts first.
+    """
+    ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

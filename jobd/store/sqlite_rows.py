@@ -105,6 +105,7 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
         run.parent_run_id,
         run.chain_depth,
         _json_or_none(run.children or None),
+        run.priority,
     )
 
 

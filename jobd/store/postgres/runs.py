@@ -30,7 +30,7 @@ _WRITE_CLAIMED = (
     f"UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND claim_token = %s AND status = 'PROCESSING' RETURNING id"
 )
 # Batches go to PostgreSQL as one array per column (unnest), so a batch is one statement.
-_TYPES = {"progress": "float8", "attempt": "int4", "max_attempts": "int4", "exit_code": "int4"}
+_TYPES = {"progress": "float8", "attempt": "int4", "max_attempts": "int4", "exit_code": "int4", "priority": "int4"}
 _TEXT = {"job", "status", "message", "triggered_by", "params", "result", "error", "log_tail", "children"}
 
 
@@ -60,7 +60,10 @@ _WRITE_FROM = (
     f"WITH written AS (UPDATE runs SET {_SET_MUTABLE} WHERE id = %s AND status = %s RETURNING runs AS run), "
     f"{_ANNOUNCE} SELECT (w.run).id, pg_notify('jobd_events', '') FROM written w"
 )
-_CLAIM = f"SELECT {SELECT_RUN} FROM jobd_claim_announced(%s, %s, COALESCE(%s::bigint, jobd_now_ms()), %s::text[], %s::integer[])"
+_CLAIM = (
+    f"SELECT {SELECT_RUN} FROM jobd_claim_announced(%s, %s, COALESCE(%s::bigint, jobd_now_ms()), %s::text[], "
+    "%s::integer[], %s::bigint, %s::text[], %s::text[], %s::text[], %s::integer[])"
+)
 _LOCK_JOB = f"SELECT pg_advisory_xact_lock({LOCK_JOB}, hashtext(%s))"
 _COUNT_ACTIVE = (
     "SELECT count(*) FILTER (WHERE status = 'PENDING'), count(*) FILTER (WHERE status = 'PROCESSING') "
@@ -123,6 +126,7 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
         run.parent_run_id,
         run.chain_depth,
         compact_json(run.children) if run.children else None,
+        run.priority,
     )
 
 
@@ -177,22 +181,57 @@ async def admit(conn: Conn, job: str) -> Admission:
     return Admission(pending=int(row[0]), processing=int(row[1]))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimGroups:
+    """The shared concurrency groups as the claim takes them (see groups.claim_arguments()):
+    (member job, group) pairs, each group's limit, and the aging of priorities in ms (0: none)."""
+
+    member_jobs: Sequence[str] = ()
+    member_groups: Sequence[str] = ()
+    names: Sequence[str] = ()
+    caps: Sequence[int] = ()
+    aging_ms: int = 0
+
+
 async def claim(
-    conn: Conn, node: str, limit: int, caps: Mapping[str, int], *, now_ms: int | None = None
+    conn: Conn,
+    node: str,
+    limit: int,
+    caps: Mapping[str, int],
+    *,
+    now_ms: int | None = None,
+    groups: ClaimGroups = ClaimGroups(),
 ) -> list[Claimed]:
-    """Make up to `limit` startable runs PROCESSING on `node`, oldest first; each gets a fresh
-    claim token. `caps` are the jobs this node can run and how many runs of each may be
-    PROCESSING in the whole cluster; runs of other jobs are left for nodes that know them.
+    """Make up to `limit` startable runs PROCESSING on `node`, best effective priority first (then
+    oldest); each gets a fresh claim token. `caps` are the jobs this node can run and how many runs
+    of each may be PROCESSING in the whole cluster; runs of other jobs are left for nodes that know
+    them. A run of a job in shared `groups` is taken only while each of them has a free slot.
     `now_ms` (default: the database's clock) is the time run_after is compared with.
 
     One call of jobd_claim(): under the locks of the jobs that have a startable run (taken in one
-    order by every node), the free slots per job are counted on a snapshot that sees every claim
-    committed before, and the candidates are locked with FOR UPDATE SKIP LOCKED in a
-    materialized CTE before the UPDATE, so concurrent claimers never wait on, nor take, the same
-    row. The locks are held until the transaction ends: run it in autocommit mode, or commit at once.
+    order by every node), then those of their groups, the free slots per job and group are counted
+    on a snapshot that sees every claim committed before, and the candidates are locked one by one
+    with FOR UPDATE SKIP LOCKED before the UPDATE, so concurrent claimers never wait on, nor take,
+    the same row. The locks are held until the transaction ends: run it in autocommit mode, or
+    commit at once.
     The claim writes its runs' status_update events and the NOTIFY that announces them itself.
     """
-    cur = await conn.execute(_CLAIM, (node, limit, now_ms, list(caps), list(caps.values())))
+    g = groups
+    cur = await conn.execute(
+        _CLAIM,
+        (
+            node,
+            limit,
+            now_ms,
+            list(caps),
+            list(caps.values()),
+            g.aging_ms,
+            list(g.member_jobs),
+            list(g.member_groups),
+            list(g.names),
+            list(g.caps),
+        ),
+    )
     return [row_to_claimed(row) for row in await cur.fetchall()]
 
 

@@ -18,6 +18,7 @@ LOCK_JOB = 1  # with hashtext(job): admission and claims of one job
 LOCK_MIGRATE = (2, 0)
 LOCK_REAPER = (3, 0)
 LOCK_RETENTION = (4, 0)
+LOCK_GROUP = 5  # with hashtext(group): claims of the runs of a shared concurrency group
 
 _STATUSES = "'PENDING', 'PROCESSING', 'COMPLETED', 'PARTIAL', 'FAILED', 'CANCELLED'"
 _SOURCES = "'cron', 'api', 'manual', 'retry', 'catchup'"
@@ -314,6 +315,204 @@ MIGRATIONS: tuple[str, ...] = (
         request_id text
     );
     CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+    """,
+    # Priorities and shared concurrency groups: a run's priority, the PENDING runs of a job by
+    # priority, and the claim taking the best startable runs by effective priority (the key of
+    # jobd/lifecycle/groups.py, order_key()) while holding each group, under its lock, to its limit.
+    f"""
+    ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0;
+    CREATE INDEX runs_pending_priority ON runs (job, priority DESC, id) WHERE status = 'PENDING';
+    DROP FUNCTION jobd_claim_announced(text, integer, bigint, text[], integer[]);
+    DROP FUNCTION jobd_claim(text, integer, bigint, text[], integer[]);
+
+    CREATE FUNCTION jobd_order_key(p_priority integer, p_ready_at bigint, p_aging bigint)
+    RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+        SELECT CASE WHEN p_aging <= 0 THEN -p_priority::bigint ELSE p_ready_at - p_priority * p_aging END
+    $$;
+
+    -- The first p_n startable runs of each priority of a job, found by skipping through the index
+    -- from one priority to the next: a job's backlog is not sorted at each claim. PL/pgSQL, so
+    -- that its statements' plans are kept for the session rather than made at every call.
+    CREATE FUNCTION jobd_job_heads(p_job text, p_now bigint, p_n integer)
+    RETURNS TABLE (head_id bigint, head_priority integer, head_ready_at bigint) LANGUAGE plpgsql STABLE AS $$
+    DECLARE
+        v_level integer;
+        v_lowest integer;
+    BEGIN
+        SELECT max(r.priority), min(r.priority) INTO v_level, v_lowest
+        FROM runs r WHERE r.status = 'PENDING' AND r.job = p_job;
+        WHILE v_level IS NOT NULL LOOP
+            RETURN QUERY
+            SELECT r.id, r.priority, greatest(r.created_at, COALESCE(r.run_after, 0)) FROM runs r
+            WHERE r.status = 'PENDING' AND r.job = p_job AND r.priority = v_level AND COALESCE(r.run_after, 0) <= p_now
+            ORDER BY r.id LIMIT p_n;
+            EXIT WHEN v_level = v_lowest;
+            SELECT max(r.priority) INTO v_level FROM runs r
+            WHERE r.status = 'PENDING' AND r.job = p_job AND r.priority < v_level;
+        END LOOP;
+    END
+    $$;
+
+    -- How many runs of a group's jobs are PROCESSING, counted up to its limit.
+    CREATE FUNCTION jobd_group_busy(p_group text, p_cap integer, p_member_jobs text[], p_member_groups text[])
+    RETURNS bigint LANGUAGE sql STABLE AS $$
+        SELECT count(*) FROM (
+            SELECT FROM runs p WHERE p.status = 'PROCESSING' AND p.job = ANY (ARRAY(
+                SELECT m.job FROM unnest(p_member_jobs, p_member_groups) AS m (job, grp) WHERE m.grp = p_group
+            ))
+            LIMIT p_cap
+        ) busy
+    $$;
+
+    -- The claim (jobd/store/postgres/runs.py, claim()): the jobs with a startable run and, as far
+    -- as this snapshot knows, a free slot of their own and of each of their groups are locked
+    -- (the best heads' when there are more than p_limit), then their groups; on a snapshot taken
+    -- once the locks are held, the candidates are chosen in order of effective priority, each
+    -- only if its job and every one of its groups still has a free slot (all of them, or none:
+    -- nothing is held while waiting), and locked with FOR UPDATE SKIP LOCKED before the UPDATE.
+    CREATE FUNCTION jobd_claim(
+        p_node text, p_limit integer, p_now bigint, p_jobs text[], p_caps integer[],
+        p_aging bigint, p_member_jobs text[], p_member_groups text[], p_groups text[], p_group_caps integer[]
+    )
+    RETURNS SETOF runs LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        v_full text[] := '{{}}';
+        v_jobs text[];
+        v_job_free integer[];
+        v_groups text[] := '{{}}';
+        v_group_free integer[] := '{{}}';
+        v_ids bigint[] := '{{}}';
+        v_ok boolean;
+        v_g integer;
+        c record;
+    BEGIN
+        IF EXISTS (SELECT 1 FROM nodes WHERE name = p_node AND dead_at IS NOT NULL) THEN
+            RETURN;
+        END IF;
+        IF cardinality(p_groups) > 0 THEN
+            v_full := ARRAY(
+                SELECT g.grp FROM unnest(p_groups, p_group_caps) AS g (grp, cap)
+                WHERE jobd_group_busy(g.grp, g.cap, p_member_jobs, p_member_groups) >= g.cap
+            );
+        END IF;
+        WITH RECURSIVE pending (job) AS (
+            (SELECT r.job FROM runs r WHERE r.status = 'PENDING' ORDER BY r.job LIMIT 1)
+            UNION ALL
+            SELECT (
+                SELECT r.job FROM runs r WHERE r.status = 'PENDING' AND r.job > pending.job ORDER BY r.job LIMIT 1
+            )
+            FROM pending WHERE pending.job IS NOT NULL
+        ),
+        ready AS (
+            SELECT l.job
+            FROM pending JOIN unnest(p_jobs, p_caps) AS l (job, cap) ON l.job = pending.job
+            WHERE EXISTS (
+                SELECT FROM runs q WHERE q.job = l.job AND q.status = 'PENDING' AND COALESCE(q.run_after, 0) <= p_now
+            )
+            AND l.cap > (
+                SELECT count(*) FROM (SELECT FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING' LIMIT l.cap) busy
+            )
+            AND (cardinality(v_full) = 0 OR NOT EXISTS (
+                SELECT 1 FROM unnest(p_member_jobs, p_member_groups) AS m (job, grp)
+                WHERE m.job = l.job AND m.grp = ANY (v_full)
+            ))
+        )
+        SELECT array_agg(ready.job) INTO v_jobs FROM ready;
+        IF v_jobs IS NULL THEN
+            RETURN;
+        END IF;
+        -- More such jobs than runs wanted: those with the best head, by the order of the runs.
+        IF cardinality(v_jobs) > p_limit THEN
+            v_jobs := ARRAY(
+                SELECT v.job FROM unnest(v_jobs) AS v (job) CROSS JOIN LATERAL (
+                    SELECT h.head_id AS id, jobd_order_key(h.head_priority, h.head_ready_at, p_aging) AS key
+                    FROM jobd_job_heads(v.job, p_now, 1) h ORDER BY 2, 1 LIMIT 1
+                ) head
+                ORDER BY head.key, head.id LIMIT p_limit
+            );
+        END IF;
+        PERFORM pg_advisory_xact_lock({LOCK_JOB}, hashtext(j)) FROM unnest(v_jobs) j ORDER BY hashtext(j);
+        IF cardinality(p_groups) > 0 THEN
+            v_groups := ARRAY(
+                SELECT DISTINCT m.grp FROM unnest(p_member_jobs, p_member_groups) AS m (job, grp)
+                WHERE m.job = ANY (v_jobs) AND m.grp = ANY (p_groups)
+            );
+            PERFORM pg_advisory_xact_lock({LOCK_GROUP}, hashtext(g)) FROM unnest(v_groups) g ORDER BY hashtext(g);
+            v_group_free := ARRAY(
+                SELECT g.cap - jobd_group_busy(g.grp, g.cap, p_member_jobs, p_member_groups)
+                FROM unnest(v_groups) WITH ORDINALITY AS v (grp, i)
+                JOIN unnest(p_groups, p_group_caps) AS g (grp, cap) ON g.grp = v.grp
+                ORDER BY v.i
+            );
+        END IF;
+        v_job_free := ARRAY(
+            SELECT l.cap - (
+                SELECT count(*) FROM (SELECT FROM runs p WHERE p.job = l.job AND p.status = 'PROCESSING' LIMIT l.cap) busy
+            )
+            FROM unnest(v_jobs) WITH ORDINALITY AS v (job, i) JOIN unnest(p_jobs, p_caps) AS l (job, cap) ON l.job = v.job
+            ORDER BY v.i
+        );
+        FOR c IN
+            SELECT h.head_id AS id, v.i AS job_index, ARRAY(
+                SELECT array_position(v_groups, m.grp) FROM unnest(p_member_jobs, p_member_groups) AS m (job, grp)
+                WHERE m.job = v.job AND m.grp = ANY (v_groups)
+            ) AS group_indexes
+            FROM unnest(v_jobs) WITH ORDINALITY AS v (job, i)
+            CROSS JOIN LATERAL jobd_job_heads(v.job, p_now, least(greatest(v_job_free[v.i], 0), p_limit)::integer) h
+            ORDER BY jobd_order_key(h.head_priority, h.head_ready_at, p_aging), h.head_id
+        LOOP
+            EXIT WHEN cardinality(v_ids) >= p_limit;
+            CONTINUE WHEN v_job_free[c.job_index] <= 0;
+            v_ok := true;
+            FOREACH v_g IN ARRAY c.group_indexes LOOP
+                v_ok := v_ok AND v_group_free[v_g] > 0;
+            END LOOP;
+            CONTINUE WHEN NOT v_ok;
+            v_ids := v_ids || c.id;
+            v_job_free[c.job_index] := v_job_free[c.job_index] - 1;
+            FOREACH v_g IN ARRAY c.group_indexes LOOP
+                v_group_free[v_g] := v_group_free[v_g] - 1;
+            END LOOP;
+        END LOOP;
+        RETURN QUERY
+        WITH candidates AS MATERIALIZED (
+            SELECT r.id FROM runs r WHERE r.id = ANY (v_ids) AND r.status = 'PENDING'
+            ORDER BY r.id FOR UPDATE SKIP LOCKED
+        ),
+        claimed AS (
+            UPDATE runs SET status = 'PROCESSING', node = p_node, claim_token = gen_random_uuid(),
+                started_at = p_now, updated_at = p_now
+            FROM candidates
+            WHERE runs.id = candidates.id AND runs.status = 'PENDING'
+            RETURNING runs.*
+        )
+        SELECT * FROM claimed ORDER BY array_position(v_ids, claimed.id);
+    END
+    $$;
+
+    CREATE FUNCTION jobd_claim_announced(
+        p_node text, p_limit integer, p_now bigint, p_jobs text[], p_caps integer[],
+        p_aging bigint, p_member_jobs text[], p_member_groups text[], p_groups text[], p_group_caps integer[]
+    )
+    RETURNS SETOF runs LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        RETURN QUERY
+        WITH claimed AS MATERIALIZED (
+            SELECT c AS run, row_number() OVER () AS n FROM jobd_claim(
+                p_node, p_limit, p_now, p_jobs, p_caps, p_aging, p_member_jobs, p_member_groups, p_groups, p_group_caps
+            ) c
+        ),
+        announced AS (
+            INSERT INTO events (type, run_id, job, status, data)
+            SELECT 'status_update', (c.run).id, (c.run).job, (c.run).status, jobd_status_update(c.run)
+            FROM claimed c ORDER BY (c.run).id
+        )
+        SELECT (c.run).* FROM claimed c ORDER BY c.n;
+        IF FOUND THEN
+            PERFORM pg_notify('jobd_events', '');
+        END IF;
+    END
+    $$;
     """,
 )
 

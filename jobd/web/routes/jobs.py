@@ -16,6 +16,7 @@ from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
+from jobd.web.priority import priority_of
 from jobd.web.responses import json_response, json_text_response
 from jobd.web.runjson import checked_params, run_json
 from jobd.web.scope import visible
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     from jobd.app import Daemon
 
 MAX_IDEMPOTENCY_KEY = 200
-_TRIGGER_FIELDS = frozenset({"params", "runs", "overlap", "triggered_by", "run_at", "delay_s"})
-_RUN_FIELDS = frozenset({"params", "run_at", "delay_s"})  # what one item of a batch may carry
+_TRIGGER_FIELDS = frozenset({"params", "runs", "overlap", "triggered_by", "run_at", "delay_s", "priority"})
+_RUN_FIELDS = frozenset({"params", "run_at", "delay_s", "priority"})  # what one item of a batch may carry
 _TRIGGER_SOURCES = {"api": TriggerSource.API, "manual": TriggerSource.MANUAL}
 routes = web.RouteTableDef()
 
@@ -76,6 +77,8 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "failing": state.consecutive_failures >= job.alert_after_failures,
         "params_schema": job.params.json_schema(),
         "snoozed_until": iso_ms(daemon.notifications.snoozed_until(job.name)),
+        "priority": job.priority,
+        "groups": list(job.groups),
     }
 
 
@@ -117,7 +120,7 @@ async def trigger_job(request: web.Request) -> web.Response:
     if not _TRIGGER_FIELDS.issuperset(body):
         unknown = sorted(set(body) - _TRIGGER_FIELDS)
         raise BadRequest(
-            f"unknown field {unknown[0]!r} (expected params, runs, overlap, triggered_by, run_at, delay_s)"
+            f"unknown field {unknown[0]!r} (expected params, runs, overlap, triggered_by, run_at, delay_s, priority)"
         )
     overlap = body.get("overlap")
     if overlap is not None and overlap not in OVERLAP_POLICIES:
@@ -128,6 +131,7 @@ async def trigger_job(request: web.Request) -> web.Response:
         raise BadRequest("triggered_by must be 'api' or 'manual'")
     now = daemon.runs.clock()
     run_after = run_after_of(body, now)
+    priority = priority_of(body)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
@@ -151,19 +155,22 @@ async def trigger_job(request: web.Request) -> web.Response:
         submissions = []
         for index, item in enumerate(items):
             if not isinstance(item, dict) or set(item) - _RUN_FIELDS:
-                raise BadRequest(f"runs[{index}] must be an object with only params, run_at, delay_s")
+                raise BadRequest(f"runs[{index}] must be an object with only params, run_at, delay_s, priority")
             where = f"runs[{index}]."
             submissions.append(
                 Submission(
                     _params(job, item.get("params"), where + "params"),
                     run_after=run_after_of(item, now, prefix=where, default=run_after),
+                    priority=priority_of(item, prefix=where, default=priority),
                 )
             )
         runs = await daemon.runs.submit(job.name, submissions, triggered_by=source, overlap=overlap)
         return json_text_response(
             '{"runs":[' + ",".join([compact_json(run_json(daemon.runs.jobs, run)) for run in runs]) + "]}", status=202
         )
-    submission = Submission(_params(job, body.get("params"), "params"), idempotency_key=key, run_after=run_after)
+    submission = Submission(
+        _params(job, body.get("params"), "params"), idempotency_key=key, run_after=run_after, priority=priority
+    )
     [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
     return json_text_response(
         '{"run":' + compact_json(run_json(daemon.runs.jobs, run)) + "}",

@@ -1,10 +1,12 @@
-"""`GET /api/v1/queue`: run counts by status, the workers, the oldest PENDING run."""
+"""`GET /api/v1/queue`: run counts by status, the workers, the oldest PENDING run, and the
+shared concurrency groups (used, limit, waiting)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from jobd.web import scoped
+from jobd.lifecycle.groups import usage
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX
@@ -21,4 +23,6 @@ async def queue(request: web.Request) -> web.Response:
     jobs = job_names(request, daemon.runs.jobs)
     if jobs is not None:
         return json_response(await scoped.queue(daemon, jobs))
-    return json_response(daemon.runs.queue_snapshot(daemon.pool.concurrency))
+    snapshot = daemon.runs.queue_snapshot(daemon.pool.concurrency)
+    snapshot["groups"] = usage(daemon.config.groups, daemon.config.jobs, daemon.runs.active.values())
+    return json_response(snapshot)
