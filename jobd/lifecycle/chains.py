@@ -73,10 +73,11 @@ def child_run(parent: Run, job: JobConfig, *, run_id: int, now: int) -> Run:
         triggered_by=TriggerSource.CHAIN,
         created_at=now,
         updated_at=now,
-        params={"parent": parent_params(parent), **job.chain.params},
+        params=job.params.with_defaults({"parent": parent_params(parent), **job.chain.params}),
         max_attempts=job.retries + 1,
         parent_run_id=parent.id,
         chain_depth=parent.chain_depth + 1,
+        priority=job.priority,
     )
 
 
