@@ -10,6 +10,7 @@ from aiohttp import web
 
 from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
+from jobd.config.params import REDACTED
 from jobd.errors import BadRequest
 from jobd.lifecycle import Submission
 from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
@@ -77,6 +78,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "failing": state.consecutive_failures >= job.alert_after_failures,
         "params_schema": job.params.json_schema(),
         "snoozed_until": iso_ms(daemon.notifications.snoozed_until(job.name)),
+        "secret_env": {source.name: REDACTED for source in job.secret_env},
         "priority": job.priority,
         "groups": list(job.groups),
     }
