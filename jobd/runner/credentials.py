@@ -22,6 +22,18 @@ def read_secret_env(sources: tuple[SecretSource, ...], environ: Mapping[str, str
     return {source.name: _checked(source, _read(source, environ)) for source in sources}
 
 
+def values_to_hide(sources: tuple[SecretSource, ...], environ: Mapping[str, str]) -> list[str]:
+    """The values that can be read now, for hiding them where a run starts from outside (its
+    params); one that cannot be read is hidden by nothing, and its run fails at its start."""
+    values: list[str] = []
+    for source in sources:
+        try:
+            values.append(_checked(source, _read(source, environ)))
+        except CredentialError:
+            continue
+    return values
+
+
 def _read(source: SecretSource, environ: Mapping[str, str]) -> str:
     where = f"secret_env.{source.name}"
     if source.env_var is not None:
