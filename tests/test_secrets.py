@@ -76,6 +76,22 @@ async def everything_shown(h: Harness, run_id: int) -> list[Any]:
     return [run, log, [e.data for e in events], audit, await h.get_json("/api/v1/runs"), stored]
 
 
+async def open_firehose(h: Harness) -> SSEReader:
+    """Every run's changes and log lines as they happen (opened before the run starts)."""
+    reader = SSEReader(await h.client.get("/api/v1/events?log=1", headers={"Accept": "text/event-stream"}))
+    await reader.until(lambda m: m.type == "connected")
+    return reader
+
+
+async def live_events(reader: SSEReader, run_id: int) -> list[dict[str, Any]]:
+    messages = await reader.until(
+        lambda m: (
+            m.type == "status_update" and m.data["run_id"] == run_id and m.data["status"] in ("FAILED", "COMPLETED")
+        )
+    )
+    return [m.data for m in messages if m.data.get("run_id") == run_id]
+
+
 # -- the config -----------------------------------------------------------------------------------
 
 
@@ -160,8 +176,15 @@ async def test_a_command_gets_its_secrets_and_they_are_hidden_everywhere(start, 
     h = await start({"cmd": {"command": [PYTHON, "-c", COMMAND], "secret_env": secret_env(credential)}})
     job = await h.get_json("/api/v1/jobs/cmd")
     assert job["job"]["secret_env"] == {"DB_PASSWORD": "***", "TOKEN": "***"}
+    firehose = await open_firehose(h)
     run = await h.trigger("cmd")
     done = await h.finished(run["id"])
+    live = await live_events(firehose, run["id"])
+    firehose.response.close()
+    assert {"type": "log", "run_id": run["id"], "job": "cmd", "stream": "stdout", "line": "password is ***"} in [
+        {k: e.get(k) for k in ("type", "run_id", "job", "stream", "line")} for e in live
+    ]
+    assert any(e["type"] == "status_update" and e["message"] == "using ***" for e in live)
     assert done.status is RunStatus.FAILED
     # The child really had both values (by their digests), and nothing shows them.
     assert done.result == {"pw": "***", "digest": digest(PASSWORD), "tok": digest(TOKEN)}
@@ -170,7 +193,9 @@ async def test_a_command_gets_its_secrets_and_they_are_hidden_everywhere(start, 
     assert "password is ***" in done.log_tail and "failed with ***" in done.log_tail
     shown = await everything_shown(h, run["id"])
     assert "password is ***" in shown[1]
-    assert_hidden(*shown, job, capsys.readouterr())
+    captured = capsys.readouterr()
+    assert "run_finished" in captured.out and "failed with ***" in captured.out  # jobd's own log
+    assert_hidden(*shown, job, live, captured)
 
 
 @pytestmark_backends
@@ -181,8 +206,12 @@ async def test_a_handler_gets_ctx_secrets_and_they_are_hidden_everywhere(start, 
             "refuse": {"handler": "secret_jobs:refuse", "secret_env": secret_env(credential)},
         }
     )
+    firehose = await open_firehose(h)
     run = await h.trigger("tell")
     done = await h.finished(run["id"])
+    live = await live_events(firehose, run["id"])
+    firehose.response.close()
+    assert any(e["type"] == "log" and e["line"] == "connecting with ***" for e in live)
     assert done.status is RunStatus.COMPLETED
     assert done.result == {"echo": "***", "digest": digest(PASSWORD), "in_environ": False}
     assert done.message == "password *** accepted" and "connecting with ***" in done.log_tail
@@ -190,7 +219,9 @@ async def test_a_handler_gets_ctx_secrets_and_they_are_hidden_everywhere(start, 
     assert failed.status is RunStatus.FAILED
     assert failed.error == "RuntimeError: login refused for ***"
     assert "RuntimeError: login refused for ***" in failed.log_tail  # the traceback
-    assert_hidden(*(await everything_shown(h, run["id"])), *(await everything_shown(h, failed.id)), capsys.readouterr())
+    assert_hidden(
+        *(await everything_shown(h, run["id"])), *(await everything_shown(h, failed.id)), live, capsys.readouterr()
+    )
 
 
 @pytestmark_backends
