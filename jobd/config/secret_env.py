@@ -87,7 +87,7 @@ def _source(name: str, t: Table, base_dir: Path) -> SecretSource:
 def secret_env_warnings(
     jobs: Mapping[str, tuple[SecretSource, ...]], defaults: tuple[SecretSource, ...], environ: Mapping[str, str]
 ) -> list[str]:
-    """What would fail a run if it started now (`jobd check`, serve and reload print it), once per
+    """What would fail a run if it started now (`jobd check` and `jobd serve` print it), once per
     source. A warning, not an error: systemd's credentials exist only inside the service."""
     warnings: list[str] = []
     seen = set(defaults)
