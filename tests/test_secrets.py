@@ -261,3 +261,14 @@ async def test_a_secret_value_sent_in_params_is_hidden_before_it_is_stored(start
     [batch] = (await response.json())["runs"]
     assert response.status == 202 and batch["params"] == {"p": "***"}
     assert_hidden(accepted, done, batch, await h.get_json("/api/v1/runs"), await h.get_json("/api/v1/audit"))
+
+
+@pytestmark_backends
+async def test_defaults_secret_env_reaches_every_job(start, credential):
+    h = await start(
+        {"tell": {"handler": "secret_jobs:tell"}}, defaults={"secret_env": {"DB_PASSWORD": {"file": str(credential)}}}
+    )
+    assert (await h.get_json("/api/v1/jobs/tell"))["job"]["secret_env"] == {"DB_PASSWORD": "***"}
+    done = await h.finished((await h.trigger("tell"))["id"])
+    assert done.status is RunStatus.COMPLETED
+    assert done.result == {"echo": "***", "digest": digest(PASSWORD), "in_environ": False}
