@@ -335,6 +335,14 @@ def schemas() -> dict[str, Schema]:
                     }
                 ),
                 "snoozed_until": {**MAYBE_TIME, "description": "its notifications are silenced until then"},
+                "secret_env": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string", "enum": ["***"]},
+                    "description": (
+                        "the variables of its secret_env (and [defaults] secret_env) by name; the values are "
+                        "read at each run's start and never shown"
+                    ),
+                },
                 **JOB_QUEUEING,
             }
         ),

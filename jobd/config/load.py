@@ -20,6 +20,7 @@ from jobd.config.errors import ConfigError
 from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
 from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.params import parse_params
+from jobd.config.secret_env import SecretSource, parse_secret_env, secret_env_warnings
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -82,13 +83,15 @@ def parse_config(
     notifiers = parse_notifiers(top.table("notifiers"), environ, base_dir)
     defaults = top.table("defaults")
     notify = parse_notify(defaults, notifiers)
+    secret_env = parse_secret_env(defaults, base_dir)
     defaults.done()
     jobs_table = top.table("jobs")
     jobs = {
-        name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir, calendars, notifiers, notify)
+        name: _job(name, jobs_table.table(name), scheduler, alerts, base_dir, calendars, notifiers, notify, secret_env)
         for name in list(jobs_table.raw)
     }
     jobs_table.done()
+    warnings.extend(secret_env_warnings({n: j.secret_env for n, j in jobs.items()}, secret_env, environ))
     named = {name for job in jobs.values() for event in NOTIFY_EVENTS for name in job.notify.of(event)}
     warnings.extend(
         f"notifiers.{name}: no job's notify names it (only jobd notify-test reaches it)"
@@ -118,7 +121,7 @@ def parse_config(
         cluster=cluster,
         jobs=jobs,
         notifiers=notifiers,
-        defaults=DefaultsConfig(notify=notify),
+        defaults=DefaultsConfig(notify=notify, secret_env=secret_env),
         groups=groups,
         source=source,
         warnings=tuple(warnings),
@@ -305,6 +308,7 @@ def _job(
     calendars: Mapping[str, Calendar],
     notifiers: Mapping[str, NotifierConfig],
     notify: NotifyRules,
+    secret_env: tuple[SecretSource, ...],
 ) -> JobConfig:
     if not JOB_NAME.match(name):
         raise ConfigError(
@@ -366,6 +370,7 @@ def _job(
         window=parse_window(t, zone, schedule, calendars),
         params=parse_params(t.table("params"), scheduled=schedule is not None),
         notify=parse_notify(t, notifiers, notify),
+        secret_env=parse_secret_env(t, base_dir, secret_env, env=env),
         chain=parse_chain(t),
         groups=job_groups(t),
         priority=t.integer("priority", d.priority, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY),

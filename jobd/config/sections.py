@@ -15,6 +15,7 @@ from jobd.config.chains import NO_CHAIN, ChainConfig
 from jobd.config.handlers import import_handler
 from jobd.config.notifiers import NotifierConfig, NotifyRules
 from jobd.config.params import Params
+from jobd.config.secret_env import SecretSource
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
@@ -116,6 +117,7 @@ class DefaultsConfig:
     """What every job has unless it says otherwise."""
 
     notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
+    secret_env: tuple[SecretSource, ...] = ()  # added to every job's own (see config/secret_env.py)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -174,6 +176,7 @@ class JobConfig:
         default_factory=Params
     )  # [jobs.NAME.params.PARAM] definitions (see jobd.config.params)
     notify: NotifyRules = dataclasses.field(default_factory=NotifyRules)
+    secret_env: tuple[SecretSource, ...] = ()  # variables read at run start, never stored
     chain: ChainConfig = NO_CHAIN  # on_success, on_failure, on_finish and their options
     groups: tuple[str, ...] = ()  # [groups.NAME]: a run starts only when each has a free slot
     priority: int = 0

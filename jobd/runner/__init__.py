@@ -17,12 +17,13 @@ from jobd.config import JobConfig
 from jobd.models import Run
 from jobd.runner.commands import run_command
 from jobd.runner.context import RunContext
+from jobd.runner.credentials import CredentialError, read_secret_env
 from jobd.runner.environment import command_env
 from jobd.runner.handlers import LEFT_BEHIND, run_handler
 from jobd.runner.pipes import MAX_LINE_BYTES, PIPE_DRAIN_S
 from jobd.runner.protocol import MAX_ERROR_DETAIL
 from jobd.runner.reporting import COUNT_FIELDS, MAX_COUNT, Outcome, RunReporter, format_seconds
-from jobd.runner.secrets import RedactingReporter, redact_outcome
+from jobd.runner.secrets import RedactingReporter, hidden_texts, redact_outcome
 from jobd.runner.waiting import ended
 
 __all__ = [
@@ -56,11 +57,17 @@ async def execute(
     SIGKILL after `kill_grace_s`; async handlers: cancelled, and left behind after `kill_grace_s`
     if they ignore it) and then re-raises CancelledError. A timeout stops the run the same way.
     """
-    secrets = job.params.secret_values(run.params)
+    try:
+        secret_env = read_secret_env(job.secret_env, environ) if job.secret_env else {}
+    except CredentialError as unreadable:
+        return Outcome(error=str(unreadable))
+    secrets = hidden_texts(job.params.secret_values(run.params), secret_env.values())
     if secrets:
         reporter = RedactingReporter(reporter, secrets)
     if job.kind == "python":
-        outcome = await run_handler(job, run, reporter, grace_s=kill_grace_s)
+        outcome = await run_handler(job, run, reporter, grace_s=kill_grace_s, secrets=secret_env)
     else:
-        outcome = await run_command(job, run, reporter, kill_grace_s=kill_grace_s, environ=environ)
+        # Over jobd's own variables, under the job's env (config refuses a name in both) and JOBD_*.
+        child_environ = {**environ, **secret_env} if secret_env else environ
+        outcome = await run_command(job, run, reporter, kill_grace_s=kill_grace_s, environ=child_environ)
     return redact_outcome(outcome, secrets) if secrets else outcome

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from jobd.config import JobConfig
@@ -21,6 +22,8 @@ class RunContext:
         job:     the job's name.
         attempt: 1 for the first try, 2, 3, … for retries.
         params:  the run's parameters (the same dict as the second argument).
+        secrets: the job's `secret_env` values by variable name, read at the run's start (a
+                 read-only mapping; os.environ is not changed: it is shared by every run).
         cancelled: True once the run has timed out or been cancelled (read-only).
 
     Methods (each may be called from the event loop or from the handler's own thread):
@@ -36,11 +39,20 @@ class RunContext:
     has ended are dropped.
     """
 
-    def __init__(self, run: Run, job: JobConfig, reporter: RunReporter, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        run: Run,
+        job: JobConfig,
+        reporter: RunReporter,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        secrets: Mapping[str, str] | None = None,
+    ) -> None:
         self.run_id = run.id
         self.job = job.name
         self.attempt = run.attempt
         self.params = run.params
+        self.secrets: Mapping[str, str] = MappingProxyType(dict(secrets or {}))
         self._reporter = reporter
         self._loop = loop
         self._loop_thread = threading.get_ident()

@@ -9,7 +9,7 @@ import inspect
 import json
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobd.config import ConfigError, JobConfig
@@ -21,13 +21,15 @@ from jobd.runner.waiting import ended
 LEFT_BEHIND = "the handler ignored its cancellation and was left behind"
 
 
-async def run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace_s: float) -> Outcome:
+async def run_handler(
+    job: JobConfig, run: Run, reporter: RunReporter, *, grace_s: float, secrets: Mapping[str, str] | None = None
+) -> Outcome:
     try:
         handler = job.resolve_handler()
     except ConfigError as unresolvable:
         return Outcome(error=str(unresolvable))
     loop = asyncio.get_running_loop()
-    ctx = RunContext(run, job, reporter, loop)
+    ctx = RunContext(run, job, reporter, loop, secrets=secrets)
     # loop.create_task(), not ensure_future(): that first works out what it was given, on every run.
     if _is_async(handler):
         call = loop.create_task(_call_async(handler, ctx, run.params))

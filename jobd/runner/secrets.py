@@ -1,15 +1,22 @@
-"""Keeping a run's secret params out of what it reports: log lines, progress messages, its result
-and its error have each secret value's text replaced by "***" before they reach the worker pool,
-and so before the run's log, the store, the events and any stream."""
+"""Keeping a run's secrets (its secret params' values, its `secret_env` values) out of what it
+reports: log lines, progress messages, its result and its error have each secret value's text
+replaced by "***" before they reach the worker pool, and so before the run's log, the store, the
+events and any stream."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jobd.config.params import REDACTED
 from jobd.runner.reporting import Outcome, RunReporter
+
+
+def hidden_texts(*groups: Iterable[str]) -> tuple[str, ...]:
+    """The texts to hide, longest first (so that no shorter one cuts into a longer); empty ones
+    hide nothing."""
+    return tuple(sorted({text for group in groups for text in group if text}, key=len, reverse=True))
 
 
 def redact_text(text: str, secrets: Sequence[str]) -> str:

@@ -15,6 +15,8 @@ from jobd.config import JobConfig
 from jobd.config.paramcheck import validate
 from jobd.errors import BadRequest
 from jobd.models import Run
+from jobd.runner.credentials import values_to_hide
+from jobd.runner.secrets import hidden_texts, redact_value
 
 
 def run_json(jobs: Mapping[str, JobConfig], run: Run, *, with_log: bool = False) -> dict[str, Any]:
@@ -25,9 +27,14 @@ def run_json(jobs: Mapping[str, JobConfig], run: Run, *, with_log: bool = False)
     return data
 
 
-def checked_params(job: JobConfig, params: dict[str, Any], where: str) -> dict[str, Any]:
+def checked_params(
+    job: JobConfig, params: dict[str, Any], where: str, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A trigger's params with the job's defaults filled in, or a 400 naming each bad parameter
-    (`where` is the params' place in the body: "params", "runs[3].params")."""
+    (`where` is the params' place in the body: "params", "runs[3].params"); the text of the job's
+    secret_env values (read from `environ`, jobd's own) hidden in them before they are stored."""
+    if job.secret_env:
+        params = redact_value(params, hidden_texts(values_to_hide(job.secret_env, environ or {})))
     schema = job.params.json_schema()
     if schema is None:
         return params

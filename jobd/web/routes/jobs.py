@@ -10,6 +10,7 @@ from aiohttp import web
 
 from jobd import cronspec
 from jobd.config import OVERLAP_POLICIES, JobConfig
+from jobd.config.params import REDACTED
 from jobd.errors import BadRequest
 from jobd.lifecycle import Submission
 from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
@@ -77,6 +78,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "failing": state.consecutive_failures >= job.alert_after_failures,
         "params_schema": job.params.json_schema(),
         "snoozed_until": iso_ms(daemon.notifications.snoozed_until(job.name)),
+        "secret_env": {source.name: REDACTED for source in job.secret_env},
         "priority": job.priority,
         "groups": list(job.groups),
     }
@@ -103,12 +105,12 @@ async def _job_answer(daemon: Daemon, job: JobConfig) -> web.Response:
     return json_response({"job": job_json(daemon, job, last.get(job.name))})
 
 
-def _params(job: JobConfig, value: Any, where: str) -> dict[str, Any]:
+def _params(daemon: Daemon, job: JobConfig, value: Any, where: str) -> dict[str, Any]:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise BadRequest(f"{where} must be a JSON object")
-    return checked_params(job, value, where)
+    return checked_params(job, value, where, daemon.environ)
 
 
 @routes.post(PREFIX + "/jobs/{name}/trigger")
@@ -159,7 +161,7 @@ async def trigger_job(request: web.Request) -> web.Response:
             where = f"runs[{index}]."
             submissions.append(
                 Submission(
-                    _params(job, item.get("params"), where + "params"),
+                    _params(daemon, job, item.get("params"), where + "params"),
                     run_after=run_after_of(item, now, prefix=where, default=run_after),
                     priority=priority_of(item, prefix=where, default=priority),
                 )
@@ -169,7 +171,7 @@ async def trigger_job(request: web.Request) -> web.Response:
             '{"runs":[' + ",".join([compact_json(run_json(daemon.runs.jobs, run)) for run in runs]) + "]}", status=202
         )
     submission = Submission(
-        _params(job, body.get("params"), "params"), idempotency_key=key, run_after=run_after, priority=priority
+        _params(daemon, job, body.get("params"), "params"), idempotency_key=key, run_after=run_after, priority=priority
     )
     [run] = await daemon.runs.submit(job.name, [submission], triggered_by=source, overlap=overlap)
     return json_text_response(
