@@ -18,8 +18,8 @@ from typing import Any
 
 from jobd import __version__
 from jobd.config import OVERLAP_POLICIES
-from jobd.config.notifiers import NOTIFY_EVENTS
 from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY
+from jobd.config.notifiers import NOTIFY_EVENTS
 from jobd.models import (
     RunStatus,
     TriggerSource,
@@ -154,6 +154,36 @@ STR = {"type": "string"}
 BOOL = {"type": "boolean"}
 TIME = {"type": "string", "format": "date-time", "description": "ISO-8601 UTC with milliseconds"}
 MAYBE_TIME = nullable(TIME)
+
+
+JOB_CONFINEMENT: dict[str, Schema] = {
+    "run_as": nullable(
+        obj(
+            {
+                "user": nullable({"type": "string", "description": "a name or a numeric id"}),
+                "group": nullable({"type": "string", "description": "a name or a numeric id"}),
+                "umask": nullable({"type": "string", "description": 'octal, e.g. "027"'}),
+            }
+        )
+    ),
+    "limits": nullable(
+        obj(
+            {
+                "memory_max": nullable({"type": "string", "description": 'as configured, e.g. "512M"'}),
+                "cpu_quota": nullable({"type": "string", "description": 'percent of one CPU, e.g. "50%"'}),
+                "tasks_max": nullable({"type": "integer", "minimum": 1}),
+                "io_weight": nullable({"type": "integer", "minimum": 1, "maximum": 10000}),
+            }
+        )
+    ),
+    "limits_enforced": nullable(
+        {
+            "type": "boolean",
+            "description": "whether this node can enforce the job's limits with cgroup v2 (null: no limits); "
+            "false: its runs run without them, with a line in their log",
+        }
+    ),
+}
 
 
 def json_content(schema: Schema, description: str, media: str = "application/json") -> Schema:
@@ -336,6 +366,7 @@ def schemas() -> dict[str, Schema]:
                 ),
                 "snoozed_until": {**MAYBE_TIME, "description": "its notifications are silenced until then"},
                 **JOB_QUEUEING,
+                **JOB_CONFINEMENT,
             }
         ),
         "JobAnswer": obj({"job": ref("Job")}),

@@ -13,6 +13,7 @@ from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest
 from jobd.lifecycle import Submission
 from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
+from jobd.runner.confine import confinement_json
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
@@ -79,6 +80,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "snoozed_until": iso_ms(daemon.notifications.snoozed_until(job.name)),
         "priority": job.priority,
         "groups": list(job.groups),
+        **confinement_json(job),
     }
 
 

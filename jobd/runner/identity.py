@@ -1,0 +1,104 @@
+"""Who a command runs as: its user, groups and umask, applied by subprocess in the child between
+fork and exec (setgroups, setgid, setuid; no Python code runs there for this)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from jobd.config.errors import ConfigError
+from jobd.config.limits import RunAs, lookup_group, lookup_user
+
+CAP_SETGID = 6
+CAP_SETUID = 7
+
+
+class IdentityError(Exception):
+    """The run cannot be started as the user or group its job names; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    uid: int | None  # None: keep jobd's
+    gid: int | None
+    groups: tuple[int, ...] | None  # supplementary groups; None: keep jobd's
+    umask: int | None
+    env: Mapping[str, str]  # HOME, USER, LOGNAME of the user
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.uid is not None:
+            kwargs["user"] = self.uid
+        if self.gid is not None:
+            kwargs["group"] = self.gid
+        if self.groups is not None:
+            kwargs["extra_groups"] = list(self.groups)
+        if self.umask is not None:
+            kwargs["umask"] = self.umask
+        return kwargs
+
+
+def effective_capabilities(status_path: str = "/proc/self/status") -> int | None:
+    """The CapEff bit mask of this process; None where /proc does not say."""
+    try:
+        with open(status_path, encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def can_switch(*, user: bool) -> bool:
+    """Whether jobd may set another user (CAP_SETUID and CAP_SETGID) or only a group (CAP_SETGID)."""
+    caps = effective_capabilities()
+    if caps is None:
+        return os.geteuid() == 0
+    needed = (1 << CAP_SETGID) | ((1 << CAP_SETUID) if user else 0)
+    return caps & needed == needed
+
+
+def privilege_problem(run_as: RunAs, key_prefix: str) -> str | None:
+    """One line naming the key when jobd cannot become the job's user or group; None when it can."""
+    if run_as.user is not None and not can_switch(user=True):
+        return (
+            f"{key_prefix}.user: jobd is not root and lacks CAP_SETUID/CAP_SETGID, "
+            f"so runs of this job will fail instead of running as {run_as.user!r}"
+        )
+    if run_as.group is not None and run_as.user is None and not can_switch(user=False):
+        return (
+            f"{key_prefix}.group: jobd is not root and lacks CAP_SETGID, "
+            f"so runs of this job will fail instead of running as group {run_as.group!r}"
+        )
+    return None
+
+
+def resolve(run_as: RunAs, job_name: str) -> Identity:
+    """The ids to switch to, looked up now (users may change while jobd runs)."""
+    prefix = f"jobs.{job_name}"
+    problem = privilege_problem(run_as, prefix)
+    if problem is not None:
+        who = run_as.user if run_as.user is not None else f"group {run_as.group}"
+        raise IdentityError(f"cannot run as {who}: jobd is not root and lacks CAP_SETUID/CAP_SETGID")
+    try:
+        entry = None if run_as.user is None else lookup_user(run_as.user, f"{prefix}.user")
+        group_entry = None if run_as.group is None else lookup_group(run_as.group, f"{prefix}.group")
+    except ConfigError as exc:  # the user was deleted since the config was loaded
+        raise IdentityError(f"cannot run as {run_as.user or run_as.group}: {exc}") from None
+    uid = gid = None
+    groups: tuple[int, ...] | None = None
+    env: dict[str, str] = {}
+    if run_as.user is not None:
+        uid = entry.pw_uid if entry is not None else int(run_as.user)
+        gid = entry.pw_gid if entry is not None else uid
+        name = entry.pw_name if entry is not None else run_as.user
+        env = {"HOME": entry.pw_dir if entry is not None else "/", "USER": name, "LOGNAME": name}
+    if run_as.group is not None:
+        gid = group_entry.gr_gid if group_entry is not None else int(run_as.group)
+    if uid is not None and gid is not None:
+        # initgroups(3): the user's supplementary groups from the group database, with the primary one.
+        groups = tuple(os.getgrouplist(entry.pw_name, gid)) if entry is not None else (gid,)
+    return Identity(uid=uid, gid=gid, groups=groups, umask=run_as.umask, env=env)
