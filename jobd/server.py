@@ -102,7 +102,7 @@ async def serve(config: Config, *, make_app: Callable[[Daemon], web.Application]
             max_streams=config.server.max_streams,
             hint="raise LimitNOFILE= (systemd) or ulimit -Hn, or lower server.max_streams",
         )
-    for problem in host_problems(config):  # user or limits this host cannot honour: never silent
+    for problem in host_problems(config, prepare_cgroups=True):  # user or limits this host cannot honour: never silent
         daemon.log.warning("job_confinement", problem=problem)
     app = make_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)

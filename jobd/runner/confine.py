@@ -15,7 +15,7 @@ from typing import Any
 from jobd.config import Config, JobConfig
 from jobd.config.limits import Limits
 from jobd.runner.identity import Identity, IdentityError, privilege_problem, resolve
-from jobd.runner.limits import LimitsError, RunCgroup, create, probe
+from jobd.runner.limits import LimitsError, RunCgroup, create, prepare, probe
 
 
 class ConfineError(Exception):
@@ -81,8 +81,9 @@ def confine(job: JobConfig, run_id: int) -> Confinement:
     return confinement
 
 
-def host_problems(config: Config) -> list[str]:
-    """One line per job key this host cannot honour, for `jobd check` and the start-up log."""
+def host_problems(config: Config, *, prepare_cgroups: bool = False) -> list[str]:
+    """One line per job key this host cannot honour, for `jobd check` and the start-up log; with
+    `prepare_cgroups` (at start-up), jobd's cgroup is also made ready for the limited runs."""
     problems: list[str] = []
     support = None
     for name, job in config.jobs.items():
@@ -96,6 +97,15 @@ def host_problems(config: Config) -> list[str]:
             if missing is not None:
                 keys = [key for key, value in job.limits.as_json().items() if value is not None]
                 problems.append(f"jobs.{name}.{keys[0]}: limits NOT enforced ({', '.join(keys)}): {missing}")
+    if support is None or support.base is None:
+        return problems
+    limited = [job.limits for job in config.jobs.values() if job.limits is not None]
+    limited = [limits for limits in limited if support.missing(limits) is None]
+    if prepare_cgroups and limited:
+        problem = prepare(support, limited)
+        if problem is not None:
+            name = next(name for name, job in config.jobs.items() if job.limits in limited)
+            problems.append(f"jobs.{name}: its limited runs will fail: {problem}")
     return problems
 
 

@@ -65,12 +65,12 @@ def privilege_problem(run_as: RunAs, key_prefix: str) -> str | None:
     """One line naming the key when jobd cannot become the job's user or group; None when it can."""
     if run_as.user is not None and not can_switch(user=True):
         return (
-            f"{key_prefix}.user: jobd is not root and lacks CAP_SETUID/CAP_SETGID, "
+            f"{key_prefix}.user: jobd lacks CAP_SETUID/CAP_SETGID (run it as root), "
             f"so runs of this job will fail instead of running as {run_as.user!r}"
         )
     if run_as.group is not None and run_as.user is None and not can_switch(user=False):
         return (
-            f"{key_prefix}.group: jobd is not root and lacks CAP_SETGID, "
+            f"{key_prefix}.group: jobd lacks CAP_SETGID (run it as root), "
             f"so runs of this job will fail instead of running as group {run_as.group!r}"
         )
     return None
@@ -82,7 +82,8 @@ def resolve(run_as: RunAs, job_name: str) -> Identity:
     problem = privilege_problem(run_as, prefix)
     if problem is not None:
         who = run_as.user if run_as.user is not None else f"group {run_as.group}"
-        raise IdentityError(f"cannot run as {who}: jobd is not root and lacks CAP_SETUID/CAP_SETGID")
+        needs = "CAP_SETUID/CAP_SETGID" if run_as.user is not None else "CAP_SETGID"
+        raise IdentityError(f"cannot run as {who}: jobd lacks {needs} (run it as root)")
     try:
         entry = None if run_as.user is None else lookup_user(run_as.user, f"{prefix}.user")
         group_entry = None if run_as.group is None else lookup_group(run_as.group, f"{prefix}.group")

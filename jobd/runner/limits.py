@@ -79,7 +79,27 @@ def probe(proc_self: Path = Path("/proc/self")) -> CgroupSupport:
         )
     if not controllers:
         return CgroupSupport(None, reason=f"no cgroup v2 controller is available in {base} (cgroup v1 holds them)")
+    others = _other_processes(base) if base != mount else []
+    if others:
+        return CgroupSupport(
+            None,
+            reason=f"jobd's cgroup {base} also holds other processes (pid {others[0]}): it is not delegated to "
+            "jobd alone (under systemd: Delegate=yes)",
+        )
     return CgroupSupport(base, controllers)
+
+
+def prepare(support: CgroupSupport, limits: list[Limits]) -> str | None:
+    """Move jobd into its leaf and enable the controllers `limits` need, before any run starts (so
+    that no run of jobd's sits in the cgroup that must hand controllers down); a problem or None."""
+    if support.base is None:
+        return support.reason
+    wanted = sorted({_CONTROLLER[key] for lim in limits for key in _CONTROLLER if getattr(lim, key) is not None})
+    try:
+        _enable(support.base, wanted)
+    except OSError as exc:
+        return f"cannot enable the cgroup v2 controllers {', '.join(wanted)} in {support.base}: {exc.strerror}"
+    return None
 
 
 @dataclasses.dataclass(slots=True)
@@ -141,7 +161,8 @@ def create(support: CgroupSupport, limits: Limits, run_id: int) -> RunCgroup:
             path.mkdir()
         try:
             for name, value in _settings(limits).items():
-                (path / name).write_text(value)
+                if name != "memory.swap.max" or (path / name).exists():  # no such file without swap accounting
+                    (path / name).write_text(value)
             fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         except BaseException:
             path.rmdir()
@@ -155,6 +176,7 @@ def _settings(limits: Limits) -> dict[str, str]:
     settings: dict[str, str] = {}
     if limits.memory_max is not None:
         settings["memory.max"] = str(limits.memory_max)
+        settings["memory.swap.max"] = "0"  # over its limit a run is killed, not pushed into swap
     if limits.cpu_quota is not None:
         settings["cpu.max"] = f"{round(limits.cpu_quota * _CPU_PERIOD_US / 100)} {_CPU_PERIOD_US}"
     if limits.tasks_max is not None:
@@ -179,6 +201,14 @@ def _enable(base: Path, controllers: list[str]) -> None:
         leaf.mkdir(exist_ok=True)
         (leaf / "cgroup.procs").write_text("0")  # this process, every thread of it
         control.write_text(line)
+
+
+def _other_processes(base: Path) -> list[int]:
+    try:
+        pids = [int(pid) for pid in (base / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+    return [pid for pid in pids if pid != os.getpid()]
 
 
 def _populated(path: Path) -> bool:
