@@ -49,8 +49,6 @@ class Limits:
 
 def parse_run_as(t: Table, *, python: bool) -> RunAs | None:
     """`user`, `group` and `umask` of a job; None when it sets none of them."""
-    if not any(t.has(key) for key in IDENTITY_KEYS):
-        return None
     _refuse_for_handler(t, IDENTITY_KEYS, python)
     user = _id_text(t, "user")
     group = _id_text(t, "group")
@@ -64,20 +62,22 @@ def parse_run_as(t: Table, *, python: bool) -> RunAs | None:
         if not _UMASK.match(text):
             raise ConfigError(f'{t.key("umask")}: {text!r} is not an octal umask like "027"')
         umask = int(text, 8)
+    if user is None and group is None and umask is None:
+        return None
     return RunAs(user=user, group=group, umask=umask)
 
 
 def parse_limits(t: Table, *, python: bool) -> Limits | None:
     """The job's resource limits; None when it sets none of them."""
-    if not any(t.has(key) for key in LIMIT_KEYS):
-        return None
     _refuse_for_handler(t, LIMIT_KEYS, python)
     memory_text = t.string("memory_max")
     memory = None if memory_text is None else parse_size(memory_text, t.key("memory_max"))
     quota_text = t.string("cpu_quota")
     quota = None if quota_text is None else parse_percent(quota_text, t.key("cpu_quota"))
-    tasks = t.integer("tasks_max", 0, minimum=1, maximum=MAX_TASKS) if t.has("tasks_max") else None
-    weight = t.integer("io_weight", 0, minimum=1, maximum=10_000) if t.has("io_weight") else None
+    tasks = _optional_integer(t, "tasks_max", MAX_TASKS)
+    weight = _optional_integer(t, "io_weight", 10_000)
+    if memory is None and quota is None and tasks is None and weight is None:
+        return None
     return Limits(memory_max=memory, memory_max_text=memory_text, cpu_quota=quota, tasks_max=tasks, io_weight=weight)
 
 
@@ -133,9 +133,15 @@ def _id_text(t: Table, name: str) -> str | None:
     return value
 
 
+def _optional_integer(t: Table, name: str, maximum: int) -> int | None:
+    if t.get(name, (int,), None, "an integer") is None:
+        return None
+    return t.integer(name, 0, minimum=1, maximum=maximum)
+
+
 def _refuse_for_handler(t: Table, keys: tuple[str, ...], python: bool) -> None:
-    if python:
-        key = next(key for key in keys if t.has(key))
+    key = next((key for key in keys if t.has(key)), None)
+    if python and key is not None:
         raise ConfigError(
             f"{t.key(key)}: applies only to commands (command or shell); "
             "a Python handler runs inside jobd, as its user and in its cgroup"
