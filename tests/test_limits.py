@@ -148,24 +148,27 @@ async def test_a_child_enters_its_cgroup_before_exec_as_another_user_and_nothing
 
 def memory_cgroup_for_a_daemon() -> tuple[Path | None, str]:
     """A fresh cgroup with the memory controller for a test daemon, as `Delegate=yes` would give
-    jobd, or why this machine has none."""
+    jobd, or why this machine has none. Made below the tests' own cgroup, or below the root one
+    (the tests' own holds processes, so it can hand controllers down only when it is the root)."""
     mount = _cgroup2_mount(Path("/proc/self/mountinfo"))
     own = _own_cgroup(Path("/proc/self/cgroup"))
     if mount is None or own is None:
         return None, "no cgroup v2 hierarchy is mounted here (cgroup v1 only)"
-    parent = mount / own.lstrip("/")
-    if "memory" not in (parent / "cgroup.controllers").read_text().split():
-        return None, f"the cgroup v2 memory controller is not available in {parent} (held by cgroup v1)"
-    if not os.access(parent / "cgroup.subtree_control", os.W_OK):
-        return None, f"{parent} is not writable: no cgroup v2 subtree can be delegated to a test daemon"
-    try:
-        if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
-            (parent / "cgroup.subtree_control").write_text("+memory")
-    except OSError as exc:
-        return None, f"cannot enable the memory controller below {parent}: {exc.strerror}"
-    path = parent / f"jobd-test-daemon-{os.getpid()}"
-    path.mkdir()
-    return path, ""
+    why = ""
+    for parent in dict.fromkeys([mount / own.lstrip("/"), mount]):
+        if "memory" not in (parent / "cgroup.controllers").read_text().split():
+            why = f"the cgroup v2 memory controller is not available in {parent} (held by cgroup v1)"
+            continue
+        try:
+            if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+                (parent / "cgroup.subtree_control").write_text("+memory")
+        except OSError as exc:
+            why = f"cannot enable the memory controller below {parent}: {exc.strerror}"
+            continue
+        path = parent / f"jobd-test-daemon-{os.getpid()}"
+        path.mkdir()
+        return path, ""
+    return None, why
 
 
 async def test_a_run_over_memory_max_is_killed_and_failed_with_out_of_memory(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from jobd.client import JobdClient
 from jobd.config import ConfigError, parse_config
 
 UNPRIVILEGED = "nobody"
+NO_ENTRY = 54321  # a user id without a passwd entry
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root: the tests run unprivileged")
 
 
@@ -88,7 +89,8 @@ async def test_a_command_runs_as_its_user_with_its_groups_home_and_umask(tmp_pat
         tmp_path,
         f'[jobs.who]\nshell = "id -u; id -g; id -G; echo $HOME $USER $LOGNAME; touch {out}"\n'
         f'user = "{UNPRIVILEGED}"\numask = "027"\n'
-        f'[jobs.own-home]\nshell = "echo $HOME"\nuser = "{UNPRIVILEGED}"\nenv = {{ HOME = "/srv/x" }}\n',
+        f'[jobs.own-home]\nshell = "echo $HOME"\nuser = "{UNPRIVILEGED}"\nenv = {{ HOME = "/srv/x" }}\n'
+        f'[jobs.by-number]\nshell = "id -u; id -G; echo $HOME $USER"\nuser = {NO_ENTRY}\n',
     )
     daemon = DaemonProcess(config)
     try:
@@ -103,6 +105,8 @@ async def test_a_command_runs_as_its_user_with_its_groups_home_and_umask(tmp_pat
             made = out.stat()
             assert made.st_uid == entry.pw_uid
             assert stat.S_IMODE(made.st_mode) == 0o640  # touch asks for 0666; umask 027 takes 0137 away
+            numbered = await client.wait((await client.trigger("by-number"))["id"])
+            assert numbered["log_tail"] == f"{NO_ENTRY}\n{NO_ENTRY}\n/ {NO_ENTRY}\n"  # its own group, no other
             own = await client.wait((await client.trigger("own-home"))["id"])
             assert own["log_tail"] == "/srv/x\n"  # the job's env wins over the user's HOME
             job = await client.job("who")

@@ -99,6 +99,11 @@ def prepare(support: CgroupSupport, limits: list[Limits]) -> str | None:
         _enable(support.base, wanted)
     except OSError as exc:
         return f"cannot enable the cgroup v2 controllers {', '.join(wanted)} in {support.base}: {exc.strerror}"
+    for stale in support.base.glob(f"{RUN_PREFIX}*"):  # left by a daemon killed with its runs
+        try:
+            stale.rmdir()
+        except OSError:
+            pass  # still holds processes: a leftover run, killed at start (see leftovers)
     return None
 
 
