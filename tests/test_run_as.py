@@ -135,7 +135,7 @@ async def test_without_setuid_capabilities_check_says_so_and_the_run_fails_as_no
     )
     assert check.returncode == 0, check.stderr
     problem = (
-        "jobs.who.user: jobd lacks CAP_SETUID/CAP_SETGID (run it as root), "
+        "jobs.who.user: jobd lacks CAP_SETUID, CAP_SETGID or CAP_KILL (run it as root), "
         "so runs of this job will fail instead of running as 'nobody'"
     )
     assert f"jobd: warning: {problem}" in check.stderr.splitlines()
@@ -147,7 +147,7 @@ async def test_without_setuid_capabilities_check_says_so_and_the_run_fails_as_no
         async with JobdClient(url) as client:
             run = await client.wait((await client.trigger("who"))["id"])
         assert run["status"] == "FAILED"
-        assert run["error"] == "cannot run as nobody: jobd lacks CAP_SETUID/CAP_SETGID (run it as root)"
+        assert run["error"] == "cannot run as nobody: jobd lacks CAP_SETUID, CAP_SETGID or CAP_KILL (run it as root)"
         assert not run["log_tail"]  # nothing ran
     finally:
         await daemon.cleanup()
