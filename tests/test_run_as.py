@@ -151,3 +151,40 @@ async def test_without_setuid_capabilities_check_says_so_and_the_run_fails_as_no
         assert not run["log_tail"]  # nothing ran
     finally:
         await daemon.cleanup()
+
+
+@needs_root
+async def test_ambient_capabilities_of_a_non_root_jobd_are_refused_by_check(shared_dir):
+    """They would pass to the commands, also to one that switched user: jobd says so."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed: cannot give jobd ambient capabilities")
+    config = shared_dir / "jobd.toml"  # readable by the unprivileged user jobd runs as here
+    config.write_text('[jobs.who]\nshell = "id -u"\nuser = "daemon"\n')
+    config.chmod(0o644)
+    caps = "+setuid,+setgid,+kill"
+    entry = pwd.getpwnam(UNPRIVILEGED)
+    check = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--clear-groups",
+            f"--inh-caps={caps}",
+            f"--ambient-caps={caps}",
+            sys.executable,
+            "-m",
+            "jobd",
+            "check",
+            "-c",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
+    assert (
+        "jobd: warning: jobs.who.user: jobd has CAP_SETUID, CAP_SETGID and CAP_KILL as ambient capabilities, "
+        "which every command it starts inherits, also as 'daemon': its runs will fail; run jobd as root"
+    ) in check.stderr.splitlines()
