@@ -27,6 +27,7 @@ from aiohttp import web
 
 from jobd.app import STOP_SLACK_S, Daemon
 from jobd.config import Config, ConfigError, is_loopback
+from jobd.runner.confine import host_problems
 from jobd.systemd import clean_child_environ, listen_sockets
 
 
@@ -101,6 +102,8 @@ async def serve(config: Config, *, make_app: Callable[[Daemon], web.Application]
             max_streams=config.server.max_streams,
             hint="raise LimitNOFILE= (systemd) or ulimit -Hn, or lower server.max_streams",
         )
+    for problem in host_problems(config, prepare_cgroups=True):  # user or limits this host cannot honour: never silent
+        daemon.log.warning("job_confinement", problem=problem)
     app = make_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     loop = asyncio.get_running_loop()

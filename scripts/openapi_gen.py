@@ -156,6 +156,36 @@ TIME = {"type": "string", "format": "date-time", "description": "ISO-8601 UTC wi
 MAYBE_TIME = nullable(TIME)
 
 
+JOB_CONFINEMENT: dict[str, Schema] = {
+    "run_as": nullable(
+        obj(
+            {
+                "user": nullable({"type": "string", "description": "a name or a numeric id"}),
+                "group": nullable({"type": "string", "description": "a name or a numeric id"}),
+                "umask": nullable({"type": "string", "description": 'octal, e.g. "027"'}),
+            }
+        )
+    ),
+    "limits": nullable(
+        obj(
+            {
+                "memory_max": nullable({"type": "string", "description": 'as configured, e.g. "512M"'}),
+                "cpu_quota": nullable({"type": "string", "description": 'percent of one CPU, e.g. "50%"'}),
+                "tasks_max": nullable({"type": "integer", "minimum": 1}),
+                "io_weight": nullable({"type": "integer", "minimum": 1, "maximum": 10000}),
+            }
+        )
+    ),
+    "limits_enforced": nullable(
+        {
+            "type": "boolean",
+            "description": "whether this node can enforce the job's limits with cgroup v2 (null: no limits); "
+            "false: its runs run without them, with a line in their log",
+        }
+    ),
+}
+
+
 def json_content(schema: Schema, description: str, media: str = "application/json") -> Schema:
     return {"description": description, "content": {media: {"schema": schema}}}
 
@@ -344,6 +374,7 @@ def schemas() -> dict[str, Schema]:
                     ),
                 },
                 **JOB_QUEUEING,
+                **JOB_CONFINEMENT,
             }
         ),
         "JobAnswer": obj({"job": ref("Job")}),

@@ -15,6 +15,7 @@ from jobd.calendars import FireWindow
 from jobd.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from jobd.config import Config, ConfigError, load_config
 from jobd.config.chains import chains_report, describe_chain
+from jobd.runner.confine import host_problems
 from jobd.store import StoreError, StoreLocked
 
 
@@ -82,13 +83,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_USAGE
-    for warning in config.warnings:
+    warnings = [*config.warnings, *host_problems(config)]
+    for warning in warnings:
         print(f"jobd: warning: {warning}", file=sys.stderr)
     if args.json:
         report = {
             "ok": True,
             "store": {"backend": config.store.backend, "location": config.store.describe()},
-            "warnings": list(config.warnings),
+            "warnings": warnings,
             "jobs": {
                 name: {
                     "next": times,

@@ -18,6 +18,7 @@ from jobd.config.chains import check_chains, parse_chain
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
+from jobd.config.limits import parse_limits, parse_run_as
 from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.params import parse_params
 from jobd.config.secret_env import SecretSource, parse_secret_env, secret_env_warnings
@@ -374,6 +375,8 @@ def _job(
         chain=parse_chain(t),
         groups=job_groups(t),
         priority=t.integer("priority", d.priority, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY),
+        run_as=parse_run_as(t, python=handler is not None),
+        limits=parse_limits(t, python=handler is not None),
     )
     t.done()
     if handler is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from jobd.calendars import FireWindow
 from jobd.config.chains import NO_CHAIN, ChainConfig
 from jobd.config.handlers import import_handler
+from jobd.config.limits import Limits, RunAs
 from jobd.config.notifiers import NotifierConfig, NotifyRules
 from jobd.config.params import Params
 from jobd.config.secret_env import SecretSource
@@ -180,6 +181,8 @@ class JobConfig:
     chain: ChainConfig = NO_CHAIN  # on_success, on_failure, on_finish and their options
     groups: tuple[str, ...] = ()  # [groups.NAME]: a run starts only when each has a free slot
     priority: int = 0
+    run_as: RunAs | None = None  # user, group, umask (commands only; see jobd.config.limits)
+    limits: Limits | None = None  # memory_max, cpu_quota, tasks_max, io_weight (cgroup v2)
 
     # The chain's keys under the names the config file gives them.
     @property

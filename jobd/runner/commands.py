@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from jobd.config import JobConfig
 from jobd.models import Run
+from jobd.runner.confine import ConfineError, confine
 from jobd.runner.environment import command_env
 from jobd.runner.pipes import Pipe, finish_readers, read_lines
 from jobd.runner.protocol import CommandOutput
@@ -27,6 +28,12 @@ async def run_command(
 ) -> Outcome:
     argv = list(job.command) if job.command is not None else ["/bin/sh", "-c", job.shell or ""]
     output = CommandOutput(reporter)
+    try:
+        confinement = confine(job, run.id)
+    except ConfineError as exc:
+        return Outcome(error=str(exc))
+    if confinement.warning is not None:
+        reporter.log(f"jobd: {confinement.warning}", "stderr")
     pipes: list[Pipe] = []
     try:
         for _ in ("stdout", "stderr"):
@@ -38,12 +45,14 @@ async def run_command(
                 stdout=pipes[0].write_fd,
                 stderr=pipes[1].write_fd,
                 cwd=job.cwd,
-                env=command_env(job, run, environ),
+                env=confinement.environment(command_env(job, run, environ), job.env),
                 start_new_session=True,
+                **confinement.popen_kwargs(),
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return Outcome(error=_spawn_error(exc, argv[0], job.cwd))
         finally:
+            confinement.spawned()
             # The child has its own copies; ours must go or the pipes never reach EOF.
             for pipe in pipes:
                 pipe.close_write_end()
@@ -69,12 +78,16 @@ async def run_command(
     finally:
         for pipe in pipes:
             pipe.close()
+        problem = await confinement.release()
+        if problem is not None:
+            reporter.log(f"jobd: {problem}", "stderr")
 
     code = proc.returncode
     if timed_out:
         error: str | None = timeout_error(job.timeout_s)
     else:
         error = _exit_error(code, output.last_stderr)
+    error = confinement.error(error, timed_out)
     return Outcome(exit_code=code, result=output.result, error=error, timed_out=timed_out)
 
 
@@ -114,7 +127,9 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
-def _spawn_error(exc: OSError | ValueError, program: str, cwd: str | None) -> str:
+def _spawn_error(exc: OSError | ValueError | subprocess.SubprocessError, program: str, cwd: str | None) -> str:
+    if isinstance(exc, subprocess.SubprocessError):  # the child could not enter its cgroup
+        return f"cannot start {program}: cannot enter the run's cgroup ({exc})"
     if isinstance(exc, ValueError):  # e.g. a NUL byte in an argument or variable
         return f"cannot start {program}: {exc}"
     reason = exc.strerror or str(exc)

@@ -14,6 +14,7 @@ from jobd.config.params import REDACTED
 from jobd.errors import BadRequest
 from jobd.lifecycle import Submission
 from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
+from jobd.runner.confine import confinement_json
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
@@ -81,6 +82,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "secret_env": {source.name: REDACTED for source in job.secret_env},
         "priority": job.priority,
         "groups": list(job.groups),
+        **confinement_json(job),
     }
 
 
