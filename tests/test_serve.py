@@ -249,6 +249,7 @@ async def test_cli_against_a_real_daemon(tmp_path, daemons):
         assert fields["params"] == '{"a": "1", "n": 2}' and fields["status"] == "COMPLETED"
         assert fields["counts"] == '{"total": null, "success": 0, "failed": 0, "skipped": 0}'
         assert (fields["error"], fields["retry_of"], fields["exit_code"]) == ("-", "-", "0")
+        assert (fields["parent_run_id"], fields["children"]) == ("-", "[]")  # not part of a chain
         assert shown.stdout.endswith("\nhi\n")
         assert json.loads(cli("show", str(run["id"]), "--json").stdout)["run"]["id"] == run["id"]
         again = cli("retry", str(run["id"]), "--json")

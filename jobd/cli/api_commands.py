@@ -201,6 +201,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "exit_code",
                 "retry_of",
                 "priority",
+                "parent_run_id",
+                "children",
             ):
                 value = run.get(key)
                 # JSON values as JSON (null, "quotes"), not as Python writes them.
