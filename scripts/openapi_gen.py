@@ -18,8 +18,8 @@ from typing import Any
 
 from jobd import __version__
 from jobd.config import OVERLAP_POLICIES
-from jobd.config.notifiers import NOTIFY_EVENTS
 from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY
+from jobd.config.notifiers import NOTIFY_EVENTS
 from jobd.models import (
     RunStatus,
     TriggerSource,

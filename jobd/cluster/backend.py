@@ -31,8 +31,8 @@ from jobd.config import ClusterConfig, GroupConfig, JobConfig
 from jobd.errors import Conflict, JobNotFound, OverlapConflict, RunNotFound, Unavailable
 from jobd.lifecycle import admission, retry
 from jobd.lifecycle.backend import Feed, FinishedHook, Submission
-from jobd.lifecycle.jobstate import excluded_event
 from jobd.lifecycle.groups import claim_arguments
+from jobd.lifecycle.jobstate import excluded_event
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.store.base import DeletedRuns, JobState
 from jobd.store.postgres import OwnConnection, cluster, events, runs

@@ -134,7 +134,9 @@ class Execution:
     async def _claim(self, limit: int, caps: dict[str, int]) -> list[Claimed]:
         async with self.pool.connection() as conn:
             if not any(job.notify.on_start for job in self._jobs.values()):
-                return await runs.claim(conn, self.node, limit, caps, groups=self._claim_groups)  # autocommit: one statement, announced
+                return await runs.claim(
+                    conn, self.node, limit, caps, groups=self._claim_groups
+                )  # autocommit: one statement, announced
             # Jobs that notify of their start: the notifications commit with the claim.
             async with conn.transaction():
                 claimed = await runs.claim(conn, self.node, limit, caps, groups=self._claim_groups)

@@ -17,9 +17,10 @@ from jobd.config.calendars import parse_calendars, parse_window
 from jobd.config.chains import check_chains, parse_chain
 from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
+from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
 from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.params import parse_params
-from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
+from jobd.config.runrules import parse_rules
 from jobd.config.sections import (
     JOB_NAME,
     MAX_CATCHUP_RUNS,
@@ -369,6 +370,7 @@ def _job(
         chain=parse_chain(t),
         groups=job_groups(t),
         priority=t.integer("priority", d.priority, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY),
+        rules=parse_rules(t, scheduled=schedule is not None, python=handler is not None),
     )
     t.done()
     if handler is not None:

@@ -15,6 +15,7 @@ from jobd.config.chains import NO_CHAIN, ChainConfig
 from jobd.config.handlers import import_handler
 from jobd.config.notifiers import NotifierConfig, NotifyRules
 from jobd.config.params import Params
+from jobd.config.runrules import NO_RULES, RunRules
 from jobd.dburl import redact_url
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "queue", "allow", "replace")
@@ -177,6 +178,7 @@ class JobConfig:
     chain: ChainConfig = NO_CHAIN  # on_success, on_failure, on_finish and their options
     groups: tuple[str, ...] = ()  # [groups.NAME]: a run starts only when each has a free slot
     priority: int = 0
+    rules: RunRules = NO_RULES  # late, long and short runs; pausing; which failures retry
 
     # The chain's keys under the names the config file gives them.
     @property

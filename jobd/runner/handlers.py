@@ -54,7 +54,7 @@ async def run_handler(job: JobConfig, run: Run, reporter: RunReporter, *, grace_
     if raised is not None:
         _log_traceback(reporter, raised)
         message = utf8_safe(str(raised))
-        return Outcome(error=f"{type(raised).__name__}: {message}" if message else type(raised).__name__)
+        return Outcome(error=f"{type(raised).__name__}: {message}" if message else type(raised).__name__, raised=raised)
     try:
         if value is not None:
             _strict_json(value)

@@ -39,6 +39,7 @@ class Outcome:
     result: Any = None
     error: str | None = None  # None when the run succeeded
     timed_out: bool = False
+    raised: BaseException | None = None  # a Python handler's exception (retry_on_exceptions)
 
 
 def format_seconds(seconds: float) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from jobd.web import scoped
 from jobd.lifecycle.groups import usage
+from jobd.web import scoped
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX
