@@ -138,6 +138,7 @@ class Daemon:
             clock=self.clock,
             alerted=alerted,
             log=self.log.bind(component="watch"),
+            pause=lambda job: self.runs.set_paused(job, True),
         )
         self.backend.on_finished(self.watcher.run_finished)
         self.metrics = Metrics(self)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -88,6 +88,7 @@ class Watcher:
         clock: Clock,
         alerted: Alerted,
         log: Any,
+        pause: Callable[[str], Awaitable[None]] | None = None,
         tick_s: float = 1.0,
         max_alerts: int = 50,
     ) -> None:
@@ -97,6 +98,7 @@ class Watcher:
         self.clock = clock
         self.alerted = alerted
         self.log = log
+        self.pause = pause
         self.tick_s = tick_s
         self.max_alerts = max_alerts
         self._late_done: set[int] = set()
@@ -264,12 +266,26 @@ class Watcher:
     # -- run ends (a finished hook) ------------------------------------------------------------------
 
     def run_finished(self, job: JobConfig, run: Run, state: JobState, *_: Any) -> None:
-        """A run ended on this node: a too-short one is notified as a failure."""
+        """A run ended on this node (its end is committed): a too-short one is notified as a
+        failure; a failure that completes `pause_after_failures` pauses its job."""
         if is_too_short(run):
-            self._send(job, "failure", run, reason="too_short")
+            self._send(self._notify(job, "failure", run, reason="too_short"))
+        elif run.status is RunStatus.FAILED and pauses_now(job, state) and self.pause is not None:
+            self._send(self._pause(job, run, state.consecutive_failures))
 
-    def _send(self, job: JobConfig, event: str, run: Run | None, **fields: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._notify(job, event, run, **fields))
+    async def _pause(self, job: JobConfig, run: Run, streak: int) -> None:
+        assert self.pause is not None
+        try:
+            await self.pause(job.name)
+        except Exception:
+            self.log.exception("pause_after_failures_failed", job=job.name)
+            return
+        reason = pause_reason(job, streak)
+        self.log.warning("job_paused_after_failures", job=job.name, consecutive_failures=streak)
+        await self._notify(job, "failure", run, reason="paused", pause_reason=reason, consecutive_failures=streak)
+
+    def _send(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -278,6 +294,27 @@ class Watcher:
             await self.notifications.notify(job, event, run, **fields)
         except Exception:
             self.log.exception("notification_not_made", job=job.name, notify_event=event)
+
+
+def pauses_now(job: JobConfig, state: JobState) -> bool:
+    """Whether the failure just ended completes `pause_after_failures` failures in a row (again:
+    a job resumed while failing pauses after as many more)."""
+    limit = job.rules.pause_after_failures
+    streak = state.consecutive_failures
+    return limit is not None and not state.paused and streak > 0 and streak % limit == 0
+
+
+def pause_reason(job: JobConfig, streak: int) -> str:
+    return f"{streak} consecutive failures (pause_after_failures {job.rules.pause_after_failures})"
+
+
+def current_pause_reason(job: JobConfig, state: JobState) -> str | None:
+    """Why a paused job is paused, when it paused itself: its failure streak reached
+    `pause_after_failures` (a resume or a success ends it); None otherwise."""
+    limit = job.rules.pause_after_failures
+    if not state.paused or limit is None or state.consecutive_failures < limit:
+        return None
+    return pause_reason(job, state.consecutive_failures)
 
 
 def _late_key(job: str, scheduled_for: int) -> str:

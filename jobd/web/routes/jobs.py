@@ -21,6 +21,7 @@ from jobd.web.responses import json_response, json_text_response
 from jobd.web.runjson import checked_params, run_json
 from jobd.web.scope import visible
 from jobd.web.timing import run_after_of
+from jobd.watch import current_pause_reason
 
 if TYPE_CHECKING:
     from jobd.app import Daemon
@@ -63,6 +64,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "timeout_s": job.timeout_s,
         "retries": job.retries,
         "paused": state.paused,
+        "pause_reason": current_pause_reason(job, state),
         "next_run_at": iso_ms(next_at),
         "next_run_at_local": _local_time(next_at, job.timezone),
         "last_fire_at": iso_ms(state.last_fire_at),
