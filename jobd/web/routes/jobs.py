@@ -13,6 +13,7 @@ from jobd.config import OVERLAP_POLICIES, JobConfig
 from jobd.errors import BadRequest
 from jobd.lifecycle import Submission
 from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
+from jobd.watch import current_pause_reason
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
@@ -21,7 +22,6 @@ from jobd.web.responses import json_response, json_text_response
 from jobd.web.runjson import checked_params, run_json
 from jobd.web.scope import visible
 from jobd.web.timing import run_after_of
-from jobd.watch import current_pause_reason
 
 if TYPE_CHECKING:
     from jobd.app import Daemon
