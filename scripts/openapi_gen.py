@@ -305,6 +305,13 @@ def schemas() -> dict[str, Schema]:
                 "timeout_s": nullable({"type": "number"}),
                 "retries": COUNT,
                 "paused": BOOL,
+                "pause_reason": nullable(
+                    {
+                        "type": "string",
+                        "description": "why the job paused itself: its failures in a row reached "
+                        "pause_after_failures (null when not paused, or paused by hand)",
+                    }
+                ),
                 "next_run_at": MAYBE_TIME,
                 "next_run_at_local": nullable({"type": "string", "description": "in the job's time zone, with offset"}),
                 "last_fire_at": MAYBE_TIME,
