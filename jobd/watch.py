@@ -22,7 +22,7 @@ from jobd.catchup import missed_fires
 from jobd.config import JobConfig
 from jobd.cronspec import CronSpec
 from jobd.lifecycle.backend import RunBackend
-from jobd.lifecycle.rules import is_too_short
+from jobd.lifecycle.rules import is_too_short, pauses
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms
 from jobd.stats import period
 from jobd.store import JobState
@@ -265,12 +265,18 @@ class Watcher:
 
     # -- run ends (a finished hook) ------------------------------------------------------------------
 
-    def run_finished(self, job: JobConfig, run: Run, state: JobState, *_: Any) -> None:
-        """A run ended on this node (its end is committed): a too-short one is notified as a
-        failure; a failure that completes `pause_after_failures` pauses its job."""
+    def run_finished(self, job: JobConfig, run: Run, state: JobState, before: int) -> None:
+        """A run ended on this node (its end is committed; `before`: the failure streak before
+        it): a too-short one is notified as a failure; a failure that completes
+        `pause_after_failures` has paused its job in that commit: the scheduler is told (a pause
+        like the API's) and the pause is notified."""
         if is_too_short(run):
             self._send(self._notify(job, "failure", run, reason="too_short"))
-        elif run.status is RunStatus.FAILED and pauses_now(job, state) and self.pause is not None:
+        elif (
+            run.status is RunStatus.FAILED
+            and self.pause is not None
+            and pauses(job, before, state.consecutive_failures)
+        ):
             self._send(self._pause(job, run, state.consecutive_failures))
 
     async def _pause(self, job: JobConfig, run: Run, streak: int) -> None:
@@ -294,14 +300,6 @@ class Watcher:
             await self.notifications.notify(job, event, run, **fields)
         except Exception:
             self.log.exception("notification_not_made", job=job.name, notify_event=event)
-
-
-def pauses_now(job: JobConfig, state: JobState) -> bool:
-    """Whether the failure just ended completes `pause_after_failures` failures in a row (again:
-    a job resumed while failing pauses after as many more)."""
-    limit = job.rules.pause_after_failures
-    streak = state.consecutive_failures
-    return limit is not None and not state.paused and streak > 0 and streak % limit == 0
 
 
 def pause_reason(job: JobConfig, streak: int) -> str:

@@ -309,7 +309,7 @@ def schemas() -> dict[str, Schema]:
                     {
                         "type": "string",
                         "description": "why the job paused itself: its failures in a row reached "
-                        "pause_after_failures (null when not paused, or paused by hand)",
+                        "pause_after_failures (shown while it is paused with such a streak; null otherwise)",
                     }
                 ),
                 "next_run_at": MAYBE_TIME,

@@ -40,6 +40,14 @@ def judge(job: JobConfig, run: Run, status: RunStatus, outcome: Outcome, *, now:
     return status, outcome.error
 
 
+def pauses(job: JobConfig | None, before: int, after: int) -> bool:
+    """Whether a failure streak going from `before` to `after` reaches `pause_after_failures`
+    (again: a job resumed while failing pauses after as many more). The backends pause the job
+    in the transaction of the failure's end; the watcher tells the scheduler and notifies."""
+    limit = job.rules.pause_after_failures if job is not None else None
+    return limit is not None and after // limit > before // limit
+
+
 def is_too_short(run: Run) -> bool:
     return run.status is RunStatus.PARTIAL and (run.error or "").startswith(TOO_SHORT)
 
