@@ -53,10 +53,7 @@ def parse_rules(t: Table, *, scheduled: bool, python: bool) -> RunRules:
     pause = t.get("pause_after_failures", (int,), None, "an integer")
     if pause is not None and not 1 <= pause <= 1_000_000:
         raise ConfigError(f"{t.key('pause_after_failures')}: {pause} is out of range (must be from 1 to 1000000)")
-    given = (late, factor, only, never, exceptions, pause)
-    if all(value is None for value in given) and not t.has("max_duration_s") and not t.has("min_duration_s"):
-        return NO_RULES  # one shared object for the many jobs without rules
-    return RunRules(
+    rules = RunRules(
         late_after_s=late,
         max_duration_s=t.number("max_duration_s", None, minimum=0.001),
         max_duration_p95_factor=factor,
@@ -66,6 +63,7 @@ def parse_rules(t: Table, *, scheduled: bool, python: bool) -> RunRules:
         no_retry_on_exit_codes=never or (),
         retry_on_exceptions=exceptions,
     )
+    return NO_RULES if rules == NO_RULES else rules  # one shared object for the many jobs without rules
 
 
 def _codes(t: Table, name: str) -> tuple[int, ...] | None:

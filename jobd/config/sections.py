@@ -205,6 +205,39 @@ class JobConfig:
     def max_chain_depth(self) -> int:
         return self.chain.max_depth
 
+    # The run rules' keys under the names the config file gives them.
+    @property
+    def late_after_s(self) -> float | None:
+        return self.rules.late_after_s
+
+    @property
+    def max_duration_s(self) -> float | None:
+        return self.rules.max_duration_s
+
+    @property
+    def max_duration_p95_factor(self) -> float | None:
+        return self.rules.max_duration_p95_factor
+
+    @property
+    def min_duration_s(self) -> float | None:
+        return self.rules.min_duration_s
+
+    @property
+    def pause_after_failures(self) -> int | None:
+        return self.rules.pause_after_failures
+
+    @property
+    def retry_on_exit_codes(self) -> tuple[int, ...] | None:
+        return self.rules.retry_on_exit_codes
+
+    @property
+    def no_retry_on_exit_codes(self) -> tuple[int, ...]:
+        return self.rules.no_retry_on_exit_codes
+
+    @property
+    def retry_on_exceptions(self) -> tuple[type[BaseException], ...] | None:
+        return self.rules.retry_on_exceptions
+
     @property
     def kind(self) -> str:
         return "python" if self.handler else "command"
