@@ -31,6 +31,7 @@ from jobd.store.base import StoreReads
 # How long a job's p95 duration is used before it is read again, and over how many days.
 P95_REFRESH_S = 300.0
 P95_DAYS = 30
+MAX_P95_READS = 10  # per tick: the others are read on the next ticks
 # At start, at most this many missed fires of a job are looked at (the count says if there were more).
 MISSED_LOOKED_AT = 10
 # The keys of alerts sent are kept this long in a cluster's table.
@@ -104,6 +105,7 @@ class Watcher:
         self._late_done: set[int] = set()
         self._long_done: set[int] = set()
         self._p95: dict[str, tuple[float, int | None]] = {}
+        self._reads_left = MAX_P95_READS
         self._trimmed_at = 0
         self._missed: list[tuple[JobConfig, list[datetime], int]] = []
         self._wake = asyncio.Event()
@@ -181,10 +183,13 @@ class Watcher:
         fire_now = _ms(self.clock.now())
         run_now = self.backend.clock()
         budget = self.max_alerts
+        self._reads_left = MAX_P95_READS
         seen: set[int] = set()
         for job in jobs:
-            limit_ms = await self._long_limit_ms(job) if job.rules.watches_long else None
-            for run in self.backend.active_of(job.name):
+            active = self.backend.active_of(job.name)
+            running = job.rules.watches_long and any(r.status is RunStatus.PROCESSING for r in active)
+            limit_ms = await self._long_limit_ms(job) if running else None
+            for run in active:
                 seen.add(run.id)
                 if budget <= 0:
                     continue
@@ -256,8 +261,11 @@ class Watcher:
     async def _p95_ms(self, job: str) -> int | None:
         loop_now = asyncio.get_running_loop().time()
         cached = self._p95.get(job)
-        if cached is not None and loop_now - cached[0] < P95_REFRESH_S:
+        if cached is not None and (loop_now - cached[0] < P95_REFRESH_S or self._reads_left <= 0):
             return cached[1]
+        if self._reads_left <= 0:
+            return None  # read on a later tick
+        self._reads_left -= 1
         first_day, last_day = period(self.backend.clock(), P95_DAYS)
         stats = await self.stats.run_stats(first_day=first_day, last_day=last_day, job=job)
         self._p95[job] = (loop_now, stats.p95_ms)

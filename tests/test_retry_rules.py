@@ -173,3 +173,18 @@ def test_the_config_reads_the_rules() -> None:
     assert (rules.min_duration_s, rules.pause_after_failures, rules.no_retry_on_exit_codes) == (1.5, 5, (2, 64))
     assert rules.retry_on_exceptions is not None and TimeoutError in rules.retry_on_exceptions
     assert config.jobs["plain"].rules.retry_on_exit_codes is None and not config.jobs["plain"].rules.watches_long
+
+
+def test_jobd_check_names_the_key_in_one_line(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "jobd.toml"
+    config.write_text('[jobs.a]\nshell = "exit 1"\nretry_on_exit_codes = [1]\nno_retry_on_exit_codes = [2]\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "jobd", "check", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "jobd: invalid config: jobs.a.no_retry_on_exit_codes: give retry_on_exit_codes or no_retry_on_exit_codes, not both"
+    ]
