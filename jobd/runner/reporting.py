@@ -39,7 +39,8 @@ class Outcome:
     result: Any = None
     error: str | None = None  # None when the run succeeded
     timed_out: bool = False
-    raised: BaseException | None = None  # a Python handler's exception (retry_on_exceptions)
+    # A Python handler's exception (retry_on_exceptions); not part of what an outcome says.
+    raised: BaseException | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def format_seconds(seconds: float) -> str:
