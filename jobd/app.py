@@ -1,7 +1,7 @@
 """The composition root: `Daemon` builds jobd's services from the Config and says how each one is
 started and stopped, as aiohttp cleanup contexts run in order (and in reverse on exit; a
 context's cleanup runs only if its startup did): store → systemd watchdog → backend and bus → alerts → notifications → workers →
-scheduler → retention → readiness.
+late/long watch → scheduler → retention → readiness.
 
 Stopping is staged (`drain()`): readiness turns 503 and intake stops at once; running jobs get
 `[workers] shutdown_grace_s` to finish; what is left is interrupted and re-queued for the next
@@ -40,6 +40,7 @@ from jobd.scheduler import Scheduler, SystemClock
 from jobd.store import SQLiteStore
 from jobd.store.base import StoreReads
 from jobd.systemd import SystemdNotifier
+from jobd.watch import Alerted, MemoryAlerted, Watcher
 from jobd.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class Daemon:
         self.backend: RunBackend
         shared: SharedTables | None = None  # a cluster's tables that retention trims too
         queue: Queue
+        alerted: Alerted
         audit_reads: AuditReads
         if config.store.url is None:
             sqlite = SQLiteStore(
@@ -88,6 +90,7 @@ class Daemon:
             )
             self.store = sqlite
             queue = SQLiteQueue(sqlite)
+            alerted = MemoryAlerted()
             self.backend = LocalBackend(jobs=config.jobs, store=sqlite, log=self.log.bind(component="runs"))
             self.audit = AuditLog(sqlite, sqlite)
             audit_reads = sqlite
@@ -95,10 +98,12 @@ class Daemon:
             # Imported only here: a single node on SQLite never loads the PostgreSQL driver.
             from jobd.cluster import cluster_backend
             from jobd.notify.pgqueue import PostgresQueue
+            from jobd.store.postgres.alerted import PostgresAlerted
 
             shared, self.cluster = cluster_backend(config, self.log.bind(component="runs"))
             self.store = shared
             queue = PostgresQueue(shared.pool)
+            alerted = PostgresAlerted(shared.pool)
             self.backend = self.cluster
             self.audit = AuditLog(self.cluster.writer, shared)
             audit_reads = shared
@@ -126,6 +131,16 @@ class Daemon:
             shared=config.store.url is not None,
         )
         self.backend.on_finished(self.notifications.run_finished)
+        self.watcher = Watcher(
+            self.backend,
+            self.notifications,
+            self.store,
+            clock=self.clock,
+            alerted=alerted,
+            log=self.log.bind(component="watch"),
+            pause=lambda job: self.runs.set_paused(job, True),
+        )
+        self.backend.on_finished(self.watcher.run_finished)
         self.metrics = Metrics(self)
         self.backend.on_finished(self.metrics.run_finished)
         self.retention = Retention(
@@ -157,6 +172,7 @@ class Daemon:
             self._alerts,
             self._notifications,
             self._workers,
+            self._watch,
             self._schedule,
             self._retention,
             self._readiness,
@@ -226,6 +242,14 @@ class Daemon:
             yield
         finally:
             await self.drain(grace_s=None if self.stop_requested.is_set() else 0)
+
+    @contextlib.asynccontextmanager
+    async def _watch(self, app: web.Application) -> AsyncIterator[None]:
+        self.watcher.start(self.backend.job_states)  # before the scheduler's catch-up moves the last fires
+        try:
+            yield
+        finally:
+            await self.watcher.stop()
 
     @contextlib.asynccontextmanager
     async def _schedule(self, app: web.Application) -> AsyncIterator[None]:
@@ -350,6 +374,7 @@ class Daemon:
         self.backend.reconfigure(new.jobs)
         if self.scheduler is not None:
             self.scheduler.reload(new.jobs)
+        self.watcher.reconfigure()
         self.log.info("config_reloaded", jobs=len(new.jobs))
         if ignored:
             self.log.warning(

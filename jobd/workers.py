@@ -19,6 +19,7 @@ import structlog
 from jobd import runner
 from jobd.config import JobConfig
 from jobd.lifecycle import INTERRUPTED, RunBackend
+from jobd.lifecycle import rules as runrules
 from jobd.models import Run, RunStatus
 from jobd.runlog import RunLog, log_file
 
@@ -166,10 +167,9 @@ class WorkerPool:
             status = RunStatus.PARTIAL if run.counts.failed > 0 else RunStatus.COMPLETED
         else:
             status = RunStatus.FAILED
+        status, error = runrules.judge(job, run, status, outcome, now=backend.clock())
         # The worker moves on at once; the run leaves the table when its commit is done.
-        backend.finish(
-            run, status, error=outcome.error, exit_code=outcome.exit_code, result=outcome.result, log_tail=tail
-        )
+        backend.finish(run, status, error=error, exit_code=outcome.exit_code, result=outcome.result, log_tail=tail)
 
     async def _run_in_task(self, job: JobConfig, run: Run, reporter: _Reporter) -> runner.Outcome | None:
         """A command runs in a task of its own, which a stop may leave behind (a process SIGKILL

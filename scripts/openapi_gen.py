@@ -335,6 +335,13 @@ def schemas() -> dict[str, Schema]:
                 "timeout_s": nullable({"type": "number"}),
                 "retries": COUNT,
                 "paused": BOOL,
+                "pause_reason": nullable(
+                    {
+                        "type": "string",
+                        "description": "why the job paused itself: its failures in a row reached "
+                        "pause_after_failures (shown while it is paused with such a streak; null otherwise)",
+                    }
+                ),
                 "next_run_at": MAYBE_TIME,
                 "next_run_at_local": nullable({"type": "string", "description": "in the job's time zone, with offset"}),
                 "last_fire_at": MAYBE_TIME,

@@ -262,7 +262,7 @@ def example_keys() -> set[tuple[str, str]]:
             table = "jobs.*" if header.group(1).startswith("jobs.") else header.group(1)
             keys.add(("", table.split(".")[0]))
             continue
-        for key in re.findall(r"(?:^#?|[{,])\s*([a-z_]+)\s*=", line):
+        for key in re.findall(r"(?:^#?|[{,])\s*([a-z_][a-z0-9_]*)\s*=", line):
             keys.add((table, key))
     return keys
 
@@ -278,7 +278,7 @@ def readme_config_rows() -> dict[tuple[str, str], str]:
     rows = {}
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        name = re.fullmatch(r"`([a-z_.\[\]]+)`", cells[0]) if line.startswith("| `") else None
+        name = re.fullmatch(r"`([a-z_.\[\]][a-z0-9_.\[\]]*)`", cells[0]) if line.startswith("| `") else None
         if name is None:
             continue
         table, _, key = name.group(1).rpartition(".")

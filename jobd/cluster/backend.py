@@ -91,7 +91,14 @@ class PostgresBackend(Execution, Reads):
             pool.connection, self.listener.signal(events.CHANNEL_EVENTS), self._delivered, log=self.log
         )
         self.chainer = Chainer(lambda: self._jobs, self._cancel_locked)
-        self.writer = EndWriter(pool.connection, self._ended, log=self.log, plan=self._plan_end, chainer=self.chainer)
+        self.writer = EndWriter(
+            pool.connection,
+            self._ended,
+            log=self.log,
+            plan=self._plan_end,
+            chainer=self.chainer,
+            pause_after=self._pause_after,
+        )
         self.creator = Creator(
             pool.connection,
             new_run=lambda job, submission, source, at: self._new_run(

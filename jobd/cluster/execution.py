@@ -149,6 +149,10 @@ class Execution:
         job = self._jobs.get(final.job)
         return plan.run_ended(job, final, streak, retrying=again is not None, now=final.updated_at)
 
+    def _pause_after(self, job: str) -> int | None:
+        config = self._jobs.get(job)
+        return config.rules.pause_after_failures if config is not None else None
+
     def release(self, run: Run) -> None:
         self._executing.discard(run.id)
         self._wakeup.set()
@@ -267,7 +271,9 @@ class Execution:
             again = retry_after_interrupt(c.run, self._jobs.get(c.run.job), clock=self.clock, new_id=_no_id)
             final = ended_copy(c.run, RunStatus.FAILED, self.clock(), error=error)
             finals.append((final, c.token, again))
-        streaks = await (await writes.ended(conn, finals, plan=self._plan_end, chainer=self.chainer)).streaks()
+        streaks = await (
+            await writes.ended(conn, finals, plan=self._plan_end, chainer=self.chainer, pause_after=self._pause_after)
+        ).streaks()
         await events.notify_wakeup(conn)
         ended = [(final, streaks[final.id]) for final, _, _ in finals if final.id in streaks]
 

@@ -34,9 +34,11 @@ class EndWriter:
         log: Any,
         plan: writes.PlanEnd | None = None,
         chainer: Chainer | None = None,
+        pause_after: Callable[[str], int | None] | None = None,
     ) -> None:
         self._connection = connection
         self._plan = plan
+        self._pause_after = pause_after
         self._ended = ended
         self._chainer = chainer
         self.log = log
@@ -125,6 +127,7 @@ class EndWriter:
                             last_runs_later=True,
                             plan=self._plan,
                             chainer=self._chainer,
+                            pause_after=self._pause_after,
                         )
                     streaks = await ended.streaks()  # answered before the COMMIT
             except psycopg.Error as exc:

@@ -26,7 +26,10 @@ from jobd.store.postgres.runs import SELECT_RUN, Conn
 _STATE_ROW = "INSERT INTO job_state (job) VALUES (%s) ON CONFLICT (job) DO NOTHING"
 _STATE_FAILED = (
     "UPDATE job_state j SET consecutive_failures = CASE WHEN %(reset)s THEN %(failures)s "
-    "ELSE o.old + %(failures)s END "
+    "ELSE o.old + %(failures)s END, "
+    # pause_after_failures (jobd.lifecycle.rules.pauses): the streak reached a multiple of it
+    "paused = j.paused OR COALESCE((CASE WHEN %(reset)s THEN %(failures)s ELSE o.old + %(failures)s END) "
+    "/ NULLIF(%(pause_after)s, 0) > (CASE WHEN %(reset)s THEN 0 ELSE o.old END) / NULLIF(%(pause_after)s, 0), false) "
     "FROM (SELECT consecutive_failures AS old FROM job_state WHERE job = %(job)s FOR UPDATE) o "
     "WHERE j.job = %(job)s RETURNING o.old"
 )
@@ -126,6 +129,7 @@ async def ended(
     last_runs_later: bool = False,
     plan: PlanEnd | None = None,
     chainer: Chainer | None = None,
+    pause_after: Callable[[str], int | None] | None = None,
 ) -> Ended:
     """Write terminal states (each checked against its claim token; None: a run nobody owns,
     written if still PENDING), the retries they call for, the children of their chains (with a
@@ -161,7 +165,8 @@ async def ended(
             elif final.status is not RunStatus.CANCELLED:
                 failures, reset = 0, True
         result.last_runs[job] = max((again or final).id for final, again in ended_runs)
-        values = {"reset": reset, "failures": failures, "job": job}
+        limit = pause_after(job) if pause_after is not None else None
+        values = {"reset": reset, "failures": failures, "job": job, "pause_after": limit or 0}
         if failures:
             await conn.execute(_STATE_ROW, (job,))
             cur = await conn.execute(_STATE_FAILED, values)

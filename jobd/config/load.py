@@ -21,6 +21,7 @@ from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_gr
 from jobd.config.limits import parse_limits, parse_run_as
 from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
 from jobd.config.params import parse_params
+from jobd.config.runrules import parse_rules
 from jobd.config.secret_env import SecretSource, parse_secret_env, secret_env_warnings
 from jobd.config.sections import (
     JOB_NAME,
@@ -377,6 +378,7 @@ def _job(
         priority=t.integer("priority", d.priority, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY),
         run_as=parse_run_as(t, python=handler is not None),
         limits=parse_limits(t, python=handler is not None),
+        rules=parse_rules(t, scheduled=schedule is not None, python=handler is not None),
     )
     t.done()
     if handler is not None:

@@ -16,6 +16,7 @@ from jobd.config.handlers import import_handler
 from jobd.config.limits import Limits, RunAs
 from jobd.config.notifiers import NotifierConfig, NotifyRules
 from jobd.config.params import Params
+from jobd.config.runrules import NO_RULES, RunRules
 from jobd.config.secret_env import SecretSource
 from jobd.dburl import redact_url
 
@@ -183,6 +184,7 @@ class JobConfig:
     priority: int = 0
     run_as: RunAs | None = None  # user, group, umask (commands only; see jobd.config.limits)
     limits: Limits | None = None  # memory_max, cpu_quota, tasks_max, io_weight (cgroup v2)
+    rules: RunRules = NO_RULES  # late, long and short runs; pausing; which failures retry
 
     # The chain's keys under the names the config file gives them.
     @property
@@ -208,6 +210,39 @@ class JobConfig:
     @property
     def max_chain_depth(self) -> int:
         return self.chain.max_depth
+
+    # The run rules' keys under the names the config file gives them.
+    @property
+    def late_after_s(self) -> float | None:
+        return self.rules.late_after_s
+
+    @property
+    def max_duration_s(self) -> float | None:
+        return self.rules.max_duration_s
+
+    @property
+    def max_duration_p95_factor(self) -> float | None:
+        return self.rules.max_duration_p95_factor
+
+    @property
+    def min_duration_s(self) -> float | None:
+        return self.rules.min_duration_s
+
+    @property
+    def pause_after_failures(self) -> int | None:
+        return self.rules.pause_after_failures
+
+    @property
+    def retry_on_exit_codes(self) -> tuple[int, ...] | None:
+        return self.rules.retry_on_exit_codes
+
+    @property
+    def no_retry_on_exit_codes(self) -> tuple[int, ...]:
+        return self.rules.no_retry_on_exit_codes
+
+    @property
+    def retry_on_exceptions(self) -> tuple[type[BaseException], ...] | None:
+        return self.rules.retry_on_exceptions
 
     @property
     def kind(self) -> str:

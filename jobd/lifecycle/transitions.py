@@ -15,7 +15,7 @@ from typing import Any
 from jobd.config import JobConfig
 from jobd.config.chains import NO_CHAIN
 from jobd.errors import Conflict, RunNotFound
-from jobd.lifecycle import admission, chains, retry
+from jobd.lifecycle import admission, chains, retry, rules
 from jobd.lifecycle.active import ActiveRuns
 from jobd.lifecycle.backend import Feed, FinishedHook
 from jobd.lifecycle.commit import TerminalWrite
@@ -257,6 +257,10 @@ class Transitions:
         settle_final(final, error=error, exit_code=exit_code, log_tail=log_tail)
         previous_failures = self.states.run_ended(run.job, status, newest_run_id=(retry or run).id)
         state = self.states.of(run.job)
+        if status is RunStatus.FAILED and rules.pauses(
+            self._jobs().get(run.job), previous_failures, state.consecutive_failures
+        ):
+            state.paused = True  # committed with the failure (pause_after_failures)
         if retry is not None:
             self.active.add(retry)
         # A run that is retried triggers no chain yet: its last attempt will.

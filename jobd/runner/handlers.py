@@ -56,7 +56,7 @@ async def run_handler(
     if raised is not None:
         _log_traceback(reporter, raised)
         message = utf8_safe(str(raised))
-        return Outcome(error=f"{type(raised).__name__}: {message}" if message else type(raised).__name__)
+        return Outcome(error=f"{type(raised).__name__}: {message}" if message else type(raised).__name__, raised=raised)
     try:
         if value is not None:
             _strict_json(value)

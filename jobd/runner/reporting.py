@@ -39,6 +39,8 @@ class Outcome:
     result: Any = None
     error: str | None = None  # None when the run succeeded
     timed_out: bool = False
+    # A Python handler's exception (retry_on_exceptions); not part of what an outcome says.
+    raised: BaseException | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def format_seconds(seconds: float) -> str:

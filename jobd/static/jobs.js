@@ -30,7 +30,11 @@ export function jobsView(ctx) {
   function card(job) {
     const titleId = `job-${job.name}`;
     const flags = [];
-    if (job.paused) flags.push(h("span", { class: "badge paused" }, "paused"));
+    if (job.paused) {
+      // A job that paused itself (pause_after_failures) says why.
+      const why = job.pause_reason ? { title: `paused after ${job.pause_reason}` } : {};
+      flags.push(h("span", { class: "badge paused", ...why }, job.pause_reason ? "paused (failures)" : "paused"));
+    }
     if (job.is_running) flags.push(h("span", { class: "badge status-processing" }, "running"));
     if (job.failing) flags.push(h("span", { class: "badge status-failed" }, "failing"));
     if (job.snoozed_until) {

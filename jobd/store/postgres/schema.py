@@ -514,6 +514,11 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # Late and long-run alerts sent, so that each is sent once per cluster (jobd/watch.py).
+    """
+    CREATE TABLE IF NOT EXISTS alerts_sent (key text PRIMARY KEY, at bigint NOT NULL);
+    CREATE INDEX IF NOT EXISTS alerts_sent_at ON alerts_sent (at);
+    """,
 )
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"

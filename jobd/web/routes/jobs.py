@@ -15,6 +15,7 @@ from jobd.errors import BadRequest
 from jobd.lifecycle import Submission
 from jobd.models import Run, RunStatus, TriggerSource, compact_json, iso_ms
 from jobd.runner.confine import confinement_json
+from jobd.watch import current_pause_reason
 from jobd.web.auth import requires
 from jobd.web.keys import DAEMON
 from jobd.web.params import PREFIX, read_json_object
@@ -65,6 +66,7 @@ def job_json(daemon: Daemon, job: JobConfig, last: Run | None) -> dict[str, Any]
         "timeout_s": job.timeout_s,
         "retries": job.retries,
         "paused": state.paused,
+        "pause_reason": current_pause_reason(job, state),
         "next_run_at": iso_ms(next_at),
         "next_run_at_local": _local_time(next_at, job.timezone),
         "last_fire_at": iso_ms(state.last_fire_at),
