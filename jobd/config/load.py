@@ -23,6 +23,7 @@ from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, pa
 from jobd.config.params import parse_params
 from jobd.config.secret_env import SecretSource, parse_secret_env, secret_env_warnings
 from jobd.config.sections import (
+    ALERTS_NOTIFIER,
     JOB_NAME,
     MAX_CATCHUP_RUNS,
     MISFIRE_POLICIES,
@@ -43,6 +44,8 @@ from jobd.config.sections import (
 )
 from jobd.config.table import Table, type_name
 from jobd.config.tokens import token_jobs, unmatched_token_jobs
+
+ALERTS_RETRY_BACKOFF_S = 0.5
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -82,6 +85,10 @@ def parse_config(
     cluster = parse_cluster(top.table("cluster"), store, warnings)
     calendars = parse_calendars(top.table("calendars"), base_dir)
     notifiers = parse_notifiers(top.table("notifiers"), environ, base_dir)
+    if alerts.webhook_url is not None and ALERTS_NOTIFIER in notifiers:
+        raise ConfigError(
+            f"notifiers.{ALERTS_NOTIFIER}: the name is the [alerts] webhook's while alerts.webhook_url is set"
+        )
     defaults = top.table("defaults")
     notify = parse_notify(defaults, notifiers)
     secret_env = parse_secret_env(defaults, base_dir)
@@ -99,6 +106,8 @@ def parse_config(
         for name in notifiers
         if name not in named
     )
+    if alerts.webhook_url is not None:
+        notifiers = {**notifiers, ALERTS_NOTIFIER: alerts_notifier(alerts.webhook_url, alerts)}
     check_chains({name: job.chain for name, job in jobs.items()})
     groups = parse_groups(top.table("groups"))
     check_members(jobs, groups)
@@ -269,6 +278,19 @@ def _alerts(t: Table) -> AlertsConfig:
     return config
 
 
+def alerts_notifier(url: str, alerts: AlertsConfig) -> NotifierConfig:
+    """[alerts] as a webhook notifier: its messages are the alerts' own JSON (no template), and
+    its retries those of webhook_retries, after a short first wait as they always had."""
+    return NotifierConfig(
+        name=ALERTS_NOTIFIER,
+        kind="webhook",
+        url=url,
+        max_attempts=1 + alerts.webhook_retries,
+        retry_backoff_s=ALERTS_RETRY_BACKOFF_S,
+        timeout_s=alerts.webhook_timeout_s,
+    )
+
+
 def _retention(t: Table) -> RetentionConfig:
     d = RetentionConfig()
     config = RetentionConfig(
@@ -367,6 +389,7 @@ def _job(
         jitter_s=t.number("jitter_s", d.jitter_s),
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
+        alert_webhook=alerts.webhook_url is not None,
         description=t.string("description", ""),
         window=parse_window(t, zone, schedule, calendars),
         params=parse_params(t.table("params"), scheduled=schedule is not None),
