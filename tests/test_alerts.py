@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKENDS, wait_for
+import structlog
+from conftest import BACKENDS, Harness, wait_for
 from notifyhelp import Hook, hook  # noqa: F401 (the fixture)
+from structlog.testing import LogCapture
 
+from jobd.app import Daemon
 from jobd.config import ConfigError, parse_config
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.notify.alerts import describe_failure
+from jobd.web import create_app
 
 
 def flaky(flag: Path, **more: Any) -> dict[str, Any]:
@@ -171,6 +175,35 @@ async def test_snoozing_a_job_silences_its_alerts_too(start_daemon: Any, hook: H
     await run(h, "fail")
     [record] = await settled(h, "?job=fail", 1, status="snoozed")
     assert record["notifier"] == "alerts" and hook.requests == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+async def test_without_a_webhook_alerts_are_log_lines_only(
+    aiohttp_client: Any, make_config: Any, tmp_path: Path
+) -> None:
+    flag = tmp_path / "healthy"
+    capture = LogCapture()
+    log = structlog.wrap_logger(structlog.ReturnLogger(), processors=[capture])
+    daemon = Daemon(
+        make_config({"flaky": flaky(flag, alert_after_failures=2)}), environ={"PATH": "/usr/bin:/bin"}, log=log
+    )
+    h = Harness(await aiohttp_client(create_app(daemon)), daemon)
+    ids = [await run(h, "flaky") for _ in range(3)]
+    flag.touch()
+    healed = await run(h, "flaky")
+
+    def logged() -> list[dict[str, Any]] | None:
+        found = [e for e in capture.entries if e["event"] in ("job_alert", "job_recovered")]
+        return found if len(found) == 2 else None
+
+    alerts = await wait_for(logged, timeout=10)
+    assert [(e["event"], e["log_level"], e["run_id"]) for e in alerts] == [
+        ("job_alert", "error", ids[1]),
+        ("job_recovered", "warning", healed),
+    ]
+    assert (alerts[0]["consecutive_failures"], alerts[0]["exit_code"]) == (2, 1)
+    assert (alerts[1]["status"], alerts[1]["previous_failures"]) == ("completed", 3)
+    assert await records(h, "") == [] and "alerts" not in daemon.config.notifiers
 
 
 def test_the_alerts_name_is_reserved_only_with_a_webhook() -> None:
