@@ -335,12 +335,17 @@ class Daemon:
             if field.name not in ("jobs", "groups", "source", "defaults")
             and getattr(new, field.name) != getattr(self.config, field.name)
         ]
-        self.config = dataclasses.replace(self.config, jobs=new.jobs, groups=new.groups)
+        jobs = new.jobs
+        webhook = self.config.alerts.webhook_url is not None
+        if (new.alerts.webhook_url is not None) != webhook:
+            # The alerts notifier is made at start: whether there is one changes with a restart only.
+            jobs = {name: dataclasses.replace(job, alert_webhook=webhook) for name, job in jobs.items()}
+        self.config = dataclasses.replace(self.config, jobs=jobs, groups=new.groups)
         self.backend.set_groups(new.groups, self.config.workers.priority_aging_s)
-        self.backend.reconfigure(new.jobs)
+        self.backend.reconfigure(jobs)
         if self.scheduler is not None:
-            self.scheduler.reload(new.jobs)
-        self.log.info("config_reloaded", jobs=len(new.jobs))
+            self.scheduler.reload(jobs)
+        self.log.info("config_reloaded", jobs=len(jobs))
         if ignored:
             self.log.warning(
                 "reload_needs_restart",

@@ -4,12 +4,14 @@ recovery after it, retries, the record, a restart, the metrics and the config's 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 from conftest import BACKENDS, Harness, wait_for
 from notifyhelp import Hook, hook  # noqa: F401 (the fixture)
 from structlog.testing import LogCapture
@@ -19,6 +21,36 @@ from jobd.config import ConfigError, parse_config
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms, now_ms
 from jobd.notify.alerts import describe_failure
 from jobd.web import create_app
+
+
+class Receiver:
+    """A webhook endpoint for other tests' daemons: records every JSON body; answers with queued
+    statuses, then 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.arrivals: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.statuses: list[int] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.bodies.append(body)
+        self.arrivals.put_nowait(body)
+        return web.json_response({"ok": True}, status=self.statuses.pop(0) if self.statuses else 200)
+
+    async def next(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.arrivals.get(), 10.0)
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> Receiver:
+    r = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", r.handle)
+    server = await aiohttp_server(app)
+    r.url = str(server.make_url("/hook"))
+    return r
 
 
 def flaky(flag: Path, **more: Any) -> dict[str, Any]:
