@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jobd.config import JobConfig
-from jobd.config.sections import ALERTS_NOTIFIER
+from jobd.config.notifiers import ALERTS_NOTIFIER
 from jobd.lifecycle.groups import usage
 from jobd.models import Run, TriggerSource
 from jobd.store import JobState

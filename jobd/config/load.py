@@ -19,11 +19,18 @@ from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
 from jobd.config.limits import parse_limits, parse_run_as
-from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
+from jobd.config.notifiers import (
+    ALERTS_NOTIFIER,
+    NOTIFY_EVENTS,
+    NotifierConfig,
+    NotifyRules,
+    alerts_notifier,
+    parse_notifiers,
+    parse_notify,
+)
 from jobd.config.params import parse_params
 from jobd.config.secret_env import SecretSource, parse_secret_env, secret_env_warnings
 from jobd.config.sections import (
-    ALERTS_NOTIFIER,
     JOB_NAME,
     MAX_CATCHUP_RUNS,
     MISFIRE_POLICIES,
@@ -44,8 +51,6 @@ from jobd.config.sections import (
 )
 from jobd.config.table import Table, type_name
 from jobd.config.tokens import token_jobs, unmatched_token_jobs
-
-ALERTS_RETRY_BACKOFF_S = 0.5
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -107,7 +112,10 @@ def parse_config(
         if name not in named
     )
     if alerts.webhook_url is not None:
-        notifiers = {**notifiers, ALERTS_NOTIFIER: alerts_notifier(alerts.webhook_url, alerts)}
+        notifiers = {
+            **notifiers,
+            ALERTS_NOTIFIER: alerts_notifier(alerts.webhook_url, alerts.webhook_retries, alerts.webhook_timeout_s),
+        }
     check_chains({name: job.chain for name, job in jobs.items()})
     groups = parse_groups(top.table("groups"))
     check_members(jobs, groups)
@@ -276,19 +284,6 @@ def _alerts(t: Table) -> AlertsConfig:
     )
     t.done()
     return config
-
-
-def alerts_notifier(url: str, alerts: AlertsConfig) -> NotifierConfig:
-    """[alerts] as a webhook notifier: its messages are the alerts' own JSON (no template), and
-    its retries those of webhook_retries, after a short first wait as they always had."""
-    return NotifierConfig(
-        name=ALERTS_NOTIFIER,
-        kind="webhook",
-        url=url,
-        max_attempts=1 + alerts.webhook_retries,
-        retry_backoff_s=ALERTS_RETRY_BACKOFF_S,
-        timeout_s=alerts.webhook_timeout_s,
-    )
 
 
 def _retention(t: Table) -> RetentionConfig:

@@ -105,9 +105,6 @@ class EventsConfig:
     summary_interval_s: float = 1.0
 
 
-ALERTS_NOTIFIER = "alerts"  # the webhook notifier [alerts] webhook_url makes (see jobd.notify.alerts)
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class AlertsConfig:
     alert_after_failures: int = 3

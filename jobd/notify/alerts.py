@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobd.config import JobConfig
-from jobd.config.sections import ALERTS_NOTIFIER
+from jobd.config.notifiers import ALERTS_NOTIFIER
 from jobd.models import Run, RunStatus
 from jobd.store.notifications import NewNotification
 
