@@ -1,6 +1,6 @@
 """The composition root: `Daemon` builds jobd's services from the Config and says how each one is
 started and stopped, as aiohttp cleanup contexts run in order (and in reverse on exit; a
-context's cleanup runs only if its startup did): store → systemd watchdog → backend and bus → alerts → notifications → workers →
+context's cleanup runs only if its startup did): store → systemd watchdog → backend and bus → notifications → workers →
 late/long watch → scheduler → retention → readiness.
 
 Stopping is staged (`drain()`): readiness turns 503 and intake stops at once; running jobs get
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from jobd.alerts import Alerter
+from jobd.alerts import AlertLog
 from jobd.audit import AuditLog, AuditReads
 from jobd.config import Config, ConfigError, load_config
 from jobd.dburl import redact_url
@@ -121,8 +121,7 @@ class Daemon:
             environ={**self.environ, STORE_VARIABLE: store_marker(config.store.path)},
             log=self.log.bind(component="workers"),
         )
-        self.alerter = Alerter(config.alerts, log=self.log.bind(component="alerts"))
-        self.backend.on_finished(self.alerter.run_finished)
+        self.backend.on_finished(AlertLog(self.log.bind(component="alerts")).run_finished)
         self.notifications = Notifications(
             config.notifiers,
             queue,
@@ -169,7 +168,6 @@ class Daemon:
             self._store,
             self._systemd,
             self._backend,
-            self._alerts,
             self._notifications,
             self._workers,
             self._watch,
@@ -218,14 +216,6 @@ class Daemon:
             if self.cluster is not None:
                 await self.cluster.close()
             self.bus.close_all()
-
-    @contextlib.asynccontextmanager
-    async def _alerts(self, app: web.Application) -> AsyncIterator[None]:
-        await self.alerter.start()
-        try:
-            yield
-        finally:
-            await self.alerter.close()
 
     @contextlib.asynccontextmanager
     async def _notifications(self, app: web.Application) -> AsyncIterator[None]:
@@ -369,13 +359,18 @@ class Daemon:
             if field.name not in ("jobs", "groups", "source", "defaults")
             and getattr(new, field.name) != getattr(self.config, field.name)
         ]
-        self.config = dataclasses.replace(self.config, jobs=new.jobs, groups=new.groups)
+        jobs = new.jobs
+        webhook = self.config.alerts.webhook_url is not None
+        if (new.alerts.webhook_url is not None) != webhook:
+            # The alerts notifier is made at start: whether there is one changes with a restart only.
+            jobs = {name: dataclasses.replace(job, alert_webhook=webhook) for name, job in jobs.items()}
+        self.config = dataclasses.replace(self.config, jobs=jobs, groups=new.groups)
         self.backend.set_groups(new.groups, self.config.workers.priority_aging_s)
-        self.backend.reconfigure(new.jobs)
+        self.backend.reconfigure(jobs)
         if self.scheduler is not None:
-            self.scheduler.reload(new.jobs)
+            self.scheduler.reload(jobs)
         self.watcher.reconfigure()
-        self.log.info("config_reloaded", jobs=len(new.jobs))
+        self.log.info("config_reloaded", jobs=len(jobs))
         if ignored:
             self.log.warning(
                 "reload_needs_restart",

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jobd.config import JobConfig
+from jobd.config.notifiers import ALERTS_NOTIFIER
 from jobd.lifecycle.groups import usage
 from jobd.models import Run, TriggerSource
 from jobd.store import JobState
@@ -55,16 +56,17 @@ class DaemonCollector(Collector):
         )
         yield GaugeMetricFamily("jobd_event_subscribers", "Subscribers of the event bus.", value=bus.subscriber_count)
         yield CounterMetricFamily("jobd_events_published", "Events published on the bus.", value=bus.published)
-        alerter = daemon.alerter
+        deliverer = daemon.notifications.deliverer
         yield CounterMetricFamily(
-            "jobd_alert_webhooks_sent", "Alert webhook messages delivered (2xx).", value=alerter.sent
+            "jobd_alert_webhooks_sent",
+            "Alert webhook messages this process delivered (the alerts notifier's).",
+            value=deliverer.delivered_to[ALERTS_NOTIFIER],
         )
         yield CounterMetricFamily(
             "jobd_alert_webhooks_failed",
-            "Alert webhook messages given up on: refused, retries used up, dropped or cut off at stop.",
-            value=alerter.failed,
+            "Alert webhook messages this process gave up on (retries used up, or refused).",
+            value=deliverer.failed_to[ALERTS_NOTIFIER],
         )
-        deliverer = daemon.notifications.deliverer
         yield CounterMetricFamily(
             "jobd_notifications_delivered", "Notifications this process delivered.", value=deliverer.delivered
         )

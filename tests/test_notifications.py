@@ -202,7 +202,7 @@ async def test_late_and_long_go_through_notify_and_a_test_through_the_api(start_
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-async def test_alerts_keep_their_own_webhook_beside_notifiers(start_daemon: Any, hook: Hook) -> None:
+async def test_alerts_are_a_notifier_with_their_own_payload_beside_others(start_daemon: Any, hook: Hook) -> None:
     h = await start_daemon(
         {"fail": {**FAILS, "alert_after_failures": 1, "notify": {"on_failure": ["chat"]}}},
         notifiers={"chat": webhook(hook.url + "?notifier")},
@@ -210,8 +210,9 @@ async def test_alerts_keep_their_own_webhook_beside_notifiers(start_daemon: Any,
     )
     run = await h.trigger("fail")
     await h.finished(run["id"])
-    await settled(h, "?job=fail")
-    await wait_for(lambda: len(hook.delivered) == 2, timeout=20)
+    found = await settled(h, "?job=fail", count=2)
+    assert sorted(n["notifier"] for n in found) == ["alerts", "chat"]
+    assert len(hook.delivered) == 2
     alert = next(json.loads(b) for b in hook.delivered if "kind" in json.loads(b))
     assert set(alert) == {"kind", "job", "run_id", "error", "consecutive_failures", "text"}
     assert (alert["kind"], alert["run_id"], alert["consecutive_failures"]) == ("failure", run["id"], 1)

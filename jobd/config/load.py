@@ -19,7 +19,15 @@ from jobd.config.cluster import parse_cluster, parse_store
 from jobd.config.errors import ConfigError
 from jobd.config.groups import MAX_PRIORITY, MIN_PRIORITY, check_members, job_groups, parse_groups
 from jobd.config.limits import parse_limits, parse_run_as
-from jobd.config.notifiers import NOTIFY_EVENTS, NotifierConfig, NotifyRules, parse_notifiers, parse_notify
+from jobd.config.notifiers import (
+    ALERTS_NOTIFIER,
+    NOTIFY_EVENTS,
+    NotifierConfig,
+    NotifyRules,
+    alerts_notifier,
+    parse_notifiers,
+    parse_notify,
+)
 from jobd.config.params import parse_params
 from jobd.config.runrules import parse_rules
 from jobd.config.secret_env import SecretSource, parse_secret_env, secret_env_warnings
@@ -83,6 +91,10 @@ def parse_config(
     cluster = parse_cluster(top.table("cluster"), store, warnings)
     calendars = parse_calendars(top.table("calendars"), base_dir)
     notifiers = parse_notifiers(top.table("notifiers"), environ, base_dir)
+    if alerts.webhook_url is not None and ALERTS_NOTIFIER in notifiers:
+        raise ConfigError(
+            f"notifiers.{ALERTS_NOTIFIER}: the name is the [alerts] webhook's while alerts.webhook_url is set"
+        )
     defaults = top.table("defaults")
     notify = parse_notify(defaults, notifiers)
     secret_env = parse_secret_env(defaults, base_dir)
@@ -100,6 +112,11 @@ def parse_config(
         for name in notifiers
         if name not in named
     )
+    if alerts.webhook_url is not None:
+        notifiers = {
+            **notifiers,
+            ALERTS_NOTIFIER: alerts_notifier(alerts.webhook_url, alerts.webhook_retries, alerts.webhook_timeout_s),
+        }
     check_chains({name: job.chain for name, job in jobs.items()})
     groups = parse_groups(top.table("groups"))
     check_members(jobs, groups)
@@ -368,6 +385,7 @@ def _job(
         jitter_s=t.number("jitter_s", d.jitter_s),
         on_interrupt=t.string("on_interrupt", d.on_interrupt, choices=("retry", "fail")),
         alert_after_failures=t.integer("alert_after_failures", alerts.alert_after_failures, minimum=1),
+        alert_webhook=alerts.webhook_url is not None,
         description=t.string("description", ""),
         window=parse_window(t, zone, schedule, calendars),
         params=parse_params(t.table("params"), scheduled=schedule is not None),

@@ -89,6 +89,23 @@ class NotifierConfig:
     argv: tuple[str, ...] = ()
 
 
+ALERTS_NOTIFIER = "alerts"  # the webhook notifier [alerts] webhook_url makes (see jobd.notify.alerts)
+ALERTS_RETRY_BACKOFF_S = 0.5
+
+
+def alerts_notifier(url: str, retries: int, timeout_s: float) -> NotifierConfig:
+    """[alerts] as a webhook notifier: its messages are the alerts' own JSON (no template), and
+    its retries those of webhook_retries, after a short first wait as they always had."""
+    return NotifierConfig(
+        name=ALERTS_NOTIFIER,
+        kind="webhook",
+        url=url,
+        max_attempts=1 + retries,
+        retry_backoff_s=ALERTS_RETRY_BACKOFF_S,
+        timeout_s=timeout_s,
+    )
+
+
 def _template(t: Table, key: str, text: str) -> str:
     try:
         names = string.Template(text).get_identifiers()

@@ -172,6 +172,7 @@ class JobConfig:
     jitter_s: float = 0.0
     on_interrupt: str = "retry"
     alert_after_failures: int = 3
+    alert_webhook: bool = False  # [alerts] webhook_url is set: the "alerts" notifier gets this job's alerts
     description: str = ""
     window: FireWindow | None = None  # exclude, only, active_from, active_until (see calendars.py)
     params: Params = dataclasses.field(

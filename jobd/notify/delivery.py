@@ -9,6 +9,7 @@ node) and polls anyway, so rows written by another node, or before a restart, ar
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 from collections.abc import Callable, Mapping
@@ -50,6 +51,8 @@ class Deliverer:
         self.concurrency = concurrency
         self.delivered = 0
         self.failed = 0
+        self.delivered_to: collections.Counter[str] = collections.Counter()  # by notifier
+        self.failed_to: collections.Counter[str] = collections.Counter()
         self._wake = asyncio.Event()
         self._free = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -122,6 +125,7 @@ class Deliverer:
             await self._failed(notification, config, DeliveryError(f"{type(exc).__name__}: {exc}"))
             return
         self.delivered += 1
+        self.delivered_to[notification.notifier] += 1
         self.log.info(
             "notification_delivered",
             id=notification.id,
@@ -149,6 +153,7 @@ class Deliverer:
             await self._record(notification, "pending", str(exc), next_at)
             return
         self.failed += 1
+        self.failed_to[notification.notifier] += 1
         self.log.error(
             "notification_failed", id=notification.id, notifier=notification.notifier, attempts=attempts, error=str(exc)
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 from jobd.config import JobConfig
 from jobd.models import Run, RunStatus, iso_ms
+from jobd.notify import alerts
 from jobd.store.notifications import NewNotification
 
 SUCCESS = (RunStatus.COMPLETED, RunStatus.PARTIAL)
@@ -71,11 +72,12 @@ def run_ended(
     FAILED run that no retry follows (its last attempt); nothing for CANCELLED."""
     if job is None:
         return []
+    made = alerts.run_ended(job, final, previous_failures, now)  # [alerts]: its own threshold and payload
     if final.status in SUCCESS:
-        made = make(job, "success", final, now)
+        made += make(job, "success", final, now)
         if previous_failures > 0:
             made += make(job, "recovery", final, now, previous_failures=previous_failures)
         return made
     if final.status is RunStatus.FAILED and not retrying:
-        return make(job, "failure", final, now, consecutive_failures=previous_failures + 1)
-    return []
+        return made + make(job, "failure", final, now, consecutive_failures=previous_failures + 1)
+    return made

@@ -65,7 +65,7 @@ class Notifications:
 
     def run_finished(self, job: JobConfig, run: Run, *_: Any) -> None:
         """An on_finished hook: the run's notifications are committed; deliver them now."""
-        if any(job.notify.of(event) for event in ("success", "failure", "recovery")):
+        if job.alert_webhook or any(job.notify.of(event) for event in ("success", "failure", "recovery")):
             self.deliverer.wake()
 
     async def notify(self, job: JobConfig, event: str, run: Run | None = None, **fields: Any) -> int:
