@@ -83,7 +83,9 @@ async def test_the_trigger_form_follows_the_schema(browser, typed_jobd):
     assert await form.locator("#param-report-token").get_attribute("type") == "password"
     assert await form.locator("#param-report-mode").evaluate("e => e.tagName") == "SELECT"
     assert await form.locator("#param-report-tags").evaluate("e => e.tagName") == "TEXTAREA"
-    await expect(form.locator('[data-param="region"] .required')).to_be_visible()
+    region_label = form.locator('[data-param="region"] label')
+    await expect(region_label.locator(".required")).to_have_attribute("title", "required")
+    await expect(region_label).to_contain_text("region *")
     await expect(form.locator('[data-param="limit"]')).to_contain_text("rows at most")
     # A job without parameters keeps the JSON box.
     plain = page.locator('article[data-job="plain"]')
