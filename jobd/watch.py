@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 
 from jobd.catchup import missed_fires
 from jobd.config import JobConfig
+from jobd.config.runrules import pause_reason, pauses
 from jobd.cronspec import CronSpec
 from jobd.lifecycle.backend import RunBackend
-from jobd.lifecycle.rules import is_too_short, pauses
 from jobd.models import Run, RunStatus, TriggerSource, iso_ms
 from jobd.stats import period
 from jobd.store import JobState
@@ -275,28 +275,24 @@ class Watcher:
 
     def run_finished(self, job: JobConfig, run: Run, state: JobState, before: int) -> None:
         """A run ended on this node (its end is committed; `before`: the failure streak before
-        it): a too-short one is notified as a failure; a failure that completes
-        `pause_after_failures` has paused its job in that commit: the scheduler is told (a pause
-        like the API's) and the pause is notified."""
-        if is_too_short(run):
-            self._send(self._notify(job, "failure", run, reason="too_short"))
-        elif (
+        it). A failure that completes `pause_after_failures` has paused its job in that commit,
+        and its notification was committed with it (jobd.notify.plan): the scheduler is told, as
+        a pause through the API would."""
+        if (
             run.status is RunStatus.FAILED
             and self.pause is not None
-            and pauses(job, before, state.consecutive_failures)
+            and pauses(job.rules, before, state.consecutive_failures)
         ):
-            self._send(self._pause(job, run, state.consecutive_failures))
+            self._send(self._pause(job, state.consecutive_failures))
 
-    async def _pause(self, job: JobConfig, run: Run, streak: int) -> None:
+    async def _pause(self, job: JobConfig, streak: int) -> None:
         assert self.pause is not None
         try:
             await self.pause(job.name)
         except Exception:
             self.log.exception("pause_after_failures_failed", job=job.name)
             return
-        reason = pause_reason(job, streak)
         self.log.warning("job_paused_after_failures", job=job.name, consecutive_failures=streak)
-        await self._notify(job, "failure", run, reason="paused", pause_reason=reason, consecutive_failures=streak)
 
     def _send(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -310,17 +306,13 @@ class Watcher:
             self.log.exception("notification_not_made", job=job.name, notify_event=event)
 
 
-def pause_reason(job: JobConfig, streak: int) -> str:
-    return f"{streak} consecutive failures (pause_after_failures {job.rules.pause_after_failures})"
-
-
 def current_pause_reason(job: JobConfig, state: JobState) -> str | None:
     """Why a paused job is paused, when it paused itself: its failure streak reached
     `pause_after_failures` (a resume or a success ends it); None otherwise."""
     limit = job.rules.pause_after_failures
     if not state.paused or limit is None or state.consecutive_failures < limit:
         return None
-    return pause_reason(job, state.consecutive_failures)
+    return pause_reason(job.rules, state.consecutive_failures)
 
 
 def _late_key(job: str, scheduled_for: int) -> str:

@@ -27,7 +27,7 @@ _STATE_ROW = "INSERT INTO job_state (job) VALUES (%s) ON CONFLICT (job) DO NOTHI
 _STATE_FAILED = (
     "UPDATE job_state j SET consecutive_failures = CASE WHEN %(reset)s THEN %(failures)s "
     "ELSE o.old + %(failures)s END, "
-    # pause_after_failures (jobd.lifecycle.rules.pauses): the streak reached a multiple of it
+    # pause_after_failures (jobd.config.runrules.pauses): the streak reached a multiple of it
     "paused = j.paused OR COALESCE((CASE WHEN %(reset)s THEN %(failures)s ELSE o.old + %(failures)s END) "
     "/ NULLIF(%(pause_after)s, 0) > (CASE WHEN %(reset)s THEN 0 ELSE o.old END) / NULLIF(%(pause_after)s, 0), false) "
     "FROM (SELECT consecutive_failures AS old FROM job_state WHERE job = %(job)s FOR UPDATE) o "

@@ -8,6 +8,10 @@ import dataclasses
 from jobd.config.errors import ConfigError
 from jobd.config.handlers import import_handler
 from jobd.config.table import Table, type_name
+from jobd.models import Run, RunStatus
+
+# The start of a too-short run's error (it ends PARTIAL): the notification plan looks for it.
+TOO_SHORT = "too short: "
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,6 +40,22 @@ class RunRules:
 
 
 NO_RULES = RunRules()
+
+
+def pauses(rules: RunRules, before: int, after: int) -> bool:
+    """Whether a failure streak going from `before` to `after` reaches `pause_after_failures`
+    (again: a job resumed while failing pauses after as many more). The backends pause the job,
+    and the notification plan notifies it, in the transaction of the failure's end."""
+    limit = rules.pause_after_failures
+    return limit is not None and after // limit > before // limit
+
+
+def pause_reason(rules: RunRules, streak: int) -> str:
+    return f"{streak} consecutive failures (pause_after_failures {rules.pause_after_failures})"
+
+
+def is_too_short(run: Run) -> bool:
+    return run.status is RunStatus.PARTIAL and (run.error or "").startswith(TOO_SHORT)
 
 
 def parse_rules(t: Table, *, scheduled: bool, python: bool) -> RunRules:

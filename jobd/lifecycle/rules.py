@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from jobd.config import JobConfig
+from jobd.config.runrules import TOO_SHORT
 from jobd.models import Run, RunStatus
-
-# The start of a too-short run's error: the late/long watcher's finished hook looks for it.
-TOO_SHORT = "too short: "
 
 
 class Outcome(Protocol):
@@ -38,18 +36,6 @@ def judge(job: JobConfig, run: Run, status: RunStatus, outcome: Outcome, *, now:
         if took_ms < rules.min_duration_s * 1000:
             return RunStatus.PARTIAL, f"{TOO_SHORT}ran {took_ms / 1000:g}s, min_duration_s {rules.min_duration_s:g}"
     return status, outcome.error
-
-
-def pauses(job: JobConfig | None, before: int, after: int) -> bool:
-    """Whether a failure streak going from `before` to `after` reaches `pause_after_failures`
-    (again: a job resumed while failing pauses after as many more). The backends pause the job
-    in the transaction of the failure's end; the watcher tells the scheduler and notifies."""
-    limit = job.rules.pause_after_failures if job is not None else None
-    return limit is not None and after // limit > before // limit
-
-
-def is_too_short(run: Run) -> bool:
-    return run.status is RunStatus.PARTIAL and (run.error or "").startswith(TOO_SHORT)
 
 
 def _why_not(job: JobConfig, outcome: Outcome) -> str:

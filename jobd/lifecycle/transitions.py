@@ -14,8 +14,9 @@ from typing import Any
 
 from jobd.config import JobConfig
 from jobd.config.chains import NO_CHAIN
+from jobd.config.runrules import pauses
 from jobd.errors import Conflict, RunNotFound
-from jobd.lifecycle import admission, chains, retry, rules
+from jobd.lifecycle import admission, chains, retry
 from jobd.lifecycle.active import ActiveRuns
 from jobd.lifecycle.backend import Feed, FinishedHook
 from jobd.lifecycle.commit import TerminalWrite
@@ -257,8 +258,11 @@ class Transitions:
         settle_final(final, error=error, exit_code=exit_code, log_tail=log_tail)
         previous_failures = self.states.run_ended(run.job, status, newest_run_id=(retry or run).id)
         state = self.states.of(run.job)
-        if status is RunStatus.FAILED and rules.pauses(
-            self._jobs().get(run.job), previous_failures, state.consecutive_failures
+        job = self._jobs().get(run.job)
+        if (
+            status is RunStatus.FAILED
+            and job is not None
+            and pauses(job.rules, previous_failures, state.consecutive_failures)
         ):
             state.paused = True  # committed with the failure (pause_after_failures)
         if retry is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobd.config import JobConfig
+from jobd.config.runrules import is_too_short, pause_reason, pauses
 from jobd.models import Run, RunStatus, iso_ms
 from jobd.notify import alerts
 from jobd.store.notifications import NewNotification
@@ -77,7 +78,15 @@ def run_ended(
         made += make(job, "success", final, now)
         if previous_failures > 0:
             made += make(job, "recovery", final, now, previous_failures=previous_failures)
+        if is_too_short(final):
+            made += make(job, "failure", final, now, reason="too_short")
         return made
-    if final.status is RunStatus.FAILED and not retrying:
-        return made + make(job, "failure", final, now, consecutive_failures=previous_failures + 1)
+    if final.status is not RunStatus.FAILED:
+        return made
+    streak = previous_failures + 1
+    if not retrying:
+        made += make(job, "failure", final, now, consecutive_failures=streak)
+    if pauses(job.rules, previous_failures, streak):  # the job paused itself in this transaction
+        reason = pause_reason(job.rules, streak)
+        made += make(job, "failure", final, now, reason="paused", pause_reason=reason, consecutive_failures=streak)
     return made
