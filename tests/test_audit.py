@@ -259,6 +259,33 @@ async def test_copy_store_moves_the_audit_log(backend, tmp_path, request):
     assert rows == [(1_000 + n, "ci", "10.0.0.1", "trigger", "noop", f"run {n}") for n in range(3)]
 
 
+async def test_copy_store_moves_notifications_and_snoozes(backend, tmp_path, request):
+    if backend != "postgresql":
+        pytest.skip("copy-store fills a PostgreSQL store")
+    from jobd.cli.copy_store import copy_store, open_source
+    from jobd.store import SQLiteStore
+    from jobd.store.notifications import NewNotification, insert_statement
+    from jobd.store.postgres import connect_sync
+
+    target = request.getfixturevalue("pg_db")
+    store = SQLiteStore(tmp_path / "jobd.db")
+    await store.open()
+    made = [NewNotification("noop", "failure", "chat", 7, {"text": f"n{n}"}, 2_000 + n) for n in range(2)]
+    sql, args, _ = insert_statement(made)
+    await store.write_with(lambda conn: conn.executemany(sql, args))
+    await store.write_with(
+        lambda conn: conn.execute("INSERT INTO job_state (job, snoozed_until) VALUES ('noop', 9000000)")
+    )
+    await store.close()
+    with connect_sync(target) as pg:
+        copy_store(open_source(tmp_path / "jobd.db"), pg)
+        rows = pg.execute("SELECT id, job, notifier, run_id, status FROM notifications ORDER BY id").fetchall()
+        snoozed = pg.execute("SELECT snoozed_until FROM job_state WHERE job = 'noop'").fetchone()
+        next_id = pg.execute("SELECT nextval(pg_get_serial_sequence('notifications', 'id'))").fetchone()
+    assert rows == [(1, "noop", "chat", 7, "pending"), (2, "noop", "chat", 7, "pending")]
+    assert snoozed == (9_000_000,) and next_id == (3,)  # the cluster's next notification follows
+
+
 async def test_a_nul_in_a_path_is_recorded_without_holding_up_the_store(h):
     await call(h, "POST", "/api/v1/jobs/a%00b/trigger", 404, json={})
     run = (await call(h, "POST", "/api/v1/jobs/noop/trigger", 202, json={}))["run"]

@@ -2,9 +2,11 @@
 store, so that a cluster carries on where the node stopped.
 
 What moves: every run with all its columns and its id (so its log file, found by id under the
-logs folder, stays its own), job state (pause, failure streaks, last fire), idempotency keys,
-each job's last cron fire as the cluster's record of it (catch-up after the move starts
-there), and the audit log (its records numbered again by the target, in their order). The SQLite statistics tables do not move: they are aggregates of the runs.
+logs folder, stays its own), job state (pause, failure streaks, last fire, snooze), idempotency
+keys, each job's last cron fire as the cluster's record of it (catch-up after the move starts
+there), the notifications record with their ids (pending ones are delivered by the cluster), and
+the audit log (its records numbered again by the target, in their order). The SQLite statistics
+tables do not move: they are aggregates of the runs.
 
 All of it is one PostgreSQL transaction: a copy that fails half-way leaves the target as it was,
 empty, and can simply be run again; the rows are streamed with COPY and read from SQLite in
@@ -30,6 +32,7 @@ from psycopg.rows import TupleRow
 from jobd.store.audit import COLUMNS as AUDIT_COLUMNS
 from jobd.store.base import RUN_COLUMNS
 from jobd.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
+from jobd.store.notifications import COLUMNS as NOTIFICATION_COLUMNS
 
 BATCH_ROWS = 5000
 FIRE_NODE = "copy-store"  # the node named in the fire records made from the SQLite job state
@@ -42,6 +45,7 @@ _JOB_STATE_COLUMNS = (
     "consecutive_failures",
     "last_run_id",
     "last_skip_reason",
+    "snoozed_until",
 )
 _IDEMPOTENCY_COLUMNS = ("job", "key", "run_id", "created_at")
 _STATUS = RUN_COLUMNS.index("status")
@@ -157,6 +161,13 @@ def _audit(db: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
             yield tuple(_text(value) for value in row)
 
 
+def _notifications(db: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    # Pending ones stay pending: the cluster delivers them (no lease: the copying node held none).
+    for batch in _batches(db, f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications ORDER BY id"):
+        for row in batch:
+            yield tuple(_text(value) for value in row)
+
+
 def copy_store(db: sqlite3.Connection, pg: psycopg.Connection[TupleRow]) -> Copied:
     """Copy into `pg` (with jobd's schema) in one transaction; refused if it holds any history."""
     db.execute("BEGIN")  # one snapshot of the source, however long the copy takes
@@ -182,6 +193,10 @@ def copy_store(db: sqlite3.Connection, pg: psycopg.Connection[TupleRow]) -> Copi
             )
             fires = cur.rowcount
             _copy(pg, "audit", AUDIT_COLUMNS, _audit(db))
+            if _copy(pg, "notifications", NOTIFICATION_COLUMNS, _notifications(db)):
+                pg.execute(
+                    "SELECT setval(pg_get_serial_sequence('notifications', 'id'), (SELECT max(id) FROM notifications))"
+                )
             last = pg.execute("SELECT max(id) FROM runs").fetchone()
             last_id = None if last is None or last[0] is None else int(last[0])
             if last_id is not None:  # the cluster's next run id follows the copied ones
