@@ -38,7 +38,7 @@ def _arrays(columns: Sequence[str]) -> str:
     return ", ".join(f"%s::{'text' if c in _TEXT else _TYPES.get(c, 'int8')}[]" for c in columns)
 
 
-# The status_update event of each written run, built by jobd_status_update() (schema.py) from
+# The status_update event of each written run, built by jobd_status_update() (migrations.py) from
 # the row as written, and the wake-up of the nodes that tail the events.
 _ANNOUNCE = (
     "announced AS (INSERT INTO events (type, run_id, job, status, data) "
