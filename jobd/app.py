@@ -24,6 +24,7 @@ from aiohttp import web
 
 from jobd.alerts import AlertLog
 from jobd.audit import AuditLog, AuditReads
+from jobd.clock import SystemClock
 from jobd.config import Config, ConfigError, load_config
 from jobd.dburl import redact_url
 from jobd.events import EventBus
@@ -36,7 +37,7 @@ from jobd.models import now_ms
 from jobd.notify.queue import Queue, SQLiteQueue
 from jobd.notify.service import Notifications
 from jobd.retention import Retention, SharedTables
-from jobd.scheduler import Scheduler, SystemClock
+from jobd.scheduler import Scheduler
 from jobd.store import SQLiteStore
 from jobd.store.base import StoreReads
 from jobd.systemd import SystemdNotifier

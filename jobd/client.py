@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, cast
@@ -21,6 +20,7 @@ import aiohttp
 
 from jobd import models
 from jobd.models import status_update_of
+from jobd.sseparse import SSEParser, backoff_s
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TERMINAL_STATUSES = frozenset(status.value for status in models.TERMINAL_STATUSES)
@@ -370,45 +370,3 @@ class _StreamUnavailable(Exception):
         super().__init__("event stream unavailable")
         self.fall_back = fall_back
         self.finished = finished
-
-
-class SSEParser:
-    """An incremental text/event-stream parser: feed it bytes, get (id, data) of whole messages."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._data: list[str] = []
-        self._id: str | None = None
-        self.retry_ms: int | None = None
-
-    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
-        self._buffer += chunk
-        messages: list[tuple[str | None, str]] = []
-        start = 0
-        while (end := self._buffer.find(b"\n", start)) >= 0:
-            line = self._buffer[start:end].rstrip(b"\r").decode("utf-8", errors="replace")
-            start = end + 1
-            if not line:
-                if self._data:
-                    messages.append((self._id, "\n".join(self._data)))
-                self._data = []
-                self._id = None
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                self._data.append(value)
-            elif name == "id":
-                self._id = value
-            elif name == "retry" and value.isascii() and value.isdigit():
-                self.retry_ms = int(value)
-        del self._buffer[:start]
-        return messages
-
-
-def backoff_s(failures: int, max_backoff: float, base: float = 0.25) -> float:
-    """Exponential backoff with jitter: about base·2^(failures-1), at most `max_backoff`."""
-    delay = min(max_backoff, base * (2.0 ** min(failures - 1, 20)))
-    return delay * random.uniform(0.5, 1.0)

@@ -19,7 +19,8 @@ from process import DaemonProcess, free_port
 from ssehelp import NO_TIMEOUT, SSEReader
 
 from jobd.cli import ProgressView, follow
-from jobd.client import ApiError, JobdClient, SSEParser
+from jobd.client import ApiError, JobdClient
+from jobd.sseparse import SSEParser
 
 JOBS = """
 [jobs.blocker]
